@@ -1,0 +1,319 @@
+//! The `sealgate` subcommands other than `serve`: configuration checks,
+//! probes, queue and audit tools, key and password helpers.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::audit;
+use crate::config::Settings;
+use crate::queue::control::{self, ControlError, Reply, Request};
+use crate::queue::{QueueId, QueuedMessage, Spool, SpoolKey};
+
+/// Errors of the command-line tools.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Spool(#[from] crate::queue::SpoolError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::OutboundError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// `check-config`: validates the config and the files it names.
+pub fn check_config(path: &Path) -> Result<Settings, CliError> {
+    let s = Settings::load(path)?;
+    let mut problems = Vec::new();
+    if let Err(e) = SpoolKey::load(&s.server.spool_key_file) {
+        problems.push(e.to_string());
+    }
+    if let Some(t) = &s.server.tls {
+        if let Err(e) = crate::inbound::tls_acceptor(&t.cert, &t.key) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Err(e) = crate::outbound::tls::TlsClients::new(&s.tls.extra_ca) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = crate::policy::Policy::load(&s.policy.files) {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        Ok(s)
+    } else {
+        Err(CliError::Other(format!(
+            "{}: {}",
+            path.display(),
+            problems.join("\n  ")
+        )))
+    }
+}
+
+/// `queue list`: from the daemon, or straight from the spool folder.
+pub async fn queue_list(
+    settings: &Settings,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let listed: Vec<(QueuedMessage, bool)> =
+        match control::call(&settings.server.control_socket, &Request::List).await {
+            Ok(Reply::Ok { messages, .. }) => messages
+                .into_iter()
+                .map(|m| (m.message, m.in_flight))
+                .collect(),
+            Ok(Reply::Error { detail }) => return Err(CliError::Other(detail)),
+            Err(ControlError::NotRunning(_)) => read_spool(settings)?
+                .into_iter()
+                .map(|m| (m, false))
+                .collect(),
+            Err(e) => return Err(e.into()),
+        };
+    let io = |e: std::io::Error| CliError::Other(e.to_string());
+    if json {
+        let v: Vec<_> = listed
+            .iter()
+            .map(|(m, f)| serde_json::json!({ "message": m, "in_flight": f }))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| CliError::Other(e.to_string()))?
+        )
+        .map_err(io)?;
+        return Ok(());
+    }
+    if listed.is_empty() {
+        writeln!(out, "Mail queue is empty").map_err(io)?;
+        return Ok(());
+    }
+    for (m, in_flight) in &listed {
+        let sender = if m.sender.is_empty() {
+            "<>".to_string()
+        } else {
+            m.sender.clone()
+        };
+        writeln!(
+            out,
+            "{}{}  {:>9}  {}  {}",
+            m.id,
+            if *in_flight { "*" } else { " " },
+            m.size,
+            m.received_at.format("%Y-%m-%d %H:%M:%S"),
+            sender
+        )
+        .map_err(io)?;
+        for r in &m.recipients {
+            let next = r
+                .next_attempt
+                .map(|t| format!(" next attempt {}", t.format("%H:%M:%S")))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "    {:<10} {} (attempts {}){}",
+                format!("{:?}", r.status).to_lowercase(),
+                r.address,
+                r.attempts,
+                next
+            )
+            .map_err(io)?;
+            if let Some(e) = &r.last_error {
+                if !r.status.is_final() || r.status == crate::queue::RecipientStatus::Bounced {
+                    writeln!(out, "        {e}").map_err(io)?;
+                }
+            }
+        }
+    }
+    writeln!(out, "-- {} message(s)", listed.len()).map_err(io)?;
+    Ok(())
+}
+
+fn read_spool(settings: &Settings) -> Result<Vec<QueuedMessage>, CliError> {
+    if !settings.server.spool_dir.is_dir() {
+        return Err(CliError::Other(format!(
+            "no sealgate daemon is listening on {} and the spool folder {} does not exist",
+            settings.server.control_socket.display(),
+            settings.server.spool_dir.display()
+        )));
+    }
+    let key = SpoolKey::load(&settings.server.spool_key_file)?;
+    let spool = Spool::open(&settings.server.spool_dir, key)?;
+    let mut out = Vec::new();
+    for id in spool.list_ids()? {
+        out.push(spool.read_envelope(&id)?);
+    }
+    Ok(out)
+}
+
+/// `queue flush`.
+pub async fn queue_flush(settings: &Settings) -> Result<String, CliError> {
+    match control::call(&settings.server.control_socket, &Request::Flush).await {
+        Ok(Reply::Ok { detail, .. }) => Ok(detail),
+        Ok(Reply::Error { detail }) => Err(CliError::Other(detail)),
+        Err(ControlError::NotRunning(p)) => Err(CliError::Other(format!(
+            "no sealgate daemon is listening on {}; queued mail is tried as soon as `sealgate serve` starts",
+            p.display()
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `queue remove ID...`.
+pub async fn queue_remove(settings: &Settings, ids: &[String]) -> Result<String, CliError> {
+    let mut done = Vec::new();
+    for id in ids {
+        let qid = QueueId::parse(id)
+            .ok_or_else(|| CliError::Other(format!("`{id}` is not a queue id")))?;
+        match control::call(
+            &settings.server.control_socket,
+            &Request::Remove { id: qid.0.clone() },
+        )
+        .await
+        {
+            Ok(Reply::Ok { detail, .. }) => done.push(detail),
+            Ok(Reply::Error { detail }) => return Err(CliError::Other(detail)),
+            Err(ControlError::NotRunning(_)) => {
+                // No daemon: nobody else touches the spool, edit it directly.
+                let key = SpoolKey::load(&settings.server.spool_key_file)?;
+                let spool = Spool::open(&settings.server.spool_dir, key)?;
+                if !spool.list_ids()?.contains(&qid) {
+                    return Err(CliError::Other(format!("no message {qid} in the queue")));
+                }
+                spool_remove(&spool, &qid).await?;
+                done.push(format!(
+                    "removed {qid} (from the spool folder; no daemon running)"
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done.join("\n"))
+}
+
+async fn spool_remove(spool: &Spool, id: &QueueId) -> Result<(), CliError> {
+    spool.remove(id).await.map_err(CliError::from)
+}
+
+/// `reload`: asks the daemon to re-read its policy.
+pub async fn reload(settings: &Settings) -> Result<String, CliError> {
+    match control::call(&settings.server.control_socket, &Request::Reload).await? {
+        Reply::Ok { detail, .. } => Ok(detail),
+        Reply::Error { detail } => Err(CliError::Other(detail)),
+    }
+}
+
+/// `audit verify`.
+pub async fn audit_verify(settings: &Settings, out: &mut dyn Write) -> Result<bool, CliError> {
+    let report = audit::verify(&settings.audit.database_url).await?;
+    let io = |e: std::io::Error| CliError::Other(e.to_string());
+    writeln!(out, "{report}").map_err(io)?;
+    Ok(report.is_intact())
+}
+
+/// `audit export`.
+pub async fn audit_export(
+    settings: &Settings,
+    format: audit::ExportFormat,
+    since: Option<DateTime<Utc>>,
+    out: &mut (dyn Write + Send),
+) -> Result<audit::ExportSummary, CliError> {
+    Ok(audit::export(&settings.audit.database_url, format, since, out).await?)
+}
+
+/// `probe`: what would happen to each recipient, and why.
+pub async fn probe(
+    settings: Settings,
+    sender: &str,
+    addresses: &[String],
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let settings = Arc::new(settings);
+    let policy = crate::policy::Policy::load(&settings.policy.files)?;
+    let deliverer = crate::outbound::Deliverer::new(settings.clone())?;
+    let mut results = Vec::new();
+    for addr in addresses {
+        let decision = policy.decide(sender, addr);
+        let domain = crate::queue::domain_of(addr);
+        let route = deliverer.route_for(&domain).await;
+        let route_json = match &route {
+            Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        results.push(
+            serde_json::json!({ "recipient": addr, "decision": decision, "route": route_json }),
+        );
+    }
+    let io = |e: std::io::Error| CliError::Other(e.to_string());
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&results).map_err(|e| CliError::Other(e.to_string()))?
+        )
+        .map_err(io)?;
+        return Ok(());
+    }
+    for r in &results {
+        writeln!(out, "{}", r["recipient"].as_str().unwrap_or("")).map_err(io)?;
+        let d = &r["decision"];
+        writeln!(
+            out,
+            "  method:         {}",
+            d["method"].as_str().unwrap_or("")
+        )
+        .map_err(io)?;
+        writeln!(out, "  tls:            {}", d["tls"].as_str().unwrap_or("")).map_err(io)?;
+        writeln!(
+            out,
+            "  rule:           {}",
+            d["rule"].as_str().unwrap_or("")
+        )
+        .map_err(io)?;
+        writeln!(
+            out,
+            "  policy version: {}",
+            d["policy_version"].as_str().unwrap_or("")
+        )
+        .map_err(io)?;
+        match r["route"].get("error") {
+            Some(e) => writeln!(out, "  route:          error: {}", e.as_str().unwrap_or(""))
+                .map_err(io)?,
+            None => {
+                writeln!(
+                    out,
+                    "  route:          {}",
+                    r["route"]["kind"].as_str().unwrap_or("")
+                )
+                .map_err(io)?;
+                for hop in r["route"]["hops"].as_array().into_iter().flatten() {
+                    let addrs: Vec<&str> = hop["addrs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a.as_str())
+                        .collect();
+                    writeln!(
+                        out,
+                        "    {:>5} {} {}",
+                        hop["preference"],
+                        hop["name"].as_str().unwrap_or(""),
+                        addrs.join(" ")
+                    )
+                    .map_err(io)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! The DATA phase as a push parser, no I/O: bytes from the wire in,
+//! message content out, the end of data found, limits counted.
+//!
+//! SMTP smuggling is closed here. The end of data is only `CRLF . CRLF`
+//! (RFC 5321 section 4.1.1.4); `LF . LF`, `CR . CR`, `LF . CRLF` and every
+//! other mix are content. Bare CR and bare LF in content are normalised to
+//! CRLF, so once the message is dot-stuffed again on the way out, no
+//! sequence we accepted as content can end the data at the next hop.
+
+/// Why the content was refused (decided once the end of data is seen, so
+/// the session stays in step with the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProblem {
+    TooBig,
+    LineTooLong,
+    HeaderTooBig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// After CRLF: a protocol line starts.
+    LineStart,
+    /// Inside a line.
+    Mid,
+    /// Saw CR inside a line.
+    Cr,
+    /// Saw `.` at a line start.
+    Dot,
+    /// Saw `.` CR at a line start.
+    DotCr,
+}
+
+/// Receives the DATA section of one transaction.
+pub struct DataReceiver {
+    state: State,
+    max_size: u64,
+    max_line: usize,
+    max_header: usize,
+    size: u64,
+    line_len: usize,
+    /// Content bytes since the last CRLF emitted; for finding the end of
+    /// the header section.
+    blank_line: bool,
+    in_headers: bool,
+    headers: Vec<u8>,
+    problem: Option<DataProblem>,
+    /// Bytes thrown away after a problem.
+    discarded: u64,
+}
+
+impl DataReceiver {
+    /// A receiver with the given limits.
+    pub fn new(max_size: u64, max_line: usize, max_header: usize) -> DataReceiver {
+        DataReceiver {
+            state: State::LineStart,
+            max_size,
+            max_line,
+            max_header,
+            size: 0,
+            line_len: 0,
+            blank_line: true,
+            in_headers: true,
+            headers: Vec::new(),
+            problem: None,
+            discarded: 0,
+        }
+    }
+
+    /// Feeds wire bytes; content goes to `out`. Returns `Some(n)` when the
+    /// end of data was found after consuming `n` bytes of `input` (the rest
+    /// belongs to the next command), `None` when all of `input` was taken.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        for (i, &b) in input.iter().enumerate() {
+            match self.state {
+                State::LineStart => match b {
+                    b'.' => self.state = State::Dot,
+                    b'\r' => self.state = State::Cr,
+                    b'\n' => self.newline(out),
+                    _ => {
+                        self.byte(b, out);
+                        self.state = State::Mid;
+                    }
+                },
+                State::Mid => match b {
+                    b'\r' => self.state = State::Cr,
+                    // Bare LF: content line break, not a protocol one.
+                    b'\n' => self.newline(out),
+                    _ => self.byte(b, out),
+                },
+                State::Cr => match b {
+                    b'\n' => {
+                        self.newline(out);
+                        self.state = State::LineStart;
+                    }
+                    // Bare CR: content line break; CR CR stays in Cr.
+                    b'\r' => self.newline(out),
+                    _ => {
+                        self.newline(out);
+                        self.byte(b, out);
+                        self.state = State::Mid;
+                    }
+                },
+                State::Dot => match b {
+                    b'\r' => self.state = State::DotCr,
+                    // `.` LF is not the end of data; keep the dot as content.
+                    b'\n' => {
+                        self.byte(b'.', out);
+                        self.newline(out);
+                        self.state = State::Mid;
+                    }
+                    // Transparency (RFC 5321 section 4.5.2): drop the first dot.
+                    _ => {
+                        self.byte(b, out);
+                        self.state = State::Mid;
+                    }
+                },
+                State::DotCr => match b {
+                    b'\n' => return Some(i + 1),
+                    // `.` CR followed by anything else: content.
+                    b'\r' => {
+                        self.byte(b'.', out);
+                        self.newline(out);
+                        self.state = State::Cr;
+                    }
+                    _ => {
+                        self.byte(b'.', out);
+                        self.newline(out);
+                        self.byte(b, out);
+                        self.state = State::Mid;
+                    }
+                },
+            }
+        }
+        None
+    }
+
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if self.problem.is_some() {
+            self.discarded += bytes.len() as u64;
+            return;
+        }
+        self.size += bytes.len() as u64;
+        if self.size > self.max_size {
+            self.problem = Some(DataProblem::TooBig);
+            return;
+        }
+        if self.in_headers {
+            if self.headers.len() + bytes.len() > self.max_header {
+                self.problem = Some(DataProblem::HeaderTooBig);
+                return;
+            }
+            self.headers.extend_from_slice(bytes);
+        }
+        out.extend_from_slice(bytes);
+    }
+
+    fn byte(&mut self, b: u8, out: &mut Vec<u8>) {
+        self.line_len += 1;
+        if self.line_len > self.max_line && self.problem.is_none() {
+            self.problem = Some(DataProblem::LineTooLong);
+        }
+        self.blank_line = false;
+        self.emit(&[b], out);
+    }
+
+    fn newline(&mut self, out: &mut Vec<u8>) {
+        if self.blank_line && self.in_headers {
+            self.in_headers = false;
+            // The blank line itself is not part of the header section.
+            self.size += 2;
+            if self.problem.is_none() {
+                out.extend_from_slice(b"\r\n");
+            }
+        } else {
+            self.emit(b"\r\n", out);
+        }
+        self.line_len = 0;
+        self.blank_line = true;
+    }
+
+    /// The problem that will refuse this message, if any.
+    pub fn problem(&self) -> Option<DataProblem> {
+        self.problem
+    }
+
+    /// Content bytes accepted so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes thrown away after a problem (to stop a client that never ends).
+    pub fn discarded(&self) -> u64 {
+        self.discarded
+    }
+
+    /// The header section seen so far (bounded by the header limit).
+    pub fn headers(&self) -> &[u8] {
+        &self.headers
+    }
+}
+
+/// Header facts the listener needs: loop count and Message-ID.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeaderFacts {
+    pub received: usize,
+    pub message_id: Option<String>,
+}
+
+/// Scans a header section (CRLF lines, folded lines joined).
+pub fn header_facts(headers: &[u8]) -> HeaderFacts {
+    let mut facts = HeaderFacts::default();
+    let text = String::from_utf8_lossy(headers);
+    let mut current: Option<String> = None;
+    let finish = |h: Option<String>, facts: &mut HeaderFacts| {
+        let Some(h) = h else { return };
+        let Some((name, value)) = h.split_once(':') else {
+            return;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("received") {
+            facts.received += 1;
+        } else if name.eq_ignore_ascii_case("message-id") && facts.message_id.is_none() {
+            let v = value.trim();
+            if !v.is_empty() {
+                facts.message_id = Some(v.chars().take(998).collect());
+            }
+        }
+    };
+    for line in text.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(c) = current.as_mut() {
+                c.push_str(line);
+            }
+        } else {
+            finish(current.take(), &mut facts);
+            if !line.is_empty() {
+                current = Some(line.to_string());
+            }
+        }
+    }
+    finish(current, &mut facts);
+    facts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8]) -> (Vec<u8>, Option<usize>) {
+        let mut r = DataReceiver::new(1 << 20, 1000, 1 << 16);
+        let mut out = Vec::new();
+        let end = r.feed(input, &mut out);
+        (out, end)
+    }
+
+    #[test]
+    fn ends_only_at_crlf_dot_crlf() {
+        let (out, end) = run(b"Subject: a\r\n\r\nhello\r\n.\r\nMAIL FROM:<x@y>\r\n");
+        assert_eq!(out, b"Subject: a\r\n\r\nhello\r\n");
+        assert_eq!(end, Some(b"Subject: a\r\n\r\nhello\r\n.\r\n".len()));
+    }
+
+    #[test]
+    fn smuggling_sequences_are_content() {
+        // Every non-standard end-of-data variant from the SMTP smuggling
+        // research stays inside the message.
+        let variants: [&[u8]; 6] = [
+            b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r.\r",
+        ];
+        for v in variants {
+            let mut input = b"Subject: a\r\n\r\nbody".to_vec();
+            input.extend_from_slice(v);
+            input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\n");
+            let (out, end) = run(&input);
+            assert_eq!(end, None, "{v:?} must not end the data");
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("MAIL FROM:<evil@x.test>"), "{v:?}");
+            // Normalised: no bare CR or LF remains, so dot-stuffing on the
+            // way out protects the next hop.
+            let bytes = text.as_bytes();
+            for (i, &b) in bytes.iter().enumerate() {
+                if b == b'\n' {
+                    assert_eq!(bytes[i - 1], b'\r', "{v:?}: bare LF at {i}");
+                }
+                if b == b'\r' {
+                    assert_eq!(bytes.get(i + 1), Some(&b'\n'), "{v:?}: bare CR at {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_unstuffing() {
+        let (out, end) = run(b"\r\n..leading dot\r\n...\r\n.\r\n");
+        assert_eq!(out, b"\r\n.leading dot\r\n..\r\n");
+        assert!(end.is_some());
+    }
+
+    #[test]
+    fn end_split_across_reads() {
+        let mut r = DataReceiver::new(1 << 20, 1000, 1 << 16);
+        let mut out = Vec::new();
+        let input = b"a: b\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+        for (i, b) in input.iter().enumerate() {
+            if let Some(n) = r.feed(std::slice::from_ref(b), &mut out) {
+                assert_eq!(n, 1);
+                assert_eq!(i, b"a: b\r\n\r\nbody\r\n.\r\n".len() - 1);
+                break;
+            }
+        }
+        assert_eq!(out, b"a: b\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn limits() {
+        let mut r = DataReceiver::new(10, 1000, 1000);
+        let mut out = Vec::new();
+        assert!(r.feed(b"a: 0123456789abcdef\r\n.\r\n", &mut out).is_some());
+        assert_eq!(r.problem(), Some(DataProblem::TooBig));
+        assert!(out.len() <= 10);
+
+        let mut r = DataReceiver::new(1 << 20, 5, 1000);
+        assert!(
+            r.feed(b"a: b\r\n\r\n0123456789\r\n.\r\n", &mut Vec::new())
+                .is_some()
+        );
+        assert_eq!(r.problem(), Some(DataProblem::LineTooLong));
+
+        let mut r = DataReceiver::new(1 << 20, 1000, 8);
+        assert!(
+            r.feed(b"a: 0123456789\r\n\r\nbody\r\n.\r\n", &mut Vec::new())
+                .is_some()
+        );
+        assert_eq!(r.problem(), Some(DataProblem::HeaderTooBig));
+    }
+
+    #[test]
+    fn facts() {
+        let h = b"Received: from a\r\n\tby b\r\nreceived: x\r\nMessage-ID:\r\n <id@x.test>\r\nSubject: s\r\n";
+        let f = header_facts(h);
+        assert_eq!(f.received, 2);
+        assert_eq!(f.message_id.as_deref(), Some("<id@x.test>"));
+    }
+}

@@ -1,0 +1,729 @@
+//! One SMTP session: the command loop, relay control, STARTTLS, AUTH and
+//! DATA into the spool. Every read has a timeout and a size limit.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use chrono::Utc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::InboundContext;
+use super::auth;
+use super::command::{self, Body, Command, MailParams, Mailbox};
+use super::data::{DataProblem, DataReceiver, header_facts};
+use super::reply::Reply;
+use crate::queue::{ClientInfo, QueueId, QueuedMessage, Recipient};
+
+/// The connection, before or after STARTTLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Closed,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Why the session ends.
+#[derive(Debug)]
+enum End {
+    /// Client said QUIT or closed.
+    Done,
+    /// I/O failure or timeout; nothing more can be said.
+    Io(std::io::Error),
+    /// We closed with a final reply already sent.
+    Closed,
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> End {
+        End::Io(e)
+    }
+}
+
+enum Line {
+    Ok(Vec<u8>),
+    TooLong,
+}
+
+struct Transaction {
+    sender: Option<Mailbox>,
+    params: MailParams,
+    rcpts: Vec<Mailbox>,
+}
+
+/// The per-connection state.
+pub struct Session {
+    ctx: Arc<InboundContext>,
+    peer: SocketAddr,
+    stream: Stream,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<(String, String)>,
+    auth_user: Option<String>,
+    tx: Option<Transaction>,
+    errors: usize,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Session {
+    /// A session on an accepted connection.
+    pub fn new(
+        ctx: Arc<InboundContext>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Session {
+        Session {
+            ctx,
+            peer,
+            stream: Stream::Plain(stream),
+            rbuf: Vec::with_capacity(4096),
+            rpos: 0,
+            wbuf: Vec::with_capacity(1024),
+            helo: None,
+            esmtp: false,
+            tls: None,
+            auth_user: None,
+            tx: None,
+            errors: 0,
+            shutdown,
+        }
+    }
+
+    /// Runs the session to its end.
+    pub async fn run(mut self) {
+        let started = std::time::Instant::now();
+        let end = self.serve().await;
+        let _ = self.flush().await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.stream.shutdown()).await;
+        match end {
+            Ok(()) | Err(End::Done) | Err(End::Closed) => {
+                tracing::debug!(peer = %self.peer, secs = started.elapsed().as_secs_f32(), "session closed")
+            }
+            Err(End::Io(e)) => tracing::debug!(peer = %self.peer, error = %e, "session ended"),
+        }
+    }
+
+    fn reply(&mut self, r: &Reply) {
+        if r.is_error() {
+            self.errors += 1;
+        }
+        self.wbuf.extend_from_slice(r.to_wire().as_bytes());
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            let limit = self.ctx.settings.server.limits.command_timeout;
+            let buf = std::mem::take(&mut self.wbuf);
+            tokio::time::timeout(limit, self.stream.write_all(&buf))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")
+                })??;
+            tokio::time::timeout(limit, self.stream.flush())
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")
+                })??;
+            self.wbuf = buf;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the buffer, flushing pending replies first
+    /// (this is what makes PIPELINING work: replies go out when the
+    /// client's batch is consumed).
+    async fn fill(&mut self, timeout: std::time::Duration) -> Result<(), End> {
+        self.flush().await?;
+        if self.rpos > 0 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::select! {
+            r = tokio::time::timeout(timeout, self.stream.read(&mut chunk)) => match r {
+                Err(_) => {
+                    self.reply(&Reply::new(421, "4.4.2", &format!("{} Error: timeout exceeded", self.ctx.settings.server.hostname)));
+                    return Err(End::Closed);
+                }
+                Ok(r) => r?,
+            },
+            _ = self.shutdown.changed() => {
+                self.reply(&Reply::new(421, "4.3.2", &format!("{} Service shutting down", self.ctx.settings.server.hostname)));
+                return Err(End::Closed);
+            }
+        };
+        if n == 0 {
+            return Err(End::Done);
+        }
+        self.rbuf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// One command line; an over-long line is consumed and reported.
+    async fn read_line(&mut self) -> Result<Line, End> {
+        let max = self.ctx.settings.server.limits.max_command_line;
+        let timeout = self.ctx.settings.server.limits.command_timeout;
+        let mut too_long = false;
+        loop {
+            if let Some(pos) = self.rbuf[self.rpos..].iter().position(|&b| b == b'\n') {
+                let start = self.rpos;
+                self.rpos += pos + 1;
+                if too_long {
+                    return Ok(Line::TooLong);
+                }
+                let mut line = self.rbuf[start..start + pos].to_vec();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if line.len() > max {
+                    return Ok(Line::TooLong);
+                }
+                return Ok(Line::Ok(line));
+            }
+            if self.rbuf.len() - self.rpos > max {
+                // Keep memory bounded: drop what we have, remember to refuse.
+                too_long = true;
+                self.rbuf.clear();
+                self.rpos = 0;
+            }
+            self.fill(timeout).await?;
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), End> {
+        let host = self.ctx.settings.server.hostname.clone();
+        self.reply(&Reply::new(220, "", &format!("{host} ESMTP sealgate")));
+        loop {
+            if self.errors >= self.ctx.settings.server.limits.max_errors {
+                self.reply(&Reply::new(
+                    421,
+                    "4.7.0",
+                    &format!("{host} Error: too many errors"),
+                ));
+                return Err(End::Closed);
+            }
+            let line = match self.read_line().await? {
+                Line::Ok(l) => l,
+                Line::TooLong => {
+                    self.reply(&Reply::new(500, "5.5.2", "Error: line too long"));
+                    continue;
+                }
+            };
+            let cmd = match command::parse(&line) {
+                Ok(c) => c,
+                Err(r) => {
+                    self.reply(&r);
+                    continue;
+                }
+            };
+            match cmd {
+                Command::Quit => {
+                    self.reply(&Reply::new(221, "2.0.0", "Bye"));
+                    return Err(End::Done);
+                }
+                Command::Helo(name) => {
+                    self.helo = Some(name);
+                    self.esmtp = false;
+                    self.tx = None;
+                    self.reply(&Reply::new(250, "", &host));
+                }
+                Command::Ehlo(name) => {
+                    self.helo = Some(name);
+                    self.esmtp = true;
+                    self.tx = None;
+                    let r = self.ehlo_reply();
+                    self.reply(&r);
+                }
+                Command::StartTls => self.starttls().await?,
+                Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await?,
+                Command::Mail(sender, params) => {
+                    let r = self.mail(sender, params);
+                    self.reply(&r);
+                }
+                Command::Rcpt(mb) => {
+                    let r = self.rcpt(mb);
+                    self.reply(&r);
+                }
+                Command::Data => self.data().await?,
+                Command::Rset => {
+                    self.tx = None;
+                    self.reply(&Reply::new(250, "2.0.0", "Ok"));
+                }
+                Command::Noop => self.reply(&Reply::new(250, "2.0.0", "Ok")),
+                Command::Vrfy => self.reply(&Reply::new(502, "5.5.1", "VRFY command is disabled")),
+                Command::Expn => self.reply(&Reply::new(502, "5.5.1", "EXPN command is disabled")),
+                Command::Help => self.reply(&Reply::new(214, "2.0.0", "See RFC 5321")),
+                Command::NotOffered(_) => {
+                    self.reply(&Reply::new(502, "5.5.1", "Command not implemented"))
+                }
+            }
+        }
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let s = &self.ctx.settings.server;
+        let mut lines = vec![s.hostname.clone()];
+        lines.push(format!("SIZE {}", s.limits.max_message_size));
+        lines.push("8BITMIME".into());
+        lines.push("PIPELINING".into());
+        lines.push("ENHANCEDSTATUSCODES".into());
+        lines.push("SMTPUTF8".into());
+        if self.ctx.tls.is_some() && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        if self.tls.is_some() && self.ctx.users.any() && self.auth_user.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        Reply::new(250, "", &lines.join("\n"))
+    }
+
+    async fn starttls(&mut self) -> Result<(), End> {
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            self.reply(&Reply::new(502, "5.5.1", "Command not implemented"));
+            return Ok(());
+        };
+        if self.tls.is_some() {
+            self.reply(&Reply::new(503, "5.5.1", "Already using TLS"));
+            return Ok(());
+        }
+        self.reply(&Reply::new(220, "2.0.0", "Ready to start TLS"));
+        self.flush().await?;
+        // Anything the client pipelined after STARTTLS was sent in the clear
+        // and could have been injected by an attacker (CVE-2011-0411 class):
+        // it is thrown away, never executed inside the TLS session.
+        if self.rbuf.len() > self.rpos {
+            tracing::info!(peer = %self.peer, bytes = self.rbuf.len() - self.rpos, "discarding plaintext pipelined after STARTTLS");
+        }
+        self.rbuf.clear();
+        self.rpos = 0;
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+            return Err(End::Closed);
+        };
+        let timeout = self
+            .ctx
+            .settings
+            .server
+            .limits
+            .command_timeout
+            .min(std::time::Duration::from_secs(60));
+        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let (_, conn) = tls.get_ref();
+                let version = conn
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("TLS")
+                    .to_string();
+                let cipher = conn
+                    .negotiated_cipher_suite()
+                    .and_then(|c| c.suite().as_str())
+                    .unwrap_or("unknown")
+                    .to_string();
+                self.tls = Some((version, cipher));
+                self.stream = Stream::Tls(Box::new(tls));
+                // RFC 3207 section 4.2: forget everything learned before TLS.
+                self.helo = None;
+                self.esmtp = false;
+                self.tx = None;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer, error = %e, "inbound TLS handshake failed");
+                Err(End::Closed)
+            }
+            Err(_) => Err(End::Closed),
+        }
+    }
+
+    async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Result<(), End> {
+        if !self.ctx.users.any() {
+            self.reply(&Reply::new(502, "5.5.1", "Command not implemented"));
+            return Ok(());
+        }
+        if self.tls.is_none() {
+            self.reply(&Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ));
+            return Ok(());
+        }
+        if self.auth_user.is_some() {
+            self.reply(&Reply::new(503, "5.5.1", "Already authenticated"));
+            return Ok(());
+        }
+        if self.tx.is_some() {
+            self.reply(&Reply::new(
+                503,
+                "5.5.1",
+                "AUTH not allowed during a mail transaction",
+            ));
+            return Ok(());
+        }
+        let creds = match mechanism.as_str() {
+            "PLAIN" => {
+                let resp = match initial {
+                    Some(i) if i != "=" => i,
+                    _ => match self.challenge("").await? {
+                        Some(r) => r,
+                        None => return Ok(()),
+                    },
+                };
+                auth::decode_plain(&resp)
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(i) => Some(i),
+                    None => self.challenge("VXNlcm5hbWU6").await?,
+                };
+                let Some(user) = user else { return Ok(()) };
+                let Some(pass) = self.challenge("UGFzc3dvcmQ6").await? else {
+                    return Ok(());
+                };
+                match (
+                    auth::decode_b64(&user).and_then(|u| String::from_utf8(u).ok()),
+                    auth::decode_b64(&pass),
+                ) {
+                    (Some(u), Some(p)) => Some((u, p)),
+                    _ => None,
+                }
+            }
+            _ => {
+                self.reply(&Reply::new(
+                    504,
+                    "5.5.4",
+                    "Unrecognized authentication type",
+                ));
+                return Ok(());
+            }
+        };
+        let Some((user, pass)) = creds else {
+            self.reply(&Reply::new(501, "5.5.2", "Cannot decode response"));
+            return Ok(());
+        };
+        if self.ctx.users.verify(user.clone(), pass).await {
+            tracing::info!(peer = %self.peer, user = %user, "authenticated");
+            self.auth_user = Some(user);
+            self.reply(&Reply::new(235, "2.7.0", "Authentication successful"));
+        } else {
+            tracing::info!(peer = %self.peer, user = %user, "authentication failed");
+            // Slow down guessing beyond what argon2 already costs.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            self.reply(&Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends a 334 challenge and reads the answer; `None` if cancelled.
+    async fn challenge(&mut self, text: &str) -> Result<Option<String>, End> {
+        self.wbuf
+            .extend_from_slice(format!("334 {text}\r\n").as_bytes());
+        match self.read_line().await? {
+            Line::Ok(l) if l == b"*" => {
+                self.reply(&Reply::new(501, "5.0.0", "Authentication cancelled"));
+                Ok(None)
+            }
+            Line::Ok(l) => Ok(Some(String::from_utf8_lossy(&l).into_owned())),
+            Line::TooLong => {
+                self.reply(&Reply::new(500, "5.5.2", "Error: line too long"));
+                Ok(None)
+            }
+        }
+    }
+
+    fn mail(&mut self, sender: Option<Mailbox>, params: MailParams) -> Reply {
+        if self.helo.is_none() {
+            return Reply::new(503, "5.5.1", "Error: send HELO/EHLO first");
+        }
+        if self.tx.is_some() {
+            return Reply::new(503, "5.5.1", "Error: nested MAIL command");
+        }
+        if !self.esmtp && (params != MailParams::default()) {
+            return Reply::new(555, "5.5.4", "MAIL parameters need EHLO");
+        }
+        if let Some(size) = params.size {
+            if size > self.ctx.settings.server.limits.max_message_size {
+                return Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                );
+            }
+        }
+        if let Some(s) = &sender {
+            if s.is_utf8() && !params.smtputf8 {
+                return Reply::new(553, "5.6.7", "Non-ASCII address needs SMTPUTF8");
+            }
+        }
+        self.tx = Some(Transaction {
+            sender,
+            params,
+            rcpts: Vec::new(),
+        });
+        Reply::new(250, "2.1.0", "Ok")
+    }
+
+    fn rcpt(&mut self, mb: Mailbox) -> Reply {
+        let may_relay = self.auth_user.is_some() || self.ctx.settings.relay.allows(self.peer.ip());
+        let max = self.ctx.settings.server.limits.max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return Reply::new(503, "5.5.1", "Error: need MAIL command");
+        };
+        if mb.is_utf8() && !tx.params.smtputf8 {
+            return Reply::new(553, "5.6.7", "Non-ASCII address needs SMTPUTF8");
+        }
+        if !may_relay {
+            // The detail goes to the log; the reply stays generic.
+            tracing::info!(peer = %self.peer, recipient_domain = %mb.domain, "relay denied: client is not in relay.allow_networks and not authenticated");
+            return Reply::new(550, "5.7.1", "Relay access denied");
+        }
+        if tx.rcpts.len() >= max {
+            return Reply::new(452, "4.5.3", "Error: too many recipients");
+        }
+        if !tx.rcpts.contains(&mb) {
+            tx.rcpts.push(mb);
+        }
+        Reply::new(250, "2.1.5", "Ok")
+    }
+
+    async fn data(&mut self) -> Result<(), End> {
+        let Some(tx) = self.tx.take() else {
+            self.reply(&Reply::new(503, "5.5.1", "Error: need MAIL command"));
+            return Ok(());
+        };
+        if tx.rcpts.is_empty() {
+            self.reply(&Reply::new(554, "5.5.1", "Error: no valid recipients"));
+            return Ok(());
+        }
+        let limits = self.ctx.settings.server.limits.clone();
+        let id = QueueId::new();
+        let spool = self.ctx.queue.spool().clone();
+        let mut writer = match spool.create_content(&id).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create spool file");
+                None
+            }
+        };
+        self.reply(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        let received = self.received_header(&id, &tx);
+        let mut spool_failed = writer.is_none();
+        if let Some(w) = writer.as_mut() {
+            if let Err(e) = w.write(received.as_bytes()).await {
+                tracing::error!(error = %e, "spool write failed");
+                spool_failed = true;
+            }
+        }
+        let mut rx = DataReceiver::new(
+            limits.max_message_size,
+            limits.max_line_length,
+            limits.max_header_size,
+        );
+        let mut out = Vec::with_capacity(64 * 1024);
+        loop {
+            if let Some(used) = rx.feed(&self.rbuf[self.rpos..], &mut out) {
+                self.rpos += used;
+                break;
+            }
+            self.rpos = self.rbuf.len();
+            if out.len() >= 64 * 1024 && !spool_failed {
+                if let Some(w) = writer.as_mut() {
+                    if let Err(e) = w.write(&out).await {
+                        tracing::error!(error = %e, "spool write failed");
+                        spool_failed = true;
+                    }
+                }
+                out.clear();
+            } else if spool_failed {
+                out.clear();
+            }
+            if rx.discarded() > limits.max_message_size {
+                // A client that goes on long after the limit is cut off.
+                if writer.is_some() {
+                    spool.discard_content(&id).await;
+                }
+                self.reply(&Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                ));
+                return Err(End::Closed);
+            }
+            if let Err(e) = self.fill(limits.data_timeout).await {
+                if writer.is_some() {
+                    spool.discard_content(&id).await;
+                }
+                return Err(e);
+            }
+        }
+        let facts = header_facts(rx.headers());
+        let refusal = match rx.problem() {
+            Some(DataProblem::TooBig) => Some(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            )),
+            Some(DataProblem::HeaderTooBig) => Some(Reply::new(
+                552,
+                "5.3.4",
+                "Message header size exceeds limit",
+            )),
+            Some(DataProblem::LineTooLong) => {
+                Some(Reply::new(500, "5.5.2", "Message line too long"))
+            }
+            None if facts.received >= limits.max_received_headers => {
+                tracing::info!(peer = %self.peer, hops = facts.received, "mail loop: too many Received headers");
+                Some(Reply::new(554, "5.4.6", "Too many hops (mail loop?)"))
+            }
+            None if spool_failed => Some(Reply::new(451, "4.3.0", "Error: queue file write error")),
+            None => None,
+        };
+        if let Some(r) = refusal {
+            if writer.is_some() {
+                spool.discard_content(&id).await;
+            }
+            self.reply(&r);
+            return Ok(());
+        }
+        let Some(mut w) = writer else { return Ok(()) };
+        let committed = async {
+            w.write(&out).await?;
+            w.finish().await
+        }
+        .await;
+        let (size, sha) = match committed {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "spool write failed");
+                spool.discard_content(&id).await;
+                self.reply(&Reply::new(451, "4.3.0", "Error: queue file write error"));
+                return Ok(());
+            }
+        };
+        let msg = QueuedMessage {
+            id: id.clone(),
+            received_at: Utc::now(),
+            sender: tx
+                .sender
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            recipients: tx
+                .rcpts
+                .iter()
+                .map(|r| Recipient::new(r.to_string()))
+                .collect(),
+            message_id: facts.message_id,
+            size,
+            content_sha256: sha,
+            body_8bit: tx.params.body == Body::EightBitMime,
+            smtputf8: tx.params.smtputf8,
+            client: ClientInfo {
+                ip: self.peer.ip().to_string(),
+                helo: self.helo.clone().unwrap_or_default(),
+                auth_user: self.auth_user.clone(),
+                tls: self.tls.is_some(),
+            },
+        };
+        let rcpts = msg.recipients.len();
+        match self.ctx.queue.enqueue(msg).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %id, peer = %self.peer, size, recipients = rcpts, "message accepted");
+                self.reply(&Reply::new(250, "2.0.0", &format!("Ok: queued as {id}")));
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot commit message to the spool");
+                spool.discard_content(&id).await;
+                self.reply(&Reply::new(451, "4.3.0", "Error: queue file write error"));
+            }
+        }
+        Ok(())
+    }
+
+    fn received_header(&self, id: &QueueId, tx: &Transaction) -> String {
+        let proto = match (self.esmtp, self.tls.is_some(), self.auth_user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
+        let helo: String = self
+            .helo
+            .as_deref()
+            .unwrap_or("unknown")
+            .chars()
+            .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+            .take(255)
+            .collect();
+        let tls = match &self.tls {
+            Some((v, c)) => format!("\r\n\t(using {v} with cipher {c})"),
+            None => String::new(),
+        };
+        // RFC 6531 section 3.7.3: UTF8SMTP, UTF8SMTPS, UTF8SMTPA, UTF8SMTPSA.
+        let proto = if tx.params.smtputf8 {
+            format!("UTF8SMTP{}", proto.trim_start_matches("ESMTP"))
+        } else {
+            proto.to_string()
+        };
+        format!(
+            "Received: from {helo} ([{ip}]){tls}\r\n\tby {host} (sealgate) with {proto} id {id};\r\n\t{date}\r\n",
+            ip = self.peer.ip(),
+            host = self.ctx.settings.server.hostname,
+            date = Utc::now().to_rfc2822(),
+        )
+    }
+}

@@ -1,0 +1,272 @@
+//! The `sealgate` binary.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sealgate::{audit, cli, config::Settings, server};
+
+/// SMTP gateway that keeps protected health information from leaving in the clear.
+#[derive(Parser)]
+#[command(name = "sealgate", version, about)]
+struct Args {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration (and the files it names) without starting.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show what would happen to each recipient, and the evidence.
+    Probe {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Envelope sender to decide for.
+        #[arg(long, default_value = "")]
+        from: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Inspect and manage the queue.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Export or verify the audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Ask the running daemon to re-read its policy files.
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create a new spool encryption key file (mode 0600).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Hash a password (read from stdin) for [[server.users]].
+    HashPassword,
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued messages and each recipient's state.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try every deferred recipient now.
+    Flush {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Delete messages without delivering them.
+    Remove {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Write audit rows (with the chain head) as CSV or JSON.
+    Export {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+        /// Only rows at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Check the hash chain; exits 1 and names the first broken row if edited.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALGATE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,sqlx=warn,hickory_proto=warn,hickory_resolver=warn,rustls=warn",
+        )
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(config: &PathBuf) -> anyhow::Result<Settings> {
+    Ok(Settings::load(config)?)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sealgate: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(args.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sealgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    match command {
+        Command::Serve { config } => {
+            let settings = load(&config)?;
+            server::run(settings).await?;
+        }
+        Command::CheckConfig { config } => {
+            cli::check_config(&config)?;
+            println!("{}: configuration is valid", config.display());
+        }
+        Command::Probe {
+            config,
+            from,
+            json,
+            addresses,
+        } => {
+            let settings = load(&config)?;
+            cli::probe(settings, &from, &addresses, json, &mut stdout).await?;
+        }
+        Command::Queue { action } => match action {
+            QueueAction::List { config, json } => {
+                cli::queue_list(&load(&config)?, json, &mut stdout).await?
+            }
+            QueueAction::Flush { config } => {
+                println!("{}", cli::queue_flush(&load(&config)?).await?)
+            }
+            QueueAction::Remove { config, ids } => {
+                println!("{}", cli::queue_remove(&load(&config)?, &ids).await?)
+            }
+        },
+        Command::Audit { action } => match action {
+            AuditAction::Export {
+                config,
+                format,
+                since,
+                output,
+            } => {
+                let settings = load(&config)?;
+                let since = since
+                    .map(|s| DateTimeArg::parse(&s))
+                    .transpose()
+                    .context("--since")?;
+                let format = match format {
+                    Format::Csv => audit::ExportFormat::Csv,
+                    Format::Json => audit::ExportFormat::Json,
+                };
+                let summary = match output {
+                    Some(path) => {
+                        let mut f = std::fs::File::create(&path)
+                            .with_context(|| format!("cannot create {}", path.display()))?;
+                        let s = cli::audit_export(&settings, format, since, &mut f).await?;
+                        f.flush()?;
+                        s
+                    }
+                    None => cli::audit_export(&settings, format, since, &mut stdout).await?,
+                };
+                eprintln!(
+                    "exported {} row(s); chain head {}",
+                    summary.rows,
+                    summary.head.as_deref().unwrap_or("(empty)")
+                );
+            }
+            AuditAction::Verify { config } => {
+                if !cli::audit_verify(&load(&config)?, &mut stdout).await? {
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        },
+        Command::Reload { config } => println!("{}", cli::reload(&load(&config)?).await?),
+        Command::Keygen { out } => {
+            sealgate::queue::SpoolKey::generate(&out)?;
+            println!(
+                "wrote a new spool key to {} (mode 0600); keep a copy in a safe place: without it the spool cannot be read",
+                out.display()
+            );
+        }
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from stdin")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "empty password");
+            let hash =
+                sealgate::inbound::auth::hash_password(password).map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct DateTimeArg;
+
+impl DateTimeArg {
+    fn parse(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| {
+            format!("`{s}` is not an RFC 3339 time such as 2026-11-01T00:00:00Z")
+        })?;
+        Ok(t.with_timezone(&chrono::Utc))
+    }
+}

@@ -1,0 +1,775 @@
+//! Outbound: delivers a queued message to its recipients' mail hosts (or
+//! the smarthost) and returns one outcome per recipient, with evidence.
+//!
+//! Recipients of one message that go to the same destination with the same
+//! TLS requirement share one SMTP transaction. Destinations are delivered
+//! concurrently, so a slow domain never holds up the others. Connections are
+//! kept for reuse for `delivery.idle_timeout`.
+
+pub mod classify;
+pub mod client;
+pub mod route;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
+use self::route::{Hop, Route, RouteKind};
+use crate::config::Settings;
+use crate::policy::{Decision, TlsRequirement};
+use crate::queue::{QueuedMessage, RecipientOutcome, Spool, Verdict};
+
+/// What the TLS session to the remote looked like.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct TlsEvidence {
+    pub version: String,
+    pub cipher: String,
+    /// Whether the certificate chain verified for the host name under the
+    /// configured roots.
+    pub cert_verified: bool,
+    /// Why it did not verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_cert_sha256: Option<String>,
+}
+
+/// The evidence of one delivery attempt for one recipient.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct AttemptEvidence {
+    /// `tls` or `plaintext` (how the bytes travelled).
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteKind>,
+    /// MX (or smarthost) names in the order tried.
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsEvidence>,
+    /// STARTTLS was offered but the handshake failed, so (opportunistic
+    /// only) the message went in plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_failure: Option<String>,
+    /// Failures on hosts tried before the one that answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_failures: Vec<String>,
+    /// SHA-256 of the content sent in DATA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+}
+
+/// The result for one recipient.
+#[derive(Debug, Clone)]
+pub struct RecipientReport {
+    pub index: usize,
+    pub decision: Decision,
+    pub outcome: RecipientOutcome,
+    pub evidence: AttemptEvidence,
+}
+
+/// Errors setting delivery up.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error(transparent)]
+    Resolver(#[from] route::ResolverSetupError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("delivery.smarthost_auth.password_file {path}: {source}")]
+    Password {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    host: String,
+    addr: SocketAddr,
+    tls: TlsRequirement,
+}
+
+/// The delivery engine.
+pub struct Deliverer {
+    settings: Arc<Settings>,
+    resolver: hickory_resolver::TokioResolver,
+    tls: tls::TlsClients,
+    smarthost_password: Option<String>,
+    global: Arc<Semaphore>,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: Mutex<HashMap<PoolKey, Vec<(Instant, Connection)>>>,
+}
+
+/// A connection ready for MAIL FROM, with what we learned setting it up.
+struct Ready {
+    conn: Connection,
+    tls: Option<TlsEvidence>,
+    tls_failure: Option<String>,
+    reused: bool,
+}
+
+/// How a transaction on one host ended.
+enum TxEnd {
+    /// Per-recipient outcomes; the connection can be reused if `Some`.
+    Done(
+        Vec<(usize, RecipientOutcome)>,
+        Option<String>,
+        Option<Connection>,
+    ),
+    /// Nothing decided on this host (4xx to MAIL, connection lost): try
+    /// the next one.
+    NextHost(RecipientOutcome),
+}
+
+impl Deliverer {
+    /// Builds the resolver, TLS trust and limits from the settings.
+    pub fn new(settings: Arc<Settings>) -> Result<Arc<Deliverer>, OutboundError> {
+        let resolver = route::resolver(&settings.dns)?;
+        let tls = tls::TlsClients::new(&settings.tls.extra_ca)?;
+        let smarthost_password = match &settings.delivery.smarthost_auth {
+            Some(a) => {
+                let text = std::fs::read_to_string(&a.password_file).map_err(|source| {
+                    OutboundError::Password {
+                        path: a.password_file.display().to_string(),
+                        source,
+                    }
+                })?;
+                Some(text.lines().next().unwrap_or("").to_string())
+            }
+            None => None,
+        };
+        let global = Arc::new(Semaphore::new(settings.delivery.max_connections));
+        Ok(Arc::new(Deliverer {
+            settings,
+            resolver,
+            tls,
+            smarthost_password,
+            global,
+            per_host: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The resolver every lookup goes through (for `probe`).
+    pub fn resolver(&self) -> &hickory_resolver::TokioResolver {
+        &self.resolver
+    }
+
+    /// Where mail for `domain` would go.
+    pub async fn route_for(&self, domain: &str) -> Result<Route, route::RouteError> {
+        let fut = async {
+            match &self.settings.delivery.smarthost {
+                Some((host, port)) => route::smarthost_route(&self.resolver, host, *port).await,
+                None => route::mx_route(&self.resolver, domain, self.settings.delivery.port).await,
+            }
+        };
+        tokio::time::timeout(route::ROUTE_TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(route::RouteError::Temporary(format!(
+                    "DNS lookups for {domain} timed out"
+                )))
+            })
+    }
+
+    /// Delivers `msg` to the recipients in `work` (index into
+    /// `msg.recipients`, decision), returning one report per recipient.
+    pub async fn deliver(
+        &self,
+        msg: &QueuedMessage,
+        spool: &Spool,
+        work: Vec<(usize, Decision)>,
+    ) -> Vec<RecipientReport> {
+        // Group by destination and TLS requirement: one transaction each.
+        let mut groups: HashMap<(String, TlsRequirement), Vec<(usize, Decision)>> = HashMap::new();
+        for (idx, decision) in work {
+            let dest = match &self.settings.delivery.smarthost {
+                Some((h, _)) => format!("smarthost:{h}"),
+                None => msg
+                    .recipients
+                    .get(idx)
+                    .map(|r| r.domain())
+                    .unwrap_or_default(),
+            };
+            groups
+                .entry((dest, decision.tls))
+                .or_default()
+                .push((idx, decision));
+        }
+        let jobs = groups
+            .into_iter()
+            .map(|((dest, _), members)| self.deliver_group(msg, spool, dest, members));
+        futures_util::future::join_all(jobs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn deliver_group(
+        &self,
+        msg: &QueuedMessage,
+        spool: &Spool,
+        dest: String,
+        members: Vec<(usize, Decision)>,
+    ) -> Vec<RecipientReport> {
+        let domain = dest.strip_prefix("smarthost:").unwrap_or(&dest).to_string();
+        let requirement = members
+            .first()
+            .map(|m| m.1.tls)
+            .unwrap_or(TlsRequirement::Opportunistic);
+        let mut evidence = AttemptEvidence::default();
+        let report = |members: &[(usize, Decision)],
+                      out: &dyn Fn(usize) -> RecipientOutcome,
+                      ev: &AttemptEvidence|
+         -> Vec<RecipientReport> {
+            members
+                .iter()
+                .map(|(i, d)| RecipientReport {
+                    index: *i,
+                    decision: d.clone(),
+                    outcome: out(*i),
+                    evidence: ev.clone(),
+                })
+                .collect()
+        };
+        let route = match self.route_for(&domain).await {
+            Ok(r) => r,
+            Err(e) => {
+                let o = classify::route_error(&e);
+                tracing::info!(queue_id = %msg.id, domain = %domain, error = %e, "no route");
+                return report(&members, &|_| o.clone(), &evidence);
+            }
+        };
+        evidence.route = Some(route.kind);
+        evidence.hosts = route.hops.iter().map(|h| h.name.clone()).collect();
+        let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
+        let mut last_failure = classify::local(format!("no host for {domain} could be reached"));
+        for hop in &route.hops {
+            for addr in &hop.addrs {
+                let permit = self.permits(&hop.name).await;
+                let ready = match self.ready(hop, *addr, requirement, route.kind).await {
+                    Ok(r) => r,
+                    Err(o) => {
+                        evidence.earlier_failures.push(format!(
+                            "{} [{}]: {}",
+                            hop.name,
+                            addr.ip(),
+                            o.reply
+                        ));
+                        last_failure = o;
+                        continue;
+                    }
+                };
+                let mut attempt = evidence.clone();
+                attempt.remote_host = Some(hop.name.clone());
+                attempt.remote_ip = Some(addr.ip().to_string());
+                attempt.method = if ready.tls.is_some() {
+                    "tls".into()
+                } else {
+                    "plaintext".into()
+                };
+                attempt.tls = ready.tls.clone();
+                attempt.tls_failure = ready.tls_failure.clone();
+                let reused = ready.reused;
+                let key = PoolKey {
+                    host: hop.name.clone(),
+                    addr: *addr,
+                    tls: requirement,
+                };
+                match self.transaction(ready.conn, msg, spool, &indices).await {
+                    TxEnd::Done(outcomes, sha, conn) => {
+                        if let Some(conn) = conn {
+                            self.put_back(key, conn);
+                        }
+                        drop(permit);
+                        attempt.body_sha256 = sha;
+                        let by_idx: HashMap<usize, RecipientOutcome> =
+                            outcomes.into_iter().collect();
+                        tracing::info!(
+                            queue_id = %msg.id,
+                            host = %hop.name,
+                            ip = %addr.ip(),
+                            tls = attempt.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+                            delivered = by_idx.values().filter(|o| o.verdict == Verdict::Delivered).count(),
+                            deferred = by_idx.values().filter(|o| o.verdict == Verdict::Temporary).count(),
+                            bounced = by_idx.values().filter(|o| o.verdict == Verdict::Permanent).count(),
+                            "delivery attempt"
+                        );
+                        let fallback = last_failure.clone();
+                        return report(
+                            &members,
+                            &|i| by_idx.get(&i).cloned().unwrap_or_else(|| fallback.clone()),
+                            &attempt,
+                        );
+                    }
+                    TxEnd::NextHost(o) => {
+                        drop(permit);
+                        let note = format!(
+                            "{} [{}]{}: {}",
+                            hop.name,
+                            addr.ip(),
+                            if reused { " (reused connection)" } else { "" },
+                            o.reply
+                        );
+                        evidence.earlier_failures.push(note);
+                        last_failure = o;
+                    }
+                }
+            }
+        }
+        tracing::info!(queue_id = %msg.id, domain = %domain, error = %last_failure.reply, "delivery deferred: no host accepted the transaction");
+        report(&members, &|_| last_failure.clone(), &evidence)
+    }
+
+    async fn permits(
+        &self,
+        host: &str,
+    ) -> (
+        tokio::sync::OwnedSemaphorePermit,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let per_host = {
+            let mut m = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(host.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(
+                        self.settings.delivery.max_connections_per_host,
+                    ))
+                })
+                .clone()
+        };
+        let host_permit = per_host.acquire_owned().await.ok();
+        // The semaphores are never closed, so acquire cannot fail; if it
+        // somehow did, proceed without the limit rather than lose mail.
+        let global = match self.global.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => Arc::new(Semaphore::new(1))
+                .acquire_owned()
+                .await
+                .unwrap_or_else(|_| unreachable!()),
+        };
+        (global, host_permit)
+    }
+
+    fn take_pooled(&self, key: &PoolKey) -> Option<Connection> {
+        let idle = self.settings.delivery.idle_timeout;
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pool.get_mut(key)?;
+        while let Some((since, conn)) = list.pop() {
+            if since.elapsed() < idle {
+                return Some(conn);
+            }
+            tokio::spawn(conn.quit());
+        }
+        None
+    }
+
+    fn put_back(&self, key: PoolKey, conn: Connection) {
+        let max = self.settings.delivery.max_connections_per_host;
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pool.entry(key).or_default();
+        if list.len() < max {
+            list.push((Instant::now(), conn));
+        } else {
+            tokio::spawn(conn.quit());
+        }
+    }
+
+    /// Closes idle connections past `idle_timeout`; run periodically.
+    pub fn reap_idle(&self) {
+        let idle = self.settings.delivery.idle_timeout;
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        for list in pool.values_mut() {
+            let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(list)
+                .into_iter()
+                .partition(|(t, _)| t.elapsed() < idle);
+            *list = keep;
+            for (_, c) in stale {
+                tokio::spawn(c.quit());
+            }
+        }
+        pool.retain(|_, l| !l.is_empty());
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        let d = &self.settings.delivery;
+        Timeouts {
+            connect: d.connect_timeout,
+            command: d.command_timeout,
+            data: d.data_timeout,
+        }
+    }
+
+    /// A connection ready for MAIL FROM: from the pool, or new with EHLO,
+    /// STARTTLS as the requirement says, and AUTH for a smarthost.
+    async fn ready(
+        &self,
+        hop: &Hop,
+        addr: SocketAddr,
+        requirement: TlsRequirement,
+        kind: RouteKind,
+    ) -> Result<Ready, RecipientOutcome> {
+        let key = PoolKey {
+            host: hop.name.clone(),
+            addr,
+            tls: requirement,
+        };
+        if let Some(conn) = self.take_pooled(&key) {
+            let tls = conn.tls.as_ref().map(|t| self.tls_evidence(t, &hop.name));
+            return Ok(Ready {
+                conn,
+                tls,
+                tls_failure: None,
+                reused: true,
+            });
+        }
+        match self.open(hop, addr, requirement, kind, true).await {
+            Ok(r) => Ok(r),
+            // Opportunistic TLS whose handshake failed: plaintext is still
+            // better than not delivering (RFC 7435), and the evidence says so.
+            Err((o, true))
+                if requirement == TlsRequirement::Opportunistic && kind != RouteKind::Smarthost =>
+            {
+                let mut r = self
+                    .open(hop, addr, requirement, kind, false)
+                    .await
+                    .map_err(|(o, _)| o)?;
+                r.tls_failure = Some(o.reply);
+                Ok(r)
+            }
+            Err((o, _)) => Err(o),
+        }
+    }
+
+    /// Opens a new connection; the flag in the error says whether it was
+    /// the TLS handshake that failed.
+    async fn open(
+        &self,
+        hop: &Hop,
+        addr: SocketAddr,
+        requirement: TlsRequirement,
+        kind: RouteKind,
+        try_tls: bool,
+    ) -> Result<Ready, (RecipientOutcome, bool)> {
+        let host = hop.name.as_str();
+        let helo = self.settings.delivery.helo_name.clone();
+        let fail = |e: ClientError| (classify::client_error(host, &e), e.is_tls());
+        let mut conn = match Connection::connect(host, addr, self.timeouts())
+            .await
+            .map_err(fail)?
+        {
+            Ok(c) => c,
+            Err(greeting) => {
+                let mut o = classify::reply(host, &greeting);
+                // A refusing greeting is about this host, not the recipient.
+                o.verdict = Verdict::Temporary;
+                return Err((o, false));
+            }
+        };
+        let r = conn.ehlo(&helo).await.map_err(fail)?;
+        if r.code != 250 {
+            let mut o = classify::reply(host, &r);
+            o.verdict = Verdict::Temporary;
+            return Err((o, false));
+        }
+        let needs_tls = requirement > TlsRequirement::Opportunistic
+            || (kind == RouteKind::Smarthost && self.smarthost_password.is_some());
+        let mut tls = None;
+        if conn.ext.starttls && try_tls {
+            let config = if requirement > TlsRequirement::Opportunistic {
+                self.tls.verified.clone()
+            } else {
+                self.tls.opportunistic.clone()
+            };
+            match conn.starttls(config, host).await.map_err(fail)? {
+                Ok(()) => {
+                    let r = conn.ehlo(&helo).await.map_err(fail)?;
+                    if r.code != 250 {
+                        return Err((classify::reply(host, &r), false));
+                    }
+                    tls = conn.tls.as_ref().map(|t| self.tls_evidence(t, host));
+                }
+                Err(refused) if !needs_tls => {
+                    tracing::debug!(host, reply = %refused.one_line(), "STARTTLS refused; continuing without TLS");
+                }
+                Err(refused) => {
+                    let mut o = classify::reply(host, &refused);
+                    o.verdict = Verdict::Temporary;
+                    return Err((o, false));
+                }
+            }
+        } else if needs_tls {
+            let o = RecipientOutcome {
+                verdict: Verdict::Temporary,
+                reply: format!("{host} does not offer STARTTLS, which this hop requires"),
+                enhanced: Some("4.7.5".into()),
+                remote: Some(host.to_string()),
+            };
+            return Err((o, false));
+        }
+        if kind == RouteKind::Smarthost {
+            if let (Some(auth), Some(pw)) = (
+                &self.settings.delivery.smarthost_auth,
+                &self.smarthost_password,
+            ) {
+                let r = conn.auth(&auth.username, pw).await.map_err(fail)?;
+                if r.code != 235 {
+                    // Wrong credentials are a configuration problem: keep the mail.
+                    let o = RecipientOutcome {
+                        verdict: Verdict::Temporary,
+                        reply: format!(
+                            "smarthost {host} refused our credentials: {}",
+                            r.one_line()
+                        ),
+                        enhanced: Some("4.7.8".into()),
+                        remote: Some(host.to_string()),
+                    };
+                    return Err((o, false));
+                }
+            }
+        }
+        Ok(Ready {
+            conn,
+            tls,
+            tls_failure: None,
+            reused: false,
+        })
+    }
+
+    fn tls_evidence(&self, t: &client::TlsFacts, host: &str) -> TlsEvidence {
+        let chain: Vec<rustls_pki_types::CertificateDer<'_>> = t
+            .chain
+            .iter()
+            .map(|c| rustls_pki_types::CertificateDer::from(c.as_slice()))
+            .collect();
+        let check = self.tls.check(&chain, host);
+        TlsEvidence {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+            cert_verified: check.is_ok(),
+            cert_error: check.err(),
+            peer_cert_sha256: t.peer_cert_sha256.clone(),
+        }
+    }
+
+    /// One mail transaction for `indices` on `conn`.
+    async fn transaction(
+        &self,
+        mut conn: Connection,
+        msg: &QueuedMessage,
+        spool: &Spool,
+        indices: &[usize],
+    ) -> TxEnd {
+        let host = conn.host.clone();
+        let next_host = |e: ClientError| TxEnd::NextHost(classify::client_error(&host, &e));
+        if msg.smtputf8 && !conn.ext.smtputf8 {
+            let o = classify::refuse(
+                &host,
+                "5.6.7",
+                format!("{host} does not support SMTPUTF8, which this message needs"),
+            );
+            return TxEnd::Done(
+                indices.iter().map(|&i| (i, o.clone())).collect(),
+                None,
+                Some(conn),
+            );
+        }
+        if let Some(max) = conn.ext.size {
+            if msg.size > max {
+                let o = classify::refuse(
+                    &host,
+                    "5.3.4",
+                    format!(
+                        "{host} accepts at most {max} bytes; the message has {}",
+                        msg.size
+                    ),
+                );
+                return TxEnd::Done(
+                    indices.iter().map(|&i| (i, o.clone())).collect(),
+                    None,
+                    Some(conn),
+                );
+            }
+        }
+        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+        if conn.ext.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", msg.size));
+        }
+        if msg.body_8bit && conn.ext.eightbitmime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if msg.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        let rcpts: Vec<String> = indices
+            .iter()
+            .map(|&i| {
+                format!(
+                    "RCPT TO:<{}>",
+                    msg.recipients
+                        .get(i)
+                        .map(|r| r.address.as_str())
+                        .unwrap_or("")
+                )
+            })
+            .collect();
+        // MAIL and RCPT replies, pipelined when the server allows.
+        let (mail_reply, rcpt_replies) = if conn.ext.pipelining {
+            let mut batch = String::new();
+            batch.push_str(&mail);
+            batch.push_str("\r\n");
+            for r in &rcpts {
+                batch.push_str(r);
+                batch.push_str("\r\n");
+            }
+            if let Err(e) = conn.write_all(batch.as_bytes()).await {
+                return next_host(e);
+            }
+            let t = conn.timeouts().command;
+            let mail_reply = match conn.read_reply(t, "the MAIL reply").await {
+                Ok(r) => r,
+                Err(e) => return next_host(e),
+            };
+            let mut replies = Vec::new();
+            for _ in &rcpts {
+                match conn.read_reply(t, "the RCPT reply").await {
+                    Ok(r) => replies.push(r),
+                    Err(e) => return next_host(e),
+                }
+            }
+            (mail_reply, replies)
+        } else {
+            let mail_reply = match conn.command(&mail, "the MAIL reply").await {
+                Ok(r) => r,
+                Err(e) => return next_host(e),
+            };
+            let mut replies = Vec::new();
+            if mail_reply.is_positive() {
+                for r in &rcpts {
+                    match conn.command(r, "the RCPT reply").await {
+                        Ok(r) => replies.push(r),
+                        Err(e) => return next_host(e),
+                    }
+                }
+            }
+            (mail_reply, replies)
+        };
+        if !mail_reply.is_positive() {
+            let o = classify::reply(&host, &mail_reply);
+            let conn = self.reset(conn).await;
+            if o.verdict == Verdict::Temporary {
+                return TxEnd::NextHost(o);
+            }
+            return TxEnd::Done(
+                indices.iter().map(|&i| (i, o.clone())).collect(),
+                None,
+                conn,
+            );
+        }
+        let mut outcomes: Vec<(usize, RecipientOutcome)> = Vec::new();
+        let mut accepted = Vec::new();
+        for (&i, r) in indices.iter().zip(&rcpt_replies) {
+            if r.is_positive() {
+                accepted.push(i);
+            } else {
+                outcomes.push((i, classify::reply(&host, r)));
+            }
+        }
+        if accepted.is_empty() {
+            let conn = self.reset(conn).await;
+            return TxEnd::Done(outcomes, None, conn);
+        }
+        let data_reply = match conn.command("DATA", "the DATA reply").await {
+            Ok(r) => r,
+            Err(e) => return next_host(e),
+        };
+        if data_reply.code != 354 {
+            let o = classify::reply(&host, &data_reply);
+            let conn = self.reset(conn).await;
+            outcomes.extend(accepted.iter().map(|&i| (i, o.clone())));
+            return TxEnd::Done(outcomes, None, conn);
+        }
+        let sha = match self.send_content(&mut conn, msg, spool).await {
+            Ok(sha) => sha,
+            Err(SendError::Client(e)) => return next_host(e),
+            Err(SendError::Spool(reason)) => {
+                // We cannot finish the data: drop the connection so the
+                // remote discards the partial message.
+                tracing::error!(queue_id = %msg.id, error = %reason, "cannot read the message from the spool");
+                outcomes.extend(
+                    accepted
+                        .iter()
+                        .map(|&i| (i, classify::local(reason.clone()))),
+                );
+                return TxEnd::Done(outcomes, None, None);
+            }
+        };
+        let final_reply = match conn
+            .read_reply(conn.timeouts().data, "the reply after the message data")
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return next_host(e),
+        };
+        let o = classify::reply(&host, &final_reply);
+        outcomes.extend(accepted.iter().map(|&i| (i, o.clone())));
+        TxEnd::Done(outcomes, Some(sha), Some(conn))
+    }
+
+    /// RSET after a failed transaction; the connection is kept only if the
+    /// server answers sensibly.
+    async fn reset(&self, mut conn: Connection) -> Option<Connection> {
+        match conn.command("RSET", "the RSET reply").await {
+            Ok(r) if r.code == 250 => Some(conn),
+            _ => None,
+        }
+    }
+
+    async fn send_content(
+        &self,
+        conn: &mut Connection,
+        msg: &QueuedMessage,
+        spool: &Spool,
+    ) -> Result<String, SendError> {
+        let mut reader = spool
+            .open_content(&msg.id)
+            .await
+            .map_err(|e| SendError::Spool(e.to_string()))?;
+        let mut stuffer = DotStuffer::default();
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut out = Vec::with_capacity(70 * 1024);
+        while let Some(chunk) = reader
+            .next_chunk()
+            .await
+            .map_err(|e| SendError::Spool(e.to_string()))?
+        {
+            digest.update(&chunk);
+            out.clear();
+            stuffer.push(&chunk, &mut out);
+            conn.write_all(&out).await.map_err(SendError::Client)?;
+        }
+        out.clear();
+        stuffer.finish(&mut out);
+        conn.write_all(&out).await.map_err(SendError::Client)?;
+        Ok(hex::encode(digest.finish().as_ref()))
+    }
+}
+
+enum SendError {
+    Client(ClientError),
+    Spool(String),
+}
+
+/// Formats a reply for logs and evidence.
+pub fn reply_text(r: &SmtpReply) -> String {
+    r.one_line()
+}

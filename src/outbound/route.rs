@@ -1,0 +1,262 @@
+//! Where a recipient domain's mail goes: the smarthost, or the MX set in
+//! preference order with A/AAAA fallback (RFC 5321 section 5.1), every name
+//! looked up through the configured resolver.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::xfer::Protocol;
+use serde::Serialize;
+
+use crate::config::DnsSettings;
+
+/// One host to try.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Hop {
+    /// The MX (or smarthost) name; TLS names are checked against it.
+    pub name: String,
+    pub preference: u16,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// How the route was found, for the evidence.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteKind {
+    Mx,
+    /// No MX records: the domain's own address (RFC 5321 section 5.1).
+    ImplicitMx,
+    Smarthost,
+}
+
+/// The hosts for one destination, in the order to try them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    pub kind: RouteKind,
+    pub hops: Vec<Hop>,
+}
+
+/// Why no route could be found.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    /// Permanent: the domain does not exist or accepts no mail.
+    #[error("{0}")]
+    Permanent(String),
+    /// Temporary: DNS failure or timeout.
+    #[error("{0}")]
+    Temporary(String),
+}
+
+/// Errors building the resolver.
+#[derive(Debug, thiserror::Error)]
+#[error("DNS resolver: {0}")]
+pub struct ResolverSetupError(String);
+
+/// Builds the resolver from `[dns]`: the listed nameservers (UDP and TCP),
+/// or the system's.
+pub fn resolver(dns: &DnsSettings) -> Result<TokioResolver, ResolverSetupError> {
+    let mut builder = if dns.nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| {
+            ResolverSetupError(format!(
+                "cannot read the system resolver configuration: {e}"
+            ))
+        })?
+    } else {
+        let mut cfg = ResolverConfig::new();
+        for ns in &dns.nameservers {
+            cfg.add_name_server(NameServerConfig::new(*ns, Protocol::Udp));
+            cfg.add_name_server(NameServerConfig::new(*ns, Protocol::Tcp));
+        }
+        TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default())
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = dns.timeout;
+    opts.attempts = 2;
+    opts.ndots = 0;
+    opts.cache_size = 4096;
+    opts.try_tcp_on_error = true;
+    // Never answer from /etc/hosts: every name goes through [dns].
+    opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    Ok(builder.build())
+}
+
+/// Makes a name absolute so search domains never apply.
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+fn no_records(e: &hickory_resolver::ResolveError) -> Option<ResponseCode> {
+    use hickory_resolver::proto::ProtoErrorKind;
+    if let hickory_resolver::ResolveErrorKind::Proto(p) = e.kind() {
+        if let ProtoErrorKind::NoRecordsFound { response_code, .. } = p.kind() {
+            return Some(*response_code);
+        }
+    }
+    None
+}
+
+/// Addresses of a host, IPv6 and IPv4, bounded by the resolver timeout.
+pub async fn host_addrs(
+    resolver: &TokioResolver,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, RouteError> {
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    match resolver.lookup_ip(fqdn(host)).await {
+        Ok(l) => {
+            let mut v: Vec<SocketAddr> = l.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            v.dedup();
+            Ok(v)
+        }
+        Err(e) => match no_records(&e) {
+            Some(ResponseCode::NXDomain) => Err(RouteError::Permanent(format!(
+                "host {host} does not exist (NXDOMAIN)"
+            ))),
+            Some(_) => Ok(Vec::new()),
+            None => Err(RouteError::Temporary(format!(
+                "DNS lookup of {host} failed: {e}"
+            ))),
+        },
+    }
+}
+
+/// Resolves the MX route of `domain`.
+pub async fn mx_route(
+    resolver: &TokioResolver,
+    domain: &str,
+    port: u16,
+) -> Result<Route, RouteError> {
+    let mx = match resolver.mx_lookup(fqdn(domain)).await {
+        Ok(l) => {
+            let mut v: Vec<(u16, String)> = l
+                .iter()
+                .map(|mx| {
+                    (
+                        mx.preference(),
+                        mx.exchange()
+                            .to_ascii()
+                            .trim_end_matches('.')
+                            .to_ascii_lowercase(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+        Err(e) => match no_records(&e) {
+            Some(ResponseCode::NXDomain) => {
+                return Err(RouteError::Permanent(format!(
+                    "domain {domain} does not exist (NXDOMAIN)"
+                )));
+            }
+            Some(_) => Vec::new(),
+            None => {
+                return Err(RouteError::Temporary(format!(
+                    "MX lookup for {domain} failed: {e}"
+                )));
+            }
+        },
+    };
+    if mx.is_empty() {
+        let addrs = host_addrs(resolver, domain, port).await?;
+        if addrs.is_empty() {
+            return Err(RouteError::Permanent(format!(
+                "domain {domain} has no MX and no address records"
+            )));
+        }
+        return Ok(Route {
+            kind: RouteKind::ImplicitMx,
+            hops: vec![Hop {
+                name: domain.to_string(),
+                preference: 0,
+                addrs,
+            }],
+        });
+    }
+    // RFC 7505 null MX: the domain accepts no mail.
+    if mx.len() == 1 && (mx[0].1.is_empty() || mx[0].1 == ".") {
+        return Err(RouteError::Permanent(format!(
+            "domain {domain} does not accept mail (null MX)"
+        )));
+    }
+    // Shuffle hosts of equal preference (RFC 5321 section 5.1) so load spreads.
+    let mut hosts = mx;
+    let mut i = 0;
+    while i < hosts.len() {
+        let j = hosts[i..].iter().take_while(|h| h.0 == hosts[i].0).count() + i;
+        fastrand::shuffle(&mut hosts[i..j]);
+        i = j;
+    }
+    let lookups = hosts
+        .iter()
+        .map(|(_, name)| host_addrs(resolver, name, port));
+    let results = futures_util::future::join_all(lookups).await;
+    let mut hops = Vec::new();
+    let mut last_err = None;
+    for ((pref, name), res) in hosts.into_iter().zip(results) {
+        match res {
+            Ok(addrs) if !addrs.is_empty() => hops.push(Hop {
+                name,
+                preference: pref,
+                addrs,
+            }),
+            Ok(_) => {
+                last_err = Some(RouteError::Temporary(format!(
+                    "MX host {name} has no address records"
+                )))
+            }
+            Err(e) => last_err = Some(RouteError::Temporary(e.to_string())),
+        }
+    }
+    if hops.is_empty() {
+        return Err(last_err
+            .unwrap_or_else(|| RouteError::Temporary(format!("no usable MX host for {domain}"))));
+    }
+    Ok(Route {
+        kind: RouteKind::Mx,
+        hops,
+    })
+}
+
+/// Resolves the smarthost.
+pub async fn smarthost_route(
+    resolver: &TokioResolver,
+    host: &str,
+    port: u16,
+) -> Result<Route, RouteError> {
+    let addrs = host_addrs(resolver, host, port)
+        .await
+        .map_err(|e| RouteError::Temporary(e.to_string()))?;
+    if addrs.is_empty() {
+        return Err(RouteError::Temporary(format!(
+            "smarthost {host} has no address records"
+        )));
+    }
+    Ok(Route {
+        kind: RouteKind::Smarthost,
+        hops: vec![Hop {
+            name: host.to_string(),
+            preference: 0,
+            addrs,
+        }],
+    })
+}
+
+/// Upper bound on a whole route lookup, so a broken DNS server never
+/// stalls a delivery task.
+pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,0 +1,309 @@
+//! `sealgate serve`: wires the stages together and runs them until a
+//! signal stops the daemon.
+//!
+//! inbound → queue → (scheduler) → policy → outbound → audit, then the
+//! queue applies the outcomes. Each stage hands the next a plain value.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Semaphore, watch};
+
+use crate::audit::{AuditEvent, AuditSettings, Auditor};
+use crate::config::Settings;
+use crate::inbound::{self, InboundContext};
+use crate::outbound::{Deliverer, RecipientReport};
+use crate::policy::Policy;
+use crate::queue::{Queue, QueuedMessage, Spool, SpoolKey, Verdict};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Spool(#[from] crate::queue::SpoolError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    #[error(transparent)]
+    Inbound(#[from] inbound::InboundError),
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::OutboundError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Control(#[from] crate::queue::control::ControlError),
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+/// The policy in force, swapped whole on reload.
+#[derive(Clone)]
+pub struct PolicyHandle(Arc<RwLock<Arc<Policy>>>);
+
+impl PolicyHandle {
+    /// Wraps a loaded policy.
+    pub fn new(p: Policy) -> PolicyHandle {
+        PolicyHandle(Arc::new(RwLock::new(Arc::new(p))))
+    }
+
+    /// The policy now in force.
+    pub fn current(&self) -> Arc<Policy> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the policy files; on error the old policy stays.
+    pub fn reload(&self, patterns: &[String]) -> Result<String, String> {
+        match Policy::load(patterns) {
+            Ok(p) => {
+                let v = p.version().to_string();
+                *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                tracing::info!(policy_version = %v, "policy reloaded");
+                Ok(format!("policy reloaded, version {v}"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+                Err(format!("{e}; the previous policy stays in force"))
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> Result<(), ServerError> {
+    let settings = Arc::new(settings);
+    let key = SpoolKey::load(&settings.server.spool_key_file)?;
+    let spool = Spool::open(&settings.server.spool_dir, key)?;
+    let (queue, recovered) = Queue::open(
+        spool,
+        settings.queue.clone(),
+        settings.server.hostname.clone(),
+    )?;
+    if recovered.discarded > 0 {
+        tracing::info!(
+            files = recovered.discarded,
+            "discarded half-received messages from the spool (their clients never got 250)"
+        );
+    }
+    for d in &recovered.damaged {
+        tracing::error!(detail = %d, "spool file could not be read; left in place for an operator");
+    }
+    let auditor = Auditor::start(AuditSettings::new(
+        settings.audit.database_url.clone(),
+        settings.audit.journal_dir.clone(),
+    ))
+    .await?;
+    let policy = PolicyHandle::new(Policy::load(&settings.policy.files)?);
+    let deliverer = Deliverer::new(settings.clone())?;
+    let tls = match &settings.server.tls {
+        Some(t) => Some(inbound::tls_acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
+    let listeners = inbound::bind(&settings).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let ctx = Arc::new(InboundContext {
+        settings: settings.clone(),
+        queue: queue.clone(),
+        tls,
+        users: inbound::auth::Users::new(settings.server.users.clone()),
+    });
+    let reload_policy = policy.clone();
+    let patterns = settings.policy.files.clone();
+    let reload: crate::queue::control::ReloadFn = Arc::new(move || reload_policy.reload(&patterns));
+    let control = tokio::spawn(crate::queue::control::serve(
+        settings.server.control_socket.clone(),
+        queue.clone(),
+        reload.clone(),
+    ));
+    let inbound_task = tokio::spawn(inbound::serve(ctx, listeners, stop_rx.clone()));
+    let scheduler = tokio::spawn(schedule(
+        queue.clone(),
+        deliverer.clone(),
+        policy.clone(),
+        auditor.clone(),
+        stop_rx.clone(),
+    ));
+    let reaper = {
+        let d = deliverer.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                d.reap_idle();
+            }
+        })
+    };
+    tracing::info!(
+        listen = ?settings.server.listen,
+        queued = queue.len(),
+        policy_version = %policy.current().version(),
+        "sealgate started"
+    );
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
+    let mut control = control;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => { let _ = reload(); }
+            r = &mut control => {
+                match r {
+                    Ok(Err(e)) => return Err(e.into()),
+                    _ => tracing::error!("control socket stopped"),
+                }
+                break;
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections, finishing deliveries in progress");
+    let _ = stop_tx.send(true);
+    let _ = inbound_task.await;
+    let _ = scheduler.await;
+    reaper.abort();
+    control.abort();
+    let _ = std::fs::remove_file(&settings.server.control_socket);
+    if !auditor.flush(Duration::from_secs(10)).await {
+        tracing::warn!(
+            pending = auditor.pending(),
+            "audit database not reachable; events stay in the local journal and are written at next start"
+        );
+    }
+    tracing::info!("sealgate stopped");
+    Ok(())
+}
+
+/// Hands due messages to delivery, at most `queue.max_active` at once.
+async fn schedule(
+    queue: Queue,
+    deliverer: Arc<Deliverer>,
+    policy: PolicyHandle,
+    auditor: Auditor,
+    mut stop: watch::Receiver<bool>,
+) {
+    let active = Arc::new(Semaphore::new(queue.settings().max_active));
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = active.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let Some(msg) = queue.next_due(&mut stop).await else {
+            break;
+        };
+        let (q, d, p, a) = (
+            queue.clone(),
+            deliverer.clone(),
+            policy.clone(),
+            auditor.clone(),
+        );
+        running.spawn(async move {
+            attempt(&q, &d, &p, &a, msg).await;
+            drop(permit);
+        });
+        while running.try_join_next().is_some() {}
+    }
+    // Deliveries in progress finish (bounded); what they do not finish
+    // stays in the spool and is tried again at the next start.
+    let drain = async { while running.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        running.abort_all();
+    }
+}
+
+/// One delivery attempt of one message: decide, deliver, audit, apply.
+pub async fn attempt(
+    queue: &Queue,
+    deliverer: &Deliverer,
+    policy: &PolicyHandle,
+    auditor: &Auditor,
+    msg: QueuedMessage,
+) {
+    let now = Utc::now();
+    let policy = policy.current();
+    let work: Vec<_> = msg
+        .open_recipients()
+        .filter(|(_, r)| r.next_attempt.is_none_or(|t| t <= now))
+        .map(|(i, r)| (i, policy.decide(&msg.sender, &r.address)))
+        .collect();
+    if work.is_empty() {
+        queue.release(&msg.id);
+        return;
+    }
+    let reports = deliverer.deliver(&msg, queue.spool(), work).await;
+    let settled = queue.settle(
+        &msg,
+        reports
+            .iter()
+            .map(|r| (r.index, r.outcome.clone()))
+            .collect(),
+    );
+    for (report, (_, outcome)) in reports.iter().zip(&settled) {
+        let event = audit_event(&msg, report, outcome);
+        if let Err(e) = auditor.record(event).await {
+            // The journal is on the spool's disk; if it cannot be written
+            // the spool is in trouble too. Keep the message and retry.
+            tracing::error!(queue_id = %msg.id, error = %e, "cannot journal the audit event; the message stays queued");
+            queue.release(&msg.id);
+            return;
+        }
+    }
+    if let Err(e) = queue.complete(msg.clone(), &settled).await {
+        tracing::error!(queue_id = %msg.id, error = %e, "cannot update the spool after delivery; will retry");
+        queue.release(&msg.id);
+    }
+}
+
+fn audit_event(
+    msg: &QueuedMessage,
+    report: &RecipientReport,
+    outcome: &crate::queue::RecipientOutcome,
+) -> AuditEvent {
+    let ev = &report.evidence;
+    let method = if ev.method.is_empty() {
+        report.decision.method.as_str().to_string()
+    } else {
+        ev.method.clone()
+    };
+    AuditEvent {
+        event_id: AuditEvent::new_id(),
+        timestamp: Utc::now(),
+        queue_id: msg.id.0.clone(),
+        message_id: msg.message_id.clone(),
+        sender: msg.sender.clone(),
+        recipient: msg
+            .recipients
+            .get(report.index)
+            .map(|r| r.address.clone())
+            .unwrap_or_default(),
+        outcome: match outcome.verdict {
+            Verdict::Delivered => "delivered",
+            Verdict::Temporary => "deferred",
+            Verdict::Permanent => "bounced",
+        }
+        .into(),
+        method,
+        tls_requirement: report.decision.tls.as_str().into(),
+        policy_rule: report.decision.rule.clone(),
+        policy_version: report.decision.policy_version.clone(),
+        remote_host: ev.remote_host.clone(),
+        remote_ip: ev.remote_ip.clone(),
+        tls_version: ev.tls.as_ref().map(|t| t.version.clone()),
+        tls_cipher: ev.tls.as_ref().map(|t| t.cipher.clone()),
+        smtp_reply: Some(outcome.reply.clone()),
+        body_sha256: ev.body_sha256.clone(),
+        evidence: serde_json::json!({
+            "decision": report.decision,
+            "attempt": ev,
+            "status": outcome.enhanced,
+            "cert_verified": ev.tls.as_ref().map(|t| t.cert_verified),
+        }),
+    }
+}

@@ -1,0 +1,120 @@
+//! Small helpers shared by several stages: ids, sizes, durations, hashing.
+
+use std::time::Duration;
+
+/// Random bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut buf = [0u8; N];
+    // SystemRandom only fails if the OS has no entropy source, in which case
+    // nothing cryptographic can work; fall back to fastrand so ids still differ.
+    if ring::rand::SystemRandom::new().fill(&mut buf).is_err() {
+        for b in &mut buf {
+            *b = fastrand::u8(..);
+        }
+    }
+    buf
+}
+
+/// A new random id of 32 lowercase hex characters.
+pub fn random_hex_id() -> String {
+    hex::encode(random_bytes::<16>())
+}
+
+/// SHA-256 of `data`, lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// Parses a size such as `50MB`, `512KiB`, `1048576` or `10 M` into bytes.
+///
+/// Decimal suffixes (`KB`, `MB`, `GB`) are powers of 1000, binary ones
+/// (`KiB`, `MiB`, `GiB`) powers of 1024; `K`, `M` and `G` alone are taken as
+/// binary, as Postfix and most MTAs do.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!("`{text}` is not a size (expected e.g. \"50MB\")"));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is too large a number"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "k" | "kib" => 1024,
+        "m" | "mib" => 1024 * 1024,
+        "g" | "gib" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}` (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parses a duration such as `30s`, `5m`, `1h 30m` or `5d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("`{text}` is not a duration (expected e.g. \"30s\", \"5m\", \"5d\"): {e}")
+    })
+}
+
+/// Formats a duration for humans and for config round-trips (`1h 30m`).
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// Constant-time equality for secrets.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("50MB", Ok(50_000_000)),
+            ("10MiB", Ok(10 * 1024 * 1024)),
+            ("1024", Ok(1024)),
+            ("2 k", Ok(2048)),
+            ("1GB", Ok(1_000_000_000)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                parse_size(input),
+                want.map_err(|_: ()| String::new()),
+                "{input}"
+            );
+        }
+        assert!(parse_size("MB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999999999999999GB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86400)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn constant_time() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
