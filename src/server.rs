@@ -101,6 +101,11 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         None => None,
     };
     let listeners = inbound::bind(&settings).await?;
+    let bound: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let ctx = Arc::new(InboundContext {
@@ -135,7 +140,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         })
     };
     tracing::info!(
-        listen = ?settings.server.listen,
+        listen = %format!("[{}]", bound.join(",")),
         queued = queue.len(),
         policy_version = %policy.current().version(),
         "sealgate started"

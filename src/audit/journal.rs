@@ -129,7 +129,13 @@ impl Journal {
     /// Opens (creating) `dir`, takes its lock and counts what an earlier
     /// run left. New events go to a fresh segment after the existing ones.
     pub(crate) fn open(dir: &Path) -> Result<(Journal, Existing), AuditError> {
-        fs::create_dir_all(dir).map_err(|e| journal_err(dir, "creating the directory", e))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(|e| journal_err(dir, "creating the directory", e))?;
+            // Make the new directory itself survive a crash.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)

@@ -205,7 +205,9 @@ impl Auditor {
         )
     }
 
-    /// Events journaled but not yet committed to the database.
+    /// Events journaled but not yet committed to the database. After a
+    /// restart this includes replayed events until the writer has checked
+    /// them against the database.
     pub fn pending(&self) -> u64 {
         *self.shared.pending.borrow()
     }
@@ -285,7 +287,7 @@ impl Writer {
                         _ = self.shared.kick.notified() => {}
                         _ = tokio::time::sleep(self.retry) => {}
                     }
-                    self.retry = (self.retry * 2).min(self.retry_max);
+                    self.retry = self.retry.saturating_mul(2).min(self.retry_max);
                 }
             }
         }

@@ -358,11 +358,7 @@ impl Session {
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 let (_, conn) = tls.get_ref();
-                let version = conn
-                    .protocol_version()
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("TLS")
-                    .to_string();
+                let version = crate::outbound::tls::version_name(conn.protocol_version());
                 let cipher = conn
                     .negotiated_cipher_suite()
                     .and_then(|c| c.suite().as_str())

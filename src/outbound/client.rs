@@ -282,11 +282,7 @@ impl Connection {
             .map(|c| c.iter().map(|d| d.to_vec()).collect())
             .unwrap_or_default();
         self.tls = Some(TlsFacts {
-            version: conn
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("TLS")
-                .to_string(),
+            version: crate::outbound::tls::version_name(conn.protocol_version()),
             cipher: conn
                 .negotiated_cipher_suite()
                 .and_then(|c| c.suite().as_str())

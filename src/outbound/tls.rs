@@ -160,3 +160,14 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The conventional name of a TLS version (`TLSv1.3`), as OpenSSL and
+/// Postfix logs spell it.
+pub fn version_name(v: Option<rustls::ProtocolVersion>) -> String {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
+        Some(other) => format!("{other:?}"),
+        None => "TLS".into(),
+    }
+}

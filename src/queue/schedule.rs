@@ -528,7 +528,7 @@ mod tests {
             enhanced: Some("5.1.1".into()),
             remote: Some("mx.example.test".into()),
         };
-        for sender in ["a@example.test", ""] {
+        for sender in ["", "a@example.test"] {
             let msg = QueuedMessage::for_test(sender, &["b@example.test"]);
             let mut w = spool.create_content(&msg.id).await.unwrap();
             w.write(b"Subject: secret\r\nMessage-ID: <x@y>\r\n\r\nbody\r\n")

@@ -1,0 +1,350 @@
+//! Audit rows on SQLite and PostgreSQL, tamper detection, and a database
+//! outage during delivery (through a TCP proxy the test can cut).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::Connection;
+
+use crate::common::{WAIT, World, message, python_send};
+use crate::gateway::Gateway;
+use crate::world::MxOptions;
+
+/// `DATABASE_URL`, or the local default. A test that cannot reach it fails.
+fn pg_base() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh database on the PostgreSQL server, dropped on drop.
+struct PgDb {
+    name: String,
+    base: String,
+}
+
+impl PgDb {
+    async fn create() -> PgDb {
+        let base = pg_base();
+        let name = format!(
+            "sealgate_it_{}",
+            std::process::id() as u64 * 1000 + fastrand_u16() as u64
+        );
+        let mut c = sqlx::PgConnection::connect(&base)
+            .await
+            .expect("PostgreSQL must be reachable at DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        PgDb { name, base }
+    }
+
+    /// URL of this database on `host:port` (for the proxy) or the server.
+    fn url_via(&self, hostport: Option<String>) -> String {
+        let (scheme_auth, rest) = self.base.split_once('@').unwrap();
+        let server = rest.split('/').next().unwrap();
+        format!(
+            "{scheme_auth}@{}/{}",
+            hostport.unwrap_or_else(|| server.to_string()),
+            self.name
+        )
+    }
+
+    async fn count(&self) -> i64 {
+        let mut c = sqlx::PgConnection::connect(&self.url_via(None))
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let base = self.base.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn fastrand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (t ^ (t >> 16)) as u16
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rows_verify_and_an_edit_is_caught() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let gw = w.gateway().unwrap();
+    for i in 0..3 {
+        python_send(
+            gw.addr,
+            "a@clinic.example.test",
+            &[&format!("r{i}@example.test")],
+            &message("s", "b"),
+        )
+        .unwrap();
+    }
+    mx.wait_for(3, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 3).await.unwrap();
+    for r in &rows {
+        for field in [
+            "queue_id",
+            "message_id",
+            "sender",
+            "recipient",
+            "method",
+            "policy_rule",
+            "policy_version",
+            "remote_host",
+            "smtp_reply",
+            "body_sha256",
+            "ts",
+            "row_hash",
+            "prev_hash",
+        ] {
+            assert!(r[field].is_string(), "{field} in {r}");
+        }
+    }
+    let out = gw.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // CSV export too.
+    let out = gw.cli(&["audit", "export", "--format", "csv"]);
+    assert!(out.status.success());
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.lines().next().unwrap().contains("row_hash"));
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.contains("r1@example.test"))
+            .count(),
+        1
+    );
+    // An insider edits row 2.
+    let db = gw.spool_dir().join("audit.db");
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET recipient = 'someone-else@example.test' WHERE seq = 2")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let out = gw.cli(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BROKEN at row 2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_holds_the_same_rows() {
+    let db = PgDb::create().await;
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let mut opts = w.options();
+    opts.database_url = Some(db.url_via(None));
+    let gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@example.test", "c@example.test"],
+        &message("pg", "b"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    assert!(rows.iter().all(|r| r["outcome"] == "delivered"));
+    assert_eq!(db.count().await, 2);
+    let out = gw.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut c = sqlx::PgConnection::connect(&db.url_via(None))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 1")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let out = gw.cli(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "a deleted row is caught");
+}
+
+/// A TCP proxy to PostgreSQL that the test can cut and restore.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
+        let up2 = up.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = gen_rx.clone();
+                cut.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            up,
+            generation,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_loses_no_row_and_mail_keeps_flowing() {
+    let db = PgDb::create().await;
+    let server = pg_base()
+        .split_once('@')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let proxy = Proxy::start(server).await;
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let mut opts = w.options();
+    opts.database_url = Some(db.url_via(Some(format!("127.0.0.1:{}", proxy.port))));
+    let mut gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["one@example.test"],
+        &message("1", "b"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    assert!(wait_count(&db, 1).await, "{}", gw.log());
+
+    proxy.cut();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["two@example.test"],
+        &message("2", "b"),
+    )
+    .unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["three@example.test"],
+        &message("3", "b"),
+    )
+    .unwrap();
+    mx.wait_for(3, WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        db.count().await,
+        1,
+        "database unreachable: rows wait in the journal"
+    );
+
+    // The daemon dies during the outage; the journal survives it.
+    gw.kill();
+    proxy.restore();
+    gw.spawn().unwrap();
+    if !wait_count(&db, 3).await {
+        panic!("rows lost or not replayed; log:\n{}", gw.log());
+    }
+    let out = gw.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rows = gw.audit_rows().unwrap();
+    let mut rcpts: Vec<_> = rows
+        .iter()
+        .map(|r| r["recipient"].as_str().unwrap().to_string())
+        .collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        vec!["one@example.test", "three@example.test", "two@example.test"]
+    );
+}
+
+async fn wait_count(db: &PgDb, n: i64) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let c = db.count().await;
+        if c == n {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("audit rows in PostgreSQL: {c}, want {n}");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,408 @@
+//! End to end: a real SMTP client → the sealgate binary → test MX hosts
+//! found through the loopback DNS server, with audit rows checked.
+
+use std::time::Duration;
+
+use crate::common::{WAIT, World, message, python_send};
+use crate::gateway::Gateway;
+use crate::world::{MxOptions, Script, SmtpClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_message_is_delivered_by_mx_in_plaintext_when_no_starttls() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let gw = w.gateway().unwrap();
+    let body = message("hello", "line one\r\n.leading dot\r\nline three");
+    python_send(gw.addr, "a@clinic.example.test", &["b@example.test"], &body).unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(got[0].mail_from, "a@clinic.example.test");
+    assert_eq!(got[0].rcpt_to, vec!["b@example.test"]);
+    assert!(got[0].tls.is_none());
+    let data = got[0].data_str();
+    assert!(
+        data.starts_with("Received: from client.example.test"),
+        "{data}"
+    );
+    assert!(
+        data.ends_with(std::str::from_utf8(&body).unwrap().trim_end_matches("\r\n"))
+            || data.contains("line one\r\n.leading dot\r\nline three"),
+        "{data}"
+    );
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    let row = &rows[0];
+    assert_eq!(row["outcome"], "delivered");
+    assert_eq!(row["method"], "plaintext");
+    assert_eq!(row["recipient"], "b@example.test");
+    assert_eq!(row["remote_host"], "mx.example.test");
+    assert_eq!(row["remote_ip"], w.ip.to_string());
+    assert!(row["smtp_reply"].as_str().unwrap().starts_with("250"));
+    assert_eq!(row["body_sha256"].as_str().unwrap().len(), 64);
+    gw.wait_queue_empty(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_at_the_mx_is_used_and_the_certificate_checked() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w
+        .tls_mx("mx.example.test", MxOptions::new("mx.example.test"))
+        .await;
+    let gw = w.gateway().unwrap();
+    let mut c = SmtpClient::connect(gw.addr).await.unwrap();
+    c.ehlo("client.example.test").await.unwrap();
+    let r = c
+        .send_mail(
+            "a@clinic.example.test",
+            &["b@example.test"],
+            &message("tls", "secret"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.0, 250, "{r:?}");
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    let tls = got[0].tls.as_ref().expect("delivered over TLS");
+    assert_eq!(tls.sni.as_deref(), Some("mx.example.test"));
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert_eq!(rows[0]["method"], "tls");
+    assert!(
+        rows[0]["tls_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLSv1.")
+    );
+    assert!(!rows[0]["tls_cipher"].as_str().unwrap().is_empty());
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[0]["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(ev["cert_verified"], true, "{ev}");
+    assert_eq!(
+        ev["attempt"]["tls"]["peer_cert_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificate_still_encrypts_opportunistically_and_says_so() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let cert = crate::world::pki::self_signed(&["mx.example.test"]);
+    let mx = w.mx(MxOptions::new("mx.example.test").tls(&cert)).await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@example.test"],
+        &message("s", "b"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert!(got[0].tls.is_some());
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[0]["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(ev["cert_verified"], false, "{ev}");
+    assert!(ev["attempt"]["tls"]["cert_error"].as_str().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_share_one_transaction_and_connections_are_reused() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let gw = w.gateway().unwrap();
+    let rcpts = ["b@example.test", "c@example.test", "d@example.test"];
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &rcpts,
+        &message("one", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(
+        got[0].rcpt_to.len(),
+        3,
+        "one transaction for three recipients"
+    );
+    gw.wait_audit(WAIT, |r| r.len() == 3).await.unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["e@example.test"],
+        &message("two", "y"),
+    )
+    .unwrap();
+    mx.wait_for(2, WAIT).await.unwrap();
+    assert_eq!(mx.transactions(), 2);
+    assert_eq!(mx.connections(), 1, "second message reused the connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_failure_is_retried_and_then_delivered() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w
+        .mx(MxOptions::new("mx.example.test")
+            .rcpt_script("b@example.test", Script::first([(451, "4.2.0 try later")])))
+        .await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@example.test"],
+        &message("retry", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(got[0].rcpt_to, vec!["b@example.test"]);
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "deferred");
+    assert!(rows[0]["smtp_reply"].as_str().unwrap().starts_with("451"));
+    assert_eq!(rows[1]["outcome"], "delivered");
+    gw.wait_queue_empty(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_bounces_that_recipient_only_with_a_dsn() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    w.domain("clinic.example.test", "mx.example.test");
+    let mx = w
+        .mx(MxOptions::new("mx.example.test").rcpt_script(
+            "nobody@example.test",
+            Script::always(550, "5.1.1 no such user"),
+        ))
+        .await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@example.test", "nobody@example.test"],
+        &message("Lab results for Jane Doe", "x"),
+    )
+    .unwrap();
+    // The good recipient, then the DSN to the sender.
+    let got = mx.wait_for(2, WAIT).await.unwrap();
+    assert_eq!(got[0].rcpt_to, vec!["b@example.test"]);
+    let dsn = &got[1];
+    assert_eq!(dsn.mail_from, "", "DSNs use the null sender");
+    assert_eq!(dsn.rcpt_to, vec!["a@clinic.example.test"]);
+    let text = dsn.data_str();
+    assert!(
+        text.contains("multipart/report; report-type=delivery-status"),
+        "{text}"
+    );
+    assert!(text.contains("Final-Recipient: rfc822;nobody@example.test"));
+    assert!(text.contains("Status: 5.1.1"));
+    assert!(text.contains("Action: failed"));
+    assert!(!text.contains("Jane Doe"), "no subject (PHI) in the DSN");
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 3).await.unwrap();
+    let bounced: Vec<_> = rows.iter().filter(|r| r["outcome"] == "bounced").collect();
+    assert_eq!(bounced.len(), 1);
+    assert_eq!(bounced[0]["recipient"], "nobody@example.test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_rejection_and_nonexistent_domain() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    w.zone.add_soa("example.test");
+    let mx = w
+        .mx(MxOptions::new("mx.example.test")
+            .data_script(Script::first([(554, "5.7.1 rejected by content filter")])))
+        .await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "<>".trim_matches(['<', '>']),
+        &["b@example.test", "x@nxdomain.example.test"],
+        &message("s", "b"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    for r in &rows {
+        assert_eq!(r["outcome"], "bounced", "{r}");
+    }
+    // Null sender: no DSN is generated.
+    gw.wait_queue_empty(WAIT).await.unwrap();
+    assert_eq!(mx.transactions(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_preference_order_and_fallback_to_the_next_host() {
+    let w = World::new().await;
+    w.zone.add_mx("example.test", 10, "mx1.example.test");
+    w.zone.add_mx("example.test", 20, "mx2.example.test");
+    // mx1 has an address where nothing listens; mx2 is the world's MX.
+    let dead = crate::gateway::fresh_ip();
+    w.zone.add_a("mx1.example.test", dead);
+    w.zone.add_a("mx2.example.test", w.ip);
+    let mx = w.mx(MxOptions::new("mx2.example.test")).await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@example.test"],
+        &message("s", "b"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert_eq!(rows[0]["remote_host"], "mx2.example.test");
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[0]["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        ev["attempt"]["hosts"],
+        serde_json::json!(["mx1.example.test", "mx2.example.test"])
+    );
+    assert!(
+        ev["attempt"]["earlier_failures"][0]
+            .as_str()
+            .unwrap()
+            .contains("mx1.example.test")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_mx_when_the_domain_has_only_an_address() {
+    let w = World::new().await;
+    w.zone.add_a("example.test", w.ip);
+    let mx = w.mx(MxOptions::new("example.test")).await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@example.test"],
+        &message("s", "b"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_mail_survives_sigkill_and_is_delivered_after_restart() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    // No MX listening yet: the message is deferred.
+    let mut gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@example.test"],
+        &message("kill", "x"),
+    )
+    .unwrap();
+    gw.wait_audit(WAIT, |r| r.iter().any(|r| r["outcome"] == "deferred"))
+        .await
+        .unwrap();
+    gw.kill();
+    let queued = gw.queue().unwrap();
+    assert_eq!(
+        queued.len(),
+        1,
+        "read straight from the spool while the daemon is down"
+    );
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    gw.spawn().unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert!(got[0].data_str().contains("Subject: kill"));
+    gw.wait_queue_empty(WAIT).await.unwrap();
+    let out = gw.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smarthost_receives_everything() {
+    let w = World::new().await;
+    w.zone.add_a("relay.example.test", w.ip);
+    let relay = w
+        .tls_mx("relay.example.test", MxOptions::new("relay.example.test"))
+        .await;
+    let mut opts = w.options();
+    opts.smarthost = Some(format!("relay.example.test:{}", w.port));
+    let gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@one.example.test", "c@two.example.test"],
+        &message("s", "b"),
+    )
+    .unwrap();
+    let got = relay.wait_for(1, WAIT).await.unwrap();
+    let mut rcpts = got[0].rcpt_to.clone();
+    rcpts.sort();
+    assert_eq!(rcpts, vec!["b@one.example.test", "c@two.example.test"]);
+    assert!(got[0].tls.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_cli_lists_flushes_and_removes() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mut opts = w.options();
+    opts.retry_base = "1h".into();
+    let mut gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@example.test"],
+        &message("q", "x"),
+    )
+    .unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["c@example.test"],
+        &message("q2", "x"),
+    )
+    .unwrap();
+    gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    let q = gw.queue().unwrap();
+    assert_eq!(q.len(), 2);
+    assert_eq!(q[0]["message"]["recipients"][0]["status"], "deferred");
+    let text = gw.cli(&["queue", "list"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("b@example.test") && text.contains("deferred"),
+        "{text}"
+    );
+    let id = q[0]["message"]["id"].as_str().unwrap().to_string();
+    let out = gw.cli(&["queue", "remove", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(gw.queue().unwrap().len(), 1);
+    // Flush brings the retry forward.
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let out = gw.cli(&["queue", "flush"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    mx.wait_for(1, WAIT).await.unwrap();
+    gw.wait_queue_empty(WAIT).await.unwrap();
+    // Without a daemon: flush says so clearly, list reads the spool.
+    gw.stop().unwrap();
+    let out = gw.cli(&["queue", "flush"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sealgate daemon is listening"));
+    let out = gw.cli(&["queue", "list"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("empty"));
+    assert_eq!(
+        mx.messages().len(),
+        1,
+        "the removed message was never delivered"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

@@ -1,0 +1,11 @@
+//! One integration test crate (links once): the real sealgate binary on
+//! loopback against a test world of DNS, MX hosts, a private CA and
+//! databases.
+
+mod audit_db;
+mod common;
+mod delivery;
+mod gateway;
+mod inbound;
+mod world;
+mod world_selftest;

@@ -1,0 +1,469 @@
+//! Self-tests of the test world (DNS server, test MX, PKI, SMTP client).
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::Result;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+
+use crate::world::dns::{build_query, query_tcp, query_udp};
+use crate::world::{Behaviour, DnsServer, MxOptions, Script, SmtpClient, TestCa, TestMx, Zone};
+
+fn zone() -> Zone {
+    let z = Zone::new();
+    z.add_mx("example.test", 10, "mx1.example.test")
+        .add_mx("example.test", 20, "mx2.example.test")
+        .add_a("mx1.example.test", Ipv4Addr::new(127, 0, 0, 1))
+        .add_a("mx2.example.test", Ipv4Addr::new(127, 0, 0, 2))
+        .add_txt("example.test", "v=spf1 -all")
+        .add_tlsa("_25._tcp.mx1.example.test", 3, 1, 1, vec![0xab; 32]);
+    z
+}
+
+#[tokio::test]
+async fn world_dns_udp_and_tcp() -> Result<()> {
+    let dns = DnsServer::start(zone()).await;
+    for tcp in [false, true] {
+        for edns in [false, true] {
+            let q = build_query("Example.TEST", RecordType::MX, edns);
+            let r = if tcp {
+                query_tcp(dns.addr(), &q).await?
+            } else {
+                query_udp(dns.addr(), &q).await?
+            };
+            assert_eq!(r.id(), q.id());
+            assert_eq!(r.response_code(), ResponseCode::NoError);
+            assert!(r.authoritative());
+            assert_eq!(r.extensions().is_some(), edns);
+            let mut mx: Vec<(u16, String)> = r
+                .answers()
+                .iter()
+                .filter_map(|rr| match rr.data() {
+                    RData::MX(m) => Some((m.preference(), m.exchange().to_ascii())),
+                    _ => None,
+                })
+                .collect();
+            mx.sort();
+            assert_eq!(
+                mx,
+                vec![
+                    (10, "mx1.example.test.".to_string()),
+                    (20, "mx2.example.test.".to_string())
+                ]
+            );
+        }
+        let q = build_query("mx1.example.test", RecordType::A, false);
+        let r = if tcp {
+            query_tcp(dns.addr(), &q).await?
+        } else {
+            query_udp(dns.addr(), &q).await?
+        };
+        assert_eq!(r.answers().len(), 1);
+        assert_eq!(
+            r.answers()[0].data(),
+            &RData::A(Ipv4Addr::new(127, 0, 0, 1).into())
+        );
+    }
+    // NODATA, NXDOMAIN, empty non-terminal
+    let r = query_udp(
+        dns.addr(),
+        &build_query("mx1.example.test", RecordType::AAAA, false),
+    )
+    .await?;
+    assert_eq!(r.response_code(), ResponseCode::NoError);
+    assert!(r.answers().is_empty());
+    let r = query_udp(
+        dns.addr(),
+        &build_query("nope.example.test", RecordType::A, false),
+    )
+    .await?;
+    assert_eq!(r.response_code(), ResponseCode::NXDomain);
+    let r = query_udp(
+        dns.addr(),
+        &build_query("_tcp.mx1.example.test", RecordType::A, false),
+    )
+    .await?;
+    assert_eq!(r.response_code(), ResponseCode::NoError);
+    let r = query_udp(
+        dns.addr(),
+        &build_query("_25._tcp.mx1.example.test", RecordType::TLSA, false),
+    )
+    .await?;
+    assert_eq!(r.answers().len(), 1);
+
+    // CNAME chasing
+    dns.zone()
+        .add_cname("alias.example.test", "mx2.example.test");
+    let r = query_udp(
+        dns.addr(),
+        &build_query("alias.example.test", RecordType::A, false),
+    )
+    .await?;
+    assert_eq!(r.answers().len(), 2);
+
+    // failure modes
+    let z = dns.zone();
+    z.set_behaviour("mx2.example.test", Behaviour::ServFail);
+    let r = query_udp(
+        dns.addr(),
+        &build_query("mx2.example.test", RecordType::A, false),
+    )
+    .await?;
+    assert_eq!(r.response_code(), ResponseCode::ServFail);
+    z.set_behaviour("mx2.example.test", Behaviour::Timeout);
+    assert!(
+        query_udp(
+            dns.addr(),
+            &build_query("mx2.example.test", RecordType::A, false)
+        )
+        .await
+        .is_err()
+    );
+    z.set_behaviour("mx2.example.test", Behaviour::Normal);
+    let r = query_udp(
+        dns.addr(),
+        &build_query("mx2.example.test", RecordType::A, false),
+    )
+    .await?;
+    assert_eq!(r.response_code(), ResponseCode::NoError);
+    assert_eq!(r.answers().len(), 1);
+
+    // truncation over UDP without EDNS; full answer over TCP
+    for i in 0..40 {
+        z.add_txt(
+            "big.example.test",
+            &format!("record number {i} with some padding text"),
+        );
+    }
+    let q = build_query("big.example.test", RecordType::TXT, false);
+    let r = query_udp(dns.addr(), &q).await?;
+    assert!(r.truncated());
+    assert!(r.answers().is_empty());
+    let r = query_tcp(dns.addr(), &q).await?;
+    assert!(!r.truncated());
+    assert_eq!(r.answers().len(), 40);
+
+    assert!(dns.queries() >= 15);
+    assert_eq!(dns.queries_for("example.test", RecordType::MX), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn world_dns_with_hickory_resolver() -> Result<()> {
+    let dns = DnsServer::start(zone()).await;
+    let resolver = dns.resolver();
+    let mx = resolver.mx_lookup("example.test.").await?;
+    let mut got: Vec<(u16, String)> = mx
+        .iter()
+        .map(|m| (m.preference(), m.exchange().to_ascii()))
+        .collect();
+    got.sort();
+    assert_eq!(got[0], (10, "mx1.example.test.".to_string()));
+    let a = resolver.ipv4_lookup("mx2.example.test.").await?;
+    assert_eq!(
+        a.iter().next().map(|a| a.0),
+        Some(Ipv4Addr::new(127, 0, 0, 2))
+    );
+
+    let err = resolver
+        .ipv4_lookup("missing.example.test.")
+        .await
+        .unwrap_err();
+    assert!(err.is_nx_domain(), "{err:?}");
+    let err = resolver.ipv4_lookup("mx1.example.test.").await;
+    assert!(err.is_ok());
+    let err = resolver.ipv6_lookup("mx1.example.test.").await.unwrap_err();
+    assert!(err.is_no_records_found(), "{err:?}");
+
+    // changes are visible immediately (TTL 0, no cache)
+    dns.zone()
+        .add_a("new.example.test", Ipv4Addr::new(127, 0, 0, 9));
+    assert!(resolver.ipv4_lookup("new.example.test.").await.is_ok());
+
+    // truncated UDP answer -> resolver retries over TCP
+    let z = dns.zone();
+    for i in 0..40 {
+        z.add_txt(
+            "big.example.test",
+            &format!("record number {i} with some padding text"),
+        );
+    }
+    let txt = resolver.txt_lookup("big.example.test.").await?;
+    assert_eq!(txt.iter().count(), 40);
+    assert!(dns.query_log().iter().any(|q| q.tcp));
+
+    // forced TCP; EDNS-enabled resolver
+    z.set_behaviour("mx1.example.test", Behaviour::TruncateUdp);
+    assert!(resolver.ipv4_lookup("mx1.example.test.").await.is_ok());
+    z.set_behaviour("mx1.example.test", Behaviour::ServFail);
+    assert!(resolver.ipv4_lookup("mx1.example.test.").await.is_err());
+    z.set_behaviour("mx1.example.test", Behaviour::Normal);
+
+    let mut b = hickory_resolver::TokioResolver::builder_with_config(
+        hickory_resolver::config::ResolverConfig::from_parts(
+            None,
+            vec![],
+            hickory_resolver::config::NameServerConfigGroup::from_ips_clear(
+                &[dns.addr().ip()],
+                dns.port(),
+                true,
+            ),
+        ),
+        hickory_resolver::name_server::TokioConnectionProvider::default(),
+    );
+    b.options_mut().edns0 = true;
+    b.options_mut().cache_size = 0;
+    let r2 = b.build();
+    let txt = r2.txt_lookup("big.example.test.").await?;
+    assert_eq!(txt.iter().count(), 40);
+    let tlsa = r2
+        .lookup("_25._tcp.mx1.example.test.", RecordType::TLSA)
+        .await?;
+    assert_eq!(tlsa.iter().count(), 1);
+    Ok(())
+}
+
+const BODY: &[u8] = b"From: a@example.org\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nline one\r\n.leading dot\r\n..two dots\r\nlast\r\n";
+const BODY_RECEIVED: &[u8] = b"From: a@example.org\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nline one\r\n.leading dot\r\n..two dots\r\nlast";
+
+#[tokio::test]
+async fn world_mx_plain() -> Result<()> {
+    let mx = TestMx::start(MxOptions::new("mx1.example.test").size(100_000)).await;
+    let mut c = SmtpClient::connect(mx.addr()).await?;
+    assert_eq!(c.greeting.0, 220);
+    let caps = c.ehlo("client.example.org").await?;
+    assert!(caps.contains(&"PIPELINING".to_string()));
+    assert!(caps.contains(&"SIZE".to_string()));
+    assert!(!caps.contains(&"STARTTLS".to_string()));
+    assert_eq!(c.cmd("STARTTLS").await?.0, 502);
+    let r = c
+        .send_mail("a@example.org", &["b@example.test", "c@example.test"], BODY)
+        .await?;
+    assert_eq!(r.0, 250);
+    // pipelined second transaction
+    c.send_raw(b"MAIL FROM:<> SIZE=10\r\nRCPT TO:<d@example.test>\r\nDATA\r\n")
+        .await?;
+    assert_eq!(c.read_reply().await?.0, 250);
+    assert_eq!(c.read_reply().await?.0, 250);
+    assert_eq!(c.read_reply().await?.0, 354);
+    c.send_raw(b"bounce\r\n.\r\n").await?;
+    assert_eq!(c.read_reply().await?.0, 250);
+    // too big
+    assert_eq!(c.cmd("MAIL FROM:<x@example.org> SIZE=100001").await?.0, 552);
+    assert_eq!(c.cmd("NOOP").await?.0, 250);
+    assert_eq!(c.cmd("RSET").await?.0, 250);
+    assert_eq!(c.cmd("BOGUS").await?.0, 500);
+    c.quit().await?;
+
+    let msgs = mx.wait_for(2, Duration::from_secs(5)).await?;
+    assert_eq!(msgs[0].mail_from, "a@example.org");
+    assert_eq!(msgs[0].rcpt_to, vec!["b@example.test", "c@example.test"]);
+    assert_eq!(msgs[0].data, BODY_RECEIVED);
+    assert_eq!(msgs[0].helo, "client.example.org");
+    assert!(msgs[0].esmtp);
+    assert!(msgs[0].tls.is_none());
+    assert_eq!(msgs[0].header("subject").as_deref(), Some("hi"));
+    assert_eq!(msgs[1].mail_from, "");
+    assert_eq!(msgs[1].mail_params, vec!["SIZE=10"]);
+    assert_eq!(msgs[1].data, b"bounce");
+    assert_eq!(mx.connections(), 1);
+    assert_eq!(mx.transactions(), 2);
+    assert_eq!(mx.data_commands(), 2);
+    assert!(mx.wait_for(3, Duration::from_millis(50)).await.is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn world_mx_starttls() -> Result<()> {
+    let ca = TestCa::new("World Test CA");
+    let cert = ca.issue(&["mx1.example.test"]);
+    let dir = tempfile::tempdir()?;
+    let ca_path = ca.write_pem(dir.path())?;
+    let (cp, kp) = cert.write(dir.path(), "mx1")?;
+    assert!(ca_path.exists() && cp.exists() && kp.exists());
+
+    let mx = TestMx::start(MxOptions::new("mx1.example.test").tls(&cert)).await;
+    let mut c = SmtpClient::connect(mx.addr()).await?;
+    let caps = c.ehlo("client.example.org").await?;
+    assert!(caps.contains(&"STARTTLS".to_string()));
+    let mut c = c.starttls(ca.client_config(), "mx1.example.test").await?;
+    assert_eq!(c.tls_version, Some(rustls::ProtocolVersion::TLSv1_3));
+    // MAIL before EHLO again is refused after STARTTLS
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").await?.0, 503);
+    let caps = c.ehlo("client.example.org").await?;
+    assert!(!caps.contains(&"STARTTLS".to_string()));
+    assert_eq!(
+        c.send_mail("a@example.org", &["b@example.test"], BODY)
+            .await?
+            .0,
+        250
+    );
+    c.quit().await?;
+    let msgs = mx.wait_for(1, Duration::from_secs(5)).await?;
+    let tls = msgs[0].tls.clone().expect("tls info");
+    assert_eq!(tls.version, rustls::ProtocolVersion::TLSv1_3);
+    assert_eq!(tls.sni.as_deref(), Some("mx1.example.test"));
+    assert_eq!(mx.tls_handshakes(), 1);
+
+    // TLS 1.2 only server; a wrong-name / untrusted handshake fails
+    let mx12 = TestMx::start(
+        MxOptions::new("mx1.example.test")
+            .tls(&cert)
+            .tls_versions(crate::world::mx::TlsVersions::Tls12Only),
+    )
+    .await;
+    let mut c = SmtpClient::connect(mx12.addr()).await?;
+    c.ehlo("client.example.org").await?;
+    let c = c.starttls(ca.client_config(), "mx1.example.test").await?;
+    assert_eq!(c.tls_version, Some(rustls::ProtocolVersion::TLSv1_2));
+
+    let mut c = SmtpClient::connect(mx.addr()).await?;
+    c.ehlo("client.example.org").await?;
+    let other = TestCa::new("Other CA");
+    assert!(
+        c.starttls(other.client_config(), "mx1.example.test")
+            .await
+            .is_err()
+    );
+    mx.wait_until(Duration::from_secs(5), |m| m.tls_failures() == 1)
+        .await?;
+
+    // offer_starttls(false) hides it even with a certificate
+    let plain = TestMx::start(
+        MxOptions::new("mx9.example.test")
+            .tls(&cert)
+            .offer_starttls(false),
+    )
+    .await;
+    let mut c = SmtpClient::connect(plain.addr()).await?;
+    let caps = c.ehlo("client.example.org").await?;
+    assert!(!caps.contains(&"STARTTLS".to_string()));
+    assert_eq!(c.cmd("STARTTLS").await?.0, 502);
+
+    // self-signed cert helper
+    let ss = crate::world::pki::self_signed(&["mx2.example.test", "127.0.0.1"]);
+    assert!(ss.issuer_der.is_none());
+    assert_eq!(ss.chain_der().len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn world_mx_scripts() -> Result<()> {
+    let mx = TestMx::start(
+        MxOptions::new("mx1.example.test")
+            .rcpt_script("a@example.test", Script::first([(451, "4.3.0 try later")]))
+            .rcpt_script("b@example.test", Script::always(550, "5.1.1 no such user"))
+            .data_script(Script::first([(451, "4.3.0 data later")])),
+    )
+    .await;
+    let mut c = SmtpClient::connect(mx.addr()).await?;
+    c.ehlo("client.example.org").await?;
+    assert_eq!(c.cmd("DATA").await?.0, 503);
+    c.expect("MAIL FROM:<s@example.org>", 250).await?;
+    assert_eq!(c.cmd("RCPT TO:<A@example.test>").await?.0, 451);
+    assert_eq!(c.cmd("RCPT TO:<b@example.test>").await?.0, 550);
+    assert_eq!(c.cmd("RCPT TO:<c@example.test>").await?.0, 250);
+    assert_eq!(c.data(b"first try\r\n").await?.0, 451);
+    c.expect("MAIL FROM:<s@example.org>", 250).await?;
+    assert_eq!(c.cmd("RCPT TO:<a@example.test>").await?.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@example.test>").await?.0, 550);
+    assert_eq!(c.data(b"second try\r\n").await?.0, 250);
+    c.expect("MAIL FROM:<s@example.org>", 250).await?;
+    assert_eq!(c.cmd("RCPT TO:<b@example.test>").await?.0, 550);
+    assert_eq!(c.cmd("DATA").await?.0, 554);
+    c.quit().await?;
+
+    let msgs = mx.wait_for(1, Duration::from_secs(5)).await?;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].rcpt_to, vec!["a@example.test"]);
+    assert_eq!(msgs[0].data, b"second try");
+    assert_eq!(mx.rcpt_attempts("a@example.test"), 2);
+    assert_eq!(mx.rcpt_attempts("b@example.test"), 3);
+    assert_eq!(mx.transactions(), 3);
+    assert_eq!(mx.data_commands(), 4);
+    assert_eq!(mx.connections(), 1);
+
+    // MAIL rejected, drop-on-RCPT (code 0), 421 greeting
+    let mx = TestMx::start(
+        MxOptions::new("mx2.example.test")
+            .mail_script(Script::first([(452, "4.3.1 busy")]))
+            .rcpt_reply(|addr, _| addr.starts_with("drop").then(|| (0, String::new()))),
+    )
+    .await;
+    let mut c = SmtpClient::connect(mx.addr()).await?;
+    c.ehlo("client.example.org").await?;
+    assert_eq!(c.cmd("MAIL FROM:<s@example.org>").await?.0, 452);
+    assert_eq!(c.cmd("RCPT TO:<x@example.test>").await?.0, 503);
+    c.expect("MAIL FROM:<s@example.org>", 250).await?;
+    assert!(c.cmd("RCPT TO:<drop@example.test>").await.is_err());
+    assert_eq!(mx.transactions(), 1);
+
+    let mx = TestMx::start(MxOptions::new("mx3.example.test").greeting(554, "5.3.2 go away")).await;
+    let mut c = SmtpClient::connect(mx.addr()).await?;
+    assert_eq!(c.greeting.0, 554);
+    assert_eq!(c.cmd("EHLO x").await?.0, 503);
+    assert_eq!(c.cmd("QUIT").await?.0, 221);
+    Ok(())
+}
+
+#[tokio::test]
+async fn world_mx_on_loopback_aliases_share_a_port() -> Result<()> {
+    let a = TestMx::start(MxOptions::new("mx1.example.test").ip(Ipv4Addr::new(127, 0, 0, 2))).await;
+    let b = TestMx::start_on(
+        a.port(),
+        MxOptions::new("mx2.example.test").ip(Ipv4Addr::new(127, 0, 0, 3)),
+    )
+    .await?;
+    assert_eq!(a.port(), b.port());
+    for mx in [&a, &b] {
+        let mut c = SmtpClient::connect(mx.addr()).await?;
+        assert!(c.greeting.1.starts_with(mx.hostname()));
+        c.ehlo("client.example.org").await?;
+        c.send_mail("s@example.org", &["r@example.test"], b"x\r\n")
+            .await?;
+        c.quit().await?;
+        mx.wait_for(1, Duration::from_secs(5)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn world_servers_survive_garbage() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let dns = DnsServer::start(zone()).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    for junk in [
+        &b""[..],
+        b"\x01",
+        b"\x12\x34\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+    ] {
+        sock.send_to(junk, dns.addr()).await?;
+    }
+    let mut t = tokio::net::TcpStream::connect(dns.addr()).await?;
+    t.write_all(b"\x00\x05hello\x00\x02\x00").await?;
+    drop(t);
+    let r = query_udp(
+        dns.addr(),
+        &build_query("example.test", RecordType::MX, false),
+    )
+    .await?;
+    assert_eq!(r.answers().len(), 2);
+
+    let mx = TestMx::start(MxOptions::new("mx1.example.test")).await;
+    let mut c = SmtpClient::connect(mx.addr()).await?;
+    c.send_raw(b"\xff\xfe\r\n").await?;
+    assert_eq!(c.read_reply().await?.0, 500);
+    c.ehlo("x").await?;
+    assert_eq!(c.cmd("MAIL FR\u{e9}:<a@b>").await?.0, 501);
+    assert_eq!(c.cmd("MAIL FROM:a@b").await?.0, 501);
+    assert_eq!(c.cmd("MAIL").await?.0, 501);
+    c.send_raw(b"MAIL FROM:<a@b").await?;
+    drop(c);
+    let mut c = SmtpClient::connect(mx.addr()).await?;
+    c.ehlo("x").await?;
+    c.send_mail("a@b.example", &["c@d.example"], b"ok\r\n")
+        .await?;
+    mx.wait_for(1, Duration::from_secs(5)).await?;
+    Ok(())
+}
