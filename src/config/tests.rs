@@ -85,3 +85,27 @@ fn host_port() {
     assert_eq!(raw::split_host_port("[::1]:25"), Some(("::1".into(), 25)));
     assert_eq!(raw::split_host_port("relay.example.net"), None);
 }
+
+#[test]
+fn the_example_config_documents_only_real_keys() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sealgate.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    match Settings::parse(&path, &text) {
+        Ok(_) => {}
+        Err(e) => {
+            for p in &e.0 {
+                // Only the example's placeholder files and hash may fail.
+                let ok = p.message.contains("does not exist") || p.key.as_deref() == Some("server.users.password_hash");
+                assert!(ok, "unexpected problem in the example config: {p}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_quickstart_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sealgate.toml");
+    let s = Settings::load(&path).unwrap();
+    assert_eq!(s.server.listen[0].port(), 2525);
+    assert!(s.audit.database_url.starts_with("sqlite://"));
+}

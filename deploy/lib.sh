@@ -1,0 +1,27 @@
+# Shared by deploy/start and deploy/test: install Debian/Ubuntu packages
+# that are missing, as root or through sudo.
+ensure_packages() {
+  local missing=()
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then SUDO="sudo"; else
+      echo "missing packages: ${missing[*]} (install them as root: apt-get install -y ${missing[*]})" >&2
+      return 1
+    fi
+  fi
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+    $SUDO apt-get update >/dev/null
+    $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+  }
+}
+
+# What building sealgate needs beside the Rust toolchain.
+BUILD_PACKAGES=(pkg-config libssl-dev gcc)
+# What the test suite needs: independent SMTP clients.
+TEST_PACKAGES=(swaks python3)
