@@ -200,6 +200,7 @@ async fn schedule(
         let Some(msg) = queue.next_due(&mut stop).await else {
             break;
         };
+        let queue_for_release = queue.clone();
         let (q, d, p, a) = (
             queue.clone(),
             deliverer.clone(),
@@ -207,7 +208,13 @@ async fn schedule(
             auditor.clone(),
         );
         running.spawn(async move {
-            attempt(&q, &d, &p, &a, msg).await;
+            let id = msg.id.clone();
+            // A bug in one delivery must not strand the message in flight.
+            let task = tokio::spawn(async move { attempt(&q, &d, &p, &a, msg).await });
+            if let Err(e) = task.await {
+                tracing::error!(queue_id = %id, error = %e, "delivery task failed; the message stays queued");
+                queue_for_release.release(&id);
+            }
             drop(permit);
         });
         while running.try_join_next().is_some() {}

@@ -95,7 +95,8 @@ fn the_example_config_documents_only_real_keys() {
         Err(e) => {
             for p in &e.0 {
                 // Only the example's placeholder files and hash may fail.
-                let ok = p.message.contains("does not exist") || p.key.as_deref() == Some("server.users.password_hash");
+                let ok = p.message.contains("does not exist")
+                    || p.key.as_deref() == Some("server.users.password_hash");
                 assert!(ok, "unexpected problem in the example config: {p}");
             }
         }

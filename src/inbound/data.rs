@@ -70,7 +70,24 @@ impl DataReceiver {
     /// end of data was found after consuming `n` bytes of `input` (the rest
     /// belongs to the next command), `None` when all of `input` was taken.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            // Fast path: inside a line, copy everything up to the next CR or
+            // LF in one go (most of a message is plain line content).
+            if self.state == State::Mid {
+                let rest = &input[i..];
+                let run = rest
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n')
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    self.span(&rest[..run], out);
+                    i += run;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
             match self.state {
                 State::LineStart => match b {
                     b'.' => self.state = State::Dot,
@@ -115,7 +132,7 @@ impl DataReceiver {
                     }
                 },
                 State::DotCr => match b {
-                    b'\n' => return Some(i + 1),
+                    b'\n' => return Some(i),
                     // `.` CR followed by anything else: content.
                     b'\r' => {
                         self.byte(b'.', out);
@@ -152,6 +169,16 @@ impl DataReceiver {
             self.headers.extend_from_slice(bytes);
         }
         out.extend_from_slice(bytes);
+    }
+
+    /// A run of line content without CR or LF.
+    fn span(&mut self, run: &[u8], out: &mut Vec<u8>) {
+        self.line_len += run.len();
+        if self.line_len > self.max_line && self.problem.is_none() {
+            self.problem = Some(DataProblem::LineTooLong);
+        }
+        self.blank_line = false;
+        self.emit(run, out);
     }
 
     fn byte(&mut self, b: u8, out: &mut Vec<u8>) {
@@ -332,6 +359,43 @@ mod tests {
                 .is_some()
         );
         assert_eq!(r.problem(), Some(DataProblem::HeaderTooBig));
+    }
+
+    #[test]
+    fn any_split_gives_the_same_result() {
+        let input: &[u8] = b"Subject: a\r\n\r\n.x\r\n\n.\nbare\rcr\r\n..\r\n.\r.\r\n.\r\nNEXT";
+        let (whole, end) = run(input);
+        let end = end.unwrap();
+        for cut in 0..input.len() {
+            let mut r = DataReceiver::new(1 << 20, 1000, 1 << 16);
+            let mut out = Vec::new();
+            let got = match r.feed(&input[..cut], &mut out) {
+                Some(n) => n,
+                None => cut + r.feed(&input[cut..], &mut out).unwrap(),
+            };
+            assert_eq!(
+                (out.as_slice(), got),
+                (whole.as_slice(), end),
+                "split at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_stay_bounded() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let len = rng.usize(0..300);
+            let input: Vec<u8> = (0..len)
+                .map(|_| *rng.choice(b"\r\n.ab \t\xff".iter()).unwrap())
+                .collect();
+            let mut r = DataReceiver::new(100, 50, 60);
+            let mut out = Vec::new();
+            let _ = r.feed(&input, &mut out);
+            assert!(out.len() <= 102, "output bounded by the size limit");
+            let _ = header_facts(r.headers());
+            let _ = crate::inbound::command::parse(&input);
+        }
     }
 
     #[test]
