@@ -44,6 +44,9 @@ enum Command {
         /// Envelope sender to decide for.
         #[arg(long, default_value = "")]
         from: String,
+        /// A message file (RFC 5322) whose content the rules should see.
+        #[arg(long)]
+        message: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -87,6 +90,13 @@ enum QueueAction {
     Flush {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Release recipients held by a policy rule.
+    Release {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// Delete messages without delivering them.
     Remove {
@@ -182,11 +192,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Probe {
             config,
             from,
+            message,
             json,
             addresses,
         } => {
             let settings = load(&config)?;
-            cli::probe(settings, &from, &addresses, json, &mut stdout).await?;
+            cli::probe(
+                settings,
+                &from,
+                message.as_deref(),
+                &addresses,
+                json,
+                &mut stdout,
+            )
+            .await?;
         }
         Command::Queue { action } => match action {
             QueueAction::List { config, json } => {
@@ -194,6 +213,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             QueueAction::Flush { config } => {
                 println!("{}", cli::queue_flush(&load(&config)?).await?)
+            }
+            QueueAction::Release { config, ids } => {
+                println!("{}", cli::queue_release(&load(&config)?, &ids).await?)
             }
             QueueAction::Remove { config, ids } => {
                 println!("{}", cli::queue_remove(&load(&config)?, &ids).await?)

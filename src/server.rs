@@ -14,8 +14,14 @@ use crate::audit::{AuditEvent, AuditSettings, Auditor};
 use crate::config::Settings;
 use crate::inbound::{self, InboundContext};
 use crate::outbound::{Deliverer, RecipientReport};
-use crate::policy::Policy;
-use crate::queue::{Queue, QueuedMessage, Spool, SpoolKey, Verdict};
+use crate::policy::facts::MessageFacts;
+use crate::policy::{Action, Decision, Envelope, Policy};
+use crate::probe::static_caps::StaticCaps;
+use crate::probe::tls_offered::TlsOffered;
+use crate::probe::{Probe, Probes};
+use crate::queue::{
+    Queue, QueuedMessage, RecipientOutcome, RecipientStatus, Spool, SpoolKey, Verdict,
+};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,36 +44,140 @@ pub enum ServerError {
     Signal(std::io::Error),
 }
 
-/// The policy in force, swapped whole on reload.
+/// The policy in force and the probes it consults; the policy is swapped
+/// whole on reload.
 #[derive(Clone)]
-pub struct PolicyHandle(Arc<RwLock<Arc<Policy>>>);
+pub struct Engine {
+    policy: Arc<RwLock<Arc<Policy>>>,
+    patterns: Arc<Vec<String>>,
+    probes: Arc<Probes>,
+    declared: StaticCaps,
+}
 
-impl PolicyHandle {
-    /// Wraps a loaded policy.
-    pub fn new(p: Policy) -> PolicyHandle {
-        PolicyHandle(Arc::new(RwLock::new(Arc::new(p))))
+impl Engine {
+    /// Loads the policy and sets up the probes.
+    pub fn new(
+        settings: &Settings,
+        deliverer: Arc<Deliverer>,
+    ) -> Result<Engine, crate::policy::PolicyError> {
+        let policy = Policy::load(&settings.policy.files)?;
+        let declared = StaticCaps::default();
+        declared.set(policy.declared_capabilities());
+        let probes: Vec<Arc<dyn Probe>> = vec![
+            Arc::new(declared.clone()),
+            Arc::new(TlsOffered::new(deliverer)),
+        ];
+        Ok(Engine {
+            policy: Arc::new(RwLock::new(Arc::new(policy))),
+            patterns: Arc::new(settings.policy.files.clone()),
+            probes: Arc::new(Probes::new(
+                probes,
+                settings.probe.timeout,
+                settings.probe.cache_ttl,
+            )),
+            declared,
+        })
     }
 
     /// The policy now in force.
     pub fn current(&self) -> Arc<Policy> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Re-reads the policy files; on error the old policy stays.
-    pub fn reload(&self, patterns: &[String]) -> Result<String, String> {
-        match Policy::load(patterns) {
+    pub fn reload(&self) -> Result<String, String> {
+        match Policy::load(&self.patterns) {
             Ok(p) => {
                 let v = p.version().to_string();
-                *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                self.declared.set(p.declared_capabilities());
+                *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                self.probes.clear();
                 tracing::info!(policy_version = %v, "policy reloaded");
                 Ok(format!("policy reloaded, version {v}"))
             }
             Err(e) => {
                 tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
-                Err(format!("{e}; the previous policy stays in force"))
+                Err(format!("{e}\nthe previous policy stays in force"))
             }
         }
     }
+
+    /// Decides for the given recipients of `msg` (index, address, released
+    /// from hold): message facts once, probes concurrently per recipient.
+    pub async fn decide(
+        &self,
+        msg: &QueuedMessage,
+        spool: &Spool,
+        recipients: &[(usize, String, bool)],
+    ) -> Vec<(usize, Decision)> {
+        let policy = self.current();
+        if msg.local {
+            return recipients
+                .iter()
+                .map(|(i, _, _)| (*i, Decision::notification(policy.version())))
+                .collect();
+        }
+        let facts = if policy.needs_content() {
+            let limit = policy.max_scan_size().min(usize::MAX as u64) as usize;
+            match spool.read_content(&msg.id, limit).await {
+                Ok(content) => {
+                    let truncated = msg.size > limit as u64;
+                    tokio::task::block_in_place(|| MessageFacts::parse(&content, truncated))
+                }
+                Err(e) => {
+                    tracing::error!(queue_id = %msg.id, error = %e, "cannot read the message to apply the policy");
+                    let reason = format!("the message could not be read from the spool: {e}");
+                    return recipients
+                        .iter()
+                        .map(|(i, _, _)| (*i, unreadable(&policy, &reason)))
+                        .collect();
+                }
+            }
+        } else {
+            MessageFacts::default()
+        };
+        let envelope = Envelope {
+            sender: msg.sender.clone(),
+            client_ip: msg.client.ip.parse().ok(),
+            auth_user: msg.client.auth_user.clone(),
+            size: msg.size,
+        };
+        self.decide_facts(&policy, envelope, facts, recipients)
+            .await
+    }
+
+    /// Decides for `recipients` of a message with the given facts.
+    pub async fn decide_facts(
+        &self,
+        policy: &Policy,
+        envelope: Envelope,
+        facts: MessageFacts,
+        recipients: &[(usize, String, bool)],
+    ) -> Vec<(usize, Decision)> {
+        let prepared = tokio::task::block_in_place(|| policy.prepare(envelope, facts));
+        let jobs = recipients.iter().map(|(i, addr, released)| {
+            let prepared = &prepared;
+            async move {
+                let eval = prepared.evaluate(addr, *released);
+                let reports = self.probes.run(addr, |name| eval.wants_probe(name)).await;
+                (*i, prepared.decide(&eval, reports))
+            }
+        });
+        futures_util::future::join_all(jobs).await
+    }
+}
+
+/// A decision that keeps the recipient queued because the policy could not
+/// be applied.
+fn unreadable(policy: &Policy, reason: &str) -> Decision {
+    let mut d = Decision::notification(policy.version());
+    d.action = crate::policy::Action::Wait;
+    d.rule = "default".into();
+    d.reason = reason.to_string();
+    d
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -94,8 +204,8 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         settings.audit.journal_dir.clone(),
     ))
     .await?;
-    let policy = PolicyHandle::new(Policy::load(&settings.policy.files)?);
     let deliverer = Deliverer::new(settings.clone())?;
+    let policy = Engine::new(&settings, deliverer.clone())?;
     let tls = match &settings.server.tls {
         Some(t) => Some(inbound::tls_acceptor(&t.cert, &t.key)?),
         None => None,
@@ -115,8 +225,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         users: inbound::auth::Users::new(settings.server.users.clone()),
     });
     let reload_policy = policy.clone();
-    let patterns = settings.policy.files.clone();
-    let reload: crate::queue::control::ReloadFn = Arc::new(move || reload_policy.reload(&patterns));
+    let reload: crate::queue::control::ReloadFn = Arc::new(move || reload_policy.reload());
     let control = tokio::spawn(crate::queue::control::serve(
         settings.server.control_socket.clone(),
         queue.clone(),
@@ -186,7 +295,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
 async fn schedule(
     queue: Queue,
     deliverer: Arc<Deliverer>,
-    policy: PolicyHandle,
+    policy: Engine,
     auditor: Auditor,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -234,22 +343,60 @@ async fn schedule(
 pub async fn attempt(
     queue: &Queue,
     deliverer: &Deliverer,
-    policy: &PolicyHandle,
+    engine: &Engine,
     auditor: &Auditor,
     msg: QueuedMessage,
 ) {
     let now = Utc::now();
-    let policy = policy.current();
-    let work: Vec<_> = msg
+    let due: Vec<(usize, String, bool)> = msg
         .open_recipients()
+        .filter(|(_, r)| r.status != RecipientStatus::Held)
         .filter(|(_, r)| r.next_attempt.is_none_or(|t| t <= now))
-        .map(|(i, r)| (i, policy.decide(&msg.sender, &r.address)))
+        .map(|(i, r)| (i, r.address.clone(), r.released))
         .collect();
-    if work.is_empty() {
+    if due.is_empty() {
         queue.release(&msg.id);
         return;
     }
-    let reports = deliverer.deliver(&msg, queue.spool(), work).await;
+    let decisions = engine.decide(&msg, queue.spool(), &due).await;
+    let mut work = Vec::new();
+    let mut reports = Vec::new();
+    for (index, decision) in decisions {
+        let outcome = match decision.action {
+            Action::Deliver => {
+                work.push((index, decision));
+                continue;
+            }
+            Action::Reject => RecipientOutcome {
+                verdict: Verdict::Permanent,
+                reply: format!("rejected by policy: {}", decision.reason),
+                enhanced: Some("5.7.1".into()),
+                remote: None,
+            },
+            Action::Hold => RecipientOutcome {
+                verdict: Verdict::Held,
+                reply: decision.reason.clone(),
+                enhanced: Some("4.7.0".into()),
+                remote: None,
+            },
+            Action::Wait => RecipientOutcome {
+                verdict: Verdict::Temporary,
+                reply: decision.reason.clone(),
+                enhanced: Some("4.7.5".into()),
+                remote: None,
+            },
+        };
+        tracing::info!(queue_id = %msg.id, recipient_index = index, rule = %decision.rule, action = ?decision.action, "policy decision");
+        reports.push(RecipientReport {
+            index,
+            decision,
+            outcome,
+            evidence: Default::default(),
+        });
+    }
+    if !work.is_empty() {
+        reports.extend(deliverer.deliver(&msg, queue.spool(), work).await);
+    }
     let settled = queue.settle(
         &msg,
         reports
@@ -299,6 +446,7 @@ fn audit_event(
             Verdict::Delivered => "delivered",
             Verdict::Temporary => "deferred",
             Verdict::Permanent => "bounced",
+            Verdict::Held => "held",
         }
         .into(),
         method,

@@ -234,18 +234,47 @@ pub async fn audit_export(
 pub async fn probe(
     settings: Settings,
     sender: &str,
+    message: Option<&Path>,
     addresses: &[String],
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let settings = Arc::new(settings);
-    let policy = crate::policy::Policy::load(&settings.policy.files)?;
     let deliverer = crate::outbound::Deliverer::new(settings.clone())?;
+    let engine = crate::server::Engine::new(&settings, deliverer.clone())?;
+    let policy = engine.current();
+    let (facts, size) = match message {
+        Some(path) => {
+            let content = std::fs::read(path)
+                .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
+            let limit = policy.max_scan_size() as usize;
+            let truncated = content.len() > limit;
+            (
+                crate::policy::facts::MessageFacts::parse(
+                    &content[..content.len().min(limit)],
+                    truncated,
+                ),
+                content.len() as u64,
+            )
+        }
+        None => (crate::policy::facts::MessageFacts::default(), 0),
+    };
+    let envelope = crate::policy::Envelope {
+        sender: sender.to_string(),
+        client_ip: None,
+        auth_user: None,
+        size,
+    };
+    let rcpts: Vec<(usize, String, bool)> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i, a.clone(), false))
+        .collect();
+    let decisions = engine.decide_facts(&policy, envelope, facts, &rcpts).await;
     let mut results = Vec::new();
-    for addr in addresses {
-        let decision = policy.decide(sender, addr);
-        let domain = crate::queue::domain_of(addr);
-        let route = deliverer.route_for(&domain).await;
+    for (i, decision) in decisions {
+        let addr = &addresses[i];
+        let route = deliverer.route_for(&crate::queue::domain_of(addr)).await;
         let route_json = match &route {
             Ok(r) => serde_json::to_value(r).unwrap_or_default(),
             Err(e) => serde_json::json!({ "error": e.to_string() }),
@@ -265,49 +294,92 @@ pub async fn probe(
         return Ok(());
     }
     for r in &results {
-        writeln!(out, "{}", r["recipient"].as_str().unwrap_or("")).map_err(io)?;
         let d = &r["decision"];
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+        writeln!(out, "{}", s(&r["recipient"])).map_err(io)?;
+        writeln!(out, "  action:         {}", s(&d["action"])).map_err(io)?;
+        if d["action"] == "deliver" {
+            writeln!(out, "  method:         {}", s(&d["method"])).map_err(io)?;
+            writeln!(out, "  tls:            {}", s(&d["tls"])).map_err(io)?;
+        }
+        if !s(&d["reason"]).is_empty() {
+            writeln!(out, "  reason:         {}", s(&d["reason"])).map_err(io)?;
+        }
+        writeln!(out, "  rule:           {}", s(&d["rule"])).map_err(io)?;
+        writeln!(out, "  policy version: {}", s(&d["policy_version"])).map_err(io)?;
+        let ex = &d["explanation"];
+        let methods: Vec<String> = ex["methods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
         writeln!(
             out,
-            "  method:         {}",
-            d["method"].as_str().unwrap_or("")
+            "  method order:   {} (TLS floor {})",
+            methods.join(", "),
+            s(&ex["min_tls"])
         )
         .map_err(io)?;
-        writeln!(out, "  tls:            {}", d["tls"].as_str().unwrap_or("")).map_err(io)?;
-        writeln!(
-            out,
-            "  rule:           {}",
-            d["rule"].as_str().unwrap_or("")
-        )
-        .map_err(io)?;
-        writeln!(
-            out,
-            "  policy version: {}",
-            d["policy_version"].as_str().unwrap_or("")
-        )
-        .map_err(io)?;
+        for m in ex["matched"].as_array().into_iter().flatten() {
+            writeln!(out, "  matched:        {}", s(m)).map_err(io)?;
+        }
+        for det in ex["detectors"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  detector:       {} ({} finding(s))",
+                s(&det[0]),
+                det[1]
+            )
+            .map_err(io)?;
+        }
+        for sk in ex["skipped"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  skipped:        {}: {}",
+                s(&sk["method"]),
+                s(&sk["reason"])
+            )
+            .map_err(io)?;
+        }
+        for p in ex["probes"].as_array().into_iter().flatten() {
+            let res = if let Some(e) = p["result"].get("error") {
+                format!("error: {}", s(e))
+            } else {
+                p["result"]["capabilities"].to_string()
+            };
+            writeln!(out, "  probe {:<9} {res}", s(&p["probe"])).map_err(io)?;
+            if !p["evidence"].is_null() {
+                writeln!(out, "    evidence:     {}", p["evidence"]).map_err(io)?;
+            }
+        }
+        for m in ex["monitors"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  monitor rule {} would: {} {} {}",
+                s(&m["rule"]),
+                s(&m["action"]),
+                s(&m["method"]),
+                s(&m["tls"])
+            )
+            .map_err(io)?;
+        }
         match r["route"].get("error") {
-            Some(e) => writeln!(out, "  route:          error: {}", e.as_str().unwrap_or(""))
-                .map_err(io)?,
+            Some(e) => writeln!(out, "  route:          error: {}", s(e)).map_err(io)?,
             None => {
-                writeln!(
-                    out,
-                    "  route:          {}",
-                    r["route"]["kind"].as_str().unwrap_or("")
-                )
-                .map_err(io)?;
+                writeln!(out, "  route:          {}", s(&r["route"]["kind"])).map_err(io)?;
                 for hop in r["route"]["hops"].as_array().into_iter().flatten() {
-                    let addrs: Vec<&str> = hop["addrs"]
+                    let addrs: Vec<String> = hop["addrs"]
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .filter_map(|a| a.as_str())
+                        .map(s)
                         .collect();
                     writeln!(
                         out,
                         "    {:>5} {} {}",
                         hop["preference"],
-                        hop["name"].as_str().unwrap_or(""),
+                        s(&hop["name"]),
                         addrs.join(" ")
                     )
                     .map_err(io)?;
@@ -316,4 +388,21 @@ pub async fn probe(
         }
     }
     Ok(())
+}
+
+/// `queue release ID...`: releases held recipients.
+pub async fn queue_release(settings: &Settings, ids: &[String]) -> Result<String, CliError> {
+    let mut done = Vec::new();
+    for id in ids {
+        match control::call(
+            &settings.server.control_socket,
+            &Request::Release { id: id.clone() },
+        )
+        .await?
+        {
+            Reply::Ok { detail, .. } => done.push(detail),
+            Reply::Error { detail } => return Err(CliError::Other(detail)),
+        }
+    }
+    Ok(done.join("\n"))
 }

@@ -212,6 +212,13 @@ pub struct PolicyFiles {
     pub files: Vec<String>,
 }
 
+/// Capability probe limits.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
+}
+
 /// The validated, runtime form of a configuration file.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -226,6 +233,7 @@ pub struct Settings {
     pub tls: TlsTrust,
     pub audit: AuditConfig,
     pub policy: PolicyFiles,
+    pub probe: ProbeSettings,
 }
 
 impl Settings {

@@ -39,6 +39,19 @@ pub struct RawConfig {
     /// `[policy]`: policy files.
     #[serde(default)]
     pub policy: RawPolicy,
+    /// `[probe]`: capability probes.
+    #[serde(default)]
+    pub probe: RawProbe,
+}
+
+/// `[probe]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    /// Longest a probe may take before it counts as failed (`15s`).
+    pub timeout: Option<Spanned<String>>,
+    /// How long probe answers are cached (`10m`).
+    pub cache_ttl: Option<Spanned<String>>,
 }
 
 /// `[server]`
@@ -667,6 +680,19 @@ impl RawConfig {
             files.push(pattern);
         }
 
+        let probe = ProbeSettings {
+            timeout: c.duration(
+                "probe.timeout",
+                &self.probe.timeout,
+                Duration::from_secs(15),
+            ),
+            cache_ttl: c.duration(
+                "probe.cache_ttl",
+                &self.probe.cache_ttl,
+                Duration::from_secs(600),
+            ),
+        };
+
         if !c.problems.is_empty() {
             return Err(ConfigError(c.problems));
         }
@@ -689,6 +715,7 @@ impl RawConfig {
             tls: tls_trust,
             audit,
             policy: PolicyFiles { files },
+            probe,
         })
     }
 }

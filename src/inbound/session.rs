@@ -673,6 +673,7 @@ impl Session {
                 auth_user: self.auth_user.clone(),
                 tls: self.tls.is_some(),
             },
+            local: false,
         };
         let rcpts = msg.recipients.len();
         match self.ctx.queue.enqueue(msg).await {

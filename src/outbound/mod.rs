@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
 use self::route::{Hop, Route, RouteKind};
 use crate::config::Settings;
-use crate::policy::{Decision, TlsRequirement};
+use crate::policy::{Decision, Method, TlsRequirement};
 use crate::queue::{QueuedMessage, RecipientOutcome, Spool, Verdict};
 
 /// What the TLS session to the remote looked like.
@@ -188,8 +188,10 @@ impl Deliverer {
         spool: &Spool,
         work: Vec<(usize, Decision)>,
     ) -> Vec<RecipientReport> {
-        // Group by destination and TLS requirement: one transaction each.
-        let mut groups: HashMap<(String, TlsRequirement), Vec<(usize, Decision)>> = HashMap::new();
+        // Group by destination, TLS requirement and content transformation:
+        // recipients whose copy differs cannot share a transaction.
+        type Key = (String, TlsRequirement, Option<String>);
+        let mut groups: HashMap<Key, Vec<(usize, Decision)>> = HashMap::new();
         for (idx, decision) in work {
             let dest = match &self.settings.delivery.smarthost {
                 Some((h, _)) => format!("smarthost:{h}"),
@@ -200,13 +202,13 @@ impl Deliverer {
                     .unwrap_or_default(),
             };
             groups
-                .entry((dest, decision.tls))
+                .entry((dest, decision.tls, decision.strip_tag.clone()))
                 .or_default()
                 .push((idx, decision));
         }
         let jobs = groups
             .into_iter()
-            .map(|((dest, _), members)| self.deliver_group(msg, spool, dest, members));
+            .map(|((dest, _, _), members)| self.deliver_group(msg, spool, dest, members));
         futures_util::future::join_all(jobs)
             .await
             .into_iter()
@@ -226,6 +228,7 @@ impl Deliverer {
             .first()
             .map(|m| m.1.tls)
             .unwrap_or(TlsRequirement::Opportunistic);
+        let strip_tag = members.first().and_then(|m| m.1.strip_tag.clone());
         let mut evidence = AttemptEvidence::default();
         let report = |members: &[(usize, Decision)],
                       out: &dyn Fn(usize) -> RecipientOutcome,
@@ -241,6 +244,23 @@ impl Deliverer {
                 })
                 .collect()
         };
+        if requirement >= TlsRequirement::MtaSts
+            || members.iter().any(|m| m.1.method != Method::Tls)
+        {
+            // Fail closed: this version cannot check DANE or MTA-STS or
+            // apply end-to-end methods, so the recipient waits rather than
+            // going with less protection than decided.
+            let o = RecipientOutcome {
+                verdict: Verdict::Temporary,
+                reply: format!(
+                    "{} TLS cannot be verified by this version of sealgate; the message waits rather than going with less protection",
+                    requirement.as_str()
+                ),
+                enhanced: Some("4.7.5".into()),
+                remote: None,
+            };
+            return report(&members, &|_| o.clone(), &evidence);
+        }
         let route = match self.route_for(&domain).await {
             Ok(r) => r,
             Err(e) => {
@@ -285,7 +305,10 @@ impl Deliverer {
                     addr: *addr,
                     tls: requirement,
                 };
-                match self.transaction(ready.conn, msg, spool, &indices).await {
+                match self
+                    .transaction(ready.conn, msg, spool, &indices, strip_tag.as_deref())
+                    .await
+                {
                     TxEnd::Done(outcomes, sha, conn) => {
                         if let Some(conn) = conn {
                             self.put_back(key, conn);
@@ -400,7 +423,8 @@ impl Deliverer {
         pool.retain(|_, l| !l.is_empty());
     }
 
-    fn timeouts(&self) -> Timeouts {
+    /// Connection timeouts from `[delivery]`.
+    pub fn timeouts(&self) -> Timeouts {
         let d = &self.settings.delivery;
         Timeouts {
             connect: d.connect_timeout,
@@ -545,7 +569,18 @@ impl Deliverer {
         })
     }
 
-    fn tls_evidence(&self, t: &client::TlsFacts, host: &str) -> TlsEvidence {
+    /// The TLS client configurations (for probes).
+    pub fn tls_clients(&self) -> &tls::TlsClients {
+        &self.tls
+    }
+
+    /// The name we send in EHLO.
+    pub fn helo_name(&self) -> &str {
+        &self.settings.delivery.helo_name
+    }
+
+    /// What a negotiated TLS session proves for `host`.
+    pub fn tls_evidence(&self, t: &client::TlsFacts, host: &str) -> TlsEvidence {
         let chain: Vec<rustls_pki_types::CertificateDer<'_>> = t
             .chain
             .iter()
@@ -568,6 +603,7 @@ impl Deliverer {
         msg: &QueuedMessage,
         spool: &Spool,
         indices: &[usize],
+        strip_tag: Option<&str>,
     ) -> TxEnd {
         let host = conn.host.clone();
         let next_host = |e: ClientError| TxEnd::NextHost(classify::client_error(&host, &e));
@@ -698,7 +734,7 @@ impl Deliverer {
             outcomes.extend(accepted.iter().map(|&i| (i, o.clone())));
             return TxEnd::Done(outcomes, None, conn);
         }
-        let sha = match self.send_content(&mut conn, msg, spool).await {
+        let sha = match self.send_content(&mut conn, msg, spool, strip_tag).await {
             Ok(sha) => sha,
             Err(SendError::Client(e)) => return next_host(e),
             Err(SendError::Spool(reason)) => {
@@ -739,6 +775,7 @@ impl Deliverer {
         conn: &mut Connection,
         msg: &QueuedMessage,
         spool: &Spool,
+        strip_tag: Option<&str>,
     ) -> Result<String, SendError> {
         let mut reader = spool
             .open_content(&msg.id)
@@ -747,14 +784,37 @@ impl Deliverer {
         let mut stuffer = DotStuffer::default();
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         let mut out = Vec::with_capacity(70 * 1024);
-        while let Some(chunk) = reader
+        // With a header transformation, hold back content until the end of
+        // the header section (bounded by the listener's header limit).
+        let mut head: Option<Vec<u8>> = strip_tag.map(|_| Vec::new());
+        while let Some(mut chunk) = reader
             .next_chunk()
             .await
             .map_err(|e| SendError::Spool(e.to_string()))?
         {
+            if let Some(h) = head.as_mut() {
+                h.extend_from_slice(&chunk);
+                let end = h.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+                if end.is_none() && h.len() < 4 * 1024 * 1024 {
+                    continue;
+                }
+                let end = end.unwrap_or(h.len());
+                let mut transformed =
+                    crate::encrypt::strip_subject_tag(&h[..end], strip_tag.unwrap_or(""));
+                transformed.extend_from_slice(&h[end..]);
+                chunk = transformed;
+                head = None;
+            }
             digest.update(&chunk);
             out.clear();
             stuffer.push(&chunk, &mut out);
+            conn.write_all(&out).await.map_err(SendError::Client)?;
+        }
+        if let Some(h) = head.take() {
+            let transformed = crate::encrypt::strip_subject_tag(&h, strip_tag.unwrap_or(""));
+            digest.update(&transformed);
+            out.clear();
+            stuffer.push(&transformed, &mut out);
             conn.write_all(&out).await.map_err(SendError::Client)?;
         }
         out.clear();

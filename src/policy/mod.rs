@@ -1,12 +1,21 @@
 //! Policy: for each recipient of each message, at delivery time, decide how
 //! it must be protected, and keep the reasons.
 //!
-//! This is the seam the policy engine grows into: a [`Decision`] per
-//! recipient, with the method, the TLS requirement for the hop, the rule
-//! that decided and the policy version. Until rule files are interpreted,
-//! every recipient gets the built-in rule: opportunistic TLS.
+//! A [`Decision`] per recipient: the action, the method, the TLS
+//! requirement for the hop, the rule that decided, the policy version and
+//! the evidence. Rules come from TOML policy files (`file.rs`); what a
+//! recipient can receive comes from the probes (`crate::probe`). Decisions
+//! are made at delivery time, so a retried message is decided afresh.
+
+pub mod detectors;
+mod engine;
+pub mod facts;
+pub mod file;
+pub mod pattern;
 
 use serde::{Deserialize, Serialize};
+
+pub use engine::*;
 
 /// How a recipient is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +34,18 @@ pub enum Method {
 }
 
 impl Method {
+    /// Parses a method name from a policy file.
+    pub fn parse(s: &str) -> Option<Method> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "tls" => Method::Tls,
+            "pgp" => Method::Pgp,
+            "smime" => Method::Smime,
+            "portal" => Method::Portal,
+            "reject" => Method::Reject,
+            _ => return None,
+        })
+    }
+
     /// The name used in config, audit rows and `probe`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,6 +74,17 @@ pub enum TlsRequirement {
 }
 
 impl TlsRequirement {
+    /// Parses a requirement name from a policy file.
+    pub fn parse(s: &str) -> Option<TlsRequirement> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "opportunistic" => TlsRequirement::Opportunistic,
+            "verified" => TlsRequirement::Verified,
+            "mta-sts" => TlsRequirement::MtaSts,
+            "dane" => TlsRequirement::Dane,
+            _ => return None,
+        })
+    }
+
     /// The name used in config, audit rows and `probe`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,87 +92,6 @@ impl TlsRequirement {
             TlsRequirement::Verified => "verified",
             TlsRequirement::MtaSts => "mta-sts",
             TlsRequirement::Dane => "dane",
-        }
-    }
-}
-
-/// The decision for one recipient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
-    pub method: Method,
-    pub tls: TlsRequirement,
-    pub sign: bool,
-    /// Name of the rule that decided.
-    pub rule: String,
-    /// Hash of the loaded policy files.
-    pub policy_version: String,
-}
-
-/// Errors loading policy files.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("policy file {path}: {reason}")]
-    File { path: String, reason: String },
-}
-
-/// The loaded policy.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    version: String,
-    files: Vec<std::path::PathBuf>,
-}
-
-impl Policy {
-    /// Loads the files matching `patterns` (in order); the version is the
-    /// SHA-256 of their names and contents, so any change is visible in
-    /// the audit rows.
-    pub fn load(patterns: &[String]) -> Result<Policy, PolicyError> {
-        let mut files = Vec::new();
-        for pat in patterns {
-            let paths = glob::glob(pat).map_err(|e| PolicyError::File {
-                path: pat.clone(),
-                reason: e.to_string(),
-            })?;
-            let mut matched: Vec<_> = paths
-                .filter_map(Result::ok)
-                .filter(|p| p.is_file())
-                .collect();
-            matched.sort();
-            files.extend(matched);
-        }
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        for f in &files {
-            let data = std::fs::read(f).map_err(|e| PolicyError::File {
-                path: f.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            ctx.update(f.display().to_string().as_bytes());
-            ctx.update(&[0]);
-            ctx.update(&data);
-            ctx.update(&[0]);
-        }
-        let version = hex::encode(&ctx.finish().as_ref()[..8]);
-        Ok(Policy { version, files })
-    }
-
-    /// The policy version (short hash).
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    /// The files that were loaded.
-    pub fn files(&self) -> &[std::path::PathBuf] {
-        &self.files
-    }
-
-    /// Decides for one recipient.
-    pub fn decide(&self, _sender: &str, _recipient: &str) -> Decision {
-        Decision {
-            method: Method::Tls,
-            tls: TlsRequirement::Opportunistic,
-            sign: false,
-            rule: "builtin-opportunistic".into(),
-            policy_version: self.version.clone(),
         }
     }
 }
@@ -154,17 +105,5 @@ mod tests {
         assert!(TlsRequirement::Dane > TlsRequirement::MtaSts);
         assert!(TlsRequirement::MtaSts > TlsRequirement::Verified);
         assert!(TlsRequirement::Verified > TlsRequirement::Opportunistic);
-    }
-
-    #[test]
-    fn version_changes_with_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("a.toml");
-        std::fs::write(&f, "x = 1").unwrap();
-        let pat = vec![dir.path().join("*.toml").display().to_string()];
-        let v1 = Policy::load(&pat).unwrap().version().to_string();
-        std::fs::write(&f, "x = 2").unwrap();
-        let v2 = Policy::load(&pat).unwrap().version().to_string();
-        assert_ne!(v1, v2);
     }
 }

@@ -19,6 +19,8 @@ pub enum Request {
     Flush,
     /// Delete a message without delivering it.
     Remove { id: String },
+    /// Release the held recipients of a message.
+    Release { id: String },
     /// Re-read the policy files.
     Reload,
 }
@@ -152,6 +154,26 @@ async fn handle(queue: &Queue, reload: &ReloadFn, req: Request) -> Reply {
                     Reply::Ok {
                         messages: vec![],
                         detail: format!("removed {id}"),
+                    }
+                }
+                Err(e) => Reply::Error {
+                    detail: e.to_string(),
+                },
+            },
+        },
+        Request::Release { id } => match QueueId::parse(&id) {
+            None => Reply::Error {
+                detail: format!("`{id}` is not a queue id"),
+            },
+            Some(id) => match queue.release_held(&id).await {
+                Ok(0) => Reply::Error {
+                    detail: format!("message {id} has no held recipient"),
+                },
+                Ok(n) => {
+                    tracing::info!(queue_id = %id, recipients = n, "held recipients released by an operator");
+                    Reply::Ok {
+                        messages: vec![],
+                        detail: format!("released {n} recipient(s) of {id}"),
                     }
                 }
                 Err(e) => Reply::Error {

@@ -36,6 +36,8 @@ pub enum Verdict {
     Temporary,
     /// Will never work (5xx); bounce.
     Permanent,
+    /// Quarantined by policy until an operator releases it.
+    Held,
 }
 
 /// The outcome for one recipient, as the queue needs it.
@@ -245,6 +247,10 @@ impl Queue {
                     r.status = RecipientStatus::Bounced;
                     r.next_attempt = None;
                 }
+                Verdict::Held => {
+                    r.status = RecipientStatus::Held;
+                    r.next_attempt = None;
+                }
                 Verdict::Temporary => {
                     r.status = RecipientStatus::Deferred;
                     r.next_attempt = Some(
@@ -354,6 +360,7 @@ impl Queue {
                     auth_user: None,
                     tls: false,
                 },
+                local: true,
             };
             let mut w = self.inner.spool.create_content(&out.id).await?;
             w.write(&dsn.content).await?;
@@ -415,6 +422,44 @@ impl Queue {
         drop(st);
         self.inner.wake.notify_one();
         n
+    }
+
+    /// Releases held recipients of a message (an operator's decision):
+    /// they are tried at once, and hold rules no longer apply to them.
+    pub async fn release_held(&self, id: &QueueId) -> Result<usize, QueueError> {
+        let msg = {
+            let mut st = self.lock();
+            let slot = match st.messages.get_mut(id) {
+                None => return Err(QueueError::NotFound(id.0.clone())),
+                Some(s) if s.in_flight => return Err(QueueError::Busy(id.0.clone())),
+                Some(s) => s,
+            };
+            let mut n = 0;
+            for r in slot
+                .msg
+                .recipients
+                .iter_mut()
+                .filter(|r| r.status == RecipientStatus::Held)
+            {
+                r.status = RecipientStatus::Pending;
+                r.released = true;
+                r.next_attempt = None;
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(0);
+            }
+            slot.msg.clone()
+        };
+        self.inner.spool.write_envelope(&msg).await?;
+        let n = msg
+            .recipients
+            .iter()
+            .filter(|r| r.released && r.status == RecipientStatus::Pending)
+            .count();
+        self.lock().schedule(id);
+        self.inner.wake.notify_one();
+        Ok(n)
     }
 
     /// Deletes a message without delivering it (an operator's decision).

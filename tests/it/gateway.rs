@@ -33,7 +33,14 @@ pub struct GatewayOptions {
     pub extra: String,
     pub retry_base: String,
     pub max_age: String,
+    /// The policy file (the mail-path tests relay with opportunistic TLS).
+    pub policy: String,
 }
+
+/// A policy for the mail-path tests: every recipient over opportunistic
+/// TLS, so delivery mechanics can be tested without DANE or MTA-STS.
+pub const OPPORTUNISTIC_POLICY: &str =
+    "[defaults]\nmethods = [\"tls\"]\nmin_tls = \"opportunistic\"\nphi_min_tls = \"verified\"\n";
 
 impl Default for GatewayOptions {
     fn default() -> Self {
@@ -52,6 +59,7 @@ impl Default for GatewayOptions {
             extra: String::new(),
             retry_base: "1s".into(),
             max_age: "5d".into(),
+            policy: OPPORTUNISTIC_POLICY.into(),
         }
     }
 }
@@ -308,6 +316,10 @@ fn write_config(dir: &Path, o: &GatewayOptions) -> Result<PathBuf> {
     if let Some(url) = &o.database_url {
         s.push_str(&format!("[audit]\ndatabase_url = {}\n", q(url)));
     }
+    std::fs::create_dir_all(dir.join("policy.d"))?;
+    std::fs::write(dir.join("policy.d/policy.toml"), &o.policy)?;
+    s.push_str("[policy]\nfiles = [\"policy.d/*.toml\"]\n");
+    s.push_str("[probe]\ntimeout = \"3s\"\ncache_ttl = \"1m\"\n");
     s.push_str(&o.extra);
     let path = dir.join("sealgate.toml");
     std::fs::write(&path, s)?;

@@ -1,0 +1,704 @@
+//! The policy engine: rules evaluated in order against a message and a
+//! recipient, then the first method in the rule's order that the
+//! recipient can really receive (per the probes) is chosen.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::detectors::{Detector, Detectors};
+use super::facts::MessageFacts;
+use super::file::{self, Compiled, Rule};
+use super::pattern;
+use super::{Method, TlsRequirement};
+use crate::config::ConfigProblem;
+use crate::probe::{Capability, ProbeReport};
+
+/// The default policy, used when `[policy] files` is empty, and shipped as
+/// `config/policy.d/00-default.toml`.
+pub const DEFAULT_POLICY: &str = include_str!("../../config/policy.d/00-default.toml");
+
+/// Methods this build can apply. A method not listed here is skipped
+/// ("not available") wherever a rule names it.
+pub const AVAILABLE_METHODS: &[Method] = &[Method::Tls];
+
+/// Whether a rule decides or only records what it would have decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Monitor,
+}
+
+/// What a rule does with a matching recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// Deliver with the strongest method available in the rule's order.
+    Deliver,
+    /// Refuse: the recipient bounces with the rule's message.
+    Reject,
+    /// Quarantine until an operator releases it (`sealgate queue release`).
+    Hold,
+}
+
+/// What happens to the recipient now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Deliver,
+    Reject,
+    Hold,
+    /// No method in the rule's order can serve the recipient now: it stays
+    /// queued and is decided again at the next attempt (fail closed).
+    Wait,
+}
+
+/// A method skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skip {
+    pub method: Method,
+    pub reason: String,
+}
+
+/// What a monitor-mode rule would have decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shadow {
+    pub rule: String,
+    pub action: Action,
+    pub method: Option<Method>,
+    pub tls: TlsRequirement,
+}
+
+/// Why the decision is what it is. Holds names, counts and probe evidence,
+/// never message content.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Explanation {
+    /// Conditions of the deciding rule that matched.
+    pub matched: Vec<String>,
+    /// Detectors that found something (name, count), over the whole message.
+    pub detectors: Vec<(String, usize)>,
+    /// Whether a PHI detector fired (raises the TLS floor).
+    pub phi: bool,
+    /// The method order that applied.
+    pub methods: Vec<Method>,
+    /// The TLS floor that applied.
+    pub min_tls: Option<TlsRequirement>,
+    pub skipped: Vec<Skip>,
+    pub probes: Vec<ProbeReport>,
+    pub monitors: Vec<Shadow>,
+    /// The content was longer than `max_scan_size`; only its start was scanned.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scan_truncated: bool,
+}
+
+/// The decision for one recipient.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub action: Action,
+    /// The method (meaningful for `deliver`).
+    pub method: Method,
+    /// What the hop to the recipient's server must prove.
+    pub tls: TlsRequirement,
+    pub sign: bool,
+    /// The rule that decided (`default` when none matched).
+    pub rule: String,
+    /// Hash of the loaded policy files.
+    pub policy_version: String,
+    /// Subject tag to remove before delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip_tag: Option<String>,
+    /// For reject, hold and wait: why, in words.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub explanation: Explanation,
+}
+
+impl Decision {
+    /// The decision for messages sealgate itself generates (DSNs): they
+    /// carry no PHI (see `queue::dsn`) and go to the organisation's own
+    /// senders, so opportunistic TLS.
+    pub fn notification(policy_version: &str) -> Decision {
+        Decision {
+            action: Action::Deliver,
+            method: Method::Tls,
+            tls: TlsRequirement::Opportunistic,
+            sign: false,
+            rule: "builtin-notification".into(),
+            policy_version: policy_version.to_string(),
+            strip_tag: None,
+            reason: String::new(),
+            explanation: Explanation::default(),
+        }
+    }
+}
+
+/// Errors loading policy files: every problem, with file, line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}", render(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn render(problems: &[ConfigProblem]) -> String {
+    let mut s = format!(
+        "invalid policy ({} problem{}):",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        s.push_str("\n  ");
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+/// The loaded policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    version: String,
+    files: Vec<std::path::PathBuf>,
+    compiled: Compiled,
+    detectors: Arc<Detectors>,
+    /// Detectors any rule or the PHI guard uses.
+    needed: Vec<Detector>,
+    /// Whether any rule looks at content (so the message must be read).
+    needs_content: bool,
+}
+
+/// The envelope and client facts of a message (content facts are added
+/// by [`MessageFacts::parse`]).
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    pub sender: String,
+    pub client_ip: Option<IpAddr>,
+    pub auth_user: Option<String>,
+    pub size: u64,
+}
+
+impl Policy {
+    /// Loads the files matching `patterns`, in order (or the built-in
+    /// default policy when there are none). The version is the SHA-256 of
+    /// the files' names and contents.
+    pub fn load(patterns: &[String]) -> Result<Policy, PolicyError> {
+        let mut problems = Vec::new();
+        let mut files = Vec::new();
+        for pat in patterns {
+            match glob::glob(pat) {
+                Ok(paths) => {
+                    let mut matched: Vec<_> = paths
+                        .filter_map(Result::ok)
+                        .filter(|p| p.is_file())
+                        .collect();
+                    matched.sort();
+                    files.extend(matched);
+                }
+                Err(e) => problems.push(ConfigProblem {
+                    file: pat.into(),
+                    line: None,
+                    column: None,
+                    key: Some("policy.files".into()),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        let mut compiled = Compiled::default();
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        if files.is_empty() {
+            file::compile_file(
+                std::path::Path::new("<built-in default policy>"),
+                DEFAULT_POLICY,
+                &mut compiled,
+                &mut problems,
+            );
+            ctx.update(DEFAULT_POLICY.as_bytes());
+        }
+        for f in &files {
+            match std::fs::read_to_string(f) {
+                Ok(text) => {
+                    ctx.update(f.display().to_string().as_bytes());
+                    ctx.update(&[0]);
+                    ctx.update(text.as_bytes());
+                    ctx.update(&[0]);
+                    file::compile_file(f, &text, &mut compiled, &mut problems);
+                }
+                Err(e) => problems.push(ConfigProblem {
+                    file: f.clone(),
+                    line: None,
+                    column: None,
+                    key: None,
+                    message: format!("cannot read the file: {e}"),
+                }),
+            }
+        }
+        for (i, msg) in file::unreachable_rules(&compiled.rules) {
+            let r = &compiled.rules[i];
+            let (path, line) = r.origin.rsplit_once(':').unwrap_or((&r.origin, ""));
+            problems.push(ConfigProblem {
+                file: path.into(),
+                line: line.parse().ok(),
+                column: None,
+                key: Some("rule".into()),
+                message: msg,
+            });
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+        let mut needed: Vec<Detector> = compiled.defaults.phi_detectors.clone();
+        for r in &compiled.rules {
+            needed.extend(r.matcher.detectors.iter().copied());
+        }
+        needed.sort();
+        needed.dedup();
+        let needs_content = !needed.is_empty()
+            || compiled.rules.iter().any(|r| {
+                let m = &r.matcher;
+                !m.header.is_empty()
+                    || m.subject_tag.is_some()
+                    || !m.body.is_empty()
+                    || !m.attachment_content.is_empty()
+                    || !m.attachment_type.is_empty()
+            });
+        Ok(Policy {
+            version: hex::encode(&ctx.finish().as_ref()[..8]),
+            files,
+            compiled,
+            detectors: Arc::new(Detectors::new()),
+            needed,
+            needs_content,
+        })
+    }
+
+    /// The policy version (short hash).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The files that were loaded (empty: the built-in default).
+    pub fn files(&self) -> &[std::path::PathBuf] {
+        &self.files
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.compiled.rules
+    }
+
+    /// Capabilities declared with `[[capability]]`.
+    pub fn declared_capabilities(&self) -> Vec<crate::probe::static_caps::Declared> {
+        self.compiled.capabilities.clone()
+    }
+
+    /// Whether rules need the message content (else only the envelope).
+    pub fn needs_content(&self) -> bool {
+        self.needs_content
+    }
+
+    /// How much of a message is scanned.
+    pub fn max_scan_size(&self) -> u64 {
+        self.compiled.defaults.max_scan_size
+    }
+
+    /// Evaluates everything that depends only on the message, once per
+    /// delivery attempt.
+    pub fn prepare(&self, envelope: Envelope, facts: MessageFacts) -> Prepared<'_> {
+        let findings = if self.needs_content {
+            facts.detect(&self.detectors, &self.needed)
+        } else {
+            Vec::new()
+        };
+        let phi = findings
+            .iter()
+            .any(|(d, _)| self.compiled.defaults.phi_detectors.contains(d));
+        let message_matches = self
+            .compiled
+            .rules
+            .iter()
+            .map(|r| message_conditions(r, &envelope, &facts, &findings))
+            .collect();
+        Prepared {
+            policy: self,
+            envelope,
+            truncated: facts.truncated,
+            findings,
+            phi,
+            message_matches,
+        }
+    }
+}
+
+/// A message, evaluated against the policy's message-level conditions.
+pub struct Prepared<'p> {
+    policy: &'p Policy,
+    envelope: Envelope,
+    truncated: bool,
+    findings: Vec<(Detector, usize)>,
+    phi: bool,
+    /// Per rule: `Some(descriptions)` if every message-level condition matched.
+    message_matches: Vec<Option<Vec<String>>>,
+}
+
+/// What the rules say for one recipient, before probing.
+#[derive(Debug, Clone)]
+pub struct RuleOutcome {
+    pub rule: String,
+    pub action: RuleAction,
+    pub methods: Vec<Method>,
+    pub min_tls: TlsRequirement,
+    pub sign: bool,
+    pub strip_tag: Option<String>,
+    pub reject_message: String,
+    pub matched: Vec<String>,
+}
+
+/// The rule outcome for a recipient plus the monitor-mode rules that
+/// matched before it.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub outcome: RuleOutcome,
+    pub monitors: Vec<RuleOutcome>,
+}
+
+impl Evaluation {
+    /// Whether the probe called `name` is needed to decide.
+    pub fn wants_probe(&self, name: &str) -> bool {
+        let needs = |o: &RuleOutcome| match name {
+            "tls-offered" => {
+                o.action == RuleAction::Deliver
+                    && o.methods.contains(&Method::Tls)
+                    && o.min_tls >= TlsRequirement::Verified
+            }
+            _ => o.action == RuleAction::Deliver,
+        };
+        needs(&self.outcome) || self.monitors.iter().any(needs)
+    }
+}
+
+impl Prepared<'_> {
+    /// The rules' outcome for `recipient`. A recipient an operator released
+    /// from hold is not held again by the same policy.
+    pub fn evaluate(&self, recipient: &str, released: bool) -> Evaluation {
+        let d = &self.policy.compiled.defaults;
+        let mut monitors = Vec::new();
+        for (rule, msg) in self.policy.compiled.rules.iter().zip(&self.message_matches) {
+            let Some(msg_matched) = msg else { continue };
+            let Some(mut matched) = recipient_conditions(rule, recipient) else {
+                continue;
+            };
+            if released && rule.action == RuleAction::Hold {
+                continue;
+            }
+            matched.extend(msg_matched.iter().cloned());
+            let outcome = self.outcome_of(Some(rule), matched);
+            if rule.mode == Mode::Monitor {
+                monitors.push(outcome);
+                continue;
+            }
+            return Evaluation { outcome, monitors };
+        }
+        let _ = d;
+        Evaluation {
+            outcome: self.outcome_of(None, Vec::new()),
+            monitors,
+        }
+    }
+
+    fn outcome_of(&self, rule: Option<&Rule>, matched: Vec<String>) -> RuleOutcome {
+        let d = &self.policy.compiled.defaults;
+        let mut min_tls = rule.and_then(|r| r.min_tls).unwrap_or(d.min_tls);
+        if self.phi {
+            min_tls = min_tls.max(d.phi_min_tls);
+        }
+        RuleOutcome {
+            rule: rule
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| "default".into()),
+            action: rule.map(|r| r.action).unwrap_or(RuleAction::Deliver),
+            methods: rule
+                .and_then(|r| r.methods.clone())
+                .unwrap_or_else(|| d.methods.clone()),
+            min_tls,
+            sign: rule.and_then(|r| r.sign).unwrap_or(d.sign),
+            strip_tag: rule
+                .filter(|r| r.strip_tag)
+                .and_then(|r| r.matcher.subject_tag.clone()),
+            reject_message: rule.map(|r| r.reject_message.clone()).unwrap_or_default(),
+            matched,
+        }
+    }
+
+    /// Chooses the method for `eval` given what the probes said.
+    pub fn decide(&self, eval: &Evaluation, probes: Vec<ProbeReport>) -> Decision {
+        let mut decision = choose(&eval.outcome, &probes, &self.policy.version);
+        decision.explanation.monitors = eval
+            .monitors
+            .iter()
+            .map(|m| {
+                let d = choose(m, &probes, &self.policy.version);
+                Shadow {
+                    rule: m.rule.clone(),
+                    action: d.action,
+                    method: (d.action == Action::Deliver).then_some(d.method),
+                    tls: d.tls,
+                }
+            })
+            .collect();
+        decision.explanation.detectors = self
+            .findings
+            .iter()
+            .map(|(d, n)| (d.name().to_string(), *n))
+            .collect();
+        decision.explanation.phi = self.phi;
+        decision.explanation.scan_truncated = self.truncated;
+        decision.explanation.probes = probes;
+        let _ = &self.envelope;
+        decision
+    }
+}
+
+/// The strongest TLS requirement the destination publishes (DANE or
+/// MTA-STS), which is enforced whatever the rule's floor: never a downgrade.
+fn published_level(probes: &[ProbeReport]) -> TlsRequirement {
+    probes
+        .iter()
+        .filter(|p| p.probe != "tls-offered")
+        .filter_map(|p| p.result.as_ref().ok())
+        .flatten()
+        .filter_map(|c| match c {
+            Capability::Tls { level } if *level >= TlsRequirement::MtaSts => Some(*level),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(TlsRequirement::Opportunistic)
+}
+
+fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
+    let mut d = Decision {
+        action: Action::Wait,
+        method: Method::Tls,
+        tls: o.min_tls,
+        sign: o.sign,
+        rule: o.rule.clone(),
+        policy_version: version.to_string(),
+        strip_tag: o.strip_tag.clone(),
+        reason: String::new(),
+        explanation: Explanation {
+            matched: o.matched.clone(),
+            methods: o.methods.clone(),
+            min_tls: Some(o.min_tls),
+            ..Default::default()
+        },
+    };
+    match o.action {
+        RuleAction::Reject => {
+            d.action = Action::Reject;
+            d.method = Method::Reject;
+            d.reason = o.reject_message.clone();
+            return d;
+        }
+        RuleAction::Hold => {
+            d.action = Action::Hold;
+            d.reason = format!("held by rule `{}` until an operator releases it", o.rule);
+            return d;
+        }
+        RuleAction::Deliver => {}
+    }
+    let published = published_level(probes);
+    let caps: Vec<&Capability> = probes
+        .iter()
+        .filter_map(|p| p.result.as_ref().ok())
+        .flatten()
+        .collect();
+    let errors: Vec<String> = probes
+        .iter()
+        .filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.probe)))
+        .collect();
+    for &m in &o.methods {
+        if !AVAILABLE_METHODS.contains(&m) {
+            d.explanation.skipped.push(Skip {
+                method: m,
+                reason: "not available in this version of sealgate".into(),
+            });
+            continue;
+        }
+        let ok = match m {
+            Method::Tls => {
+                let level = caps
+                    .iter()
+                    .filter_map(|c| {
+                        if let Capability::Tls { level } = c {
+                            Some(*level)
+                        } else {
+                            None
+                        }
+                    })
+                    .max();
+                if o.min_tls == TlsRequirement::Opportunistic {
+                    Ok(published)
+                } else {
+                    match level {
+                        Some(l) if l >= o.min_tls => Ok(o.min_tls.max(published)),
+                        Some(l) => Err(format!(
+                            "the destination supports {} TLS, the rule needs {}",
+                            l.as_str(),
+                            o.min_tls.as_str()
+                        )),
+                        None if !errors.is_empty() => {
+                            Err(format!("TLS capability unknown ({})", errors.join("; ")))
+                        }
+                        None => Err(format!(
+                            "no probe showed {} TLS for the destination",
+                            o.min_tls.as_str()
+                        )),
+                    }
+                }
+            }
+            Method::Pgp => caps
+                .iter()
+                .any(|c| matches!(c, Capability::Pgp { .. }))
+                .then_some(published)
+                .ok_or_else(|| "no OpenPGP key".to_string()),
+            Method::Smime => caps
+                .iter()
+                .any(|c| matches!(c, Capability::Smime { .. }))
+                .then_some(published)
+                .ok_or_else(|| "no S/MIME certificate".to_string()),
+            Method::Portal => caps
+                .iter()
+                .any(|c| matches!(c, Capability::Portal))
+                .then_some(published)
+                .ok_or_else(|| "the portal is not configured".to_string()),
+            Method::Reject => Err("not a delivery method".into()),
+        };
+        match ok {
+            Ok(tls) => {
+                d.action = Action::Deliver;
+                d.method = m;
+                d.tls = tls;
+                return d;
+            }
+            Err(reason) => d.explanation.skipped.push(Skip { method: m, reason }),
+        }
+    }
+    let reasons: Vec<String> = d
+        .explanation
+        .skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.method.as_str(), s.reason))
+        .collect();
+    d.reason = format!("no protection method available ({})", reasons.join("; "));
+    d
+}
+
+/// Message-level conditions of `rule`; `Some(descriptions)` if all match.
+fn message_conditions(
+    rule: &Rule,
+    env: &Envelope,
+    facts: &MessageFacts,
+    findings: &[(Detector, usize)],
+) -> Option<Vec<String>> {
+    let m = &rule.matcher;
+    let mut why = Vec::new();
+    if !m.sender.is_empty() {
+        pattern::any(&m.sender, &env.sender).then_some(())?;
+        why.push("sender".into());
+    }
+    if !m.sender_domain.is_empty() {
+        pattern::any(&m.sender_domain, &crate::queue::domain_of(&env.sender)).then_some(())?;
+        why.push("sender_domain".into());
+    }
+    for (name, re) in &m.header {
+        facts
+            .headers
+            .get(name)?
+            .iter()
+            .any(|v| re.is_match(v))
+            .then_some(())?;
+        why.push(format!("header {name}"));
+    }
+    if let Some(tag) = &m.subject_tag {
+        facts
+            .subject
+            .to_lowercase()
+            .contains(&tag.to_lowercase())
+            .then_some(())?;
+        why.push(format!("subject_tag {tag}"));
+    }
+    if !m.body.is_empty() {
+        m.body
+            .iter()
+            .any(|re| re.is_match(&facts.body_text))
+            .then_some(())?;
+        why.push("body".into());
+    }
+    if !m.attachment_content.is_empty() {
+        m.attachment_content
+            .iter()
+            .any(|re| re.is_match(&facts.attachment_text))
+            .then_some(())?;
+        why.push("attachment_content".into());
+    }
+    if !m.detectors.is_empty() {
+        let hit: Vec<&str> = findings
+            .iter()
+            .filter(|(d, _)| m.detectors.contains(d))
+            .map(|(d, _)| d.name())
+            .collect();
+        (!hit.is_empty()).then_some(())?;
+        why.push(format!("detectors {}", hit.join(",")));
+    }
+    if !m.attachment_type.is_empty() {
+        facts
+            .attachments
+            .iter()
+            .any(|a| {
+                pattern::any(&m.attachment_type, &a.content_type)
+                    || a.name
+                        .as_deref()
+                        .is_some_and(|n| pattern::any(&m.attachment_type, n))
+            })
+            .then_some(())?;
+        why.push("attachment_type".into());
+    }
+    if let Some(n) = m.size_over {
+        (env.size > n).then_some(())?;
+        why.push("size_over".into());
+    }
+    if let Some(n) = m.size_under {
+        (env.size < n).then_some(())?;
+        why.push("size_under".into());
+    }
+    if !m.client_network.is_empty() {
+        let ip = env.client_ip.map(crate::config::canonical_ip)?;
+        m.client_network
+            .iter()
+            .any(|n| n.contains(&ip))
+            .then_some(())?;
+        why.push("client_network".into());
+    }
+    if !m.auth_user.is_empty() {
+        pattern::any(&m.auth_user, env.auth_user.as_deref()?).then_some(())?;
+        why.push("auth_user".into());
+    }
+    Some(why)
+}
+
+/// Recipient-level conditions of `rule`.
+fn recipient_conditions(rule: &Rule, recipient: &str) -> Option<Vec<String>> {
+    let m = &rule.matcher;
+    let mut why = Vec::new();
+    if !m.recipient.is_empty() {
+        pattern::any(&m.recipient, recipient).then_some(())?;
+        why.push("recipient".into());
+    }
+    if !m.recipient_domain.is_empty() {
+        pattern::any(&m.recipient_domain, &crate::queue::domain_of(recipient)).then_some(())?;
+        why.push("recipient_domain".into());
+    }
+    Some(why)
+}
+
+#[cfg(test)]
+mod tests;

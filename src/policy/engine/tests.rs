@@ -1,0 +1,381 @@
+use super::*;
+use crate::probe::{Capability, ProbeReport};
+
+fn policy(text: &str) -> Policy {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.toml");
+    std::fs::write(&f, text).unwrap();
+    Policy::load(&[f.display().to_string()]).unwrap()
+}
+
+fn policy_err(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.toml");
+    std::fs::write(&f, text).unwrap();
+    Policy::load(&[f.display().to_string()])
+        .unwrap_err()
+        .to_string()
+}
+
+fn env(sender: &str) -> Envelope {
+    Envelope {
+        sender: sender.into(),
+        client_ip: Some("10.1.2.3".parse().unwrap()),
+        auth_user: None,
+        size: 1000,
+    }
+}
+
+fn msg(subject: &str, body: &str) -> MessageFacts {
+    MessageFacts::parse(
+        format!("Subject: {subject}\r\nX-Sensitivity: Private\r\n\r\n{body}\r\n").as_bytes(),
+        false,
+    )
+}
+
+fn tls(level: TlsRequirement) -> ProbeReport {
+    ProbeReport {
+        probe: "static",
+        result: Ok(vec![Capability::Tls { level }]),
+        evidence: serde_json::Value::Null,
+        cached: false,
+    }
+}
+
+const RULES: &str = r#"
+[defaults]
+methods = ["pgp", "tls", "portal"]
+min_tls = "verified"
+
+[[rule]]
+name = "block-ssn-to-freemail"
+match.recipient_domain = ["freemail.example"]
+match.detectors = ["us-ssn"]
+action = "reject"
+reject_message = "SSNs may not be sent to free mail providers"
+
+[[rule]]
+name = "secure-tag"
+match.subject_tag = "[secure]"
+strip_tag = true
+methods = ["portal"]
+
+[[rule]]
+name = "hr-header"
+match.header = [{ name = "X-Sensitivity", pattern = "(?i)^private$" }]
+match.sender_domain = ["hr.clinic.example"]
+action = "hold"
+
+[[rule]]
+name = "partner"
+match.recipient_domain = ["*.partner.example", "partner.example"]
+methods = ["tls"]
+min_tls = "opportunistic"
+
+[[rule]]
+name = "big-from-app"
+match.size_over = "500"
+match.client_network = ["10.0.0.0/8"]
+match.body = ["(?i)invoice"]
+methods = ["tls"]
+min_tls = "dane"
+"#;
+
+#[test]
+fn rules_match_in_order() {
+    let p = policy(RULES);
+    // (sender, recipient, subject, body) → rule
+    let cases = [
+        (
+            "a@clinic.example",
+            "x@freemail.example",
+            "hi",
+            "ssn 123-45-6789",
+            "block-ssn-to-freemail",
+        ),
+        (
+            "a@clinic.example",
+            "x@freemail.example",
+            "hi",
+            "no numbers",
+            "default",
+        ),
+        (
+            "a@clinic.example",
+            "x@other.example",
+            "Results [SECURE]",
+            "x",
+            "secure-tag",
+        ),
+        (
+            "a@hr.clinic.example",
+            "x@other.example",
+            "hi",
+            "x",
+            "hr-header",
+        ),
+        (
+            "a@clinic.example",
+            "x@mx.partner.example",
+            "hi",
+            "x",
+            "partner",
+        ),
+        (
+            "a@clinic.example",
+            "x@partner.example",
+            "hi",
+            "x",
+            "partner",
+        ),
+        (
+            "a@clinic.example",
+            "x@notpartner.example",
+            "hi",
+            "x",
+            "default",
+        ),
+        (
+            "a@clinic.example",
+            "x@y.example",
+            "hi",
+            "your INVOICE",
+            "big-from-app",
+        ),
+    ];
+    for (sender, rcpt, subject, body, want) in cases {
+        let prep = p.prepare(env(sender), msg(subject, body));
+        let e = prep.evaluate(rcpt, false);
+        assert_eq!(
+            e.outcome.rule, want,
+            "{sender} → {rcpt} / {subject} / {body}"
+        );
+    }
+}
+
+#[test]
+fn decisions_follow_capabilities_and_fail_closed() {
+    let p = policy(RULES);
+    let prep = p.prepare(env("a@clinic.example"), msg("hi", "hello"));
+    // Default rule: pgp (not available yet), tls needs verified, portal not configured.
+    let e = prep.evaluate("x@other.example", false);
+    let d = prep.decide(&e, vec![tls(TlsRequirement::Verified)]);
+    assert_eq!(
+        (d.action, d.method, d.tls),
+        (Action::Deliver, Method::Tls, TlsRequirement::Verified)
+    );
+    assert_eq!(d.explanation.skipped[0].method, Method::Pgp);
+    // Only opportunistic available: tls skipped, portal not configured → wait.
+    let d = prep.decide(&e, vec![tls(TlsRequirement::Opportunistic)]);
+    assert_eq!(d.action, Action::Wait);
+    assert!(d.reason.contains("rule needs verified"), "{}", d.reason);
+    // A probe that failed: never less protection.
+    let failed = ProbeReport {
+        probe: "tls-offered",
+        result: Err("timed out".into()),
+        evidence: serde_json::Value::Null,
+        cached: false,
+    };
+    let d = prep.decide(&e, vec![failed]);
+    assert_eq!(d.action, Action::Wait);
+    assert!(d.reason.contains("timed out"), "{}", d.reason);
+    // DANE published: enforced even for a rule that allows opportunistic.
+    let e = prep.evaluate("x@partner.example", false);
+    let d = prep.decide(&e, vec![tls(TlsRequirement::Dane)]);
+    assert_eq!((d.action, d.tls), (Action::Deliver, TlsRequirement::Dane));
+    let d = prep.decide(&e, vec![]);
+    assert_eq!(
+        (d.action, d.tls),
+        (Action::Deliver, TlsRequirement::Opportunistic)
+    );
+}
+
+#[test]
+fn phi_content_never_goes_out_on_opportunistic_tls() {
+    let p = policy(RULES);
+    let prep = p.prepare(
+        env("a@clinic.example"),
+        msg("hi", "Patient DOB: 03/04/1961, SSN 123-45-6789"),
+    );
+    let e = prep.evaluate("x@partner.example", false);
+    assert_eq!(e.outcome.rule, "partner");
+    assert_eq!(
+        e.outcome.min_tls,
+        TlsRequirement::MtaSts,
+        "the PHI floor raised the rule's opportunistic"
+    );
+    let d = prep.decide(&e, vec![tls(TlsRequirement::Verified)]);
+    assert_eq!(d.action, Action::Wait);
+    assert!(d.explanation.phi);
+    assert!(
+        d.explanation
+            .detectors
+            .iter()
+            .any(|(n, c)| n == "us-ssn" && *c == 1),
+        "{:?}",
+        d.explanation.detectors
+    );
+    let d = prep.decide(&e, vec![tls(TlsRequirement::MtaSts)]);
+    assert_eq!((d.action, d.tls), (Action::Deliver, TlsRequirement::MtaSts));
+}
+
+#[test]
+fn reject_hold_and_release() {
+    let p = policy(RULES);
+    let prep = p.prepare(env("a@clinic.example"), msg("x", "123-45-6789"));
+    let d = prep.decide(&prep.evaluate("x@freemail.example", false), vec![]);
+    assert_eq!(d.action, Action::Reject);
+    assert_eq!(d.reason, "SSNs may not be sent to free mail providers");
+    let prep = p.prepare(env("a@hr.clinic.example"), msg("x", "y"));
+    let d = prep.decide(&prep.evaluate("x@other.example", false), vec![]);
+    assert_eq!(d.action, Action::Hold);
+    let e = prep.evaluate("x@other.example", true);
+    assert_eq!(
+        e.outcome.rule, "default",
+        "a released recipient is not held again"
+    );
+}
+
+#[test]
+fn monitor_rules_record_what_they_would_do() {
+    let text = r#"
+[defaults]
+methods = ["tls"]
+min_tls = "opportunistic"
+
+[[rule]]
+name = "try-strict"
+mode = "monitor"
+match.recipient_domain = ["other.example"]
+min_tls = "dane"
+"#;
+    let p = policy(text);
+    let prep = p.prepare(env("a@clinic.example"), msg("x", "y"));
+    let e = prep.evaluate("x@other.example", false);
+    assert_eq!(e.outcome.rule, "default");
+    let d = prep.decide(&e, vec![tls(TlsRequirement::Verified)]);
+    assert_eq!(d.action, Action::Deliver);
+    assert_eq!(d.explanation.monitors.len(), 1);
+    assert_eq!(d.explanation.monitors[0].rule, "try-strict");
+    assert_eq!(d.explanation.monitors[0].action, Action::Wait);
+}
+
+#[test]
+fn whole_file_in_monitor_mode() {
+    let text = "[policy]\nmode = \"monitor\"\n[[rule]]\nname = \"x\"\nmatch.recipient_domain = [\"a.example\"]\naction = \"hold\"\n";
+    let p = policy(text);
+    assert_eq!(p.rules()[0].mode, Mode::Monitor);
+}
+
+#[test]
+fn bad_files_name_file_line_and_key() {
+    let cases = [
+        (
+            "[[rule]]\nname = \"a\"\nmatch.body = [\"(unclosed\"]\n",
+            "p.toml:3",
+            "rule.match.body",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nmatch.detectors = [\"us-sin\"]\n",
+            "p.toml:3",
+            "unknown detector `us-sin`",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nbogus = 1\n",
+            "p.toml:",
+            "unknown field `bogus`",
+        ),
+        (
+            "[defaults]\nmin_tls = \"strong\"\n",
+            "p.toml:2",
+            "defaults.min_tls",
+        ),
+        (
+            "[defaults]\nphi_min_tls = \"opportunistic\"\n",
+            "p.toml:2",
+            "never goes out on opportunistic",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\naction = \"reject\"\n",
+            "p.toml:2",
+            "reject_message",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nmethods = [\"fax\"]\n",
+            "p.toml:3",
+            "rule.methods",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nmatch.recipient_domain = [\"x@y\"]\n",
+            "p.toml:3",
+            "is an address",
+        ),
+    ];
+    for (text, at, what) in cases {
+        let e = policy_err(text);
+        assert!(e.contains(at) && e.contains(what), "{text}\n→ {e}");
+    }
+}
+
+#[test]
+fn unreachable_rules_are_reported() {
+    let text = "[[rule]]\nname = \"all\"\nmethods = [\"tls\"]\n\n[[rule]]\nname = \"never\"\nmatch.recipient_domain = [\"a.example\"]\n";
+    let e = policy_err(text);
+    assert!(
+        e.contains("rule `never` can never match") && e.contains("p.toml:6"),
+        "{e}"
+    );
+    let text = "[[rule]]\nname = \"one\"\nmatch.recipient_domain = [\"a.example\", \"b.example\"]\n[[rule]]\nname = \"two\"\nmatch.recipient_domain = [\"b.example\", \"a.example\"]\n";
+    assert!(policy_err(text).contains("same conditions"));
+    // A monitor rule does not shadow later rules.
+    let text = "[[rule]]\nname = \"all\"\nmode = \"monitor\"\n[[rule]]\nname = \"later\"\nmatch.recipient_domain = [\"a.example\"]\n";
+    policy(text);
+}
+
+#[test]
+fn the_default_policy_loads_and_is_strict() {
+    let p = Policy::load(&[]).unwrap();
+    let prep = p.prepare(env("a@clinic.example"), msg("x", "y"));
+    let e = prep.evaluate("x@other.example", false);
+    assert_eq!(e.outcome.min_tls, TlsRequirement::MtaSts);
+    let d = prep.decide(&e, vec![tls(TlsRequirement::Verified)]);
+    assert_eq!(
+        d.action,
+        Action::Wait,
+        "verified alone is not enough by default"
+    );
+    let d = prep.decide(&e, vec![tls(TlsRequirement::Dane)]);
+    assert_eq!(
+        (d.action, d.method, d.tls),
+        (Action::Deliver, Method::Tls, TlsRequirement::Dane)
+    );
+}
+
+#[test]
+fn version_changes_with_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("a.toml");
+    std::fs::write(&f, "[defaults]\nsign = false\n").unwrap();
+    let pat = vec![dir.path().join("*.toml").display().to_string()];
+    let v1 = Policy::load(&pat).unwrap().version().to_string();
+    std::fs::write(&f, "[defaults]\nsign = true\n").unwrap();
+    let v2 = Policy::load(&pat).unwrap().version().to_string();
+    assert_ne!(v1, v2);
+}
+
+#[test]
+fn explanation_holds_no_content() {
+    let p = policy(RULES);
+    let prep = p.prepare(
+        env("a@clinic.example"),
+        msg("Lab results for Jane", "SSN 123-45-6789 diagnosis E11.9"),
+    );
+    let d = prep.decide(
+        &prep.evaluate("x@y.example", false),
+        vec![tls(TlsRequirement::Verified)],
+    );
+    let json = serde_json::to_string(&d).unwrap();
+    for secret in ["Jane", "123-45-6789", "E11.9", "Lab results"] {
+        assert!(!json.contains(secret), "{secret} leaked into {json}");
+    }
+}

@@ -1,0 +1,234 @@
+//! Probes: what each recipient can really receive, with evidence.
+//!
+//! A probe takes a recipient and returns capabilities (a TLS level, an
+//! OpenPGP key, an S/MIME certificate, the portal) with the evidence behind
+//! them. Probes run concurrently for all recipients of a message, each
+//! bounded by a timeout, and their results are cached with a TTL. A probe
+//! that fails or times out yields an error, never a capability: the policy
+//! then skips the methods that depend on it (fail closed).
+
+pub mod static_caps;
+pub mod tls_offered;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::policy::TlsRequirement;
+
+/// Something a recipient can receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Capability {
+    /// The strongest TLS requirement the destination can satisfy.
+    Tls { level: TlsRequirement },
+    /// An OpenPGP key for the address.
+    Pgp { fingerprint: String, source: String },
+    /// An S/MIME certificate for the address.
+    Smime { serial: String, source: String },
+    /// The secure portal can serve the address.
+    Portal,
+}
+
+/// What one probe said about one recipient.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub probe: &'static str,
+    /// `Ok(capabilities)` or the reason the probe failed.
+    #[serde(serialize_with = "ser_result")]
+    pub result: Result<Vec<Capability>, String>,
+    /// What the probe looked at (hosts, records, certificates).
+    pub evidence: serde_json::Value,
+    /// Whether the answer came from the cache.
+    pub cached: bool,
+}
+
+fn ser_result<S: serde::Serializer>(
+    r: &Result<Vec<Capability>, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(1))?;
+    match r {
+        Ok(c) => m.serialize_entry("capabilities", c)?,
+        Err(e) => m.serialize_entry("error", e)?,
+    }
+    m.end()
+}
+
+/// A probe's answer before caching.
+#[derive(Debug, Clone)]
+pub struct ProbeAnswer {
+    pub result: Result<Vec<Capability>, String>,
+    pub evidence: serde_json::Value,
+}
+
+/// A boxed future, so probes can be trait objects.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = ProbeAnswer> + Send + 'a>>;
+
+/// A source of capabilities.
+pub trait Probe: Send + Sync {
+    /// Name in the evidence (`tls-offered`, `static`, `dane`, `wkd`...).
+    fn name(&self) -> &'static str;
+    /// What the answer depends on (the recipient domain for TLS, the full
+    /// address for keys): answers are cached under this key.
+    fn cache_key(&self, recipient: &str) -> String;
+    /// Asks.
+    fn probe<'a>(&'a self, recipient: &'a str) -> ProbeFuture<'a>;
+}
+
+struct CacheEntry {
+    expires: Instant,
+    answer: ProbeAnswer,
+}
+
+/// The probes in use, with their cache and limits.
+pub struct Probes {
+    probes: Vec<Arc<dyn Probe>>,
+    timeout: Duration,
+    ttl: Duration,
+    error_ttl: Duration,
+    cache: Mutex<HashMap<(&'static str, String), CacheEntry>>,
+}
+
+impl Probes {
+    /// Probes with a per-probe timeout and cache lifetimes (errors are
+    /// cached for a shorter time, so a passing fault is retried soon).
+    pub fn new(probes: Vec<Arc<dyn Probe>>, timeout: Duration, ttl: Duration) -> Probes {
+        Probes {
+            probes,
+            timeout,
+            ttl,
+            error_ttl: ttl.min(Duration::from_secs(60)),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Names of the probes in use.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.probes.iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs the probes accepted by `wanted` for `recipient`, concurrently.
+    pub async fn run(&self, recipient: &str, wanted: impl Fn(&str) -> bool) -> Vec<ProbeReport> {
+        let jobs = self
+            .probes
+            .iter()
+            .filter(|p| wanted(p.name()))
+            .map(|p| self.one(p.clone(), recipient));
+        futures_util::future::join_all(jobs).await
+    }
+
+    async fn one(&self, probe: Arc<dyn Probe>, recipient: &str) -> ProbeReport {
+        let key = (probe.name(), probe.cache_key(recipient));
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = cache.get(&key) {
+                if e.expires > Instant::now() {
+                    return ProbeReport {
+                        probe: probe.name(),
+                        result: e.answer.result.clone(),
+                        evidence: e.answer.evidence.clone(),
+                        cached: true,
+                    };
+                }
+            }
+        }
+        let answer = match tokio::time::timeout(self.timeout, probe.probe(recipient)).await {
+            Ok(a) => a,
+            Err(_) => ProbeAnswer {
+                result: Err(format!(
+                    "{} probe timed out after {}",
+                    probe.name(),
+                    crate::util::format_duration(self.timeout)
+                )),
+                evidence: serde_json::Value::Null,
+            },
+        };
+        let ttl = if answer.result.is_ok() {
+            self.ttl
+        } else {
+            self.error_ttl
+        };
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() > 100_000 {
+                let now = Instant::now();
+                cache.retain(|_, e| e.expires > now);
+            }
+            cache.insert(
+                key,
+                CacheEntry {
+                    expires: Instant::now() + ttl,
+                    answer: answer.clone(),
+                },
+            );
+        }
+        ProbeReport {
+            probe: probe.name(),
+            result: answer.result,
+            evidence: answer.evidence,
+            cached: false,
+        }
+    }
+
+    /// Forgets cached answers (after a policy reload the static capabilities
+    /// may have changed).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(AtomicUsize, Duration);
+
+    impl Probe for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn cache_key(&self, recipient: &str) -> String {
+            crate::queue::domain_of(recipient)
+        }
+        fn probe<'a>(&'a self, _recipient: &'a str) -> ProbeFuture<'a> {
+            Box::pin(async move {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.1).await;
+                ProbeAnswer {
+                    result: Ok(vec![Capability::Portal]),
+                    evidence: serde_json::Value::Null,
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_cached_per_key() {
+        let p = Arc::new(Counting(AtomicUsize::new(0), Duration::ZERO));
+        let probes = Probes::new(
+            vec![p.clone()],
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        let a = probes.run("a@x.test", |_| true).await;
+        let b = probes.run("b@x.test", |_| true).await;
+        let c = probes.run("c@y.test", |_| true).await;
+        assert!(!a[0].cached && b[0].cached && !c[0].cached);
+        assert_eq!(p.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_probe_times_out_as_an_error() {
+        let p = Arc::new(Counting(AtomicUsize::new(0), Duration::from_secs(3600)));
+        let probes = Probes::new(vec![p], Duration::from_millis(50), Duration::from_secs(60));
+        let r = probes.run("a@x.test", |_| true).await;
+        assert!(r[0].result.as_ref().unwrap_err().contains("timed out"));
+    }
+}
