@@ -199,13 +199,14 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     for d in &recovered.damaged {
         tracing::error!(detail = %d, "spool file could not be read; left in place for an operator");
     }
+    let deliverer = Deliverer::new(settings.clone())?;
+    let policy = Engine::new(&settings, deliverer.clone())?;
     let auditor = Auditor::start(AuditSettings::new(
         settings.audit.database_url.clone(),
         settings.audit.journal_dir.clone(),
     ))
     .await?;
-    let deliverer = Deliverer::new(settings.clone())?;
-    let policy = Engine::new(&settings, deliverer.clone())?;
+
     let tls = match &settings.server.tls {
         Some(t) => Some(inbound::tls_acceptor(&t.cert, &t.key)?),
         None => None,

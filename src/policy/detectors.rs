@@ -337,29 +337,34 @@ impl Detectors {
     /// a date-of-birth keyword; a date near two keywords counts once.
     fn count_dates_of_birth(&self, text: &str, dob: &Spans) -> usize {
         let mut count = 0;
-        // Everything before this offset has been searched and counted.
+        // No uncounted date starts between the first keyword and `resume`:
+        // windows of nearby keywords overlap, and text already searched is
+        // not searched again, so a body full of keywords stays linear.
         let mut resume = 0;
         for &(_, kw_end) in &dob.0 {
             let mut from = kw_end.max(resume);
             // A date starting in the window (at most 4 bytes a character)
-            // ends before `limit`; searching a bounded slice keeps a body
-            // full of keywords linear. A date cut short by the limit is
-            // rejected by `stands_alone`, which looks at the whole text.
-            let mut limit = kw_end
-                .saturating_add(4 * DOB_KEYWORD_WINDOW + MAX_DATE_LEN)
-                .min(text.len());
-            while !text.is_char_boundary(limit) {
-                limit -= 1;
-            }
+            // ends before `limit`. A date cut short by the limit is rejected
+            // by `stands_alone`, which looks at the whole text.
+            let limit = floor_char_boundary(
+                text,
+                kw_end.saturating_add(4 * DOB_KEYWORD_WINDOW + MAX_DATE_LEN),
+            );
             while from < limit {
-                let Some(hay) = text.get(from..limit) else {
-                    break;
-                };
-                let Some(m) = self.dates.find(hay) else {
+                let Some(m) = text.get(from..limit).and_then(|hay| self.dates.find(hay)) else {
+                    // Any date starting this far from the limit fits in the
+                    // slice, so none starts before this point.
+                    resume = resume.max(floor_char_boundary(
+                        text,
+                        limit.saturating_sub(MAX_DATE_LEN),
+                    ));
                     break;
                 };
                 let (start, end) = (from + m.start(), from + m.end());
                 if !within_chars(text, kw_end, start, DOB_KEYWORD_WINDOW) {
+                    // Nothing before this match; it may be in the window of
+                    // a later keyword.
+                    resume = resume.max(start);
                     break;
                 }
                 if stands_alone(text, start, end, &['-', '.', '/'], is_digit)
@@ -373,6 +378,16 @@ impl Detectors {
         }
         count
     }
+}
+
+/// The largest char boundary of `text` at or below `at` (clamped to the
+/// text's length).
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// What a match of the candidate regex is, told by its shape: the regex
@@ -843,6 +858,18 @@ mod tests {
                 ("DOB ééééééééééééééééééééééééééééé 03/04/1961", 1),
                 // One date near two keywords counts once.
                 ("born, DOB 03/04/1961", 1),
+                ("DOB dob D.O.B.: 03/04/1961", 1),
+                // Out of the first keyword's window, in the second's.
+                (
+                    "born in Ohio, a long way from here; her DOB is 03/04/1961",
+                    1,
+                ),
+                (
+                    "DOB: see the attached letter, which explains at some length why the form \
+                     was returned; the lab has the rest of the record, and the clinic will \
+                     call back. DOB 03/04/1961",
+                    1,
+                ),
                 // No keyword nearby.
                 ("Meeting on 03/04/1961", 0),
                 ("Date: March 4, 1961", 0),

@@ -7,5 +7,6 @@ mod common;
 mod delivery;
 mod gateway;
 mod inbound;
+mod policy;
 mod world;
 mod world_selftest;
