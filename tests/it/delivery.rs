@@ -406,3 +406,46 @@ async fn queue_cli_lists_flushes_and_removes() {
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_failing_past_max_age_bounce_with_a_dsn() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    w.domain("clinic.example.test", "mx.example.test");
+    let mx = w
+        .mx(MxOptions::new("mx.example.test").rcpt_script(
+            "late@example.test",
+            Script::always(451, "4.3.0 try again later"),
+        ))
+        .await;
+    let mut opts = w.options();
+    opts.max_age = "3s".into();
+    let gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["late@example.test"],
+        &message("expiry", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    let text = got[0].data_str();
+    assert_eq!(got[0].mail_from, "");
+    assert!(
+        text.contains("Status: 4.4.7")
+            && text.contains("Final-Recipient: rfc822;late@example.test"),
+        "{text}"
+    );
+    assert!(text.contains("delivery time expired"), "{text}");
+    let rows = gw
+        .wait_audit(WAIT, |r| r.iter().any(|r| r["outcome"] == "bounced"))
+        .await
+        .unwrap();
+    assert!(
+        rows.iter()
+            .filter(|r| r["recipient"] == "late@example.test")
+            .count()
+            >= 2,
+        "deferred at least once before bouncing"
+    );
+}

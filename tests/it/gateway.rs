@@ -155,6 +155,16 @@ impl Gateway {
         }
     }
 
+    /// Sends a signal (`HUP`, `TERM`...) to the daemon.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {

@@ -392,6 +392,27 @@ async fn check_config_validates_policy_files() {
     let w = World::new().await;
     let mut opts = w.options();
     opts.policy = "[[rule]]\nname = \"everything\"\nmethods = [\"tls\"]\n\n[[rule]]\nname = \"never\"\nmatch.detectors = [\"us-ssn\"]\n".into();
+    // check-config on the same files.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.toml"), &opts.policy).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[server]\nhostname = \"gw.example.test\"\nlisten = [\"127.0.0.1:0\"]\nspool_dir = \"s\"\nspool_key_file = \"k\"\n[policy]\nfiles = [\"p.toml\"]\n").unwrap();
+    std::process::Command::new(gateway::BIN)
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("k"))
+        .output()
+        .unwrap();
+    let out = std::process::Command::new(gateway::BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("p.toml:6") && err.contains("can never match"),
+        "{err}"
+    );
     let gw = Gateway::start(opts.clone());
     assert!(gw.is_err(), "serve refuses an unreachable rule");
     let err = format!("{:#}", gw.err().unwrap());
