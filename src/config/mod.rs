@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use raw::RawConfig;
+pub use raw::{RawConfig, is_hostname};
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -741,7 +741,7 @@ pub(crate) fn split_host_port(s: &str) -> Option<(String, u16)> {
 }
 
 /// A plausible DNS host name (letters, digits, hyphens; at least two labels).
-pub(crate) fn is_hostname(s: &str) -> bool {
+pub fn is_hostname(s: &str) -> bool {
     let s = s.strip_suffix('.').unwrap_or(s);
     !s.is_empty()
         && s.len() <= 253

@@ -23,6 +23,7 @@ use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
 use self::route::{Hop, Route, RouteKind};
 use crate::config::Settings;
 use crate::policy::{Decision, Method, TlsRequirement};
+use crate::probe::mta_sts::{MtaSts, StsMode};
 use crate::queue::{QueuedMessage, RecipientOutcome, Spool, Verdict};
 
 /// What the TLS session to the remote looked like.
@@ -62,6 +63,9 @@ pub struct AttemptEvidence {
     /// Failures on hosts tried before the one that answered.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub earlier_failures: Vec<String>,
+    /// The MTA-STS policy enforced on this hop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mta_sts: Option<serde_json::Value>,
     /// SHA-256 of the content sent in DATA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_sha256: Option<String>,
@@ -100,6 +104,7 @@ struct PoolKey {
 /// The delivery engine.
 pub struct Deliverer {
     settings: Arc<Settings>,
+    mta_sts: Arc<MtaSts>,
     resolver: hickory_resolver::TokioResolver,
     tls: tls::TlsClients,
     smarthost_password: Option<String>,
@@ -147,8 +152,15 @@ impl Deliverer {
             None => None,
         };
         let global = Arc::new(Semaphore::new(settings.delivery.max_connections));
+        let mta_sts = Arc::new(MtaSts::new(
+            resolver.clone(),
+            tls.verified.clone(),
+            settings.server.spool_dir.join("mta-sts"),
+            settings.probe.timeout,
+        ));
         Ok(Arc::new(Deliverer {
             settings,
+            mta_sts,
             resolver,
             tls,
             smarthost_password,
@@ -244,12 +256,13 @@ impl Deliverer {
                 })
                 .collect()
         };
-        if requirement >= TlsRequirement::MtaSts
+        let smarthost = self.settings.delivery.smarthost.is_some();
+        if (requirement >= TlsRequirement::Dane && !smarthost)
             || members.iter().any(|m| m.1.method != Method::Tls)
         {
-            // Fail closed: this version cannot check DANE or MTA-STS or
-            // apply end-to-end methods, so the recipient waits rather than
-            // going with less protection than decided.
+            // Fail closed: this version cannot check DANE or apply
+            // end-to-end methods, so the recipient waits rather than going
+            // with less protection than decided.
             let o = RecipientOutcome {
                 verdict: Verdict::Temporary,
                 reply: format!(
@@ -269,6 +282,44 @@ impl Deliverer {
                 return report(&members, &|_| o.clone(), &evidence);
             }
         };
+        let mut route = route;
+        if requirement == TlsRequirement::MtaSts && !smarthost {
+            // RFC 8461 section 4: only MX hosts the policy names, each over
+            // TLS with a certificate valid for its name (checked below).
+            let policy = self
+                .mta_sts
+                .cached(&domain)
+                .filter(|p| p.is_fresh() && p.mode == StsMode::Enforce);
+            let Some(policy) = policy else {
+                let o = RecipientOutcome {
+                    verdict: Verdict::Temporary,
+                    reply: format!(
+                        "the MTA-STS policy of {domain} is no longer available; waiting rather than delivering without it"
+                    ),
+                    enhanced: Some("4.7.5".into()),
+                    remote: None,
+                };
+                return report(&members, &|_| o.clone(), &evidence);
+            };
+            evidence.mta_sts =
+                Some(serde_json::json!({ "id": policy.id, "mode": policy.mode, "mx": policy.mx }));
+            let all: Vec<String> = route.hops.iter().map(|h| h.name.clone()).collect();
+            route.hops.retain(|h| policy.matches(&h.name));
+            if route.hops.is_empty() {
+                let o = RecipientOutcome {
+                    verdict: Verdict::Temporary,
+                    reply: format!(
+                        "no MX host of {domain} ({}) matches its MTA-STS policy ({})",
+                        all.join(", "),
+                        policy.mx.join(", ")
+                    ),
+                    enhanced: Some("4.7.5".into()),
+                    remote: None,
+                };
+                evidence.hosts = all;
+                return report(&members, &|_| o.clone(), &evidence);
+            }
+        }
         evidence.route = Some(route.kind);
         evidence.hosts = route.hops.iter().map(|h| h.name.clone()).collect();
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
@@ -567,6 +618,11 @@ impl Deliverer {
             tls_failure: None,
             reused: false,
         })
+    }
+
+    /// The MTA-STS policy cache (shared with its probe).
+    pub fn mta_sts(&self) -> Arc<MtaSts> {
+        self.mta_sts.clone()
     }
 
     /// The TLS client configurations (for probes).

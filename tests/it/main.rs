@@ -8,5 +8,6 @@ mod delivery;
 mod gateway;
 mod inbound;
 mod policy;
+mod sts;
 mod world;
 mod world_selftest;

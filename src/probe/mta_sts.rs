@@ -1,0 +1,453 @@
+//! MTA-STS (RFC 8461): the `_mta-sts` TXT record announces a policy id; the
+//! policy is fetched over HTTPS from `mta-sts.<domain>`, parsed strictly,
+//! and cached on disk (it survives restarts) until `max_age`, refreshed
+//! when the id changes. `enforce` means: deliver only to MX hosts matching
+//! the policy, over TLS with a certificate valid for the MX name.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
+use crate::policy::TlsRequirement;
+
+/// Policy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StsMode {
+    Enforce,
+    Testing,
+    None,
+}
+
+/// A parsed MTA-STS policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StsPolicy {
+    pub id: String,
+    pub mode: StsMode,
+    /// `mx` patterns, lowercased; `*.example.org` matches one label.
+    pub mx: Vec<String>,
+    pub max_age: u64,
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// Largest policy accepted (RFC 8461 section 3.3 suggests 64 KiB).
+pub const MAX_POLICY: usize = 64 * 1024;
+/// `max_age` upper bound (RFC 8461 section 3.2: one year).
+pub const MAX_AGE_LIMIT: u64 = 31_557_600;
+
+impl StsPolicy {
+    /// Parses a policy body (RFC 8461 section 3.2). `version: STSv1` must
+    /// come first; `mode` and `max_age` exactly once; `mx` at least once
+    /// unless the mode is `none`; unknown keys are ignored.
+    pub fn parse(text: &str, id: &str) -> Result<StsPolicy, String> {
+        let mut lines = text
+            .split('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .filter(|l| !l.is_empty());
+        match lines
+            .next()
+            .map(|l| l.split_once(':').map(|(k, v)| (k.trim(), v.trim())))
+        {
+            Some(Some(("version", "STSv1"))) => {}
+            _ => return Err("policy must start with `version: STSv1`".into()),
+        }
+        let (mut mode, mut max_age, mut mx) = (None, None, Vec::new());
+        for line in lines {
+            let (k, v) = line.split_once(':').ok_or_else(|| {
+                format!(
+                    "malformed policy line `{}`",
+                    line.chars().take(80).collect::<String>()
+                )
+            })?;
+            let (k, v) = (k.trim(), v.trim());
+            match k {
+                "version" => return Err("`version` given twice".into()),
+                "mode" => {
+                    if mode.is_some() {
+                        return Err("`mode` given twice".into());
+                    }
+                    mode = Some(match v {
+                        "enforce" => StsMode::Enforce,
+                        "testing" => StsMode::Testing,
+                        "none" => StsMode::None,
+                        other => return Err(format!("unknown mode `{other}`")),
+                    });
+                }
+                "max_age" => {
+                    if max_age.is_some() {
+                        return Err("`max_age` given twice".into());
+                    }
+                    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(format!("max_age `{v}` is not a number of seconds"));
+                    }
+                    let n: u64 = v
+                        .parse()
+                        .map_err(|_| format!("max_age `{v}` is not a number"))?;
+                    if n > MAX_AGE_LIMIT {
+                        return Err(format!("max_age {n} is more than one year"));
+                    }
+                    max_age = Some(n);
+                }
+                "mx" => {
+                    let p = v.to_ascii_lowercase();
+                    let body = p.strip_prefix("*.").unwrap_or(&p);
+                    if body.contains('*') || !crate::config::is_hostname(body) {
+                        return Err(format!("mx pattern `{v}` is not a host name or *.domain"));
+                    }
+                    mx.push(p.trim_end_matches('.').to_string());
+                }
+                _ => {}
+            }
+        }
+        let mode = mode.ok_or("policy has no `mode`")?;
+        let max_age = max_age.ok_or("policy has no `max_age`")?;
+        if mx.is_empty() && mode != StsMode::None {
+            return Err("policy has no `mx`".into());
+        }
+        Ok(StsPolicy {
+            id: id.to_string(),
+            mode,
+            mx,
+            max_age,
+            fetched_at: Utc::now(),
+        })
+    }
+
+    /// Whether `host` matches an `mx` pattern (a wildcard stands for
+    /// exactly one leftmost label).
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.mx.iter().any(|p| match p.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => *p == host,
+        })
+    }
+
+    /// Whether the cached policy is still valid.
+    pub fn is_fresh(&self) -> bool {
+        Utc::now()
+            < self.fetched_at + chrono::Duration::seconds(self.max_age.min(MAX_AGE_LIMIT) as i64)
+    }
+}
+
+/// Parses the `_mta-sts` TXT records: exactly one must start with
+/// `v=STSv1`; its `id` (1–32 alphanumerics) is returned.
+pub fn parse_txt(records: &[String]) -> Result<Option<String>, String> {
+    let sts: Vec<&String> = records
+        .iter()
+        .filter(|r| r.starts_with("v=STSv1"))
+        .collect();
+    match sts.len() {
+        0 => Ok(None),
+        1 => {
+            let mut id = None;
+            for field in sts[0].split(';').map(str::trim).skip(1) {
+                if let Some(v) = field.strip_prefix("id=") {
+                    id = Some(v.trim().to_string());
+                }
+            }
+            let id = id.ok_or("_mta-sts record has no id")?;
+            if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(format!("_mta-sts id `{id}` is not 1-32 letters and digits"));
+            }
+            Ok(Some(id))
+        }
+        _ => Err("more than one _mta-sts record: the domain has no valid MTA-STS policy".into()),
+    }
+}
+
+/// The MTA-STS cache and fetcher, shared by the probe and delivery.
+pub struct MtaSts {
+    resolver: hickory_resolver::TokioResolver,
+    tls: Arc<rustls::ClientConfig>,
+    dir: PathBuf,
+    timeout: Duration,
+    mem: Mutex<HashMap<String, StsPolicy>>,
+}
+
+impl MtaSts {
+    /// A cache persisted in `dir` (created if missing).
+    pub fn new(
+        resolver: hickory_resolver::TokioResolver,
+        tls: Arc<rustls::ClientConfig>,
+        dir: PathBuf,
+        timeout: Duration,
+    ) -> MtaSts {
+        let _ = std::fs::create_dir_all(&dir);
+        MtaSts {
+            resolver,
+            tls,
+            dir,
+            timeout,
+            mem: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn file(&self, domain: &str) -> PathBuf {
+        // Domain names are letters, digits, dots and hyphens; anything else
+        // is hex-encoded so a hostile name cannot escape the folder.
+        let safe = if domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            && !domain.starts_with('.')
+        {
+            domain.to_string()
+        } else {
+            hex::encode(domain)
+        };
+        self.dir.join(format!("{safe}.json"))
+    }
+
+    /// The cached policy for `domain` (memory, then disk), fresh or not.
+    pub fn cached(&self, domain: &str) -> Option<StsPolicy> {
+        if let Some(p) = self
+            .mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+        {
+            return Some(p.clone());
+        }
+        let data = std::fs::read(self.file(domain)).ok()?;
+        let p: StsPolicy = serde_json::from_slice(&data).ok()?;
+        self.mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_string(), p.clone());
+        Some(p)
+    }
+
+    fn store(&self, domain: &str, p: &StsPolicy) {
+        self.mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_string(), p.clone());
+        let path = self.file(domain);
+        let tmp = path.with_extension("json.tmp");
+        if let Ok(data) = serde_json::to_vec(p) {
+            if std::fs::write(&tmp, data).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+
+    /// The policy that applies to `domain` now, with evidence: the TXT
+    /// record decides whether to refresh; a fetch failure falls back to a
+    /// fresh cached policy (RFC 8461 section 5.1).
+    pub async fn policy(
+        &self,
+        domain: &str,
+    ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
+        let name = format!("_mta-sts.{domain}.");
+        let txt: Result<Vec<String>, String> = match self.resolver.txt_lookup(name.clone()).await {
+            Ok(l) => Ok(l
+                .iter()
+                .map(|t| {
+                    t.txt_data()
+                        .iter()
+                        .map(|d| String::from_utf8_lossy(d).into_owned())
+                        .collect::<String>()
+                })
+                .collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(e) => Err(format!("TXT lookup of {name} failed: {e}")),
+        };
+        let cached = self.cached(domain).filter(StsPolicy::is_fresh);
+        let id = match txt.and_then(|r| parse_txt(&r)) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                // No record: a still-valid cached policy keeps applying.
+                return match cached {
+                    Some(p) => (
+                        Ok(Some(p.clone())),
+                        json!({ "txt": null, "policy": p, "source": "cache" }),
+                    ),
+                    None => (Ok(None), json!({ "txt": null })),
+                };
+            }
+            Err(e) => {
+                return match cached {
+                    Some(p) => (
+                        Ok(Some(p.clone())),
+                        json!({ "txt_error": e, "policy": p, "source": "cache" }),
+                    ),
+                    None => (Err(e.clone()), json!({ "txt_error": e })),
+                };
+            }
+        };
+        if let Some(p) = &cached {
+            if p.id == id {
+                return (
+                    Ok(Some(p.clone())),
+                    json!({ "txt_id": id, "policy": p, "source": "cache" }),
+                );
+            }
+        }
+        let host = format!("mta-sts.{domain}");
+        match super::https::get(
+            &self.resolver,
+            self.tls.clone(),
+            &host,
+            "/.well-known/mta-sts.txt",
+            self.timeout,
+            MAX_POLICY,
+        )
+        .await
+        {
+            Ok(f) if f.status == 200 => {
+                let text = String::from_utf8_lossy(&f.body);
+                match StsPolicy::parse(&text, &id) {
+                    Ok(p) => {
+                        self.store(domain, &p);
+                        (
+                            Ok(Some(p.clone())),
+                            json!({ "txt_id": id, "policy": p, "source": "fetched", "from": f.peer }),
+                        )
+                    }
+                    Err(e) => self.fallback(
+                        cached,
+                        format!("policy from https://{host} is invalid: {e}"),
+                        &id,
+                    ),
+                }
+            }
+            Ok(f) => self.fallback(
+                cached,
+                format!(
+                    "https://{host}/.well-known/mta-sts.txt answered HTTP {}",
+                    f.status
+                ),
+                &id,
+            ),
+            Err(e) => self.fallback(cached, e, &id),
+        }
+    }
+
+    fn fallback(
+        &self,
+        cached: Option<StsPolicy>,
+        error: String,
+        id: &str,
+    ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
+        match cached {
+            Some(p) => (
+                Ok(Some(p.clone())),
+                json!({ "txt_id": id, "fetch_error": error, "policy": p, "source": "cache" }),
+            ),
+            // A domain that announces MTA-STS but whose policy cannot be
+            // fetched has no policy (RFC 8461 section 5.1); this is not an
+            // error of ours, so the probe reports "no policy".
+            None => (Ok(None), json!({ "txt_id": id, "fetch_error": error })),
+        }
+    }
+}
+
+/// The MTA-STS probe: `enforce` policies raise the TLS requirement.
+pub struct MtaStsProbe(pub Arc<MtaSts>);
+
+impl Probe for MtaStsProbe {
+    fn name(&self) -> &'static str {
+        "mta-sts"
+    }
+
+    fn cache_key(&self, recipient: &str) -> String {
+        crate::queue::domain_of(recipient)
+    }
+
+    fn probe<'a>(&'a self, recipient: &'a str) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            let domain = crate::queue::domain_of(recipient);
+            let (res, evidence) = self.0.policy(&domain).await;
+            let result = res.map(|p| match p {
+                Some(p) if p.mode == StsMode::Enforce => vec![Capability::Tls {
+                    level: TlsRequirement::MtaSts,
+                }],
+                _ => Vec::new(),
+            });
+            ProbeAnswer { result, evidence }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies() {
+        let ok = "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n";
+        let p = StsPolicy::parse(ok, "20261129").unwrap();
+        assert_eq!(p.mode, StsMode::Enforce);
+        assert!(
+            p.matches("mail.example.com")
+                && p.matches("MX1.example.net.")
+                && !p.matches("a.b.example.net")
+                && !p.matches("example.net")
+        );
+        let bad = [
+            (
+                "mode: enforce\nversion: STSv1\nmx: a.test\nmax_age: 1\n",
+                "start with",
+            ),
+            (
+                "version: STSv1\nmode: strict\nmx: a.test\nmax_age: 1\n",
+                "unknown mode",
+            ),
+            ("version: STSv1\nmode: enforce\nmax_age: 1\n", "no `mx`"),
+            (
+                "version: STSv1\nmode: enforce\nmx: a.test\n",
+                "no `max_age`",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 99999999999\n",
+                "max_age",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a.test\nmax_age: -5\n",
+                "max_age",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmode: testing\nmx: a.test\nmax_age: 5\n",
+                "twice",
+            ),
+            (
+                "version: STSv1\nmode: enforce\ngarbage line\nmx: a.test\nmax_age: 5\n",
+                "malformed",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: *.*.a.test\nmax_age: 5\n",
+                "mx pattern",
+            ),
+        ];
+        for (text, want) in bad {
+            let e = StsPolicy::parse(text, "x").unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let none = StsPolicy::parse(
+            "version: STSv1\nmode: none\nmax_age: 86400\nextension: ignored\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(none.mode, StsMode::None);
+    }
+
+    #[test]
+    fn txt_records() {
+        assert_eq!(
+            parse_txt(&["v=STSv1; id=20260101T00;".into()]),
+            Ok(Some("20260101T00".into()))
+        );
+        assert_eq!(parse_txt(&["v=spf1 -all".into()]), Ok(None));
+        assert!(parse_txt(&["v=STSv1; id=a".into(), "v=STSv1; id=b".into()]).is_err());
+        assert!(parse_txt(&["v=STSv1; id=has-dash".into()]).is_err());
+        assert!(parse_txt(&["v=STSv1;".into()]).is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! MTA-STS against a real HTTPS policy server (private CA) on loopback
+//! port 443 and test MX hosts.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{WAIT, World, message, python_send};
+use crate::gateway::{self, Gateway};
+use crate::world::{MxOptions, TestMx};
+
+/// Serves `/.well-known/mta-sts.txt` over HTTPS on `ip:443`.
+struct PolicyServer {
+    body: Arc<Mutex<(u16, String)>>,
+    hits: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PolicyServer {
+    async fn start(w: &World, ip: Ipv4Addr, domain: &str, status: u16, body: &str) -> PolicyServer {
+        let host = format!("mta-sts.{domain}");
+        w.zone.add_a(&host, ip);
+        let cert = w.ca.issue(&[&host]);
+        let config = cert.server_config().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind((ip, 443))
+            .await
+            .expect("bind 443 (the tests run as root)");
+        let state = Arc::new(Mutex::new((status, body.to_string())));
+        let hits = Arc::new(Mutex::new(0));
+        let (s2, h2) = (state.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let (s3, h3) = (s2.clone(), h2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    *h3.lock().unwrap() += 1;
+                    let (status, body) = s3.lock().unwrap().clone();
+                    let ok = String::from_utf8_lossy(&req)
+                        .starts_with("GET /.well-known/mta-sts.txt HTTP/1.1");
+                    let (status, body) = if ok {
+                        (status, body)
+                    } else {
+                        (404, String::new())
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        PolicyServer {
+            body: state,
+            hits,
+            task,
+        }
+    }
+
+    fn set(&self, status: u16, body: &str) {
+        *self.body.lock().unwrap() = (status, body.to_string());
+    }
+
+    fn hits(&self) -> usize {
+        *self.hits.lock().unwrap()
+    }
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn policy(mode: &str, mx: &str) -> String {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+}
+
+fn ev(row: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(row["evidence"].as_str().unwrap()).unwrap()
+}
+
+/// A world with sts.example.test announcing MTA-STS and one TLS MX.
+async fn setup(
+    mode: &str,
+    mx_pattern: &str,
+    mx_opts: impl FnOnce(&World) -> MxOptions,
+) -> (World, PolicyServer, TestMx, Gateway) {
+    let w = World::new().await;
+    w.domain("sts.example.test", "mx.sts.example.test");
+    w.zone
+        .add_txt("_mta-sts.sts.example.test", "v=STSv1; id=first1;");
+    let web_ip = gateway::fresh_ip();
+    let web = PolicyServer::start(
+        &w,
+        web_ip,
+        "sts.example.test",
+        200,
+        &policy(mode, mx_pattern),
+    )
+    .await;
+    let opts = mx_opts(&w);
+    let mx = w.mx(opts).await;
+    let gw = w.gateway().unwrap();
+    (w, web, mx, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_with_matching_mx_and_valid_certificate_delivers() {
+    let (w, web, mx, gw) = setup("enforce", "*.sts.example.test", |w| {
+        let cert = w.ca.issue(&["mx.sts.example.test"]);
+        MxOptions::new("mx.sts.example.test").tls(&cert)
+    })
+    .await;
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert!(got[0].tls.is_some());
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert_eq!(rows[0]["tls_requirement"], "mta-sts");
+    assert_eq!(rows[0]["outcome"], "delivered");
+    let e = ev(&rows[0]);
+    assert_eq!(e["attempt"]["mta_sts"]["id"], "first1");
+    assert_eq!(e["attempt"]["mta_sts"]["mode"], "enforce");
+    let probe = e["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "mta-sts")
+        .unwrap()
+        .clone();
+    assert_eq!(probe["evidence"]["source"], "fetched");
+    assert_eq!(web.hits(), 1);
+
+    // A new id is picked up: the policy is fetched again.
+    web.set(200, &policy("enforce", "mx.sts.example.test"));
+    w.zone.remove_rrset(
+        "_mta-sts.sts.example.test",
+        hickory_proto::rr::RecordType::TXT,
+    );
+    w.zone
+        .add_txt("_mta-sts.sts.example.test", "v=STSv1; id=second2;");
+    // The probe cache lives 1 minute in tests; a restart clears it, while
+    // the MTA-STS cache on disk survives.
+    let mut gw = gw;
+    gw.stop().unwrap();
+    gw.spawn().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["c@sts.example.test"],
+        &message("sts2", "x"),
+    )
+    .unwrap();
+    mx.wait_for(2, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    assert_eq!(ev(&rows[1])["attempt"]["mta_sts"]["id"], "second2");
+    assert_eq!(web.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_defers_for_a_non_matching_mx_a_bad_certificate_or_no_starttls() {
+    // MX name not in the policy.
+    let (_w, _web, mx, gw) = setup("enforce", "other.example.test", |w| {
+        let cert = w.ca.issue(&["mx.sts.example.test"]);
+        MxOptions::new("mx.sts.example.test").tls(&cert)
+    })
+    .await;
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "deferred");
+    assert!(
+        rows[0]["smtp_reply"]
+            .as_str()
+            .unwrap()
+            .contains("matches its MTA-STS policy"),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(mx.connections(), 0);
+
+    // Certificate not trusted.
+    let (_w, _web, mx, gw) = setup("enforce", "*.sts.example.test", |_| {
+        let cert = crate::world::pki::self_signed(&["mx.sts.example.test"]);
+        MxOptions::new("mx.sts.example.test").tls(&cert)
+    })
+    .await;
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "deferred", "{}", rows[0]);
+    assert_eq!(
+        mx.data_commands(),
+        0,
+        "never sends DATA to an unverified host"
+    );
+
+    // STARTTLS stripped.
+    let (w, _web, mx, gw) = setup("enforce", "*.sts.example.test", |_| {
+        MxOptions::new("mx.sts.example.test")
+    })
+    .await;
+    // ... while a domain without MTA-STS still gets mail over plain SMTP.
+    let ip2 = gateway::fresh_ip();
+    w.zone
+        .add_mx("plain.example.test", 10, "mx.plain.example.test");
+    w.zone.add_a("mx.plain.example.test", ip2);
+    let plain = TestMx::start(MxOptions::new("mx.plain.example.test").ip(ip2).port(w.port)).await;
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test", "c@plain.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    plain.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() >= 2).await.unwrap();
+    let sts = rows
+        .iter()
+        .find(|r| r["recipient"] == "b@sts.example.test")
+        .unwrap();
+    assert_eq!(sts["outcome"], "deferred");
+    assert!(
+        sts["smtp_reply"].as_str().unwrap().contains("STARTTLS"),
+        "{sts}"
+    );
+    assert_eq!(mx.data_commands(), 0);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testing_mode_delivers_and_records() {
+    let (_w, _web, mx, gw) = setup("testing", "other.example.test", |_| {
+        MxOptions::new("mx.sts.example.test")
+    })
+    .await;
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "delivered");
+    assert_eq!(rows[0]["tls_requirement"], "opportunistic");
+    let probe = ev(&rows[0])["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "mta-sts")
+        .unwrap()
+        .clone();
+    assert_eq!(probe["evidence"]["policy"]["mode"], "testing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_policy_is_no_policy() {
+    let (_w, web, mx, gw) = setup("enforce", "*.sts.example.test", |_| {
+        MxOptions::new("mx.sts.example.test")
+    })
+    .await;
+    web.set(
+        200,
+        "mode: enforce\r\nversion: STSv1\r\nmx: *.sts.example.test\r\nmax_age: 86400\r\n",
+    );
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    let probe = ev(&rows[0])["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "mta-sts")
+        .unwrap()
+        .clone();
+    assert!(
+        probe["evidence"]["fetch_error"]
+            .as_str()
+            .unwrap()
+            .contains("version: STSv1"),
+        "{probe}"
+    );
+}
