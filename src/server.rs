@@ -145,6 +145,7 @@ impl Engine {
             client_ip: msg.client.ip.parse().ok(),
             auth_user: msg.client.auth_user.clone(),
             size: msg.size,
+            requiretls: msg.requiretls,
         };
         self.decide_facts(&policy, envelope, facts, recipients)
             .await

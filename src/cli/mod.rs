@@ -264,6 +264,7 @@ pub async fn probe(
         client_ip: None,
         auth_user: None,
         size,
+        requiretls: false,
     };
     let rcpts: Vec<(usize, String, bool)> = addresses
         .iter()

@@ -44,6 +44,8 @@ pub struct MailParams {
     pub size: Option<u64>,
     pub body: Body,
     pub smtputf8: bool,
+    /// RFC 8689: the message must travel only over verified TLS.
+    pub requiretls: bool,
 }
 
 /// One parsed command.
@@ -349,6 +351,7 @@ fn parse_mail_params(params: &str) -> Result<MailParams, Reply> {
                 }
             }
             ("SMTPUTF8", None) => out.smtputf8 = true,
+            ("REQUIRETLS", None) => out.requiretls = true,
             // AUTH= (RFC 4954 section 5) is informational for a relay; accepted and ignored.
             ("AUTH", Some(_)) => {}
             _ => {

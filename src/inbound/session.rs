@@ -320,6 +320,10 @@ impl Session {
         if self.ctx.tls.is_some() && self.tls.is_none() {
             lines.push("STARTTLS".into());
         }
+        // RFC 8689: offered only inside TLS.
+        if self.tls.is_some() {
+            lines.push("REQUIRETLS".into());
+        }
         if self.tls.is_some() && self.ctx.users.any() && self.auth_user.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
@@ -499,6 +503,9 @@ impl Session {
                 );
             }
         }
+        if params.requiretls && self.tls.is_none() {
+            return Reply::new(530, "5.7.10", "REQUIRETLS needs a TLS session");
+        }
         if let Some(s) = &sender {
             if s.is_utf8() && !params.smtputf8 {
                 return Reply::new(553, "5.6.7", "Non-ASCII address needs SMTPUTF8");
@@ -673,6 +680,7 @@ impl Session {
                 auth_user: self.auth_user.clone(),
                 tls: self.tls.is_some(),
             },
+            requiretls: tx.params.requiretls,
             local: false,
         };
         let rcpts = msg.recipients.len();

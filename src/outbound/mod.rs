@@ -241,6 +241,7 @@ impl Deliverer {
             .map(|m| m.1.tls)
             .unwrap_or(TlsRequirement::Opportunistic);
         let strip_tag = members.first().and_then(|m| m.1.strip_tag.clone());
+        let requiretls = members.iter().any(|m| m.1.requiretls);
         let mut evidence = AttemptEvidence::default();
         let report = |members: &[(usize, Decision)],
                       out: &dyn Fn(usize) -> RecipientOutcome,
@@ -357,7 +358,14 @@ impl Deliverer {
                     tls: requirement,
                 };
                 match self
-                    .transaction(ready.conn, msg, spool, &indices, strip_tag.as_deref())
+                    .transaction(
+                        ready.conn,
+                        msg,
+                        spool,
+                        &indices,
+                        strip_tag.as_deref(),
+                        requiretls,
+                    )
                     .await
                 {
                     TxEnd::Done(outcomes, sha, conn) => {
@@ -660,6 +668,7 @@ impl Deliverer {
         spool: &Spool,
         indices: &[usize],
         strip_tag: Option<&str>,
+        requiretls: bool,
     ) -> TxEnd {
         let host = conn.host.clone();
         let next_host = |e: ClientError| TxEnd::NextHost(classify::client_error(&host, &e));
@@ -701,6 +710,21 @@ impl Deliverer {
         }
         if msg.smtputf8 {
             mail.push_str(" SMTPUTF8");
+        }
+        if requiretls {
+            // RFC 8689 section 4.2: only to a host that offers REQUIRETLS,
+            // which must pass the requirement on.
+            if !conn.ext.requiretls || conn.tls.is_none() {
+                let o = RecipientOutcome {
+                    verdict: Verdict::Temporary,
+                    reply: format!("{host} does not offer REQUIRETLS, which the sender asked for"),
+                    enhanced: Some("4.7.10".into()),
+                    remote: Some(host.clone()),
+                };
+                // Another MX may offer it.
+                return TxEnd::NextHost(o);
+            }
+            mail.push_str(" REQUIRETLS");
         }
         let rcpts: Vec<String> = indices
             .iter()

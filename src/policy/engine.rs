@@ -112,6 +112,9 @@ pub struct Decision {
     /// For reject, hold and wait: why, in words.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// RFC 8689: deliver only to hosts that offer REQUIRETLS, and pass it on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
     pub explanation: Explanation,
 }
 
@@ -129,6 +132,7 @@ impl Decision {
             policy_version: policy_version.to_string(),
             strip_tag: None,
             reason: String::new(),
+            requiretls: false,
             explanation: Explanation::default(),
         }
     }
@@ -175,6 +179,8 @@ pub struct Envelope {
     pub client_ip: Option<IpAddr>,
     pub auth_user: Option<String>,
     pub size: u64,
+    /// MAIL FROM had REQUIRETLS: verified TLS to hosts that support it.
+    pub requiretls: bool,
 }
 
 impl Policy {
@@ -253,6 +259,7 @@ impl Policy {
         needed.sort();
         needed.dedup();
         let needs_content = !needed.is_empty()
+            || compiled.defaults.honor_tls_required_no
             || compiled.rules.iter().any(|r| {
                 let m = &r.matcher;
                 !m.header.is_empty()
@@ -318,12 +325,18 @@ impl Policy {
             .iter()
             .map(|r| message_conditions(r, &envelope, &facts, &findings))
             .collect();
+        let tls_required_no = self.compiled.defaults.honor_tls_required_no
+            && facts
+                .headers
+                .get("tls-required")
+                .is_some_and(|v| v.iter().any(|v| v.trim().eq_ignore_ascii_case("no")));
         Prepared {
             policy: self,
             envelope,
             truncated: facts.truncated,
             findings,
             phi,
+            tls_required_no,
             message_matches,
         }
     }
@@ -336,6 +349,7 @@ pub struct Prepared<'p> {
     truncated: bool,
     findings: Vec<(Detector, usize)>,
     phi: bool,
+    tls_required_no: bool,
     /// Per rule: `Some(descriptions)` if every message-level condition matched.
     message_matches: Vec<Option<Vec<String>>>,
 }
@@ -351,6 +365,11 @@ pub struct RuleOutcome {
     pub strip_tag: Option<String>,
     pub reject_message: String,
     pub matched: Vec<String>,
+    /// RFC 8689 REQUIRETLS applies.
+    pub requiretls: bool,
+    /// `TLS-Required: No` is present and the policy honours it: published
+    /// DANE/MTA-STS requirements are not enforced.
+    pub ignore_published: bool,
 }
 
 /// The rule outcome for a recipient plus the monitor-mode rules that
@@ -411,6 +430,9 @@ impl Prepared<'_> {
         if self.phi {
             min_tls = min_tls.max(d.phi_min_tls);
         }
+        if self.envelope.requiretls {
+            min_tls = min_tls.max(TlsRequirement::Verified);
+        }
         RuleOutcome {
             rule: rule
                 .map(|r| r.name.clone())
@@ -426,6 +448,8 @@ impl Prepared<'_> {
                 .and_then(|r| r.matcher.subject_tag.clone()),
             reject_message: rule.map(|r| r.reject_message.clone()).unwrap_or_default(),
             matched,
+            requiretls: self.envelope.requiretls,
+            ignore_published: self.tls_required_no && !self.envelope.requiretls,
         }
     }
 
@@ -453,7 +477,6 @@ impl Prepared<'_> {
         decision.explanation.phi = self.phi;
         decision.explanation.scan_truncated = self.truncated;
         decision.explanation.probes = probes;
-        let _ = &self.envelope;
         decision
     }
 }
@@ -484,6 +507,7 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         policy_version: version.to_string(),
         strip_tag: o.strip_tag.clone(),
         reason: String::new(),
+        requiretls: o.requiretls,
         explanation: Explanation {
             matched: o.matched.clone(),
             methods: o.methods.clone(),
@@ -505,7 +529,12 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         }
         RuleAction::Deliver => {}
     }
-    let published = published_level(probes);
+    let published = if o.ignore_published {
+        TlsRequirement::Opportunistic
+    } else {
+        published_level(probes)
+    };
+    d.requiretls = o.requiretls;
     let caps: Vec<&Capability> = probes
         .iter()
         .filter_map(|p| p.result.as_ref().ok())

@@ -49,6 +49,7 @@ struct RawDefaults {
     phi_detectors: Option<List>,
     sign: Option<bool>,
     max_scan_size: Option<Spanned<String>>,
+    honor_tls_required_no: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +171,8 @@ pub struct Defaults {
     pub phi_detectors: Vec<Detector>,
     pub sign: bool,
     pub max_scan_size: u64,
+    /// Honour `TLS-Required: No` (RFC 8689 section 5) from senders.
+    pub honor_tls_required_no: bool,
 }
 
 impl Default for Defaults {
@@ -181,6 +184,7 @@ impl Default for Defaults {
             phi_detectors: Detector::ALL.to_vec(),
             sign: false,
             max_scan_size: 10 * 1000 * 1000,
+            honor_tls_required_no: false,
         }
     }
 }
@@ -393,6 +397,9 @@ pub fn compile_file(
         }
         if let Some(s) = d.sign {
             out.defaults.sign = s;
+        }
+        if let Some(h) = d.honor_tls_required_no {
+            out.defaults.honor_tls_required_no = h;
         }
         if let Some(n) = c.size("defaults.max_scan_size", &d.max_scan_size) {
             out.defaults.max_scan_size = n;

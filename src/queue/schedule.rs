@@ -361,6 +361,7 @@ impl Queue {
                     tls: false,
                 },
                 local: true,
+                requiretls: false,
             };
             let mut w = self.inner.spool.create_content(&out.id).await?;
             w.write(&dsn.content).await?;

@@ -323,3 +323,94 @@ async fn a_malformed_policy_is_no_policy() {
         "{probe}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requiretls_end_to_end() {
+    let w = World::new().await;
+    // good: verified certificate and REQUIRETLS; norequire: verified but no REQUIRETLS.
+    w.domain("good.example.test", "mx.good.example.test");
+    let cert = w.ca.issue(&["mx.good.example.test"]);
+    let good = w
+        .mx(MxOptions::new("mx.good.example.test")
+            .tls(&cert)
+            .ehlo_keyword("REQUIRETLS"))
+        .await;
+    let ip2 = gateway::fresh_ip();
+    w.zone
+        .add_mx("norequire.example.test", 10, "mx.norequire.example.test");
+    w.zone.add_a("mx.norequire.example.test", ip2);
+    let cert2 = w.ca.issue(&["mx.norequire.example.test"]);
+    let norequire = TestMx::start(
+        MxOptions::new("mx.norequire.example.test")
+            .ip(ip2)
+            .port(w.port)
+            .tls(&cert2),
+    )
+    .await;
+    let gw_cert = w.ca.issue(&["gateway.example.test"]);
+    let (c, k) = gw_cert.write(w.dir.path(), "gw").unwrap();
+    let mut opts = w.options();
+    opts.tls = Some((c, k));
+    let gw = Gateway::start(opts).unwrap();
+
+    let mut client = crate::world::SmtpClient::connect(gw.addr).await.unwrap();
+    let kws = client.ehlo("client.example.test").await.unwrap();
+    assert!(
+        !kws.contains(&"REQUIRETLS".to_string()),
+        "not offered before TLS"
+    );
+    let r = client
+        .cmd("MAIL FROM:<a@clinic.example.test> REQUIRETLS")
+        .await
+        .unwrap();
+    assert_eq!(r.0, 530, "REQUIRETLS refused without TLS: {r:?}");
+    let mut client = client
+        .starttls(w.ca.client_config(), "gateway.example.test")
+        .await
+        .unwrap();
+    let kws = client.ehlo("client.example.test").await.unwrap();
+    assert!(kws.contains(&"REQUIRETLS".to_string()));
+    client
+        .expect("MAIL FROM:<a@clinic.example.test> REQUIRETLS", 250)
+        .await
+        .unwrap();
+    client
+        .expect("RCPT TO:<x@good.example.test>", 250)
+        .await
+        .unwrap();
+    client
+        .expect("RCPT TO:<y@norequire.example.test>", 250)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.data(&message("requiretls", "x")).await.unwrap().0,
+        250
+    );
+
+    let got = good.wait_for(1, WAIT).await.unwrap();
+    assert!(
+        got[0]
+            .mail_params
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case("REQUIRETLS")),
+        "{:?}",
+        got[0].mail_params
+    );
+    assert!(got[0].tls.is_some());
+    let rows = gw.wait_audit(WAIT, |r| r.len() >= 2).await.unwrap();
+    let y = rows
+        .iter()
+        .find(|r| r["recipient"] == "y@norequire.example.test")
+        .unwrap();
+    assert_eq!(y["outcome"], "deferred");
+    assert!(
+        y["smtp_reply"].as_str().unwrap().contains("REQUIRETLS"),
+        "{y}"
+    );
+    assert_eq!(norequire.data_commands(), 0);
+    let x = rows
+        .iter()
+        .find(|r| r["recipient"] == "x@good.example.test")
+        .unwrap();
+    assert_eq!(x["tls_requirement"], "verified");
+}

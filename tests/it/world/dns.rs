@@ -1,11 +1,17 @@
 //! A tiny authoritative-style DNS server for tests, speaking UDP and TCP on the same
 //! `127.0.0.1:<port>`, answering from a shared, mutable [`Zone`].
 //!
-//! The zone stores RRsets (`name -> type -> records`) so a later DNSSEC signer can walk
-//! [`Zone::rrsets`] and add RRSIG/NSEC records without changing the storage.
+//! The zone stores RRsets (`name -> type -> records`). The server is authoritative for
+//! the root zone `.` and everything below, and is DNSSEC-signed by default (see
+//! [`dnssec`]): queries with the EDNS DO bit get RRSIGs, NSEC denial and the root
+//! DNSKEY RRset; queries without DO get exactly the unsigned answers they always got.
+//! [`Zone::add_insecure_delegation`], [`Zone::set_bogus`] and [`Zone::set_expired`]
+//! make parts of the tree Insecure / Bogus; [`DnsServer::write_trust_anchor`] exports
+//! the root KSK and [`DnsServer::validating_resolver`] builds a validating resolver.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +22,11 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::{JoinHandle, JoinSet};
+
+#[path = "dnssec.rs"]
+pub mod dnssec;
+
+use dnssec::{RootKeys, SigMode};
 
 /// How the server reacts to queries for a name (or a name and type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -54,6 +65,85 @@ struct ZoneData {
     /// Behaviour by name, and optionally type (type-specific wins).
     behaviours: HashMap<(Name, Option<RecordType>), Behaviour>,
     default_ttl: u32,
+    /// DNSSEC off (no RRSIG/NSEC/DNSKEY even for DO queries).
+    unsigned: bool,
+    /// Insecure delegation points: the subtree is served unsigned; the root proves no DS.
+    insecure: BTreeSet<Name>,
+    /// Subtrees whose signatures are corrupted.
+    bogus: BTreeSet<Name>,
+    /// Subtrees whose signatures have expired.
+    expired: BTreeSet<Name>,
+}
+
+impl ZoneData {
+    /// Whether `n` belongs to the signed root zone (not at/below an insecure delegation).
+    fn in_signed_zone(&self, n: &Name) -> bool {
+        !self.unsigned && !self.insecure.iter().any(|d| d.zone_of(n))
+    }
+
+    fn sig_mode(&self, n: &Name) -> SigMode {
+        if self.bogus.iter().any(|b| b.zone_of(n)) {
+            SigMode::Corrupt
+        } else if self.expired.iter().any(|b| b.zone_of(n)) {
+            SigMode::Expired
+        } else {
+            SigMode::Valid
+        }
+    }
+
+    fn root_soa(&self) -> Record {
+        let soa = SOA::new(
+            name("ns.root.test"),
+            name("hostmaster.root.test"),
+            1,
+            3600,
+            600,
+            86400,
+            self.default_ttl,
+        );
+        Record::from_rdata(Name::root(), self.default_ttl, RData::SOA(soa))
+    }
+
+    /// The RRsets at `n` as served: the stored ones plus, at the root of a signed zone,
+    /// a synthetic SOA (unless one was added) and the DNSKEY RRset.
+    fn view(&self, n: &Name, keys: &RootKeys) -> Option<BTreeMap<RecordType, Vec<Record>>> {
+        let stored = self.rrsets.get(n).cloned();
+        if self.unsigned || !n.is_root() {
+            return stored;
+        }
+        let mut types = stored.unwrap_or_default();
+        types
+            .entry(RecordType::SOA)
+            .or_insert_with(|| vec![self.root_soa()]);
+        types.insert(RecordType::DNSKEY, keys.dnskey_rrset(self.default_ttl));
+        Some(types)
+    }
+
+    fn has_descendants(&self, n: &Name) -> bool {
+        self.rrsets.keys().any(|k| k != n && n.zone_of(k))
+    }
+
+    /// The signed root zone's NSEC chain: (owner, types at owner), in canonical order.
+    fn nsec_chain(&self) -> Vec<(Name, Vec<RecordType>)> {
+        let mut owners: BTreeMap<Name, BTreeSet<RecordType>> = BTreeMap::new();
+        let root = owners.entry(Name::root()).or_default();
+        root.extend([RecordType::SOA, RecordType::DNSKEY]);
+        for (n, types) in &self.rrsets {
+            if self.in_signed_zone(n) {
+                owners.entry(n.clone()).or_default().extend(types.keys());
+            }
+        }
+        for d in &self.insecure {
+            // the parent side of a delegation: NS only (no DS)
+            if !self.insecure.iter().any(|o| o != d && o.zone_of(d)) {
+                owners.entry(d.clone()).or_default().insert(RecordType::NS);
+            }
+        }
+        owners
+            .into_iter()
+            .map(|(n, t)| (n, t.into_iter().collect()))
+            .collect()
+    }
 }
 
 /// A shared, mutable table of DNS records. Cloning gives another handle to the same
@@ -64,6 +154,7 @@ struct ZoneData {
 #[derive(Clone, Debug)]
 pub struct Zone {
     inner: Arc<Mutex<ZoneData>>,
+    keys: Arc<RootKeys>,
 }
 
 impl Default for Zone {
@@ -74,11 +165,88 @@ impl Default for Zone {
 
 impl Zone {
     /// An empty zone; records added get TTL 0 (nothing cached by resolvers) unless
-    /// [`Zone::set_default_ttl`] is used.
+    /// [`Zone::set_default_ttl`] is used. DNSSEC-signed under fresh root keys (signatures
+    /// are only sent to queries with the DO bit).
     pub fn new() -> Self {
         Zone {
             inner: Arc::new(Mutex::new(ZoneData::default())),
+            keys: Arc::new(RootKeys::generate()),
         }
+    }
+
+    /// An empty zone that never signs: DO queries get no RRSIG/NSEC/DNSKEY (a validating
+    /// resolver then finds everything Bogus, as with a DNSSEC-unaware server).
+    pub fn new_unsigned() -> Self {
+        let z = Self::new();
+        z.set_signed(false);
+        z
+    }
+
+    /// Turns DNSSEC signing on (default) or off.
+    pub fn set_signed(&self, signed: bool) -> &Self {
+        self.lock().unsigned = !signed;
+        self
+    }
+
+    pub fn is_signed(&self) -> bool {
+        !self.lock().unsigned
+    }
+
+    /// The root keys (KSK = trust anchor, ZSK).
+    pub fn root_keys(&self) -> &RootKeys {
+        &self.keys
+    }
+
+    /// Trust anchor file contents (root KSK as a DNSKEY line); see [`dnssec`] for the format.
+    pub fn trust_anchor_text(&self) -> String {
+        self.keys.trust_anchor_text()
+    }
+
+    /// Makes `apex` an insecure delegation: it and everything below are served unsigned
+    /// (their own zone, with an SOA at `apex`, added unless present), and a DS query for
+    /// `apex` gets a signed NSEC from the root showing there is no DS, so a validating
+    /// resolver classifies answers there as Insecure. Records can be added before or after.
+    pub fn add_insecure_delegation(&self, apex: &str) -> &Self {
+        let n = name(apex);
+        self.lock().insecure.insert(n.clone());
+        if self.records(apex, RecordType::SOA).is_empty() {
+            self.add_soa(apex);
+        }
+        self
+    }
+
+    /// Undoes [`Zone::add_insecure_delegation`] (the SOA added at `apex` stays).
+    pub fn remove_insecure_delegation(&self, apex: &str) -> &Self {
+        self.lock().insecure.remove(&name(apex));
+        self
+    }
+
+    /// `owner` and every name below it get corrupted RRSIGs (answers and denials there
+    /// validate as Bogus). `bogus = false` undoes it.
+    pub fn set_bogus(&self, owner: &str, bogus: bool) -> &Self {
+        let n = name(owner);
+        let mut z = self.lock();
+        if bogus {
+            z.bogus.insert(n);
+        } else {
+            z.bogus.remove(&n);
+        }
+        drop(z);
+        self
+    }
+
+    /// `owner` and every name below it get RRSIGs that expired a day ago (Bogus to a
+    /// validator). `expired = false` undoes it.
+    pub fn set_expired(&self, owner: &str, expired: bool) -> &Self {
+        let n = name(owner);
+        let mut z = self.lock();
+        if expired {
+            z.expired.insert(n);
+        } else {
+            z.expired.remove(&n);
+        }
+        drop(z);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ZoneData> {
@@ -207,11 +375,14 @@ impl Zone {
         self
     }
 
-    /// Removes all records and behaviours.
+    /// Removes all records and behaviours (and insecure / bogus / expired marks).
     pub fn clear(&self) -> &Self {
         let mut z = self.lock();
         z.rrsets.clear();
         z.behaviours.clear();
+        z.insecure.clear();
+        z.bogus.clear();
+        z.expired.clear();
         drop(z);
         self
     }
@@ -265,38 +436,59 @@ impl Zone {
             .collect()
     }
 
-    /// Builds the answer for one question: (rcode, answers, authority).
-    fn lookup(&self, qname: &Name, qtype: RecordType) -> (ResponseCode, Vec<Record>, Vec<Record>) {
+    /// Builds the answer for one question: (rcode, answers, authority). With `dnssec_ok`
+    /// (and a signed zone) RRSIGs and NSEC denial are added.
+    fn lookup(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        dnssec_ok: bool,
+    ) -> (ResponseCode, Vec<Record>, Vec<Record>) {
         let z = self.lock();
-        let mut answers: Vec<Record> = Vec::new();
-        let mut current = qname.to_lowercase();
+        let keys = &*self.keys;
+        let sign = dnssec_ok && !z.unsigned;
+        let qname = qname.to_lowercase();
+
+        // DS at an insecure delegation point: answered by the parent (the root), which
+        // proves with NSEC that there is no DS.
+        if !z.unsigned && qtype == RecordType::DS && z.insecure.contains(&qname) {
+            let mut authority = vec![z.root_soa()];
+            if sign {
+                let mode = z.sig_mode(&qname);
+                authority.push(keys.sign(&authority[..1], mode));
+                authority.extend(nsec_proof(&z, keys, &qname, mode));
+            }
+            return (ResponseCode::NoError, vec![], authority);
+        }
+
+        let mut answer_sets: Vec<Vec<Record>> = Vec::new();
+        let mut current = qname.clone();
         let mut rcode = ResponseCode::NoError;
+        let mut found = false;
         for _ in 0..16 {
-            match z.rrsets.get(&current) {
+            match z.view(&current, keys) {
                 None => {
-                    let has_descendants =
-                        z.rrsets.keys().any(|k| k != &current && current.zone_of(k));
-                    if !has_descendants {
+                    if !z.has_descendants(&current) {
                         rcode = ResponseCode::NXDomain;
                     }
                     break;
                 }
                 Some(types) => {
                     if qtype == RecordType::ANY {
-                        for rs in types.values() {
-                            answers.extend(rs.iter().cloned());
-                        }
+                        answer_sets.extend(types.into_values());
+                        found = !answer_sets.is_empty();
                         break;
                     }
                     if let Some(rs) = types.get(&qtype) {
-                        answers.extend(rs.iter().cloned());
+                        answer_sets.push(rs.clone());
+                        found = true;
                         break;
                     }
                     if qtype != RecordType::CNAME
                         && let Some(cn) = types.get(&RecordType::CNAME)
                         && let Some(first) = cn.first()
                     {
-                        answers.extend(cn.iter().cloned());
+                        answer_sets.push(cn.clone());
                         match first.data() {
                             RData::CNAME(CNAME(target)) => {
                                 current = target.to_lowercase();
@@ -309,25 +501,86 @@ impl Zone {
                 }
             }
         }
+
+        let mut answers = Vec::new();
+        for set in &answer_sets {
+            answers.extend(set.iter().cloned());
+            if sign && z.in_signed_zone(set[0].name()) {
+                answers.push(keys.sign(set, z.sig_mode(set[0].name())));
+            }
+        }
+
         let mut authority = Vec::new();
-        let nodata =
-            !answers.iter().any(|r| r.record_type() == qtype) || rcode == ResponseCode::NXDomain;
-        if nodata {
-            // closest enclosing SOA of the final name
+        if !found || rcode == ResponseCode::NXDomain {
+            // closest enclosing SOA of the final name (the synthetic root SOA only counts
+            // for DNSSEC queries, so plain answers stay as they were)
             let mut n = current.clone();
-            loop {
-                if let Some(soa) = z.rrsets.get(&n).and_then(|t| t.get(&RecordType::SOA)) {
-                    authority.extend(soa.iter().cloned());
-                    break;
-                }
-                if n.is_root() {
-                    break;
+            let soa = loop {
+                let soa = if sign {
+                    z.view(&n, keys)
+                        .and_then(|mut t| t.remove(&RecordType::SOA))
+                } else {
+                    z.rrsets
+                        .get(&n)
+                        .and_then(|t| t.get(&RecordType::SOA))
+                        .cloned()
+                };
+                if soa.is_some() || n.is_root() {
+                    break soa;
                 }
                 n = n.base_name();
+            };
+            if let Some(soa) = soa {
+                authority.extend(soa.iter().cloned());
+                if sign && z.in_signed_zone(&current) {
+                    let mode = z.sig_mode(&current).max(z.sig_mode(&n));
+                    authority.push(keys.sign(&soa, mode));
+                    authority.extend(nsec_proof(&z, keys, &current, mode));
+                }
             }
         }
         (rcode, answers, authority)
     }
+}
+
+/// Signed NSEC records denying `qname` (or its type, if it exists): the NSEC matching or
+/// covering `qname`, the one covering the wildcard at the closest encloser, and (for
+/// hickory's validator, which checks it) the one matching or covering `qname`'s parent.
+fn nsec_proof(z: &ZoneData, keys: &RootKeys, qname: &Name, mode: SigMode) -> Vec<Record> {
+    let chain = z.nsec_chain();
+    let ttl = z.default_ttl;
+    // index of the NSEC matching or covering `n` (greatest owner <= n; "." always is)
+    let find = |n: &Name| chain.iter().rposition(|(o, _)| o <= n).unwrap_or(0);
+    let mut idx = vec![find(qname)];
+    // closest encloser: deepest ancestor that exists (owns records or has descendants)
+    let mut ce = qname.clone();
+    while !ce.is_root() {
+        if z.rrsets.contains_key(&ce) || (ce != *qname && z.has_descendants(&ce)) {
+            break;
+        }
+        ce = ce.base_name();
+    }
+    if let Ok(wild) = Name::from_ascii("*").and_then(|w| w.append_domain(&ce)) {
+        idx.push(find(&wild));
+    }
+    if !qname.is_root() {
+        idx.push(find(&qname.base_name()));
+    }
+    idx.sort_unstable();
+    idx.dedup();
+    let mut out = Vec::new();
+    for i in idx {
+        let (owner, types) = &chain[i];
+        let next = chain
+            .get(i + 1)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(Name::root);
+        let rec = dnssec::nsec_record(owner.clone(), next, types, ttl);
+        let sig = keys.sign(std::slice::from_ref(&rec), mode);
+        out.push(rec);
+        out.push(sig);
+    }
+    out
 }
 
 /// One query seen by the server.
@@ -475,6 +728,13 @@ impl DnsServer {
     /// A hickory resolver using only this server (UDP, falling back to TCP on
     /// truncation), without cache (`cache_size` 0), 2 s timeout, 1 attempt.
     pub fn resolver(&self) -> hickory_resolver::TokioResolver {
+        self.resolver_builder().build()
+    }
+
+    fn resolver_builder(
+        &self,
+    ) -> hickory_resolver::ResolverBuilder<hickory_resolver::name_server::TokioConnectionProvider>
+    {
         use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
         let group =
             NameServerConfigGroup::from_ips_clear(&[self.addr.ip()], self.addr.port(), true);
@@ -488,7 +748,31 @@ impl DnsServer {
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 1;
         opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-        b.build()
+        b
+    }
+
+    /// Like [`DnsServer::resolver`] but validating (`validate = true`) with the trust
+    /// anchors in `anchor_file` (format: see [`dnssec`]), loaded the way sealgate must:
+    /// hickory-resolver 0.25 ignores `ResolverOpts::trust_anchor`, so the file is parsed
+    /// and passed to `ResolverBuilder::with_trust_anchor`.
+    pub fn validating_resolver(
+        &self,
+        anchor_file: &Path,
+    ) -> Result<hickory_resolver::TokioResolver> {
+        let anchors = dnssec::load_trust_anchor(anchor_file)?;
+        let mut b = self.resolver_builder();
+        b.options_mut().validate = true;
+        b.options_mut().trust_anchor = Some(anchor_file.to_path_buf());
+        Ok(b.with_trust_anchor(Arc::new(anchors)).build())
+    }
+
+    /// Writes the trust anchor (the root KSK, one `. 3600 IN DNSKEY 257 3 13 <base64>`
+    /// line; see [`dnssec`]) to `dir/trust-anchor.key` and returns its path, for
+    /// sealgate's `[dns] trust_anchor`.
+    pub fn write_trust_anchor(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("trust-anchor.key");
+        std::fs::write(&path, self.zone.trust_anchor_text()).expect("writing trust anchor");
+        path
     }
 }
 
@@ -577,9 +861,15 @@ async fn handle(req: &[u8], tcp: bool, zone: &Zone, stats: &Mutex<Stats>) -> Opt
         .set_checking_disabled(msg.checking_disabled());
     resp.add_queries(msg.queries().iter().cloned());
     let edns = msg.extensions().is_some();
+    let dnssec_ok = msg
+        .extensions()
+        .as_ref()
+        .is_some_and(|e| e.flags().dnssec_ok);
     if edns {
         let mut e = Edns::new();
-        e.set_max_payload(1232).set_version(0);
+        e.set_max_payload(1232)
+            .set_version(0)
+            .set_dnssec_ok(dnssec_ok);
         resp.set_edns(e);
     }
     if msg.op_code() != OpCode::Query {
@@ -629,7 +919,7 @@ async fn handle(req: &[u8], tcp: bool, zone: &Zone, stats: &Mutex<Stats>) -> Opt
         return resp.to_vec().ok();
     }
 
-    let (rcode, answers, authority) = zone.lookup(&qname_fqdn, qtype);
+    let (rcode, answers, authority) = zone.lookup(&qname_fqdn, qtype, dnssec_ok);
     resp.set_response_code(rcode);
     resp.add_answers(answers);
     resp.add_name_servers(authority);
@@ -646,6 +936,15 @@ async fn handle(req: &[u8], tcp: bool, zone: &Zone, stats: &Mutex<Stats>) -> Opt
         return resp.truncate().to_vec().ok();
     }
     Some(bytes)
+}
+
+/// Like [`build_query`] with EDNS and the DO bit (asks for DNSSEC records).
+pub fn build_query_dnssec(owner: &str, rtype: RecordType) -> Message {
+    let mut m = build_query(owner, rtype, true);
+    if let Some(e) = m.extensions_mut().as_mut() {
+        e.set_dnssec_ok(true);
+    }
+    m
 }
 
 /// Builds a query message (RD set, random-ish id) for `owner`/`rtype`, optionally with EDNS.
