@@ -396,7 +396,7 @@ mod tests {
                     MailParams {
                         size: Some(100),
                         body: Body::EightBitMime,
-                        smtputf8: false,
+                        ..Default::default()
                     },
                 ),
             ),

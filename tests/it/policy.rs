@@ -182,12 +182,16 @@ async fn reload_keeps_the_old_policy_on_error_and_applies_a_good_one_to_queued_m
         "[defaults]\nmethods = [\"tls\"]\nmin_tls = \"opportunistic\"\n",
     )
     .unwrap();
-    let out = gw.cli(&["reload"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Picked up on SIGHUP.
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !gw.log().contains("policy reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     gw.cli(&["queue", "flush"]);
     mx.wait_for(1, WAIT).await.unwrap();
     let rows = gw.wait_audit(WAIT, |r| r.len() == 3).await.unwrap();

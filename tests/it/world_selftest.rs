@@ -467,3 +467,262 @@ async fn world_servers_survive_garbage() -> Result<()> {
     mx.wait_for(1, Duration::from_secs(5)).await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// DNSSEC
+
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::proto::dnssec::Proof;
+
+/// The zone of [`zone`] plus: an insecure delegation `unsigned.test` with an MX host and
+/// TLSA, a bogus subtree `bogus.example.test`, an expired one `stale.example.test`.
+fn dnssec_zone() -> Zone {
+    let z = zone();
+    z.add_a("mx1.example.test", Ipv4Addr::new(127, 0, 0, 11))
+        .add_aaaa("mx1.example.test", "::1".parse().unwrap())
+        .add_cname("alias.example.test", "mx1.example.test")
+        .add_insecure_delegation("unsigned.test")
+        .add_mx("unsigned.test", 10, "mx.unsigned.test")
+        .add_a("mx.unsigned.test", Ipv4Addr::new(127, 0, 0, 3))
+        .add_tlsa("_25._tcp.mx.unsigned.test", 3, 1, 1, vec![0xcd; 32])
+        .add_mx("bogus.example.test", 10, "mx.bogus.example.test")
+        .add_a("mx.bogus.example.test", Ipv4Addr::new(127, 0, 0, 4))
+        .add_tlsa("_25._tcp.mx.bogus.example.test", 3, 1, 1, vec![0xef; 32])
+        .set_bogus("bogus.example.test", true)
+        .add_a("stale.example.test", Ipv4Addr::new(127, 0, 0, 5))
+        .set_expired("stale.example.test", true);
+    z
+}
+
+/// DNSSEC status of a successful lookup: the weakest proof among its records (a CNAME
+/// chain counts). hickory 0.25 returns Bogus records as `Ok`, so this must be checked.
+fn lookup_proof(lookup: &hickory_resolver::lookup::Lookup) -> Proof {
+    lookup
+        .record_iter()
+        .map(|r| r.proof())
+        .min()
+        .unwrap_or(Proof::Indeterminate)
+}
+
+/// DNSSEC status of a failed lookup: for NXDOMAIN / NODATA (`NoRecordsFound`) the proof
+/// of the SOA in the denial (Secure: NSEC-authenticated; Insecure: unsigned zone below an
+/// NSEC-proven insecure delegation; Bogus: bad signatures); a failed NSEC denial is an
+/// `Nsec { proof: Bogus }` error; anything else (SERVFAIL, timeout) is Indeterminate.
+fn error_proof(e: &hickory_resolver::ResolveError) -> (Proof, Option<ResponseCode>) {
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound {
+            soa, response_code, ..
+        }) => (
+            soa.as_ref().map_or(Proof::Indeterminate, |s| s.proof()),
+            Some(*response_code),
+        ),
+        Some(ProtoErrorKind::Nsec { proof, .. }) => (*proof, None),
+        _ => (Proof::Indeterminate, None),
+    }
+}
+
+#[tokio::test]
+async fn world_dnssec_raw_answers() -> Result<()> {
+    use crate::world::dns::build_query_dnssec;
+    let dns = DnsServer::start(dnssec_zone()).await;
+    let has = |m: &hickory_proto::op::Message, t: RecordType| {
+        m.answers()
+            .iter()
+            .chain(m.name_servers())
+            .filter(|r| r.record_type() == t)
+            .count()
+    };
+    // DO: answer + RRSIG; no DO: as before
+    let r = query_udp(
+        dns.addr(),
+        &build_query_dnssec("mx1.example.test", RecordType::A),
+    )
+    .await?;
+    assert_eq!((has(&r, RecordType::A), has(&r, RecordType::RRSIG)), (2, 1));
+    assert!(r.extensions().as_ref().unwrap().flags().dnssec_ok);
+    let r = query_udp(
+        dns.addr(),
+        &build_query("mx1.example.test", RecordType::A, true),
+    )
+    .await?;
+    assert_eq!((has(&r, RecordType::A), has(&r, RecordType::RRSIG)), (2, 0));
+    // root DNSKEY: KSK + ZSK, signed
+    let r = query_tcp(dns.addr(), &build_query_dnssec(".", RecordType::DNSKEY)).await?;
+    assert_eq!(
+        (has(&r, RecordType::DNSKEY), has(&r, RecordType::RRSIG)),
+        (2, 1)
+    );
+    // NXDOMAIN: root SOA + NSECs, all signed
+    let r = query_udp(
+        dns.addr(),
+        &build_query_dnssec("nope.example.test", RecordType::A),
+    )
+    .await?;
+    assert_eq!(r.response_code(), ResponseCode::NXDomain);
+    assert_eq!(has(&r, RecordType::SOA), 1);
+    assert!(has(&r, RecordType::NSEC) >= 1);
+    assert_eq!(has(&r, RecordType::RRSIG), 1 + has(&r, RecordType::NSEC));
+    // DS at the insecure delegation: NODATA with the NSEC at unsigned.test (NS, no DS)
+    let r = query_udp(
+        dns.addr(),
+        &build_query_dnssec("unsigned.test", RecordType::DS),
+    )
+    .await?;
+    assert_eq!(r.response_code(), ResponseCode::NoError);
+    let nsec = r
+        .name_servers()
+        .iter()
+        .find_map(|rr| {
+            rr.data()
+                .as_dnssec()?
+                .as_nsec()
+                .map(|n| (rr.name().to_ascii(), n.type_bit_maps().collect::<Vec<_>>()))
+        })
+        .expect("NSEC");
+    assert_eq!(nsec.0, "unsigned.test.");
+    assert!(nsec.1.contains(&RecordType::NS) && !nsec.1.contains(&RecordType::DS));
+    // below the delegation: unsigned, with the child's SOA
+    let r = query_udp(
+        dns.addr(),
+        &build_query_dnssec("mx.unsigned.test", RecordType::A),
+    )
+    .await?;
+    assert_eq!((has(&r, RecordType::A), has(&r, RecordType::RRSIG)), (1, 0));
+    let r = query_udp(
+        dns.addr(),
+        &build_query_dnssec("x.unsigned.test", RecordType::A),
+    )
+    .await?;
+    assert_eq!(r.response_code(), ResponseCode::NXDomain, "{r:?}");
+    assert_eq!(
+        r.name_servers()[0].name().to_ascii(),
+        "unsigned.test.",
+        "{r:?}"
+    );
+    assert_eq!(has(&r, RecordType::RRSIG) + has(&r, RecordType::NSEC), 0);
+    // an unsigned zone sends no DNSSEC records
+    dns.zone().set_signed(false);
+    let r = query_udp(
+        dns.addr(),
+        &build_query_dnssec("mx1.example.test", RecordType::A),
+    )
+    .await?;
+    assert_eq!(has(&r, RecordType::RRSIG), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn world_dnssec_validating_resolver() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dns = DnsServer::start(dnssec_zone()).await;
+    let anchor = dns.write_trust_anchor(dir.path());
+    let text = std::fs::read_to_string(&anchor)?;
+    assert!(text.contains(". 3600 IN DNSKEY 257 3 13 "), "{text}");
+    let r = dns.validating_resolver(&anchor)?;
+
+    // (i) secure: MX, A, AAAA (lookup_ip), TLSA, CNAME chain
+    let mx = r.mx_lookup("example.test.").await?;
+    assert_eq!(mx.iter().count(), 2);
+    assert_eq!(lookup_proof(mx.as_lookup()), Proof::Secure);
+    let a = r.ipv4_lookup("mx1.example.test.").await?;
+    assert_eq!(a.iter().count(), 2);
+    assert_eq!(lookup_proof(a.as_lookup()), Proof::Secure);
+    let ip = r.lookup_ip("mx1.example.test.").await?; // A only (Ipv4thenIpv6)
+    assert_eq!(ip.iter().count(), 2);
+    assert_eq!(lookup_proof(ip.as_lookup()), Proof::Secure);
+    let aaaa = r.ipv6_lookup("mx1.example.test.").await?;
+    assert_eq!(lookup_proof(aaaa.as_lookup()), Proof::Secure);
+    let tlsa = r.tlsa_lookup("_25._tcp.mx1.example.test.").await?;
+    assert_eq!(tlsa.iter().count(), 1);
+    assert_eq!(lookup_proof(tlsa.as_lookup()), Proof::Secure);
+    // the same through the Proven API
+    assert!(
+        tlsa.as_lookup()
+            .dnssec_iter()
+            .all(|p| p.require(Proof::Secure).is_ok())
+    );
+    let alias = r.ipv4_lookup("alias.example.test.").await?;
+    assert_eq!(lookup_proof(alias.as_lookup()), Proof::Secure);
+
+    // (iv) secure denial: NXDOMAIN, NODATA, empty non-terminal
+    let e = r.ipv4_lookup("nope.example.test.").await.unwrap_err();
+    assert!(e.is_nx_domain(), "{e:?}");
+    assert_eq!(
+        error_proof(&e),
+        (Proof::Secure, Some(ResponseCode::NXDomain))
+    );
+    let e = r
+        .tlsa_lookup("_25._tcp.mx2.example.test.")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_proof(&e),
+        (Proof::Secure, Some(ResponseCode::NXDomain))
+    );
+    let e = r.ipv6_lookup("mx2.example.test.").await.unwrap_err();
+    assert!(e.is_no_records_found() && !e.is_nx_domain(), "{e:?}");
+    assert_eq!(
+        error_proof(&e),
+        (Proof::Secure, Some(ResponseCode::NoError))
+    );
+    let e = r.mx_lookup("mx1.example.test.").await.unwrap_err();
+    assert_eq!(
+        error_proof(&e),
+        (Proof::Secure, Some(ResponseCode::NoError))
+    );
+    let e = r.ipv4_lookup("_tcp.mx1.example.test.").await.unwrap_err();
+    assert_eq!(
+        error_proof(&e),
+        (Proof::Secure, Some(ResponseCode::NoError))
+    );
+
+    // (ii) insecure delegation
+    let mx = r.mx_lookup("unsigned.test.").await?;
+    assert_eq!(lookup_proof(mx.as_lookup()), Proof::Insecure);
+    let a = r.ipv4_lookup("mx.unsigned.test.").await?;
+    assert_eq!(lookup_proof(a.as_lookup()), Proof::Insecure);
+    let tlsa = r.tlsa_lookup("_25._tcp.mx.unsigned.test.").await?;
+    assert_eq!(lookup_proof(tlsa.as_lookup()), Proof::Insecure);
+    let e = r.ipv4_lookup("nope.unsigned.test.").await.unwrap_err();
+    assert_eq!(
+        error_proof(&e),
+        (Proof::Insecure, Some(ResponseCode::NXDomain))
+    );
+    let e = r.ipv6_lookup("mx.unsigned.test.").await.unwrap_err();
+    assert_eq!(
+        error_proof(&e),
+        (Proof::Insecure, Some(ResponseCode::NoError))
+    );
+
+    // (iii) bogus subtree and expired signatures: records come back Ok but Bogus
+    let mx = r.mx_lookup("bogus.example.test.").await?;
+    assert_eq!(lookup_proof(mx.as_lookup()), Proof::Bogus);
+    let a = r.ipv4_lookup("mx.bogus.example.test.").await?;
+    assert_eq!(lookup_proof(a.as_lookup()), Proof::Bogus);
+    let tlsa = r.tlsa_lookup("_25._tcp.mx.bogus.example.test.").await?;
+    assert_eq!(lookup_proof(tlsa.as_lookup()), Proof::Bogus);
+    let e = r.ipv4_lookup("nope.bogus.example.test.").await.unwrap_err();
+    assert_eq!(error_proof(&e).0, Proof::Bogus, "{e:?}");
+    let a = r.ipv4_lookup("stale.example.test.").await?;
+    assert_eq!(lookup_proof(a.as_lookup()), Proof::Bogus);
+
+    // a zone that turns bogus later (tests can flip it at run time)
+    dns.zone().set_bogus("mx1.example.test", true);
+    let a = r.ipv4_lookup("mx1.example.test.").await?;
+    assert_eq!(lookup_proof(a.as_lookup()), Proof::Bogus);
+    dns.zone().set_bogus("mx1.example.test", false);
+
+    // wrong trust anchor (another world's key): everything Bogus
+    let other = tempfile::tempdir()?;
+    let other_anchor = DnsServer::start(Zone::new())
+        .await
+        .write_trust_anchor(other.path());
+    let r2 = dns.validating_resolver(&other_anchor)?;
+    let a = r2.ipv4_lookup("mx1.example.test.").await?;
+    assert_eq!(lookup_proof(a.as_lookup()), Proof::Bogus);
+
+    // the non-validating resolver still gets Indeterminate (unchecked) records
+    let a = dns.resolver().ipv4_lookup("mx1.example.test.").await?;
+    assert_eq!(lookup_proof(a.as_lookup()), Proof::Indeterminate);
+    Ok(())
+}

@@ -23,6 +23,7 @@ fn env(sender: &str) -> Envelope {
         client_ip: Some("10.1.2.3".parse().unwrap()),
         auth_user: None,
         size: 1000,
+        requiretls: false,
     }
 }
 
