@@ -261,8 +261,16 @@ impl Drop for Daemon {
     }
 }
 
-fn write_config(dir: &Path, sink: SocketAddr, sessions: usize) -> Res<PathBuf> {
+fn write_config(dir: &Path, sink: SocketAddr, dns: SocketAddr, sessions: usize) -> Res<PathBuf> {
     let max_sessions = (sessions * 4).max(1000);
+    // Opportunistic TLS for everyone: the sink offers no STARTTLS, and
+    // the body has nothing a PHI detector would fire on.
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[defaults]\nmethods = [\"tls\"]\nmin_tls = \"opportunistic\"\n",
+    )
+    .map_err(|e| format!("writing policy: {e}"))?;
     let text = format!(
         r#"[server]
 hostname = "gateway.load.test"
@@ -282,11 +290,14 @@ smarthost = "{sink}"
 retry_base = "1s"
 retry_max = "2s"
 
-# The smarthost is an IP literal, so nothing is looked up; should anything
-# be, it goes to loopback, never to the machine's resolver.
+# Every lookup (recipient-domain probes) goes to the in-process stub,
+# which answers NXDOMAIN at once; never to the machine's resolver.
 [dns]
-nameservers = ["127.0.0.1:53"]
-timeout = "1s"
+nameservers = ["{dns}"]
+timeout = "2s"
+
+[policy]
+files = [{policy:?}]
 "#
     );
     let path = dir.join("sealgate.toml");
@@ -294,9 +305,71 @@ timeout = "1s"
     Ok(path)
 }
 
+// ---------------------------------------------------------------- DNS stub
+
+/// A UDP DNS server on loopback that answers NXDOMAIN to every query and
+/// counts them.
+async fn start_dns() -> Res<(SocketAddr, Arc<AtomicUsize>)> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("dns bind: {e}"))?;
+    let addr = sock.local_addr().map_err(|e| e.to_string())?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let n = count.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((len, peer)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            if let Some(reply) = nxdomain(&buf[..len]) {
+                n.fetch_add(1, Ordering::Relaxed);
+                let _ = sock.send_to(&reply, peer).await;
+            }
+        }
+    });
+    Ok((addr, count))
+}
+
+/// The NXDOMAIN answer to `q`: same id and question, no records.
+fn nxdomain(q: &[u8]) -> Option<Vec<u8>> {
+    if q.len() < 12 || q[2] & 0x80 != 0 {
+        return None;
+    }
+    // Skip the name, then QTYPE and QCLASS.
+    let mut i = 12;
+    loop {
+        let l = *q.get(i)? as usize;
+        if l == 0 {
+            i += 1;
+            break;
+        }
+        if l & 0xc0 != 0 {
+            return None;
+        }
+        i += 1 + l;
+    }
+    let end = i + 4;
+    if end > q.len() {
+        return None;
+    }
+    let mut r = Vec::with_capacity(end);
+    r.extend_from_slice(&q[0..2]);
+    r.push(0x80 | (q[2] & 0x79)); // QR, opcode, RD
+    r.push(0x80 | 3); // RA, NXDOMAIN
+    r.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..end]);
+    Some(r)
+}
+
 /// Keygen, config, start; returns once the daemon logged `sealgate started`.
-fn start_daemon(dir: &Path, sink: SocketAddr, sessions: usize) -> Res<(Daemon, SocketAddr)> {
-    let config = write_config(dir, sink, sessions)?;
+fn start_daemon(
+    dir: &Path,
+    sink: SocketAddr,
+    dns: SocketAddr,
+    sessions: usize,
+) -> Res<(Daemon, SocketAddr)> {
+    let config = write_config(dir, sink, dns, sessions)?;
     let out = Command::new(BIN)
         .args(["keygen", "--out"])
         .arg(dir.join("spool.key"))
@@ -582,6 +655,9 @@ async fn transaction(c: &mut Conn, sh: &Shared, i: usize) -> std::io::Result<Out
 
 const MAX_ATTEMPTS: u32 = 20;
 
+/// Give up when the sink has seen nothing new for this long.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
 /// One client session: claims messages until all are taken, reconnecting
 /// (and retrying the message) after temporary failures.
 async fn client(sh: Arc<Shared>) {
@@ -674,6 +750,7 @@ struct RunResult {
     problems: BTreeMap<String, usize>,
     connects: usize,
     sink_connections: usize,
+    dns_queries: usize,
     stop: String,
     log_summary: String,
 }
@@ -751,7 +828,8 @@ async fn run(o: &Options, size: usize) -> Res<RunResult> {
         .tempdir()
         .map_err(|e| e.to_string())?;
     let (sink_addr, sink) = start_sink().await?;
-    let (mut daemon, addr) = start_daemon(dir.path(), sink_addr, o.sessions)?;
+    let (dns_addr, dns_queries) = start_dns().await?;
+    let (mut daemon, addr) = start_daemon(dir.path(), sink_addr, dns_addr, o.sessions)?;
     let pid = daemon.pid();
     let cpu0 = cpu_secs(&pid.to_string());
     let self_cpu0 = cpu_secs("self");
@@ -770,6 +848,7 @@ async fn run(o: &Options, size: usize) -> Res<RunResult> {
         stats: Mutex::new(ClientStats::default()),
     });
     let t0 = Instant::now();
+    let deadline = t0 + o.timeout;
     let tasks: Vec<_> = (0..o.sessions)
         .map(|_| tokio::spawn(client(shared.clone())))
         .collect();
@@ -785,8 +864,9 @@ async fn run(o: &Options, size: usize) -> Res<RunResult> {
         last_accept.map_or(0.0, |t| (t - t0).as_secs_f64())
     );
 
-    // Wait until the sink has every accepted message.
-    let mut last_progress = (0, Instant::now());
+    // Wait until the sink has every accepted message; give up when
+    // nothing arrives for STALL_LIMIT or the run's time is over.
+    let mut progress = (0, Instant::now(), Instant::now());
     let deliver_end = loop {
         let (n, at) = {
             let s = sink.lock().unwrap();
@@ -798,14 +878,29 @@ async fn run(o: &Options, size: usize) -> Res<RunResult> {
         if n >= accepted {
             break at.unwrap_or(t0);
         }
-        if n != last_progress.0 {
-            last_progress = (n, Instant::now());
-        } else if last_progress.1.elapsed() > Duration::from_secs(5) {
+        if n != progress.0 {
+            progress = (n, Instant::now(), Instant::now());
+        } else if progress.2.elapsed() > Duration::from_secs(5) {
             eprintln!(
                 "load bench: delivery stalled at {n}/{accepted} for {:.0}s",
-                last_progress.1.elapsed().as_secs_f64()
+                progress.1.elapsed().as_secs_f64()
             );
-            last_progress.1 = Instant::now();
+            progress.2 = Instant::now();
+        }
+        let stalled = progress.1.elapsed() > STALL_LIMIT;
+        if stalled || Instant::now() > deadline {
+            let summary = summarise_log(&daemon.log);
+            let stop = daemon.stop().unwrap_or_else(|e| e);
+            let kept = dir.keep();
+            return Err(format!(
+                "{} with {n}/{accepted} accepted messages delivered; sealgate stop: {stop}\n  daemon log: {summary}\n  kept {} (sealgate.log, spool, audit db)",
+                if stalled {
+                    format!("no delivery progress for {}s", STALL_LIMIT.as_secs())
+                } else {
+                    format!("time limit of {}s reached", o.timeout.as_secs())
+                },
+                kept.display()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
@@ -841,6 +936,7 @@ async fn run(o: &Options, size: usize) -> Res<RunResult> {
         problems: std::mem::take(&mut s.problems),
         connects: s.connects,
         sink_connections,
+        dns_queries: dns_queries.load(Ordering::Relaxed),
         stop,
         log_summary,
     };
@@ -875,13 +971,16 @@ fn main() {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut results = Vec::new();
     for &size in &o.sizes {
-        let outcome = rt.block_on(async { tokio::time::timeout(o.timeout, run(&o, size)).await });
+        // Backstop: `run` enforces `o.timeout` itself while waiting for
+        // delivery; this also bounds a hung client phase.
+        let limit = o.timeout + Duration::from_secs(30);
+        let outcome = rt.block_on(async { tokio::time::timeout(limit, run(&o, size)).await });
         match outcome {
             Ok(Ok(r)) => results.push(r),
             Ok(Err(e)) => die(&format!("size {size}: {e}")),
             Err(_) => die(&format!(
-                "size {size}: aborted after {}s (SEALGATE_LOAD_TIMEOUT); the daemon was killed",
-                o.timeout.as_secs()
+                "size {size}: aborted after {}s (SEALGATE_LOAD_TIMEOUT + 30s); the daemon was killed",
+                limit.as_secs()
             )),
         }
     }
@@ -921,7 +1020,7 @@ fn main() {
     for r in &results {
         let _ = writeln!(
             out,
-            "- {} KiB: accepted in {:.2}s, all delivered at {:.2}s; failed {}, sink saw {} messages over {} connections (duplicates: {}); client connections {}; stop: {}",
+            "- {} KiB: accepted in {:.2}s, all delivered at {:.2}s; failed {}, sink saw {} messages over {} connections (duplicates: {}); client connections {}; DNS queries {}; stop: {}",
             r.size / 1024,
             r.accept_secs,
             r.deliver_secs,
@@ -930,6 +1029,7 @@ fn main() {
             r.sink_connections,
             r.delivered.saturating_sub(r.accepted),
             r.connects,
+            r.dns_queries,
             r.stop,
         );
         if !r.problems.is_empty() {

@@ -219,6 +219,15 @@ pub struct ProbeSettings {
     pub cache_ttl: Duration,
 }
 
+/// TLS reporting (RFC 8460).
+#[derive(Debug, Clone)]
+pub struct TlsReportSettings {
+    pub enabled: bool,
+    pub organization: String,
+    pub contact: String,
+    pub period: Duration,
+}
+
 /// The validated, runtime form of a configuration file.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -234,6 +243,7 @@ pub struct Settings {
     pub audit: AuditConfig,
     pub policy: PolicyFiles,
     pub probe: ProbeSettings,
+    pub tls_report: TlsReportSettings,
 }
 
 impl Settings {

@@ -42,6 +42,23 @@ pub struct RawConfig {
     /// `[probe]`: capability probes.
     #[serde(default)]
     pub probe: RawProbe,
+    /// `[tls_report]`: SMTP TLS reporting (RFC 8460).
+    #[serde(default)]
+    pub tls_report: RawTlsReport,
+}
+
+/// `[tls_report]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsReport {
+    /// Send aggregate reports to domains that ask for them (default true).
+    pub enabled: Option<bool>,
+    /// `organization-name` in reports (default: server.hostname).
+    pub organization: Option<Spanned<String>>,
+    /// `contact-info` in reports (default: postmaster@server.hostname).
+    pub contact: Option<Spanned<String>>,
+    /// Reporting period (`1d`; shorter only for testing).
+    pub period: Option<Spanned<String>>,
 }
 
 /// `[probe]`
@@ -693,6 +710,22 @@ impl RawConfig {
             ),
         };
 
+        let tr = &self.tls_report;
+        let tls_report = TlsReportSettings {
+            enabled: tr.enabled.unwrap_or(true),
+            organization: tr
+                .organization
+                .as_ref()
+                .map(|o| o.get_ref().clone())
+                .unwrap_or_else(|| hostname.clone()),
+            contact: tr
+                .contact
+                .as_ref()
+                .map(|o| o.get_ref().clone())
+                .unwrap_or_else(|| format!("postmaster@{hostname}")),
+            period: c.duration("tls_report.period", &tr.period, Duration::from_secs(86400)),
+        };
+
         if !c.problems.is_empty() {
             return Err(ConfigError(c.problems));
         }
@@ -716,6 +749,7 @@ impl RawConfig {
             audit,
             policy: PolicyFiles { files },
             probe,
+            tls_report,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod client;
 pub mod route;
 pub mod tls;
+pub mod tlsrpt;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -105,6 +106,7 @@ struct PoolKey {
 pub struct Deliverer {
     settings: Arc<Settings>,
     mta_sts: Arc<MtaSts>,
+    tlsrpt: Arc<tlsrpt::TlsReporter>,
     resolver: hickory_resolver::TokioResolver,
     tls: tls::TlsClients,
     smarthost_password: Option<String>,
@@ -158,9 +160,14 @@ impl Deliverer {
             settings.server.spool_dir.join("mta-sts"),
             settings.probe.timeout,
         ));
+        let tlsrpt = Arc::new(tlsrpt::TlsReporter::new(
+            settings.server.spool_dir.join("tls-report"),
+            settings.tls_report.period.as_secs(),
+        ));
         Ok(Arc::new(Deliverer {
             settings,
             mta_sts,
+            tlsrpt,
             resolver,
             tls,
             smarthost_password,
@@ -317,20 +324,81 @@ impl Deliverer {
                     enhanced: Some("4.7.5".into()),
                     remote: None,
                 };
+                for name in &all {
+                    self.tlsrpt.record(
+                        &domain,
+                        &tlsrpt::AppliedPolicy::Sts(&policy),
+                        name,
+                        "",
+                        tlsrpt::SessionResult::Failure("validation-failure"),
+                    );
+                }
                 evidence.hosts = all;
                 return report(&members, &|_| o.clone(), &evidence);
             }
         }
         evidence.route = Some(route.kind);
         evidence.hosts = route.hops.iter().map(|h| h.name.clone()).collect();
+        // What RFC 8460 reports count for this domain's sessions.
+        let sts_policy = if smarthost {
+            None
+        } else {
+            self.mta_sts
+                .cached(&domain)
+                .filter(|p| p.is_fresh() && p.mode != StsMode::None)
+        };
+        let applied = match &sts_policy {
+            Some(p) => tlsrpt::AppliedPolicy::Sts(p),
+            None => tlsrpt::AppliedPolicy::None,
+        };
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
         let mut last_failure = classify::local(format!("no host for {domain} could be reached"));
         for hop in &route.hops {
             for addr in &hop.addrs {
                 let permit = self.permits(&hop.name).await;
                 let ready = match self.ready(hop, *addr, requirement, route.kind).await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        if !smarthost {
+                            let ip = addr.ip().to_string();
+                            let result = match (&r.tls, &r.tls_failure) {
+                                (Some(t), _) if !t.cert_verified && sts_policy.is_some() => {
+                                    tlsrpt::SessionResult::Failure(tlsrpt::result_type(
+                                        t.cert_error.as_deref().unwrap_or("certificate"),
+                                    ))
+                                }
+                                (Some(_), _)
+                                    if sts_policy
+                                        .as_ref()
+                                        .is_some_and(|p| !p.matches(&hop.name)) =>
+                                {
+                                    tlsrpt::SessionResult::Failure("validation-failure")
+                                }
+                                (Some(_), _) => tlsrpt::SessionResult::Success,
+                                (None, Some(f)) => {
+                                    tlsrpt::SessionResult::Failure(tlsrpt::result_type(f))
+                                }
+                                (None, None) => {
+                                    tlsrpt::SessionResult::Failure("starttls-not-supported")
+                                }
+                            };
+                            if !r.reused {
+                                self.tlsrpt
+                                    .record(&domain, &applied, &hop.name, &ip, result);
+                            }
+                        }
+                        r
+                    }
                     Err(o) => {
+                        if !smarthost && o.enhanced.as_deref() == Some("4.7.5") {
+                            let kind = tlsrpt::result_type(&o.reply);
+                            self.tlsrpt.record(
+                                &domain,
+                                &applied,
+                                &hop.name,
+                                &addr.ip().to_string(),
+                                tlsrpt::SessionResult::Failure(kind),
+                            );
+                        }
                         evidence.earlier_failures.push(format!(
                             "{} [{}]: {}",
                             hop.name,
@@ -626,6 +694,11 @@ impl Deliverer {
             tls_failure: None,
             reused: false,
         })
+    }
+
+    /// The TLS session counter (RFC 8460).
+    pub fn tls_reporter(&self) -> Arc<tlsrpt::TlsReporter> {
+        self.tlsrpt.clone()
     }
 
     /// The MTA-STS policy cache (shared with its probe).

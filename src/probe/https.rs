@@ -28,7 +28,7 @@ pub async fn get(
     timeout: Duration,
     max_body: usize,
 ) -> Result<Fetched, String> {
-    tokio::time::timeout(timeout, get_inner(resolver, tls, host, path, max_body))
+    tokio::time::timeout(timeout, request(resolver, tls, host, path, None, max_body))
         .await
         .map_err(|_| {
             format!(
@@ -38,11 +38,42 @@ pub async fn get(
         })?
 }
 
-async fn get_inner(
+/// POSTs `body` with `content_type` to `https://{host}{path}` (port 443).
+pub async fn post(
     resolver: &hickory_resolver::TokioResolver,
     tls: Arc<rustls::ClientConfig>,
     host: &str,
     path: &str,
+    content_type: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Fetched, String> {
+    tokio::time::timeout(
+        timeout,
+        request(
+            resolver,
+            tls,
+            host,
+            path,
+            Some((content_type, body)),
+            64 * 1024,
+        ),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "https://{host}{path}: timed out after {}",
+            crate::util::format_duration(timeout)
+        )
+    })?
+}
+
+async fn request(
+    resolver: &hickory_resolver::TokioResolver,
+    tls: Arc<rustls::ClientConfig>,
+    host: &str,
+    path: &str,
+    post: Option<(&str, &[u8])>,
     max_body: usize,
 ) -> Result<Fetched, String> {
     let url = format!("https://{host}{path}");
@@ -61,14 +92,26 @@ async fn get_inner(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("{url}: TLS: {e}"))?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sealgate/{}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
+    let agent = concat!("sealgate/", env!("CARGO_PKG_VERSION"));
+    let req = match post {
+        None => format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+        ),
+        Some((ct, body)) => format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+    };
     stream
         .write_all(req.as_bytes())
         .await
         .map_err(|e| format!("{url}: {e}"))?;
+    if let Some((_, body)) = post {
+        stream
+            .write_all(body)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+    }
     let limit = max_body + 16 * 1024;
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];

@@ -344,32 +344,17 @@ impl Queue {
                 .filter_map(|&i| msg.recipients.get(i))
                 .collect();
             let dsn = super::dsn::build(&self.inner.hostname, msg, &bounced, &headers);
-            let mut out = QueuedMessage {
-                id: QueueId::new(),
-                received_at: Utc::now(),
-                sender: String::new(),
-                recipients: vec![super::Recipient::new(msg.sender.clone())],
-                message_id: Some(dsn.message_id.clone()),
-                size: 0,
-                content_sha256: String::new(),
-                body_8bit: msg.smtputf8 || msg.body_8bit,
-                smtputf8: msg.smtputf8,
-                client: super::ClientInfo {
-                    ip: "127.0.0.1".into(),
-                    helo: self.inner.hostname.clone(),
-                    auth_user: None,
-                    tls: false,
-                },
-                local: true,
-                requiretls: false,
-            };
-            let mut w = self.inner.spool.create_content(&out.id).await?;
-            w.write(&dsn.content).await?;
-            let (size, sha) = w.finish().await?;
-            out.size = size;
-            out.content_sha256 = sha;
-            tracing::info!(queue_id = %msg.id, dsn_id = %out.id, recipients = bounced.len(), "bounce: delivery status notification queued for the sender");
-            self.enqueue(out).await?;
+            let id = self
+                .enqueue_local(
+                    "",
+                    &msg.sender,
+                    &dsn.content,
+                    Some(dsn.message_id.clone()),
+                    msg.smtputf8 || msg.body_8bit,
+                    msg.smtputf8,
+                )
+                .await?;
+            tracing::info!(queue_id = %msg.id, dsn_id = %id, recipients = bounced.len(), "bounce: delivery status notification queued for the sender");
         }
         for i in newly {
             if let Some(r) = msg.recipients.get_mut(i) {
@@ -377,6 +362,46 @@ impl Queue {
             }
         }
         Ok(())
+    }
+
+    /// Queues a message sealgate itself generated (a DSN, a TLS report):
+    /// written and fsynced like received mail.
+    pub async fn enqueue_local(
+        &self,
+        sender: &str,
+        recipient: &str,
+        content: &[u8],
+        message_id: Option<String>,
+        body_8bit: bool,
+        smtputf8: bool,
+    ) -> Result<QueueId, QueueError> {
+        let mut out = QueuedMessage {
+            id: QueueId::new(),
+            received_at: Utc::now(),
+            sender: sender.to_string(),
+            recipients: vec![super::Recipient::new(recipient.to_string())],
+            message_id,
+            size: 0,
+            content_sha256: String::new(),
+            body_8bit,
+            smtputf8,
+            client: super::ClientInfo {
+                ip: "127.0.0.1".into(),
+                helo: self.inner.hostname.clone(),
+                auth_user: None,
+                tls: false,
+            },
+            local: true,
+            requiretls: false,
+        };
+        let mut w = self.inner.spool.create_content(&out.id).await?;
+        w.write(content).await?;
+        let (size, sha) = w.finish().await?;
+        out.size = size;
+        out.content_sha256 = sha;
+        let id = out.id.clone();
+        self.enqueue(out).await?;
+        Ok(id)
     }
 
     /// A snapshot of every message in the queue.

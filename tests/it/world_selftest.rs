@@ -721,6 +721,18 @@ async fn world_dnssec_validating_resolver() -> Result<()> {
     let a = r2.ipv4_lookup("mx1.example.test.").await?;
     assert_eq!(lookup_proof(a.as_lookup()), Proof::Bogus);
 
+    // the validator walked the chain on this server
+    assert!(dns.queries_for(".", RecordType::DNSKEY) > 0);
+    assert!(dns.queries_for("unsigned.test", RecordType::DS) > 0);
+
+    // failing to fetch the root DNSKEY also makes answers Bogus (not an error)
+    dns.set_behaviour_for(".", RecordType::DNSKEY, Behaviour::ServFail);
+    let a = r.ipv4_lookup("mx1.example.test.").await?;
+    assert_eq!(lookup_proof(a.as_lookup()), Proof::Bogus);
+    let e = r.ipv4_lookup("nope.example.test.").await.unwrap_err();
+    assert_eq!(error_proof(&e).0, Proof::Bogus, "{e:?}");
+    dns.set_behaviour_for(".", RecordType::DNSKEY, Behaviour::Normal);
+
     // the non-validating resolver still gets Indeterminate (unchecked) records
     let a = dns.resolver().ipv4_lookup("mx1.example.test.").await?;
     assert_eq!(lookup_proof(a.as_lookup()), Proof::Indeterminate);

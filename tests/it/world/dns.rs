@@ -548,10 +548,13 @@ impl Zone {
 /// hickory's validator, which checks it) the one matching or covering `qname`'s parent.
 fn nsec_proof(z: &ZoneData, keys: &RootKeys, qname: &Name, mode: SigMode) -> Vec<Record> {
     let chain = z.nsec_chain();
-    let ttl = z.default_ttl;
     // index of the NSEC matching or covering `n` (greatest owner <= n; "." always is)
     let find = |n: &Name| chain.iter().rposition(|(o, _)| o <= n).unwrap_or(0);
     let mut idx = vec![find(qname)];
+    if chain[idx[0]].0 == *qname {
+        // NODATA at an existing name: its own NSEC shows the type is absent
+        return nsec_records(z, keys, &chain, &idx, mode);
+    }
     // closest encloser: deepest ancestor that exists (owns records or has descendants)
     let mut ce = qname.clone();
     while !ce.is_root() {
@@ -568,8 +571,19 @@ fn nsec_proof(z: &ZoneData, keys: &RootKeys, qname: &Name, mode: SigMode) -> Vec
     }
     idx.sort_unstable();
     idx.dedup();
+    nsec_records(z, keys, &chain, &idx, mode)
+}
+
+fn nsec_records(
+    z: &ZoneData,
+    keys: &RootKeys,
+    chain: &[(Name, Vec<RecordType>)],
+    idx: &[usize],
+    mode: SigMode,
+) -> Vec<Record> {
+    let ttl = z.default_ttl;
     let mut out = Vec::new();
-    for i in idx {
+    for &i in idx {
         let (owner, types) = &chain[i];
         let next = chain
             .get(i + 1)
