@@ -414,3 +414,142 @@ async fn requiretls_end_to_end() {
         .unwrap();
     assert_eq!(x["tls_requirement"], "verified");
 }
+
+/// Checks a report against the structure RFC 8460 section 4.4 requires.
+fn check_report_schema(r: &serde_json::Value) {
+    for k in ["organization-name", "contact-info", "report-id"] {
+        assert!(r[k].is_string(), "{k} must be a string: {r}");
+    }
+    for k in ["start-datetime", "end-datetime"] {
+        let t = r["date-range"][k].as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(t).is_ok(),
+            "{k} must be RFC 3339: {t}"
+        );
+    }
+    let policies = r["policies"].as_array().expect("policies array");
+    assert!(!policies.is_empty());
+    for p in policies {
+        let t = p["policy"]["policy-type"].as_str().unwrap();
+        assert!(["tlsa", "sts", "no-policy-found"].contains(&t));
+        assert!(p["policy"]["policy-domain"].is_string());
+        if let Some(s) = p["policy"].get("policy-string") {
+            assert!(s.as_array().unwrap().iter().all(|x| x.is_string()));
+        }
+        assert!(p["summary"]["total-successful-session-count"].is_u64());
+        assert!(p["summary"]["total-failure-session-count"].is_u64());
+        for f in p["failure-details"].as_array().into_iter().flatten() {
+            let rt = f["result-type"].as_str().unwrap();
+            let known = [
+                "starttls-not-supported",
+                "certificate-host-mismatch",
+                "certificate-expired",
+                "tlsa-invalid",
+                "dnssec-invalid",
+                "dane-required",
+                "certificate-not-trusted",
+                "sts-policy-invalid",
+                "sts-webpki-invalid",
+                "validation-failure",
+                "sts-policy-fetch-error",
+            ];
+            assert!(known.contains(&rt), "{rt}");
+            assert!(f["failed-session-count"].is_u64());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_report_is_sent_with_the_right_counts() {
+    let w = World::new().await;
+    // sts.example.test: enforce policy, MX with an untrusted certificate.
+    w.domain("sts.example.test", "mx.sts.example.test");
+    w.zone
+        .add_txt("_mta-sts.sts.example.test", "v=STSv1; id=r1;");
+    w.zone.add_txt(
+        "_smtp._tls.sts.example.test",
+        "v=TLSRPTv1; rua=mailto:tlsrpt@reports.example.test",
+    );
+    let web_ip = gateway::fresh_ip();
+    let _web = PolicyServer::start(
+        &w,
+        web_ip,
+        "sts.example.test",
+        200,
+        &policy("enforce", "*.sts.example.test"),
+    )
+    .await;
+    let cert = crate::world::pki::self_signed(&["mx.sts.example.test"]);
+    let _bad_mx = w.mx(MxOptions::new("mx.sts.example.test").tls(&cert)).await;
+    // reports.example.test receives the report.
+    let ip2 = gateway::fresh_ip();
+    w.zone
+        .add_mx("reports.example.test", 10, "mx.reports.example.test");
+    w.zone.add_a("mx.reports.example.test", ip2);
+    let reports = TestMx::start(
+        MxOptions::new("mx.reports.example.test")
+            .ip(ip2)
+            .port(w.port),
+    )
+    .await;
+    let mut opts = w.options();
+    opts.extra = "[tls_report]\norganization = \"Test Clinic\"\nperiod = \"4s\"\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    let got = reports.wait_for(1, Duration::from_secs(30)).await.unwrap();
+    let m = &got[0];
+    assert_eq!(m.rcpt_to, vec!["tlsrpt@reports.example.test"]);
+    let text = m.data_str();
+    assert!(text.contains("report-type=\"tlsrpt\""), "{text}");
+    assert!(text.contains("TLS-Report-Domain: sts.example.test"));
+    // Decode the gzip attachment.
+    let b64: String = text
+        .split("Content-Type: application/tlsrpt+gzip")
+        .nth(1)
+        .unwrap()
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap()
+        .split("--")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    use base64::Engine;
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let mut json = String::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut json)
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+    check_report_schema(&r);
+    assert_eq!(r["organization-name"], "Test Clinic");
+    let p = &r["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "sts");
+    assert_eq!(p["policy"]["policy-domain"], "sts.example.test");
+    assert_eq!(p["summary"]["total-successful-session-count"], 0);
+    assert!(
+        p["summary"]["total-failure-session-count"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        p["failure-details"][0]["result-type"],
+        "certificate-not-trusted"
+    );
+    assert_eq!(
+        p["failure-details"][0]["receiving-mx-hostname"],
+        "mx.sts.example.test"
+    );
+}
