@@ -261,7 +261,13 @@ impl Drop for Daemon {
     }
 }
 
-fn write_config(dir: &Path, sink: SocketAddr, dns: SocketAddr, sessions: usize) -> Res<PathBuf> {
+fn write_config(
+    dir: &Path,
+    sink: SocketAddr,
+    dns: SocketAddr,
+    trust_anchor: &Path,
+    sessions: usize,
+) -> Res<PathBuf> {
     let max_sessions = (sessions * 4).max(1000);
     // Opportunistic TLS for everyone: the sink offers no STARTTLS, and
     // the body has nothing a PHI detector would fire on.
@@ -290,10 +296,11 @@ smarthost = "{sink}"
 retry_base = "1s"
 retry_max = "2s"
 
-# Every lookup (recipient-domain probes) goes to the in-process stub,
-# which answers NXDOMAIN at once; never to the machine's resolver.
+# Every lookup (recipient-domain probes) goes to the in-process DNS
+# server on loopback, never to the machine's resolver.
 [dns]
 nameservers = ["{dns}"]
+trust_anchor = {trust_anchor:?}
 timeout = "2s"
 
 [policy]
@@ -305,61 +312,27 @@ files = [{policy:?}]
     Ok(path)
 }
 
-// ---------------------------------------------------------------- DNS stub
+// ---------------------------------------------------------------- DNS
 
-/// A UDP DNS server on loopback that answers NXDOMAIN to every query and
-/// counts them.
-async fn start_dns() -> Res<(SocketAddr, Arc<AtomicUsize>)> {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+/// The integration tests' DNS server (DNSSEC-signed root, own trust anchor).
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/world/dns.rs"]
+mod dns;
+
+/// Recipient domain of the load: an insecure (unsigned) delegation under
+/// the signed test root, like most real domains, with no MX, MTA-STS or
+/// TLSA records. Delivery goes to the smarthost anyway.
+const DEST_DOMAIN: &str = "dest.test";
+
+async fn start_dns(dir: &Path) -> Res<(dns::DnsServer, PathBuf)> {
+    let zone = dns::Zone::new();
+    zone.set_default_ttl(300);
+    zone.add_insecure_delegation(DEST_DOMAIN);
+    let server = dns::DnsServer::try_start(zone)
         .await
-        .map_err(|e| format!("dns bind: {e}"))?;
-    let addr = sock.local_addr().map_err(|e| e.to_string())?;
-    let count = Arc::new(AtomicUsize::new(0));
-    let n = count.clone();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        loop {
-            let Ok((len, peer)) = sock.recv_from(&mut buf).await else {
-                continue;
-            };
-            if let Some(reply) = nxdomain(&buf[..len]) {
-                n.fetch_add(1, Ordering::Relaxed);
-                let _ = sock.send_to(&reply, peer).await;
-            }
-        }
-    });
-    Ok((addr, count))
-}
-
-/// The NXDOMAIN answer to `q`: same id and question, no records.
-fn nxdomain(q: &[u8]) -> Option<Vec<u8>> {
-    if q.len() < 12 || q[2] & 0x80 != 0 {
-        return None;
-    }
-    // Skip the name, then QTYPE and QCLASS.
-    let mut i = 12;
-    loop {
-        let l = *q.get(i)? as usize;
-        if l == 0 {
-            i += 1;
-            break;
-        }
-        if l & 0xc0 != 0 {
-            return None;
-        }
-        i += 1 + l;
-    }
-    let end = i + 4;
-    if end > q.len() {
-        return None;
-    }
-    let mut r = Vec::with_capacity(end);
-    r.extend_from_slice(&q[0..2]);
-    r.push(0x80 | (q[2] & 0x79)); // QR, opcode, RD
-    r.push(0x80 | 3); // RA, NXDOMAIN
-    r.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
-    r.extend_from_slice(&q[12..end]);
-    Some(r)
+        .map_err(|e| format!("starting the DNS server: {e:#}"))?;
+    let anchor = server.write_trust_anchor(dir);
+    Ok((server, anchor))
 }
 
 /// Keygen, config, start; returns once the daemon logged `sealgate started`.
@@ -367,9 +340,10 @@ fn start_daemon(
     dir: &Path,
     sink: SocketAddr,
     dns: SocketAddr,
+    trust_anchor: &Path,
     sessions: usize,
 ) -> Res<(Daemon, SocketAddr)> {
-    let config = write_config(dir, sink, dns, sessions)?;
+    let config = write_config(dir, sink, dns, trust_anchor, sessions)?;
     let out = Command::new(BIN)
         .args(["keygen", "--out"])
         .arg(dir.join("spool.key"))
@@ -589,7 +563,7 @@ enum Outcome {
 
 fn headers(i: usize) -> String {
     format!(
-        "From: Load Client <load@client.test>\r\nTo: <rcpt{i}@dest.test>\r\nSubject: load test message {i}\r\nMessage-ID: <load-{i}@client.test>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        "From: Load Client <load@client.test>\r\nTo: <rcpt{i}@{DEST_DOMAIN}>\r\nSubject: load test message {i}\r\nMessage-ID: <load-{i}@client.test>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     )
 }
 
@@ -613,7 +587,8 @@ fn body(size: usize) -> Vec<u8> {
 
 async fn transaction(c: &mut Conn, sh: &Shared, i: usize) -> std::io::Result<Outcome> {
     let t0 = Instant::now();
-    let cmds = format!("MAIL FROM:<load@client.test>\r\nRCPT TO:<rcpt{i}@dest.test>\r\nDATA\r\n");
+    let cmds =
+        format!("MAIL FROM:<load@client.test>\r\nRCPT TO:<rcpt{i}@{DEST_DOMAIN}>\r\nDATA\r\n");
     c.w.write_all(cmds.as_bytes()).await?;
     let (mail, mail_t) = c.reply().await?;
     let (rcpt, rcpt_t) = c.reply().await?;
@@ -828,8 +803,8 @@ async fn run(o: &Options, size: usize) -> Res<RunResult> {
         .tempdir()
         .map_err(|e| e.to_string())?;
     let (sink_addr, sink) = start_sink().await?;
-    let (dns_addr, dns_queries) = start_dns().await?;
-    let (mut daemon, addr) = start_daemon(dir.path(), sink_addr, dns_addr, o.sessions)?;
+    let (dns, anchor) = start_dns(dir.path()).await?;
+    let (mut daemon, addr) = start_daemon(dir.path(), sink_addr, dns.addr(), &anchor, o.sessions)?;
     let pid = daemon.pid();
     let cpu0 = cpu_secs(&pid.to_string());
     let self_cpu0 = cpu_secs("self");
@@ -936,7 +911,7 @@ async fn run(o: &Options, size: usize) -> Res<RunResult> {
         problems: std::mem::take(&mut s.problems),
         connects: s.connects,
         sink_connections,
-        dns_queries: dns_queries.load(Ordering::Relaxed),
+        dns_queries: dns.queries(),
         stop,
         log_summary,
     };

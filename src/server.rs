@@ -65,6 +65,7 @@ impl Engine {
         declared.set(policy.declared_capabilities());
         let probes: Vec<Arc<dyn Probe>> = vec![
             Arc::new(declared.clone()),
+            Arc::new(crate::probe::dane::DaneProbe(deliverer.dane())),
             Arc::new(crate::probe::mta_sts::MtaStsProbe(deliverer.mta_sts())),
             Arc::new(TlsOffered::new(deliverer)),
         ];

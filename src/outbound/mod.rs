@@ -24,6 +24,7 @@ use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
 use self::route::{Hop, Route, RouteKind};
 use crate::config::Settings;
 use crate::policy::{Decision, Method, TlsRequirement};
+use crate::probe::dane::{Dane, Tlsa};
 use crate::probe::mta_sts::{MtaSts, StsMode};
 use crate::queue::{QueuedMessage, RecipientOutcome, Spool, Verdict};
 
@@ -40,6 +41,9 @@ pub struct TlsEvidence {
     pub cert_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_cert_sha256: Option<String>,
+    /// The TLSA record that authenticated the server (DANE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dane_match: Option<String>,
 }
 
 /// The evidence of one delivery attempt for one recipient.
@@ -88,6 +92,8 @@ pub enum OutboundError {
     Resolver(#[from] route::ResolverSetupError),
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    #[error("DANE: {0}")]
+    Dane(String),
     #[error("delivery.smarthost_auth.password_file {path}: {source}")]
     Password {
         path: String,
@@ -106,6 +112,7 @@ struct PoolKey {
 pub struct Deliverer {
     settings: Arc<Settings>,
     mta_sts: Arc<MtaSts>,
+    dane: Arc<Dane>,
     tlsrpt: Arc<tlsrpt::TlsReporter>,
     resolver: hickory_resolver::TokioResolver,
     tls: tls::TlsClients,
@@ -164,9 +171,13 @@ impl Deliverer {
             settings.server.spool_dir.join("tls-report"),
             settings.tls_report.period.as_secs(),
         ));
+        let dane = Arc::new(
+            Dane::new(&settings.dns, settings.delivery.port).map_err(OutboundError::Dane)?,
+        );
         Ok(Arc::new(Deliverer {
             settings,
             mta_sts,
+            dane,
             tlsrpt,
             resolver,
             tls,
@@ -265,9 +276,7 @@ impl Deliverer {
                 .collect()
         };
         let smarthost = self.settings.delivery.smarthost.is_some();
-        if (requirement >= TlsRequirement::Dane && !smarthost)
-            || members.iter().any(|m| m.1.method != Method::Tls)
-        {
+        if members.iter().any(|m| m.1.method != Method::Tls) {
             // Fail closed: this version cannot check DANE or apply
             // end-to-end methods, so the recipient waits rather than going
             // with less protection than decided.
@@ -337,6 +346,38 @@ impl Deliverer {
                 return report(&members, &|_| o.clone(), &evidence);
             }
         }
+        // DANE (RFC 7672): only hosts with usable TLSA records, each
+        // authenticated by them.
+        let mut dane_hosts: HashMap<String, Vec<Tlsa>> = HashMap::new();
+        if requirement == TlsRequirement::Dane && !smarthost {
+            let all: Vec<String> = route.hops.iter().map(|h| h.name.clone()).collect();
+            let mut notes = Vec::new();
+            for hop in &route.hops {
+                match self.dane.tlsa(&hop.name).await {
+                    Ok((Some(tlsa), _)) => {
+                        dane_hosts.insert(hop.name.clone(), tlsa);
+                    }
+                    Ok((None, _)) => notes.push(format!("{}: no usable TLSA records", hop.name)),
+                    Err(e) => notes.push(format!("{}: {e}", hop.name)),
+                }
+            }
+            route.hops.retain(|h| dane_hosts.contains_key(&h.name));
+            if route.hops.is_empty() {
+                let o = RecipientOutcome {
+                    verdict: Verdict::Temporary,
+                    reply: format!(
+                        "no MX host of {domain} can be authenticated by DANE ({})",
+                        notes.join("; ")
+                    ),
+                    enhanced: Some("4.7.5".into()),
+                    remote: None,
+                };
+                evidence.hosts = all;
+                evidence.earlier_failures = notes;
+                return report(&members, &|_| o.clone(), &evidence);
+            }
+            evidence.earlier_failures.extend(notes);
+        }
         evidence.route = Some(route.kind);
         evidence.hosts = route.hops.iter().map(|h| h.name.clone()).collect();
         // What RFC 8460 reports count for this domain's sessions.
@@ -356,7 +397,10 @@ impl Deliverer {
         for hop in &route.hops {
             for addr in &hop.addrs {
                 let permit = self.permits(&hop.name).await;
-                let ready = match self.ready(hop, *addr, requirement, route.kind).await {
+                let dane = dane_hosts
+                    .get(&hop.name)
+                    .map(|t| (t.as_slice(), domain.as_str()));
+                let ready = match self.ready(hop, *addr, requirement, route.kind, dane).await {
                     Ok(r) => {
                         if !smarthost {
                             let ip = addr.ip().to_string();
@@ -568,6 +612,7 @@ impl Deliverer {
         addr: SocketAddr,
         requirement: TlsRequirement,
         kind: RouteKind,
+        dane: Option<(&[Tlsa], &str)>,
     ) -> Result<Ready, RecipientOutcome> {
         let key = PoolKey {
             host: hop.name.clone(),
@@ -583,7 +628,7 @@ impl Deliverer {
                 reused: true,
             });
         }
-        match self.open(hop, addr, requirement, kind, true).await {
+        match self.open(hop, addr, requirement, kind, true, dane).await {
             Ok(r) => Ok(r),
             // Opportunistic TLS whose handshake failed: plaintext is still
             // better than not delivering (RFC 7435), and the evidence says so.
@@ -591,7 +636,7 @@ impl Deliverer {
                 if requirement == TlsRequirement::Opportunistic && kind != RouteKind::Smarthost =>
             {
                 let mut r = self
-                    .open(hop, addr, requirement, kind, false)
+                    .open(hop, addr, requirement, kind, false, None)
                     .await
                     .map_err(|(o, _)| o)?;
                 r.tls_failure = Some(o.reply);
@@ -610,6 +655,7 @@ impl Deliverer {
         requirement: TlsRequirement,
         kind: RouteKind,
         try_tls: bool,
+        dane: Option<(&[Tlsa], &str)>,
     ) -> Result<Ready, (RecipientOutcome, bool)> {
         let host = hop.name.as_str();
         let helo = self.settings.delivery.helo_name.clone();
@@ -636,10 +682,18 @@ impl Deliverer {
             || (kind == RouteKind::Smarthost && self.smarthost_password.is_some());
         let mut tls = None;
         if conn.ext.starttls && try_tls {
-            let config = if requirement > TlsRequirement::Opportunistic {
-                self.tls.verified.clone()
-            } else {
-                self.tls.opportunistic.clone()
+            let matched = Arc::new(std::sync::Mutex::new(None));
+            let config = match dane {
+                Some((tlsa, domain)) => self
+                    .dane
+                    .client_config(
+                        tlsa.to_vec(),
+                        vec![host.to_string(), domain.to_string()],
+                        matched.clone(),
+                    )
+                    .map_err(|e| (classify::local(format!("DANE setup: {e}")), false))?,
+                None if requirement > TlsRequirement::Opportunistic => self.tls.verified.clone(),
+                None => self.tls.opportunistic.clone(),
             };
             match conn.starttls(config, host).await.map_err(fail)? {
                 Ok(()) => {
@@ -648,6 +702,12 @@ impl Deliverer {
                         return Err((classify::reply(host, &r), false));
                     }
                     tls = conn.tls.as_ref().map(|t| self.tls_evidence(t, host));
+                    if let (Some(t), Some(m)) = (
+                        tls.as_mut(),
+                        matched.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
+                    ) {
+                        t.dane_match = Some(m.describe());
+                    }
                 }
                 Err(refused) if !needs_tls => {
                     tracing::debug!(host, reply = %refused.one_line(), "STARTTLS refused; continuing without TLS");
@@ -696,6 +756,11 @@ impl Deliverer {
         })
     }
 
+    /// The validating resolver and TLSA checks (shared with the DANE probe).
+    pub fn dane(&self) -> Arc<Dane> {
+        self.dane.clone()
+    }
+
     /// The TLS session counter (RFC 8460).
     pub fn tls_reporter(&self) -> Arc<tlsrpt::TlsReporter> {
         self.tlsrpt.clone()
@@ -730,6 +795,7 @@ impl Deliverer {
             cert_verified: check.is_ok(),
             cert_error: check.err(),
             peer_cert_sha256: t.peer_cert_sha256.clone(),
+            dane_match: None,
         }
     }
 

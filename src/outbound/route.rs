@@ -68,8 +68,13 @@ pub fn resolver(dns: &DnsSettings) -> Result<TokioResolver, ResolverSetupError> 
     } else {
         let mut cfg = ResolverConfig::new();
         for ns in &dns.nameservers {
-            cfg.add_name_server(NameServerConfig::new(*ns, Protocol::Udp));
-            cfg.add_name_server(NameServerConfig::new(*ns, Protocol::Tcp));
+            for proto in [Protocol::Udp, Protocol::Tcp] {
+                let mut n = NameServerConfig::new(*ns, proto);
+                // These are the operator's recursive resolvers: their
+                // NXDOMAIN and NODATA answers are final.
+                n.trust_negative_responses = true;
+                cfg.add_name_server(n);
+            }
         }
         TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default())
     };

@@ -540,6 +540,12 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         .filter_map(|p| p.result.as_ref().ok())
         .flatten()
         .collect();
+    // RFC 7672 section 2.2: a bogus or failed DNSSEC lookup of the MX or
+    // TLSA records means the destination cannot be trusted at all: wait.
+    let dane_error = probes
+        .iter()
+        .find(|p| p.probe == "dane")
+        .and_then(|p| p.result.as_ref().err());
     let errors: Vec<String> = probes
         .iter()
         .filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.probe)))
@@ -553,6 +559,10 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
             continue;
         }
         let ok = match m {
+            Method::Tls if dane_error.is_some() => Err(format!(
+                "the destination's DNSSEC answers failed validation, so no TLS hop can be trusted: {}",
+                dane_error.map(String::as_str).unwrap_or("")
+            )),
             Method::Tls => {
                 let level = caps
                     .iter()

@@ -7,6 +7,7 @@
 //! that fails or times out yields an error, never a capability: the policy
 //! then skips the methods that depend on it (fail closed).
 
+pub mod dane;
 pub mod https;
 pub mod mta_sts;
 pub mod static_caps;

@@ -58,10 +58,12 @@ impl World {
     }
 
     pub fn options(&self) -> GatewayOptions {
+        let trust_anchor = self.dns.write_trust_anchor(self.dir.path());
         GatewayOptions {
             dns: Some(self.dns.addr()),
             delivery_port: self.port,
             extra_ca: Some(self.ca_file.clone()),
+            trust_anchor: Some(trust_anchor),
             ..Default::default()
         }
     }

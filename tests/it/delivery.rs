@@ -15,7 +15,10 @@ async fn smtplib_message_is_delivered_by_mx_in_plaintext_when_no_starttls() {
     let gw = w.gateway().unwrap();
     let body = message("hello", "line one\r\n.leading dot\r\nline three");
     python_send(gw.addr, "a@clinic.example.test", &["b@example.test"], &body).unwrap();
-    let got = mx.wait_for(1, WAIT).await.unwrap();
+    let got = match mx.wait_for(1, WAIT).await {
+        Ok(g) => g,
+        Err(e) => panic!("{e}\n{}\n{:#?}", gw.log(), gw.audit_rows()),
+    };
     assert_eq!(got[0].mail_from, "a@clinic.example.test");
     assert_eq!(got[0].rcpt_to, vec!["b@example.test"]);
     assert!(got[0].tls.is_none());

@@ -20,6 +20,7 @@ pub struct GatewayOptions {
     pub delivery_port: u16,
     pub smarthost: Option<String>,
     pub extra_ca: Option<PathBuf>,
+    pub trust_anchor: Option<PathBuf>,
     pub database_url: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub users: Vec<(String, String)>,
@@ -50,6 +51,7 @@ impl Default for GatewayOptions {
             delivery_port: 25,
             smarthost: None,
             extra_ca: None,
+            trust_anchor: None,
             database_url: None,
             tls: None,
             users: Vec::new(),
@@ -316,6 +318,12 @@ fn write_config(dir: &Path, o: &GatewayOptions) -> Result<PathBuf> {
             "[dns]\nnameservers = [{}]\ntimeout = \"2s\"\n",
             q(&dns.to_string())
         ));
+        if let Some(ta) = &o.trust_anchor {
+            s.push_str(&format!(
+                "trust_anchor = {}\n",
+                q(&ta.display().to_string())
+            ));
+        }
     }
     if let Some(ca) = &o.extra_ca {
         s.push_str(&format!(

@@ -738,3 +738,27 @@ async fn world_dnssec_validating_resolver() -> Result<()> {
     assert_eq!(lookup_proof(a.as_lookup()), Proof::Indeterminate);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealgate_dane_resolver_validates_the_test_world() {
+    let zone = crate::world::Zone::new();
+    zone.add_mx("example.test", 10, "mx.example.test");
+    zone.add_a("mx.example.test", std::net::Ipv4Addr::new(127, 0, 0, 9));
+    let dns = crate::world::DnsServer::start(zone.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ta = dns.write_trust_anchor(dir.path());
+    let settings = sealgate::config::DnsSettings {
+        nameservers: vec![dns.addr()],
+        trust_anchor: Some(ta),
+        timeout: std::time::Duration::from_secs(2),
+    };
+    let dane = sealgate::probe::dane::Dane::new(&settings, 25).unwrap();
+    let answer = dane.check("example.test").await;
+    assert!(
+        answer.result.is_ok(),
+        "{:?} {}",
+        answer.result,
+        answer.evidence
+    );
+    assert_eq!(answer.evidence["dnssec"], "secure");
+}

@@ -1,0 +1,633 @@
+//! DANE for SMTP (RFC 7672, RFC 6698, RFC 7671): MX and TLSA records
+//! validated with DNSSEC. A secure MX set whose hosts publish usable TLSA
+//! records (DANE-TA(2) or DANE-EE(3), selector 0 or 1, matching 0, 1 or 2)
+//! makes DANE the requirement; an insecure MX set means no DANE; a bogus or
+//! failed lookup is an error, so the recipient waits (never a fallback).
+
+use std::sync::{Arc, Mutex};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::proto::dnssec::{Algorithm, Proof, PublicKeyBuf, TrustAnchors};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::xfer::Protocol;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
+use crate::config::DnsSettings;
+use crate::policy::TlsRequirement;
+
+/// A TLSA record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tlsa {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    #[serde(serialize_with = "ser_hex")]
+    pub data: Vec<u8>,
+}
+
+fn ser_hex<S: serde::Serializer>(d: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(d))
+}
+
+impl Tlsa {
+    /// RFC 7672 section 3.1: SMTP uses DANE-TA(2) and DANE-EE(3) only, with
+    /// known selectors and matching types; anything else is unusable.
+    pub fn usable(&self) -> bool {
+        matches!(self.usage, 2 | 3)
+            && matches!(self.selector, 0 | 1)
+            && matches!(self.matching, 0..=2)
+    }
+
+    /// Whether `cert` (DER) matches this record's selector and matching type.
+    pub fn matches(&self, cert: &[u8]) -> bool {
+        let selected = match self.selector {
+            0 => cert,
+            1 => match spki(cert) {
+                Some(s) => s,
+                None => return false,
+            },
+            _ => return false,
+        };
+        let digest = match self.matching {
+            0 => selected.to_vec(),
+            1 => ring::digest::digest(&ring::digest::SHA256, selected)
+                .as_ref()
+                .to_vec(),
+            2 => ring::digest::digest(&ring::digest::SHA512, selected)
+                .as_ref()
+                .to_vec(),
+            _ => return false,
+        };
+        crate::util::constant_time_eq(&digest, &self.data)
+    }
+
+    /// `usage selector matching hex` as in zone files.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.usage,
+            self.selector,
+            self.matching,
+            hex::encode(&self.data)
+        )
+    }
+}
+
+/// One DER element: (tag, header length, total length).
+fn der_element(data: &[u8]) -> Option<(u8, usize, usize)> {
+    let tag = *data.first()?;
+    let first = *data.get(1)? as usize;
+    let (len, hdr) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *data.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let total = hdr.checked_add(len)?;
+    (total <= data.len()).then_some((tag, hdr, total))
+}
+
+/// The DER SubjectPublicKeyInfo of a certificate (RFC 5280 section 4.1).
+pub fn spki(cert: &[u8]) -> Option<&[u8]> {
+    let (tag, hdr, total) = der_element(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let cert_body = &cert[hdr..total];
+    let (tag, hdr, total) = der_element(cert_body)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut tbs = &cert_body[hdr..total];
+    // version [0] is optional; then serial, signature, issuer, validity, subject, SPKI.
+    let mut index = 0;
+    loop {
+        let (tag, _, total) = der_element(tbs)?;
+        if index == 0 && tag == 0xa0 {
+            tbs = &tbs[total..];
+            continue;
+        }
+        if index == 5 {
+            return (tag == 0x30).then_some(&tbs[..total]);
+        }
+        tbs = &tbs[total..];
+        index += 1;
+    }
+}
+
+/// What DNSSEC says about an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dnssec {
+    Secure,
+    Insecure,
+}
+
+/// Reads a trust anchor file: DNSKEY records in zone-file form
+/// (`. 172800 IN DNSKEY 257 3 8 AwEAA...`), `;` comments.
+pub fn load_trust_anchor(path: &std::path::Path) -> Result<TrustAnchors, String> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("dns.trust_anchor {}: {e}", path.display()))?;
+    let mut anchors = TrustAnchors::empty();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split(';').next().unwrap_or("");
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        if tokens.is_empty() {
+            continue;
+        }
+        let at = |m: &str| format!("dns.trust_anchor {}:{}: {m}", path.display(), n + 1);
+        let i = tokens
+            .iter()
+            .position(|t| t.eq_ignore_ascii_case("DNSKEY"))
+            .ok_or_else(|| at("not a DNSKEY record"))?;
+        let rdata = &tokens[i + 1..];
+        if rdata.len() < 4 || rdata[1] != "3" {
+            return Err(at("expected `flags 3 algorithm key`"));
+        }
+        let alg: u8 = rdata[2].parse().map_err(|_| at("bad algorithm number"))?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(rdata[3..].concat())
+            .map_err(|_| at("key is not base64"))?;
+        anchors.insert(&PublicKeyBuf::new(key, Algorithm::from_u8(alg)));
+    }
+    if anchors.is_empty() {
+        return Err(format!(
+            "dns.trust_anchor {}: no DNSKEY record",
+            path.display()
+        ));
+    }
+    Ok(anchors)
+}
+
+/// The validating resolver and TLSA lookups.
+pub struct Dane {
+    resolver: TokioResolver,
+    port: u16,
+}
+
+impl Dane {
+    /// A validating resolver over `[dns]` (the trust anchor file, or the
+    /// IANA root built into hickory).
+    pub fn new(dns: &DnsSettings, port: u16) -> Result<Dane, String> {
+        let mut builder = if dns.nameservers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("system resolver configuration: {e}"))?
+        } else {
+            let mut cfg = ResolverConfig::new();
+            for ns in &dns.nameservers {
+                for proto in [Protocol::Udp, Protocol::Tcp] {
+                    let mut n = NameServerConfig::new(*ns, proto);
+                    // These are the operator's recursive resolvers: their
+                    // NXDOMAIN and NODATA answers are final.
+                    n.trust_negative_responses = true;
+                    cfg.add_name_server(n);
+                }
+            }
+            TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default())
+        };
+        let opts = builder.options_mut();
+        opts.validate = true;
+        opts.timeout = dns.timeout;
+        opts.attempts = 2;
+        opts.ndots = 0;
+        opts.try_tcp_on_error = true;
+        opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        if let Some(path) = &dns.trust_anchor {
+            builder = builder.with_trust_anchor(Arc::new(load_trust_anchor(path)?));
+        }
+        Ok(Dane {
+            resolver: builder.build(),
+            port,
+        })
+    }
+
+    /// The weakest proof among the answer's records.
+    fn lookup_proof(l: &hickory_resolver::lookup::Lookup) -> Proof {
+        l.record_iter()
+            .map(|r| r.proof())
+            .min()
+            .unwrap_or(Proof::Indeterminate)
+    }
+
+    /// A validated lookup: `Ok((status, rdata))`, empty for a proven
+    /// NODATA/NXDOMAIN; `Err` for bogus or failed lookups.
+    async fn validated(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<(Dnssec, Vec<RData>), String> {
+        let fqdn = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        match self.resolver.lookup(fqdn.clone(), rtype).await {
+            Ok(l) => {
+                let proof = Self::lookup_proof(&l);
+                let data: Vec<RData> = l
+                    .record_iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .map(|r| r.data().clone())
+                    .collect();
+                match proof {
+                    Proof::Secure => Ok((Dnssec::Secure, data)),
+                    Proof::Insecure => Ok((Dnssec::Insecure, data)),
+                    Proof::Bogus => Err(format!(
+                        "DNSSEC validation of {fqdn} {rtype} failed (bogus)"
+                    )),
+                    Proof::Indeterminate => {
+                        Err(format!("DNSSEC status of {fqdn} {rtype} is indeterminate"))
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(ProtoErrorKind::NoRecordsFound {
+                    soa, response_code, ..
+                }) = e.proto().map(|p| p.kind())
+                {
+                    let proof = soa.as_ref().map_or(Proof::Indeterminate, |s| s.proof());
+                    let what = if *response_code == ResponseCode::NXDomain {
+                        "NXDOMAIN"
+                    } else {
+                        "no data"
+                    };
+                    return match proof {
+                        Proof::Secure => Ok((Dnssec::Secure, Vec::new())),
+                        Proof::Insecure => Ok((Dnssec::Insecure, Vec::new())),
+                        Proof::Bogus => Err(format!(
+                            "DNSSEC validation of the {what} answer for {fqdn} {rtype} failed (bogus)"
+                        )),
+                        Proof::Indeterminate => {
+                            Err(format!("{what} for {fqdn} {rtype} could not be proven"))
+                        }
+                    };
+                }
+                Err(format!("validated lookup of {fqdn} {rtype} failed: {e}"))
+            }
+        }
+    }
+
+    /// Usable TLSA records of an MX host: `Ok(None)` when the host has no
+    /// secure TLSA RRset (insecure, or proven absent), `Err` when the
+    /// answer is bogus or the lookup failed.
+    pub async fn tlsa(&self, host: &str) -> Result<(Option<Vec<Tlsa>>, Vec<Tlsa>), String> {
+        // RFC 7672 section 2.2.2: the host's address records must be
+        // secure for its TLSA records to be used.
+        let (addr_status, _) = self.validated(host, RecordType::A).await?;
+        if addr_status != Dnssec::Secure {
+            return Ok((None, Vec::new()));
+        }
+        let name = format!("_{}._tcp.{}", self.port, host.trim_end_matches('.'));
+        let (status, data) = self.validated(&name, RecordType::TLSA).await?;
+        if status != Dnssec::Secure || data.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let all: Vec<Tlsa> = data
+            .iter()
+            .filter_map(|d| match d {
+                RData::TLSA(t) => Some(Tlsa {
+                    usage: u8::from(t.cert_usage()),
+                    selector: u8::from(t.selector()),
+                    matching: u8::from(t.matching()),
+                    data: t.cert_data().to_vec(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let usable: Vec<Tlsa> = all.iter().filter(|t| t.usable()).cloned().collect();
+        Ok(((!usable.is_empty()).then_some(usable), all))
+    }
+
+    /// The DANE status of a destination domain, with evidence.
+    pub async fn check(&self, domain: &str) -> ProbeAnswer {
+        let (status, mx) = match self.validated(domain, RecordType::MX).await {
+            Ok(v) => v,
+            Err(e) => {
+                return ProbeAnswer {
+                    result: Err(e),
+                    evidence: json!({ "domain": domain, "dnssec": "bogus-or-failed" }),
+                };
+            }
+        };
+        if status == Dnssec::Insecure {
+            return ProbeAnswer {
+                result: Ok(Vec::new()),
+                evidence: json!({ "domain": domain, "dnssec": "insecure", "dane": false }),
+            };
+        }
+        let mut hosts: Vec<(u16, String)> = mx
+            .iter()
+            .filter_map(|d| match d {
+                RData::MX(m) => Some((
+                    m.preference(),
+                    m.exchange()
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase(),
+                )),
+                _ => None,
+            })
+            .collect();
+        hosts.sort();
+        if hosts.is_empty() {
+            hosts.push((0, domain.to_string()));
+        }
+        let mut per_host = Vec::new();
+        let mut any_usable = false;
+        for (pref, host) in &hosts {
+            match self.tlsa(host).await {
+                Ok((usable, all)) => {
+                    any_usable |= usable.is_some();
+                    per_host.push(json!({
+                        "host": host, "preference": pref,
+                        "tlsa": all.iter().map(Tlsa::describe).collect::<Vec<_>>(),
+                        "usable": usable.is_some(),
+                    }));
+                }
+                Err(e) => {
+                    // One bogus host poisons the destination: no fallback.
+                    return ProbeAnswer {
+                        result: Err(e.clone()),
+                        evidence: json!({ "domain": domain, "dnssec": "secure", "mx": per_host, "error": e }),
+                    };
+                }
+            }
+        }
+        let evidence =
+            json!({ "domain": domain, "dnssec": "secure", "mx": per_host, "dane": any_usable });
+        let caps = if any_usable {
+            vec![Capability::Tls {
+                level: TlsRequirement::Dane,
+            }]
+        } else {
+            Vec::new()
+        };
+        ProbeAnswer {
+            result: Ok(caps),
+            evidence,
+        }
+    }
+
+    /// A rustls configuration that authenticates the server by `tlsa`
+    /// (RFC 7671 / 7672), recording which record matched in `matched`.
+    pub fn client_config(
+        &self,
+        tlsa: Vec<Tlsa>,
+        names: Vec<String>,
+        matched: Arc<Mutex<Option<Tlsa>>>,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        let provider = crate::outbound::tls::provider();
+        let verifier = DaneVerifier {
+            tlsa,
+            names,
+            matched,
+            provider: provider.clone(),
+        };
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Verifies a server's chain against TLSA records.
+#[derive(Debug)]
+struct DaneVerifier {
+    tlsa: Vec<Tlsa>,
+    /// Reference identifiers for DANE-TA: the MX host name and the domain.
+    names: Vec<String>,
+    matched: Arc<Mutex<Option<Tlsa>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for DaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // DANE-EE(3): the leaf itself; names and dates are not checked
+        // (RFC 7671 section 5.1).
+        for t in self.tlsa.iter().filter(|t| t.usage == 3) {
+            if t.matches(end_entity.as_ref()) {
+                *self.matched.lock().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
+                return Ok(ServerCertVerified::assertion());
+            }
+        }
+        // DANE-TA(2): a certificate of the presented chain is the trust
+        // anchor; the leaf must chain to it and match a reference name.
+        for t in self.tlsa.iter().filter(|t| t.usage == 2) {
+            for ta in intermediates.iter().chain(std::iter::once(end_entity)) {
+                if !t.matches(ta.as_ref()) {
+                    continue;
+                }
+                let mut roots = rustls::RootCertStore::empty();
+                if roots.add(ta.clone().into_owned()).is_err() {
+                    continue;
+                }
+                let Ok(v) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    self.provider.clone(),
+                )
+                .build() else {
+                    continue;
+                };
+                for name in &self.names {
+                    let Ok(sn) = ServerName::try_from(name.clone()) else {
+                        continue;
+                    };
+                    if v.verify_server_cert(end_entity, intermediates, &sn, &[], now)
+                        .is_ok()
+                    {
+                        *self.matched.lock().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
+                        return Ok(ServerCertVerified::assertion());
+                    }
+                }
+            }
+        }
+        Err(rustls::Error::General(
+            "TLSA mismatch: no DANE-TA or DANE-EE record matches the presented certificate chain"
+                .into(),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The DANE probe.
+pub struct DaneProbe(pub Arc<Dane>);
+
+impl Probe for DaneProbe {
+    fn name(&self) -> &'static str {
+        "dane"
+    }
+
+    fn cache_key(&self, recipient: &str) -> String {
+        crate::queue::domain_of(recipient)
+    }
+
+    fn probe<'a>(&'a self, recipient: &'a str) -> ProbeFuture<'a> {
+        Box::pin(async move { self.0.check(&crate::queue::domain_of(recipient)).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlsa_matching() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["mx.example.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().to_vec();
+        let spki_der = spki(&der).expect("SPKI found");
+        assert_eq!(spki_der, key.public_key_der().as_slice());
+        let sha256 = |d: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, d)
+                .as_ref()
+                .to_vec()
+        };
+        let sha512 = |d: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA512, d)
+                .as_ref()
+                .to_vec()
+        };
+        let cases = [
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 0,
+                    matching: 0,
+                    data: der.clone(),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 0,
+                    matching: 1,
+                    data: sha256(&der),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 1,
+                    data: sha256(spki_der),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 2,
+                    data: sha512(spki_der),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 1,
+                    data: sha256(b"other"),
+                },
+                false,
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(t.matches(&der), want, "{}", t.describe());
+        }
+        assert!(
+            !Tlsa {
+                usage: 1,
+                selector: 1,
+                matching: 1,
+                data: vec![]
+            }
+            .usable()
+        );
+        assert!(
+            !Tlsa {
+                usage: 3,
+                selector: 2,
+                matching: 1,
+                data: vec![]
+            }
+            .usable()
+        );
+        assert!(
+            Tlsa {
+                usage: 2,
+                selector: 0,
+                matching: 2,
+                data: vec![]
+            }
+            .usable()
+        );
+        assert_eq!(spki(b"\x30\x03\x02\x01"), None, "truncated DER is refused");
+    }
+}
