@@ -280,9 +280,25 @@ pub async fn probe(
             Ok(r) => serde_json::to_value(r).unwrap_or_default(),
             Err(e) => serde_json::json!({ "error": e.to_string() }),
         };
-        results.push(
-            serde_json::json!({ "recipient": addr, "decision": decision, "route": route_json }),
-        );
+        let domain = crate::queue::domain_of(addr);
+        let rua: Vec<String> = match deliverer
+            .resolver()
+            .txt_lookup(format!("_smtp._tls.{domain}."))
+            .await
+        {
+            Ok(l) => crate::outbound::tlsrpt::parse_rua(
+                &l.iter()
+                    .map(|t| {
+                        t.txt_data()
+                            .iter()
+                            .map(|d| String::from_utf8_lossy(d).into_owned())
+                            .collect()
+                    })
+                    .collect::<Vec<String>>(),
+            ),
+            Err(_) => Vec::new(),
+        };
+        results.push(serde_json::json!({ "recipient": addr, "decision": decision, "route": route_json, "tls_rpt": rua }));
     }
     let io = |e: std::io::Error| CliError::Other(e.to_string());
     if json {
@@ -365,6 +381,22 @@ pub async fn probe(
             )
             .map_err(io)?;
         }
+        let rua: Vec<String> = r["tls_rpt"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        writeln!(
+            out,
+            "  tls-rpt:        {}",
+            if rua.is_empty() {
+                "(none)".to_string()
+            } else {
+                rua.join(", ")
+            }
+        )
+        .map_err(io)?;
         match r["route"].get("error") {
             Some(e) => writeln!(out, "  route:          error: {}", s(e)).map_err(io)?,
             None => {

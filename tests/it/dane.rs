@@ -1,0 +1,335 @@
+//! DANE against the DNSSEC-signed test world: TLSA matches, mismatches,
+//! bogus answers, unsigned zones, STARTTLS stripping, DANE-TA.
+
+use std::net::Ipv4Addr;
+
+use crate::common::{WAIT, World, message, python_send};
+use crate::gateway::{self, Gateway};
+use crate::world::{MxOptions, TestCert, TestMx};
+
+fn sha256(d: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, d)
+        .as_ref()
+        .to_vec()
+}
+
+fn ev(row: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(row["evidence"].as_str().unwrap()).unwrap()
+}
+
+/// `domain` MX `mx.<domain>` on a fresh address with `opts`, sharing the
+/// world's port.
+async fn mx_for(w: &World, domain: &str, opts: MxOptions) -> (TestMx, Ipv4Addr) {
+    let host = format!("mx.{domain}");
+    let ip = gateway::fresh_ip();
+    w.zone.add_mx(domain, 10, &host);
+    w.zone.add_a(&host, ip);
+    (TestMx::start(opts.ip(ip).port(w.port)).await, ip)
+}
+
+fn tlsa_owner(w: &World, host: &str) -> String {
+    format!("_{}._tcp.{host}", w.port)
+}
+
+fn spki_sha256(cert: &TestCert) -> Vec<u8> {
+    let spki = sealgate::probe::dane::spki(cert.cert_der.as_ref()).unwrap();
+    sha256(spki)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_ee_match_delivers_and_records_the_tlsa() {
+    let w = World::new().await;
+    let cert = crate::world::pki::self_signed(&["mx.dane.example.test"]);
+    let (mx, _) = mx_for(
+        &w,
+        "dane.example.test",
+        MxOptions::new("mx.dane.example.test").tls(&cert),
+    )
+    .await;
+    w.zone.add_tlsa(
+        &tlsa_owner(&w, "mx.dane.example.test"),
+        3,
+        1,
+        1,
+        spki_sha256(&cert),
+    );
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@dane.example.test"],
+        &message("dane", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(
+        got[0].tls.as_ref().unwrap().sni.as_deref(),
+        Some("mx.dane.example.test")
+    );
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert_eq!(rows[0]["tls_requirement"], "dane");
+    assert_eq!(rows[0]["outcome"], "delivered");
+    let e = ev(&rows[0]);
+    assert!(
+        e["attempt"]["tls"]["dane_match"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 1 1 "),
+        "{e}"
+    );
+    let probe = e["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "dane")
+        .unwrap()
+        .clone();
+    assert_eq!(probe["evidence"]["dnssec"], "secure");
+    assert_eq!(probe["evidence"]["mx"][0]["usable"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_mismatch_defers_and_never_sends_data() {
+    let w = World::new().await;
+    let cert = crate::world::pki::self_signed(&["mx.dane.example.test"]);
+    let (mx, _) = mx_for(
+        &w,
+        "dane.example.test",
+        MxOptions::new("mx.dane.example.test").tls(&cert),
+    )
+    .await;
+    w.zone.add_tlsa(
+        &tlsa_owner(&w, "mx.dane.example.test"),
+        3,
+        1,
+        1,
+        sha256(b"some other key"),
+    );
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@dane.example.test"],
+        &message("dane", "x"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "deferred");
+    assert_eq!(rows[0]["tls_requirement"], "dane");
+    assert!(
+        rows[0]["smtp_reply"].as_str().unwrap().contains("TLSA"),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(mx.data_commands(), 0);
+    assert_eq!(mx.transactions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_ta_with_a_private_ca_delivers() {
+    let w = World::new().await;
+    let cert = w.ca.issue(&["mx.dane.example.test"]);
+    let (mx, _) = mx_for(
+        &w,
+        "dane.example.test",
+        MxOptions::new("mx.dane.example.test").tls(&cert),
+    )
+    .await;
+    w.zone.add_tlsa(
+        &tlsa_owner(&w, "mx.dane.example.test"),
+        2,
+        0,
+        1,
+        sha256(w.ca.cert_der().as_ref()),
+    );
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@dane.example.test"],
+        &message("dane-ta", "x"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert!(
+        ev(&rows[0])["attempt"]["tls"]["dane_match"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 0 1 ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bogus_dnssec_defers_even_under_an_opportunistic_policy() {
+    let w = World::new().await;
+    let (mx, _) = mx_for(
+        &w,
+        "bogus.example.test",
+        MxOptions::new("mx.bogus.example.test"),
+    )
+    .await;
+    w.zone.set_bogus("bogus.example.test", true);
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@bogus.example.test"],
+        &message("bogus", "x"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "deferred");
+    assert!(
+        rows[0]["smtp_reply"].as_str().unwrap().contains("bogus"),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(
+        mx.connections(),
+        0,
+        "never connects to a host named by a bogus answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_zones_have_no_dane_and_unusable_tlsa_is_ignored() {
+    let w = World::new().await;
+    w.zone.add_insecure_delegation("unsigned.test");
+    let (plain, _) = mx_for(&w, "unsigned.test", MxOptions::new("mx.unsigned.test")).await;
+    // A secure domain whose only TLSA record has usage PKIX-EE(1): unusable for SMTP.
+    let cert = crate::world::pki::self_signed(&["mx.pkix.example.test"]);
+    let (pkix, _) = mx_for(
+        &w,
+        "pkix.example.test",
+        MxOptions::new("mx.pkix.example.test").tls(&cert),
+    )
+    .await;
+    w.zone.add_tlsa(
+        &tlsa_owner(&w, "mx.pkix.example.test"),
+        1,
+        1,
+        1,
+        spki_sha256(&cert),
+    );
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@unsigned.test", "c@pkix.example.test"],
+        &message("plain", "x"),
+    )
+    .unwrap();
+    plain.wait_for(1, WAIT).await.unwrap();
+    pkix.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    for r in &rows {
+        assert_eq!(r["tls_requirement"], "opportunistic", "{r}");
+        assert_eq!(r["outcome"], "delivered");
+    }
+    let unsigned = rows
+        .iter()
+        .find(|r| r["recipient"] == "b@unsigned.test")
+        .unwrap();
+    let probe = ev(unsigned)["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "dane")
+        .unwrap()
+        .clone();
+    assert_eq!(probe["evidence"]["dnssec"], "insecure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_stripped_at_a_dane_host_defers() {
+    let w = World::new().await;
+    let cert = crate::world::pki::self_signed(&["mx.dane.example.test"]);
+    let (mx, _) = mx_for(
+        &w,
+        "dane.example.test",
+        MxOptions::new("mx.dane.example.test")
+            .tls(&cert)
+            .offer_starttls(false),
+    )
+    .await;
+    w.zone.add_tlsa(
+        &tlsa_owner(&w, "mx.dane.example.test"),
+        3,
+        1,
+        1,
+        spki_sha256(&cert),
+    );
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@dane.example.test"],
+        &message("strip", "x"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "deferred");
+    assert!(rows[0]["smtp_reply"].as_str().unwrap().contains("STARTTLS"));
+    assert_eq!(mx.data_commands(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_wins_over_mta_sts_and_probe_shows_both() {
+    let w = World::new().await;
+    let cert = crate::world::pki::self_signed(&["mx.both.example.test"]);
+    let (mx, _) = mx_for(
+        &w,
+        "both.example.test",
+        MxOptions::new("mx.both.example.test").tls(&cert),
+    )
+    .await;
+    w.zone.add_tlsa(
+        &tlsa_owner(&w, "mx.both.example.test"),
+        3,
+        1,
+        1,
+        spki_sha256(&cert),
+    );
+    // MTA-STS announced (its HTTPS policy host does not answer).
+    w.zone
+        .add_txt("_mta-sts.both.example.test", "v=STSv1; id=x1;");
+    w.zone.add_txt(
+        "_smtp._tls.both.example.test",
+        "v=TLSRPTv1; rua=mailto:tls@both.example.test",
+    );
+    let mut opts = w.options();
+    opts.extra = String::new();
+    let gw = Gateway::start(opts).unwrap();
+    let out = gw.cli(&["probe", "--json", "b@both.example.test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["decision"]["tls"], "dane");
+    let probes = v[0]["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap();
+    assert!(probes.iter().any(|p| p["probe"] == "mta-sts"));
+    assert!(probes.iter().any(|p| {
+        p["probe"] == "dane"
+            && p["evidence"]["mx"][0]["tlsa"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("3 1 1")
+    }));
+    assert_eq!(
+        v[0]["tls_rpt"],
+        serde_json::json!(["mailto:tls@both.example.test"])
+    );
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@both.example.test"],
+        &message("both", "x"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+}
