@@ -351,6 +351,7 @@ impl Dane {
             hosts.push((0, domain.to_string()));
         }
         let mut per_host = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
         let mut any_usable = false;
         for (pref, host) in &hosts {
             match self.tlsa(host).await {
@@ -363,13 +364,18 @@ impl Dane {
                     }));
                 }
                 Err(e) => {
-                    // One bogus host poisons the destination: no fallback.
-                    return ProbeAnswer {
-                        result: Err(e.clone()),
-                        evidence: json!({ "domain": domain, "dnssec": "secure", "mx": per_host, "error": e }),
-                    };
+                    // RFC 7672 section 2.2: a host whose TLSA lookup is
+                    // bogus or fails is unusable; others may still serve.
+                    per_host.push(json!({ "host": host, "preference": pref, "error": e }));
+                    errors.push(e);
                 }
             }
+        }
+        if !any_usable && !errors.is_empty() {
+            return ProbeAnswer {
+                result: Err(errors.join("; ")),
+                evidence: json!({ "domain": domain, "dnssec": "secure", "mx": per_host }),
+            };
         }
         let evidence =
             json!({ "domain": domain, "dnssec": "secure", "mx": per_host, "dane": any_usable });
