@@ -22,6 +22,6 @@ ensure_packages() {
 }
 
 # What building sealgate needs beside the Rust toolchain.
-BUILD_PACKAGES=(pkg-config libssl-dev gcc)
+BUILD_PACKAGES=(pkg-config libssl-dev libclang-dev gcc)
 # What the test suite needs: independent SMTP clients.
-TEST_PACKAGES=(swaks python3)
+TEST_PACKAGES=(swaks python3 gnupg)

@@ -2,6 +2,8 @@
 //! I/O. Today: removing a subject tag such as `[secure]`; the OpenPGP and
 //! S/MIME encryptions join here.
 
+pub mod pgp;
+
 /// Removes the first case-insensitive occurrence of `tag` from the Subject
 /// header(s) of `headers` (the header section, CRLF lines, ending with the
 /// empty line or not). Folded lines are handled; an RFC 2047 encoded
