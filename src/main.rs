@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Manage OpenPGP keys in the key store (the audit database).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
     /// Ask the running daemon to re-read its policy files.
     Reload {
         #[arg(long, short)]
@@ -104,6 +109,34 @@ enum QueueAction {
         config: PathBuf,
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Import certificates (armored or binary) for the addresses they carry.
+    Import {
+        #[arg(long, short)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// List stored keys.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove a key by fingerprint.
+    Remove {
+        #[arg(long, short)]
+        config: PathBuf,
+        fingerprint: String,
+    },
+    /// Confirm a (changed) key for an address.
+    Trust {
+        #[arg(long, short)]
+        config: PathBuf,
+        address: String,
+        fingerprint: String,
     },
 }
 
@@ -259,6 +292,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Keys { action } => {
+            let (config, action) = match action {
+                KeysCmd::Import { config, file } => (config, cli::KeysAction::Import(file)),
+                KeysCmd::List { config } => (config, cli::KeysAction::List),
+                KeysCmd::Remove {
+                    config,
+                    fingerprint,
+                } => (config, cli::KeysAction::Remove(fingerprint)),
+                KeysCmd::Trust {
+                    config,
+                    address,
+                    fingerprint,
+                } => (config, cli::KeysAction::Trust(address, fingerprint)),
+            };
+            cli::keys(&load(&config)?, action, &mut stdout).await?;
+        }
         Command::Reload { config } => println!("{}", cli::reload(&load(&config)?).await?),
         Command::Keygen { out } => {
             sealgate::queue::SpoolKey::generate(&out)?;

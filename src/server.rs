@@ -16,6 +16,7 @@ use crate::inbound::{self, InboundContext};
 use crate::outbound::{Deliverer, RecipientReport};
 use crate::policy::facts::MessageFacts;
 use crate::policy::{Action, Decision, Envelope, Policy};
+use crate::probe::keys::{Keyring, PgpProbe};
 use crate::probe::static_caps::StaticCaps;
 use crate::probe::tls_offered::TlsOffered;
 use crate::probe::{Probe, Probes};
@@ -59,16 +60,25 @@ impl Engine {
     pub fn new(
         settings: &Settings,
         deliverer: Arc<Deliverer>,
+        keyring: Option<Arc<Keyring>>,
     ) -> Result<Engine, crate::policy::PolicyError> {
         let policy = Policy::load(&settings.policy.files)?;
         let declared = StaticCaps::default();
         declared.set(policy.declared_capabilities());
-        let probes: Vec<Arc<dyn Probe>> = vec![
+        let mut probes: Vec<Arc<dyn Probe>> = vec![
             Arc::new(declared.clone()),
             Arc::new(crate::probe::dane::DaneProbe(deliverer.dane())),
             Arc::new(crate::probe::mta_sts::MtaStsProbe(deliverer.mta_sts())),
-            Arc::new(TlsOffered::new(deliverer)),
         ];
+        if let Some(keyring) = keyring {
+            deliverer.set_keyring(keyring.clone());
+            probes.push(Arc::new(PgpProbe {
+                keyring,
+                sources: settings.pgp.sources.clone(),
+                hold_changed: settings.pgp.hold_changed,
+            }));
+        }
+        probes.push(Arc::new(TlsOffered::new(deliverer)));
         Ok(Engine {
             policy: Arc::new(RwLock::new(Arc::new(policy))),
             patterns: Arc::new(settings.policy.files.clone()),
@@ -173,6 +183,25 @@ impl Engine {
     }
 }
 
+/// Opens the OpenPGP key store in the audit database; without it OpenPGP
+/// has no keys and is skipped (never replaced by something weaker).
+pub async fn open_keyring(settings: &Settings, deliverer: &Deliverer) -> Option<Arc<Keyring>> {
+    match Keyring::open(
+        &settings.audit.database_url,
+        Some(deliverer.resolver().clone()),
+        Some(deliverer.tls_clients().verified.clone()),
+        settings.probe.timeout,
+    )
+    .await
+    {
+        Ok(k) => Some(Arc::new(k)),
+        Err(e) => {
+            tracing::warn!(error = %e, "OpenPGP key store unavailable; OpenPGP is skipped until it is reachable at the next start");
+            None
+        }
+    }
+}
+
 /// A decision that keeps the recipient queued because the policy could not
 /// be applied.
 fn unreadable(policy: &Policy, reason: &str) -> Decision {
@@ -203,7 +232,8 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         tracing::error!(detail = %d, "spool file could not be read; left in place for an operator");
     }
     let deliverer = Deliverer::new(settings.clone())?;
-    let policy = Engine::new(&settings, deliverer.clone())?;
+    let keyring = open_keyring(&settings, &deliverer).await;
+    let policy = Engine::new(&settings, deliverer.clone(), keyring)?;
     let auditor = Auditor::start(AuditSettings::new(
         settings.audit.database_url.clone(),
         settings.audit.journal_dir.clone(),

@@ -241,7 +241,8 @@ pub async fn probe(
 ) -> Result<(), CliError> {
     let settings = Arc::new(settings);
     let deliverer = crate::outbound::Deliverer::new(settings.clone())?;
-    let engine = crate::server::Engine::new(&settings, deliverer.clone())?;
+    let keyring = crate::server::open_keyring(&settings, &deliverer).await;
+    let engine = crate::server::Engine::new(&settings, deliverer.clone(), keyring)?;
     let policy = engine.current();
     let (facts, size) = match message {
         Some(path) => {
@@ -438,4 +439,61 @@ pub async fn queue_release(settings: &Settings, ids: &[String]) -> Result<String
         }
     }
     Ok(done.join("\n"))
+}
+
+/// `keys import|list|remove|trust`.
+pub async fn keys(
+    settings: &Settings,
+    action: KeysAction,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let keyring = crate::probe::keys::Keyring::open(
+        &settings.audit.database_url,
+        None,
+        None,
+        settings.probe.timeout,
+    )
+    .await
+    .map_err(|e| CliError::Other(e.to_string()))?;
+    let io = |e: std::io::Error| CliError::Other(e.to_string());
+    let err = |e: crate::probe::keys::KeyError| CliError::Other(e.to_string());
+    match action {
+        KeysAction::Import(path) => {
+            let data = std::fs::read(&path)
+                .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
+            for (fpr, addr) in keyring.import(&data).await.map_err(err)? {
+                writeln!(out, "imported {fpr} for {addr}").map_err(io)?;
+            }
+        }
+        KeysAction::List => {
+            for k in keyring.list().await.map_err(err)? {
+                writeln!(
+                    out,
+                    "{}  {}  {}  {}",
+                    k.fingerprint, k.address, k.source, k.added_at
+                )
+                .map_err(io)?;
+            }
+        }
+        KeysAction::Remove(fpr) => {
+            let n = keyring.remove(&fpr).await.map_err(err)?;
+            if n == 0 {
+                return Err(CliError::Other(format!("no key {fpr} in the store")));
+            }
+            writeln!(out, "removed {fpr}").map_err(io)?;
+        }
+        KeysAction::Trust(addr, fpr) => {
+            keyring.trust(&addr, &fpr, "operator").await.map_err(err)?;
+            writeln!(out, "{fpr} is now the confirmed key for {addr}").map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// What `keys` does.
+pub enum KeysAction {
+    Import(std::path::PathBuf),
+    List,
+    Remove(String),
+    Trust(String, String),
 }

@@ -228,6 +228,14 @@ pub struct TlsReportSettings {
     pub period: Duration,
 }
 
+/// OpenPGP settings.
+#[derive(Debug, Clone)]
+pub struct PgpSettings {
+    pub subject_placeholder: String,
+    pub sources: Vec<String>,
+    pub hold_changed: bool,
+}
+
 /// The validated, runtime form of a configuration file.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -244,6 +252,7 @@ pub struct Settings {
     pub policy: PolicyFiles,
     pub probe: ProbeSettings,
     pub tls_report: TlsReportSettings,
+    pub pgp: PgpSettings,
 }
 
 impl Settings {

@@ -45,6 +45,22 @@ pub struct RawConfig {
     /// `[tls_report]`: SMTP TLS reporting (RFC 8460).
     #[serde(default)]
     pub tls_report: RawTlsReport,
+    /// `[pgp]`: OpenPGP encryption.
+    #[serde(default)]
+    pub pgp: RawPgp,
+}
+
+/// `[pgp]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPgp {
+    /// Outer Subject of encrypted mail (RFC 9788; default "...").
+    pub subject_placeholder: Option<Spanned<String>>,
+    /// Key sources in order: `local`, `wkd` (default both).
+    pub sources: Option<Vec<Spanned<String>>>,
+    /// When a directory (WKD) shows a different key than the one last used:
+    /// `hold` (default: skip OpenPGP until `sealgate keys trust`) or `use`.
+    pub key_change: Option<Spanned<String>>,
 }
 
 /// `[tls_report]`
@@ -726,6 +742,39 @@ impl RawConfig {
             period: c.duration("tls_report.period", &tr.period, Duration::from_secs(86400)),
         };
 
+        let pg = &self.pgp;
+        let mut sources = Vec::new();
+        for src in pg.sources.iter().flatten() {
+            match src.get_ref().as_str() {
+                "local" | "wkd" => sources.push(src.get_ref().clone()),
+                other => c.problem(
+                    "pgp.sources",
+                    src,
+                    format!("unknown key source `{other}` (local, wkd)"),
+                ),
+            }
+        }
+        if pg.sources.is_none() {
+            sources = vec!["local".into(), "wkd".into()];
+        }
+        let hold_changed = match pg.key_change.as_ref().map(|k| (k, k.get_ref().as_str())) {
+            None | Some((_, "hold")) => true,
+            Some((_, "use")) => false,
+            Some((k, other)) => {
+                c.problem("pgp.key_change", k, format!("`{other}` is not hold or use"));
+                true
+            }
+        };
+        let pgp = PgpSettings {
+            subject_placeholder: pg
+                .subject_placeholder
+                .as_ref()
+                .map(|s| s.get_ref().clone())
+                .unwrap_or_else(|| "...".into()),
+            sources,
+            hold_changed,
+        };
+
         if !c.problems.is_empty() {
             return Err(ConfigError(c.problems));
         }
@@ -750,6 +799,7 @@ impl RawConfig {
             policy: PolicyFiles { files },
             probe,
             tls_report,
+            pgp,
         })
     }
 }

@@ -326,12 +326,10 @@ fn wrap(original: &[u8], armored: &[u8], placeholder: &str) -> Vec<u8> {
         b"Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\nContent-Description: OpenPGP encrypted message\r\nContent-Disposition: inline; filename=\"encrypted.asc\"\r\n\r\n",
     );
     // Armor lines end in LF; mail needs CRLF.
+    // (The blank line after the armor header line is significant.)
+    let armored = armored.strip_suffix(b"\n").unwrap_or(armored);
     for line in armored.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        out.extend_from_slice(line);
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());

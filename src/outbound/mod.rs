@@ -68,6 +68,9 @@ pub struct AttemptEvidence {
     /// Failures on hosts tried before the one that answered.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub earlier_failures: Vec<String>,
+    /// End-to-end encryption applied (method, key fingerprints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<serde_json::Value>,
     /// The MTA-STS policy enforced on this hop.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mta_sts: Option<serde_json::Value>,
@@ -111,6 +114,7 @@ struct PoolKey {
 /// The delivery engine.
 pub struct Deliverer {
     settings: Arc<Settings>,
+    keyring: std::sync::OnceLock<Arc<crate::probe::keys::Keyring>>,
     mta_sts: Arc<MtaSts>,
     dane: Arc<Dane>,
     tlsrpt: Arc<tlsrpt::TlsReporter>,
@@ -176,6 +180,7 @@ impl Deliverer {
         );
         Ok(Arc::new(Deliverer {
             settings,
+            keyring: std::sync::OnceLock::new(),
             mta_sts,
             dane,
             tlsrpt,
@@ -220,7 +225,7 @@ impl Deliverer {
     ) -> Vec<RecipientReport> {
         // Group by destination, TLS requirement and content transformation:
         // recipients whose copy differs cannot share a transaction.
-        type Key = (String, TlsRequirement, Option<String>);
+        type Key = (String, TlsRequirement, Option<String>, Method);
         let mut groups: HashMap<Key, Vec<(usize, Decision)>> = HashMap::new();
         for (idx, decision) in work {
             let dest = match &self.settings.delivery.smarthost {
@@ -232,13 +237,18 @@ impl Deliverer {
                     .unwrap_or_default(),
             };
             groups
-                .entry((dest, decision.tls, decision.strip_tag.clone()))
+                .entry((
+                    dest,
+                    decision.tls,
+                    decision.strip_tag.clone(),
+                    decision.method,
+                ))
                 .or_default()
                 .push((idx, decision));
         }
         let jobs = groups
             .into_iter()
-            .map(|((dest, _, _), members)| self.deliver_group(msg, spool, dest, members));
+            .map(|((dest, _, _, _), members)| self.deliver_group(msg, spool, dest, members));
         futures_util::future::join_all(jobs)
             .await
             .into_iter()
@@ -276,10 +286,13 @@ impl Deliverer {
                 .collect()
         };
         let smarthost = self.settings.delivery.smarthost.is_some();
-        if members.iter().any(|m| m.1.method != Method::Tls) {
-            // Fail closed: this version cannot check DANE or apply
-            // end-to-end methods, so the recipient waits rather than going
-            // with less protection than decided.
+        if members
+            .iter()
+            .any(|m| !matches!(m.1.method, Method::Tls | Method::Pgp))
+        {
+            // Fail closed: this version cannot apply S/MIME or the portal,
+            // so the recipient waits rather than going with less
+            // protection than decided.
             let o = RecipientOutcome {
                 verdict: Verdict::Temporary,
                 reply: format!(
@@ -393,6 +406,24 @@ impl Deliverer {
             None => tlsrpt::AppliedPolicy::None,
         };
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
+        // End-to-end encryption: one copy encrypted to every member's key.
+        let prepared = if members.iter().any(|m| m.1.method == Method::Pgp) {
+            match self
+                .encrypt_pgp(msg, spool, &members, strip_tag.as_deref())
+                .await
+            {
+                Ok(p) => {
+                    evidence.encryption = Some(p.1);
+                    Some(Arc::new(p.0))
+                }
+                Err(reason) => {
+                    let o = classify::local(reason);
+                    return report(&members, &|_| o.clone(), &evidence);
+                }
+            }
+        } else {
+            None
+        };
         let mut last_failure = classify::local(format!("no host for {domain} could be reached"));
         for hop in &route.hops {
             for addr in &hop.addrs {
@@ -477,6 +508,7 @@ impl Deliverer {
                         &indices,
                         strip_tag.as_deref(),
                         requiretls,
+                        prepared.as_deref().map(|v| v.as_slice()),
                     )
                     .await
                 {
@@ -756,6 +788,11 @@ impl Deliverer {
         })
     }
 
+    /// Gives delivery the key store (certificates chosen by the probes).
+    pub fn set_keyring(&self, keyring: Arc<crate::probe::keys::Keyring>) {
+        let _ = self.keyring.set(keyring);
+    }
+
     /// The validating resolver and TLSA checks (shared with the DANE probe).
     pub fn dane(&self) -> Arc<Dane> {
         self.dane.clone()
@@ -808,6 +845,7 @@ impl Deliverer {
         indices: &[usize],
         strip_tag: Option<&str>,
         requiretls: bool,
+        prepared: Option<&[u8]>,
     ) -> TxEnd {
         let host = conn.host.clone();
         let next_host = |e: ClientError| TxEnd::NextHost(classify::client_error(&host, &e));
@@ -953,7 +991,11 @@ impl Deliverer {
             outcomes.extend(accepted.iter().map(|&i| (i, o.clone())));
             return TxEnd::Done(outcomes, None, conn);
         }
-        let sha = match self.send_content(&mut conn, msg, spool, strip_tag).await {
+        let sent = match prepared {
+            Some(data) => self.send_prepared(&mut conn, data).await,
+            None => self.send_content(&mut conn, msg, spool, strip_tag).await,
+        };
+        let sha = match sent {
             Ok(sha) => sha,
             Err(SendError::Client(e)) => return next_host(e),
             Err(SendError::Spool(reason)) => {
@@ -987,6 +1029,76 @@ impl Deliverer {
             Ok(r) if r.code == 250 => Some(conn),
             _ => None,
         }
+    }
+
+    /// Sends an already transformed body (encrypted mail).
+    async fn send_prepared(&self, conn: &mut Connection, data: &[u8]) -> Result<String, SendError> {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::with_capacity(70 * 1024);
+        for chunk in data.chunks(64 * 1024) {
+            out.clear();
+            stuffer.push(chunk, &mut out);
+            conn.write_all(&out).await.map_err(SendError::Client)?;
+        }
+        out.clear();
+        stuffer.finish(&mut out);
+        conn.write_all(&out).await.map_err(SendError::Client)?;
+        Ok(crate::util::sha256_hex(data))
+    }
+
+    /// Encrypts the message to the members' OpenPGP keys (one copy for
+    /// all of them), after the subject tag transformation if any.
+    async fn encrypt_pgp(
+        &self,
+        msg: &QueuedMessage,
+        spool: &Spool,
+        members: &[(usize, Decision)],
+        strip_tag: Option<&str>,
+    ) -> Result<(Vec<u8>, serde_json::Value), String> {
+        let keyring = self
+            .keyring
+            .get()
+            .ok_or("the OpenPGP key store is not available")?
+            .clone();
+        let mut certs = Vec::new();
+        for (_, d) in members {
+            let fpr = d.key.as_deref().ok_or("no key chosen")?;
+            certs.push(keyring.cert(fpr).ok_or_else(|| {
+                format!("OpenPGP key {fpr} is no longer available; waiting for the next decision")
+            })?);
+        }
+        let mut content = spool
+            .read_content(&msg.id, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(tag) = strip_tag {
+            let end = content
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 4)
+                .unwrap_or(content.len());
+            let mut t = crate::encrypt::strip_subject_tag(&content[..end], tag);
+            t.extend_from_slice(&content[end..]);
+            content = t;
+        }
+        let placeholder = self.settings.pgp.subject_placeholder.clone();
+        let fprs: Vec<String> = certs.iter().map(|c| c.fingerprint().to_hex()).collect();
+        let encrypted = tokio::task::spawn_blocking(move || {
+            crate::encrypt::pgp::encrypt(
+                &content,
+                &crate::encrypt::pgp::PgpOptions {
+                    recipients: &certs,
+                    signer: None,
+                    subject_placeholder: &placeholder,
+                },
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok((
+            encrypted,
+            serde_json::json!({ "method": "pgp", "recipient_keys": fprs, "format": "PGP/MIME (RFC 3156), header protection (RFC 9788)" }),
+        ))
     }
 
     async fn send_content(

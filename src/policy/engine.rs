@@ -21,7 +21,7 @@ pub const DEFAULT_POLICY: &str = include_str!("../../config/policy.d/00-default.
 
 /// Methods this build can apply. A method not listed here is skipped
 /// ("not available") wherever a rule names it.
-pub const AVAILABLE_METHODS: &[Method] = &[Method::Tls];
+pub const AVAILABLE_METHODS: &[Method] = &[Method::Pgp, Method::Tls];
 
 /// Whether a rule decides or only records what it would have decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,6 +115,9 @@ pub struct Decision {
     /// RFC 8689: deliver only to hosts that offer REQUIRETLS, and pass it on.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub requiretls: bool,
+    /// The recipient key (OpenPGP fingerprint) for an end-to-end method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub explanation: Explanation,
 }
 
@@ -133,6 +136,7 @@ impl Decision {
             strip_tag: None,
             reason: String::new(),
             requiretls: false,
+            key: None,
             explanation: Explanation::default(),
         }
     }
@@ -508,6 +512,7 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         strip_tag: o.strip_tag.clone(),
         reason: String::new(),
         requiretls: o.requiretls,
+        key: None,
         explanation: Explanation {
             matched: o.matched.clone(),
             methods: o.methods.clone(),
@@ -594,11 +599,16 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
                     }
                 }
             }
-            Method::Pgp => caps
-                .iter()
-                .any(|c| matches!(c, Capability::Pgp { .. }))
-                .then_some(published)
-                .ok_or_else(|| "no OpenPGP key".to_string()),
+            Method::Pgp => match caps.iter().find_map(|c| match c {
+                Capability::Pgp { fingerprint, .. } => Some(fingerprint.clone()),
+                _ => None,
+            }) {
+                Some(fpr) => {
+                    d.key = Some(fpr);
+                    Ok(published)
+                }
+                None => Err("no usable OpenPGP key".to_string()),
+            },
             Method::Smime => caps
                 .iter()
                 .any(|c| matches!(c, Capability::Smime { .. }))

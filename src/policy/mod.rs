@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use engine::*;
 
 /// How a recipient is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Transport security only.

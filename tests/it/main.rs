@@ -8,6 +8,7 @@ mod dane;
 mod delivery;
 mod gateway;
 mod inbound;
+mod pgp;
 mod policy;
 mod sts;
 mod world;

@@ -1,0 +1,394 @@
+//! OpenPGP end to end: GnuPG decrypts what the PGP path produced, over a
+//! corpus of real-world-shaped messages; keys from the store and from WKD.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{WAIT, World};
+use crate::gateway::{self, Gateway};
+use crate::world::{MxOptions, SmtpClient};
+
+const PGP_POLICY: &str = "[defaults]\nmethods = [\"pgp\", \"tls\"]\nmin_tls = \"opportunistic\"\nphi_min_tls = \"verified\"\n";
+
+/// A throwaway GnuPG home with one key.
+struct Gpg {
+    home: tempfile::TempDir,
+}
+
+impl Gpg {
+    fn new(uid: &str) -> Gpg {
+        let home = tempfile::Builder::new().prefix("gpg").tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let g = Gpg { home };
+        let out = g.run(
+            &[
+                "--batch",
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                uid,
+                "default",
+                "default",
+                "never",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        g
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        let mut cmd = Command::new("gpg");
+        cmd.env("GNUPGHOME", self.home.path())
+            .arg("--no-tty")
+            .arg("--pinentry-mode")
+            .arg("loopback")
+            .args(args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .expect("gpg is installed (deploy/test installs gnupg)");
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.map(|d| d.to_vec());
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            if let Some(d) = data {
+                let _ = input.write_all(&d);
+            }
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = writer.join();
+        out
+    }
+
+    fn export(&self, uid: &str, dir: &Path) -> PathBuf {
+        let out = self.run(&["--armor", "--export", uid], None);
+        let path = dir.join(format!("{}.asc", uid.replace(['@', '<', '>', ' '], "_")));
+        std::fs::write(&path, &out.stdout).unwrap();
+        path
+    }
+
+    /// Decrypts the PGP/MIME message `mail`, returning the payload.
+    fn decrypt_mime(&self, mail: &str) -> String {
+        let start = mail
+            .find("-----BEGIN PGP MESSAGE-----")
+            .expect("armored message");
+        let end = mail.find("-----END PGP MESSAGE-----").expect("armor end")
+            + "-----END PGP MESSAGE-----".len();
+        let armored = &mail[start..end];
+        let out = self.run(&["--decrypt"], Some(armored.as_bytes()));
+        assert!(
+            out.status.success(),
+            "gpg --decrypt failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Real-world-shaped messages (headers and body separated, CRLF).
+fn corpus() -> Vec<(String, String)> {
+    let b64 = |n: usize| {
+        use base64::Engine;
+        let data: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+        let enc = base64::engine::general_purpose::STANDARD.encode(data);
+        enc.as_bytes()
+            .chunks(76)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
+    let long_line = "x".repeat(5000);
+    vec![
+        ("Subject: Plain ASCII\r\nContent-Type: text/plain; charset=us-ascii".into(), "Hello Bob,\r\n\r\nyour results are ready.\r\n".into()),
+        ("Subject: =?utf-8?q?Befund_f=C3=BCr_M=C3=BCller?=\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit".into(), "Grüße aus München — 日本語 — ünïcödé\r\n".into()),
+        ("Subject: QP\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable".into(), "Caf=E9 cr=E8me =\r\nsoft break and a trailing space=20\r\n".into()),
+        ("Subject: Alternative\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"alt\"".into(), "--alt\r\nContent-Type: text/plain\r\n\r\nplain\r\n--alt\r\nContent-Type: text/html\r\n\r\n<p><b>html</b></p>\r\n--alt--\r\n".into()),
+        ("Subject: Nested\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"".into(), "--outer\r\nContent-Type: multipart/alternative; boundary=\"inner\"\r\n\r\n--inner\r\nContent-Type: text/plain\r\n\r\nA\r\n--inner\r\nContent-Type: text/html\r\n\r\n<i>A</i>\r\n--inner--\r\n--outer\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n\r\nJVBERi0xLjQKJcfsj6IK\r\n--outer--\r\n".into()),
+        ("Subject: Base64 attachment\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"".into(), format!("--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"scan.png\"\r\n\r\n{}\r\n--b--\r\n", b64(30_000))),
+        ("Subject: Long lines\r\nContent-Type: text/plain".into(), format!("{long_line}\r\nshort\r\n")),
+        ("Subject: Leading dots\r\nContent-Type: text/plain".into(), ".\r\n..\r\n.hidden\r\n. space\r\n".into()),
+        ("Subject: Empty body".into(), String::new()),
+        ("Subject: No trailing newline\r\nContent-Type: text/plain".into(), "last line without CRLF".into()),
+        ("Subject: Calendar\r\nMIME-Version: 1.0\r\nContent-Type: text/calendar; method=REQUEST; charset=utf-8".into(), "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nSUMMARY:Follow-up\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n".into()),
+        ("Subject: Forwarded\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"f\"".into(), "--f\r\nContent-Type: text/plain\r\n\r\nFYI\r\n--f\r\nContent-Type: message/rfc822\r\n\r\nFrom: x@y.test\r\nSubject: inner\r\n\r\ninner body\r\n--f--\r\n".into()),
+        ("Subject: Folded\r\n header continuation\r\nX-Custom: one\r\n\ttwo\r\nContent-Type: text/plain".into(), "body\r\n".into()),
+        ("Subject: Binary-ish 8bit\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: 8bit".into(), "\u{1}\u{2}\u{7f} bytes €\r\n".into()),
+        ("Subject: Signed-looking\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; protocol=\"application/pgp-signature\"; micalg=pgp-sha256; boundary=\"s\"".into(), "--s\r\nContent-Type: text/plain\r\n\r\nsigned text\r\n--s\r\nContent-Type: application/pgp-signature\r\n\r\n-----BEGIN PGP SIGNATURE-----\r\nAAAA\r\n-----END PGP SIGNATURE-----\r\n--s--\r\n".into()),
+        ("Subject: Many parts\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"m\"".into(), (0..20).map(|i| format!("--m\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n")).collect::<String>() + "--m--\r\n"),
+    ]
+}
+
+async fn pgp_world() -> (World, crate::world::TestMx, Gateway, Gpg) {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w
+        .mx(MxOptions::new("mx.example.test")
+            .ehlo_keyword("8BITMIME")
+            .ehlo_keyword("SMTPUTF8"))
+        .await;
+    let gpg = Gpg::new("Bob <bob@example.test>");
+    let key = gpg.export("bob@example.test", w.dir.path());
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"local\"]\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    let out = gw.cli(&["keys", "import", key.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (w, mx, gw, gpg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gnupg_decrypts_a_corpus_byte_for_byte_with_header_protection() {
+    let (_w, mx, gw, gpg) = pgp_world().await;
+    let corpus = corpus();
+    let mut c = SmtpClient::connect(gw.addr).await.unwrap();
+    c.ehlo("client.example.test").await.unwrap();
+    for (i, (headers, body)) in corpus.iter().enumerate() {
+        let msg = format!(
+            "From: a@clinic.example.test\r\nTo: bob@example.test\r\nMessage-ID: <c{i}@clinic.example.test>\r\n{headers}\r\n\r\n{body}"
+        );
+        c.expect(
+            "MAIL FROM:<a@clinic.example.test> BODY=8BITMIME SMTPUTF8",
+            250,
+        )
+        .await
+        .unwrap();
+        c.expect("RCPT TO:<bob@example.test>", 250).await.unwrap();
+        let r = c.data(msg.as_bytes()).await.unwrap();
+        assert_eq!(r.0, 250, "{r:?}");
+    }
+    let got = mx
+        .wait_for(corpus.len(), Duration::from_secs(90))
+        .await
+        .unwrap();
+    assert!(corpus.len() >= 15);
+    for m in &got {
+        let text = m.data_str();
+        assert!(
+            text.contains(
+                "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\""
+            ),
+            "{text}"
+        );
+        assert_eq!(m.header("Subject").unwrap().trim(), "...");
+        let id = m.header("Message-ID").unwrap();
+        let i: usize = id
+            .trim()
+            .trim_start_matches("<c")
+            .split('@')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (headers, body) = &corpus[i];
+        let plain = gpg.decrypt_mime(&text);
+        let (inner_head, inner_body) = plain.split_once("\r\n\r\n").expect("payload has headers");
+        let first_subject_line = headers.lines().next().unwrap();
+        assert!(
+            inner_head.contains(first_subject_line),
+            "protected Subject inside: {inner_head}"
+        );
+        assert!(inner_head.contains("hp=\"cipher\""), "{inner_head}");
+        // The body is preserved byte for byte (the test MX drops the final CRLF of DATA).
+        let want = body.trim_end_matches("\r\n");
+        assert_eq!(inner_body.trim_end_matches("\r\n"), want, "message {i}");
+    }
+    let rows = gw
+        .wait_audit(WAIT, |r| r.len() == corpus.len())
+        .await
+        .unwrap();
+    for r in &rows {
+        assert_eq!(r["method"], "plaintext", "hop without TLS at this MX");
+        let ev: serde_json::Value = serde_json::from_str(r["evidence"].as_str().unwrap()).unwrap();
+        assert_eq!(ev["decision"]["method"], "pgp");
+        assert_eq!(ev["attempt"]["encryption"]["method"], "pgp");
+        assert_eq!(
+            ev["decision"]["explanation"]["probes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["probe"] == "pgp")
+                .unwrap()["evidence"]["source"],
+            "local"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_attachment_is_encrypted_and_decrypted() {
+    let (_w, mx, gw, gpg) = pgp_world().await;
+    use base64::Engine;
+    let data: Vec<u8> = (0..15_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let enc = base64::engine::general_purpose::STANDARD.encode(&data);
+    let body: String = enc
+        .as_bytes()
+        .chunks(76)
+        .map(|c| format!("{}\r\n", String::from_utf8_lossy(c)))
+        .collect();
+    let msg = format!(
+        "From: a@clinic.example.test\r\nTo: bob@example.test\r\nSubject: Imaging\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"z\"\r\n\r\n--z\r\nContent-Type: application/dicom\r\nContent-Transfer-Encoding: base64\r\n\r\n{body}--z--\r\n"
+    );
+    assert!(msg.len() > 20_000_000);
+    let mut c = SmtpClient::connect(gw.addr).await.unwrap();
+    c.timeout = Duration::from_secs(120);
+    c.ehlo("client.example.test").await.unwrap();
+    let r = c
+        .send_mail(
+            "a@clinic.example.test",
+            &["bob@example.test"],
+            msg.as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.0, 250);
+    let got = mx.wait_for(1, Duration::from_secs(180)).await.unwrap();
+    let plain = gpg.decrypt_mime(&got[0].data_str());
+    let inner_body = plain.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(
+        inner_body.trim_end_matches("\r\n"),
+        msg.split_once("\r\n\r\n")
+            .unwrap()
+            .1
+            .trim_end_matches("\r\n")
+    );
+}
+
+/// Serves WKD paths over HTTPS on `ip:443`.
+struct WkdServer {
+    task: tokio::task::JoinHandle<()>,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+impl WkdServer {
+    async fn start(w: &World, ip: std::net::Ipv4Addr, host: &str, key: Vec<u8>) -> WkdServer {
+        w.zone.add_a(host, ip);
+        let cert = w.ca.issue(&[host]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().unwrap());
+        let listener = tokio::net::TcpListener::bind((ip, 443))
+            .await
+            .expect("bind 443 (tests run as root)");
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let h2 = hits.clone();
+        let key = Arc::new(key);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, h3, key) = (acceptor.clone(), h2.clone(), key.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&req)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    h3.lock().unwrap().push(line.clone());
+                    let found = line.contains("/.well-known/openpgpkey/example.test/hu/");
+                    let (status, body): (u16, &[u8]) = if found { (200, &key) } else { (404, b"") };
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tls.write_all(head.as_bytes()).await;
+                    let _ = tls.write_all(body).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        WkdServer { task, hits }
+    }
+}
+
+impl Drop for WkdServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wkd_discovery_and_key_validation() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let gpg = Gpg::new("Carol <carol@example.test>");
+    let binary = gpg.run(&["--export", "carol@example.test"], None).stdout;
+    let wkd = WkdServer::start(&w, gateway::fresh_ip(), "openpgpkey.example.test", binary).await;
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"local\", \"wkd\"]\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    // A key from WKD.
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["carol@example.test"],
+        &crate::common::message("wkd", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    let plain = gpg.decrypt_mime(&got[0].data_str());
+    assert!(plain.contains("Subject: wkd"));
+    assert!(wkd.hits.lock().unwrap()[0].contains("?l=carol"));
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[0]["evidence"].as_str().unwrap()).unwrap();
+    let pgp = ev["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "pgp")
+        .unwrap()
+        .clone();
+    assert_eq!(pgp["evidence"]["source"], "wkd");
+    assert_eq!(ev["decision"]["key"], pgp["evidence"]["key"]["fingerprint"]);
+
+    // WKD serves carol's key for dave: it does not carry dave's address,
+    // so it is rejected and the policy falls to TLS.
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["dave@example.test"],
+        &crate::common::message("dave", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(2, WAIT).await.unwrap();
+    assert!(!got[1].data_str().contains("multipart/encrypted"));
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[1]["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(ev["decision"]["method"], "tls");
+    assert!(
+        ev.to_string()
+            .contains("has no user ID with the address dave@example.test"),
+        "{ev}"
+    );
+}
