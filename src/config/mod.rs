@@ -234,6 +234,9 @@ pub struct PgpSettings {
     pub subject_placeholder: String,
     pub sources: Vec<String>,
     pub hold_changed: bool,
+    /// Sender domain (lowercase) → secret key file for signing.
+    pub signing_keys: std::collections::BTreeMap<String, PathBuf>,
+    pub additional_decryption_key: Option<PathBuf>,
 }
 
 /// The validated, runtime form of a configuration file.

@@ -61,6 +61,11 @@ pub struct RawPgp {
     /// When a directory (WKD) shows a different key than the one last used:
     /// `hold` (default: skip OpenPGP until `sealgate keys trust`) or `use`.
     pub key_change: Option<Spanned<String>>,
+    /// Sender domain → file with the organisation's secret key for signing.
+    #[serde(default)]
+    pub signing_keys: std::collections::BTreeMap<String, Spanned<String>>,
+    /// A certificate added to every encryption (archiving).
+    pub additional_decryption_key: Option<Spanned<String>>,
 }
 
 /// `[tls_report]`
@@ -765,6 +770,20 @@ impl RawConfig {
                 true
             }
         };
+        let signing_keys = pg
+            .signing_keys
+            .iter()
+            .map(|(domain, path)| {
+                (
+                    domain.to_ascii_lowercase(),
+                    c.existing_file("pgp.signing_keys", &base, path),
+                )
+            })
+            .collect();
+        let additional_decryption_key = pg
+            .additional_decryption_key
+            .as_ref()
+            .map(|p| c.existing_file("pgp.additional_decryption_key", &base, p));
         let pgp = PgpSettings {
             subject_placeholder: pg
                 .subject_placeholder
@@ -773,6 +792,8 @@ impl RawConfig {
                 .unwrap_or_else(|| "...".into()),
             sources,
             hold_changed,
+            signing_keys,
+            additional_decryption_key,
         };
 
         if !c.problems.is_empty() {

@@ -97,6 +97,8 @@ pub enum OutboundError {
     Tls(#[from] tls::TlsSetupError),
     #[error("DANE: {0}")]
     Dane(String),
+    #[error("OpenPGP key file {0}")]
+    Key(String),
     #[error("delivery.smarthost_auth.password_file {path}: {source}")]
     Password {
         path: String,
@@ -114,6 +116,10 @@ struct PoolKey {
 /// The delivery engine.
 pub struct Deliverer {
     settings: Arc<Settings>,
+    /// Organisation signing keys by sender domain.
+    signing_keys: HashMap<String, sequoia_openpgp::Cert>,
+    /// Added to every OpenPGP encryption, for archiving.
+    adk: Option<sequoia_openpgp::Cert>,
     keyring: std::sync::OnceLock<Arc<crate::probe::keys::Keyring>>,
     mta_sts: Arc<MtaSts>,
     dane: Arc<Dane>,
@@ -178,7 +184,38 @@ impl Deliverer {
         let dane = Arc::new(
             Dane::new(&settings.dns, settings.delivery.port).map_err(OutboundError::Dane)?,
         );
+        let load_cert = |path: &std::path::Path,
+                         secret: bool|
+         -> Result<sequoia_openpgp::Cert, OutboundError> {
+            let data = std::fs::read(path)
+                .map_err(|e| OutboundError::Key(format!("{}: {e}", path.display())))?;
+            let certs = crate::encrypt::pgp::parse_certs(&data)
+                .map_err(|e| OutboundError::Key(format!("{}: {e}", path.display())))?;
+            let cert = certs
+                .into_iter()
+                .next()
+                .ok_or_else(|| OutboundError::Key(format!("{}: no OpenPGP key", path.display())))?;
+            if secret && !cert.is_tsk() {
+                return Err(OutboundError::Key(format!(
+                    "{}: no secret key material (export it with --export-secret-keys)",
+                    path.display()
+                )));
+            }
+            Ok(cert)
+        };
+        let mut signing_keys = HashMap::new();
+        for (domain, path) in &settings.pgp.signing_keys {
+            signing_keys.insert(domain.clone(), load_cert(path, true)?);
+        }
+        let adk = settings
+            .pgp
+            .additional_decryption_key
+            .as_deref()
+            .map(|p| load_cert(p, false))
+            .transpose()?;
         Ok(Arc::new(Deliverer {
+            signing_keys,
+            adk,
             settings,
             keyring: std::sync::OnceLock::new(),
             mta_sts,
@@ -1083,12 +1120,25 @@ impl Deliverer {
         }
         let placeholder = self.settings.pgp.subject_placeholder.clone();
         let fprs: Vec<String> = certs.iter().map(|c| c.fingerprint().to_hex()).collect();
+        if let Some(adk) = &self.adk {
+            certs.push(adk.clone());
+        }
+        let adk = self.adk.as_ref().map(|c| c.fingerprint().to_hex());
+        let wants_sign = members.iter().any(|(_, d)| d.sign);
+        let signer = if wants_sign {
+            self.signing_keys
+                .get(&crate::queue::domain_of(&msg.sender))
+                .cloned()
+        } else {
+            None
+        };
+        let signed_by = signer.as_ref().map(|c| c.fingerprint().to_hex());
         let encrypted = tokio::task::spawn_blocking(move || {
             crate::encrypt::pgp::encrypt(
                 &content,
                 &crate::encrypt::pgp::PgpOptions {
                     recipients: &certs,
-                    signer: None,
+                    signer: signer.as_ref(),
                     subject_placeholder: &placeholder,
                 },
             )
@@ -1097,7 +1147,14 @@ impl Deliverer {
         .map_err(|e| e.to_string())??;
         Ok((
             encrypted,
-            serde_json::json!({ "method": "pgp", "recipient_keys": fprs, "format": "PGP/MIME (RFC 3156), header protection (RFC 9788)" }),
+            serde_json::json!({
+                "method": "pgp",
+                "recipient_keys": fprs,
+                "additional_decryption_key": adk,
+                "signed_by": signed_by,
+                "signing_requested": wants_sign,
+                "format": "PGP/MIME (RFC 3156), header protection (RFC 9788)",
+            }),
         ))
     }
 

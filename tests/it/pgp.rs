@@ -392,3 +392,243 @@ async fn wkd_discovery_and_key_validation() {
         "{ev}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_and_archived_with_the_organisation_keys() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let bob = Gpg::new("Bob <bob@example.test>");
+    let clinic = Gpg::new("Clinic <signing@clinic.example.test>");
+    let archive = Gpg::new("Archive <archive@clinic.example.test>");
+    let bob_key = bob.export("bob@example.test", w.dir.path());
+    let secret = clinic
+        .run(
+            &[
+                "--armor",
+                "--export-secret-keys",
+                "signing@clinic.example.test",
+            ],
+            None,
+        )
+        .stdout;
+    let secret_path = w.dir.path().join("clinic-secret.asc");
+    std::fs::write(&secret_path, secret).unwrap();
+    let archive_key = archive.export("archive@clinic.example.test", w.dir.path());
+    // Bob knows the clinic's public key, to check the signature.
+    let clinic_pub = clinic
+        .run(
+            &["--armor", "--export", "signing@clinic.example.test"],
+            None,
+        )
+        .stdout;
+    assert!(bob.run(&["--import"], Some(&clinic_pub)).status.success());
+    let mut opts = w.options();
+    opts.policy = format!("{PGP_POLICY}sign = true\n");
+    opts.extra = format!(
+        "[pgp]\nsources = [\"local\"]\nsubject_placeholder = \"Encrypted message\"\nadditional_decryption_key = {:?}\n[pgp.signing_keys]\n\"clinic.example.test\" = {:?}\n",
+        archive_key.display().to_string(),
+        secret_path.display().to_string()
+    );
+    let gw = Gateway::start(opts).unwrap();
+    assert!(
+        gw.cli(&["keys", "import", bob_key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["bob@example.test"],
+        &crate::common::message("Signed results", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    let text = got[0].data_str();
+    assert_eq!(
+        got[0].header("Subject").unwrap().trim(),
+        "Encrypted message"
+    );
+    let start = text.find("-----BEGIN PGP MESSAGE-----").unwrap();
+    let end = text.find("-----END PGP MESSAGE-----").unwrap() + 25;
+    let out = bob.run(&["--decrypt"], Some(text[start..end].as_bytes()));
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Good signature from \"Clinic <signing@clinic.example.test>\""),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Subject: Signed results"));
+    // The archive key decrypts too (gpg exits non-zero only because the
+    // archive keyring lacks the signer's public key).
+    let out = archive.run(&["--decrypt"], Some(text[start..end].as_bytes()));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Subject: Signed results"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[0]["evidence"].as_str().unwrap()).unwrap();
+    assert!(ev["attempt"]["encryption"]["signed_by"].is_string());
+    assert!(ev["attempt"]["encryption"]["additional_decryption_key"].is_string());
+}
+
+fn sequoia_cert(uid: &str, expired: bool, revoked: bool) -> String {
+    use sequoia_openpgp::cert::prelude::*;
+    use sequoia_openpgp::serialize::SerializeInto;
+    let mut b = CertBuilder::general_purpose(Some(uid));
+    if expired {
+        b = b
+            .set_creation_time(std::time::SystemTime::now() - Duration::from_secs(10 * 86400))
+            .set_validity_period(Some(Duration::from_secs(86400)));
+    }
+    let (mut cert, rev) = b.generate().unwrap();
+    if revoked {
+        cert = cert.insert_packets(rev).unwrap().0;
+    }
+    String::from_utf8(cert.armored().to_vec().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_revoked_keys_are_not_used() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"local\"]\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    for (uid, expired, revoked) in [
+        ("<old@example.test>", true, false),
+        ("<gone@example.test>", false, true),
+    ] {
+        let path = w.dir.path().join(format!("{}.asc", &uid[1..4]));
+        std::fs::write(&path, sequoia_cert(uid, expired, revoked)).unwrap();
+        let out = gw.cli(&["keys", "import", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list = String::from_utf8_lossy(&gw.cli(&["keys", "list"]).stdout).into_owned();
+    assert!(
+        list.contains("old@example.test") && list.contains("gone@example.test"),
+        "{list}"
+    );
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["old@example.test", "gone@example.test"],
+        &crate::common::message("k", "x"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    for (rcpt, why) in [
+        ("old@example.test", "expired"),
+        ("gone@example.test", "revoked"),
+    ] {
+        let row = rows.iter().find(|r| r["recipient"] == rcpt).unwrap();
+        let ev: serde_json::Value =
+            serde_json::from_str(row["evidence"].as_str().unwrap()).unwrap();
+        assert_eq!(ev["decision"]["method"], "tls", "{rcpt}");
+        assert!(ev.to_string().contains(why), "{rcpt}: {ev}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_wkd_key_is_held_until_an_operator_confirms_it() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let first = Gpg::new("Carol <carol@example.test>");
+    let second = Gpg::new("Carol <carol@example.test>");
+    let ip = gateway::fresh_ip();
+    let wkd = WkdServer::start(
+        &w,
+        ip,
+        "openpgpkey.example.test",
+        first.run(&["--export", "carol@example.test"], None).stdout,
+    )
+    .await;
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"wkd\"]\n".into();
+    opts.server_extra = String::new();
+    let mut gw = Gateway::start(opts).unwrap();
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["carol@example.test"],
+        &crate::common::message("one", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert!(
+        first
+            .decrypt_mime(&got[0].data_str())
+            .contains("Subject: one")
+    );
+    // The directory now serves another key (restart clears the probe cache).
+    drop(wkd);
+    let _wkd2 = WkdServer::start(
+        &w,
+        ip,
+        "openpgpkey.example.test",
+        second.run(&["--export", "carol@example.test"], None).stdout,
+    )
+    .await;
+    gw.stop().unwrap();
+    gw.spawn().unwrap();
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["carol@example.test"],
+        &crate::common::message("two", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(2, WAIT).await.unwrap();
+    assert!(
+        !got[1].data_str().contains("multipart/encrypted"),
+        "held key: falls to TLS"
+    );
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[1]["evidence"].as_str().unwrap()).unwrap();
+    assert!(
+        ev.to_string()
+            .contains("confirm it with `sealgate keys trust`"),
+        "{ev}"
+    );
+    let new_fpr = ev["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "pgp")
+        .unwrap()["evidence"]["tried"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        gw.cli(&["keys", "trust", "carol@example.test", &new_fpr])
+            .status
+            .success()
+    );
+    gw.stop().unwrap();
+    gw.spawn().unwrap();
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["carol@example.test"],
+        &crate::common::message("three", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(3, WAIT).await.unwrap();
+    assert!(
+        second
+            .decrypt_mime(&got[2].data_str())
+            .contains("Subject: three")
+    );
+}
