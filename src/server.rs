@@ -52,6 +52,8 @@ pub struct Engine {
     policy: Arc<RwLock<Arc<Policy>>>,
     patterns: Arc<Vec<String>>,
     probes: Arc<Probes>,
+    /// Delivery goes through a smarthost.
+    smarthost: bool,
     declared: StaticCaps,
 }
 
@@ -88,6 +90,7 @@ impl Engine {
                 settings.probe.cache_ttl,
             )),
             declared,
+            smarthost: settings.delivery.smarthost.is_some(),
         })
     }
 
@@ -175,7 +178,15 @@ impl Engine {
             let prepared = &prepared;
             async move {
                 let eval = prepared.evaluate(addr, *released);
-                let reports = self.probes.run(addr, |name| eval.wants_probe(name)).await;
+                // Through a smarthost the recipient's MX is not our hop:
+                // its DANE and MTA-STS policies do not apply to us.
+                let smarthost = self.smarthost;
+                let reports = self
+                    .probes
+                    .run(addr, |name| {
+                        !(smarthost && matches!(name, "dane" | "mta-sts")) && eval.wants_probe(name)
+                    })
+                    .await;
                 (*i, prepared.decide(&eval, reports))
             }
         });

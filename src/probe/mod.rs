@@ -97,6 +97,7 @@ pub struct Probes {
     ttl: Duration,
     error_ttl: Duration,
     cache: Mutex<HashMap<(&'static str, String), CacheEntry>>,
+    inflight: Mutex<HashMap<(&'static str, String), Arc<tokio::sync::OnceCell<ProbeAnswer>>>>,
 }
 
 impl Probes {
@@ -109,6 +110,7 @@ impl Probes {
             ttl,
             error_ttl: ttl.min(Duration::from_secs(60)),
             cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -142,17 +144,38 @@ impl Probes {
                 }
             }
         }
-        let answer = match tokio::time::timeout(self.timeout, probe.probe(recipient)).await {
-            Ok(a) => a,
-            Err(_) => ProbeAnswer {
-                result: Err(format!(
-                    "{} probe timed out after {}",
-                    probe.name(),
-                    crate::util::format_duration(self.timeout)
-                )),
-                evidence: serde_json::Value::Null,
-            },
+        // Single flight: concurrent deliveries to one domain share one
+        // lookup instead of each asking the same questions.
+        let cell = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            inflight
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
+                .clone()
         };
+        let timeout = self.timeout;
+        let answer = cell
+            .get_or_init(|| async {
+                match tokio::time::timeout(timeout, probe.probe(recipient)).await {
+                    Ok(a) => a,
+                    Err(_) => ProbeAnswer {
+                        result: Err(format!(
+                            "{} probe timed out after {}",
+                            probe.name(),
+                            crate::util::format_duration(timeout)
+                        )),
+                        evidence: serde_json::Value::Null,
+                    },
+                }
+            })
+            .await
+            .clone();
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(&key);
+            }
+        }
         let ttl = if answer.result.is_ok() {
             self.ttl
         } else {
