@@ -63,6 +63,7 @@ fn bench(c: &mut Criterion) {
         client_ip: Some("10.0.0.5".parse().unwrap()),
         auth_user: None,
         size: raw.len() as u64,
+        requiretls: false,
     };
     let cached = vec![ProbeReport {
         probe: "tls-offered",
