@@ -74,6 +74,10 @@ impl Engine {
         ];
         if let Some(keyring) = keyring {
             deliverer.set_keyring(keyring.clone());
+            keyring.set_dane(deliverer.dane());
+            if let Some(host) = &settings.pgp.keyserver {
+                keyring.set_keyserver(host.clone());
+            }
             probes.push(Arc::new(PgpProbe {
                 keyring,
                 sources: settings.pgp.sources.clone(),

@@ -237,6 +237,8 @@ pub struct PgpSettings {
     /// Sender domain (lowercase) → secret key file for signing.
     pub signing_keys: std::collections::BTreeMap<String, PathBuf>,
     pub additional_decryption_key: Option<PathBuf>,
+    /// VKS keyserver host for the `keyserver` source.
+    pub keyserver: Option<String>,
 }
 
 /// The validated, runtime form of a configuration file.

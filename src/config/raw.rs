@@ -66,6 +66,8 @@ pub struct RawPgp {
     pub signing_keys: std::collections::BTreeMap<String, Spanned<String>>,
     /// A certificate added to every encryption (archiving).
     pub additional_decryption_key: Option<Spanned<String>>,
+    /// VKS keyserver host for the `keyserver` source (e.g. keys.openpgp.org).
+    pub keyserver: Option<Spanned<String>>,
 }
 
 /// `[tls_report]`
@@ -751,16 +753,16 @@ impl RawConfig {
         let mut sources = Vec::new();
         for src in pg.sources.iter().flatten() {
             match src.get_ref().as_str() {
-                "local" | "wkd" => sources.push(src.get_ref().clone()),
+                "local" | "wkd" | "dns" | "keyserver" => sources.push(src.get_ref().clone()),
                 other => c.problem(
                     "pgp.sources",
                     src,
-                    format!("unknown key source `{other}` (local, wkd)"),
+                    format!("unknown key source `{other}` (local, wkd, dns, keyserver)"),
                 ),
             }
         }
         if pg.sources.is_none() {
-            sources = vec!["local".into(), "wkd".into()];
+            sources = vec!["local".into(), "wkd".into(), "dns".into()];
         }
         let hold_changed = match pg.key_change.as_ref().map(|k| (k, k.get_ref().as_str())) {
             None | Some((_, "hold")) => true,
@@ -784,6 +786,13 @@ impl RawConfig {
             .additional_decryption_key
             .as_ref()
             .map(|p| c.existing_file("pgp.additional_decryption_key", &base, p));
+        if sources.iter().any(|s| s == "keyserver") && pg.keyserver.is_none() {
+            if let Some(list) = &pg.sources {
+                if let Some(first) = list.iter().find(|s| s.get_ref() == "keyserver") {
+                    c.problem("pgp.sources", first, "the keyserver source needs pgp.keyserver (a VKS host such as keys.openpgp.org)");
+                }
+            }
+        }
         let pgp = PgpSettings {
             subject_placeholder: pg
                 .subject_placeholder
@@ -794,6 +803,10 @@ impl RawConfig {
             hold_changed,
             signing_keys,
             additional_decryption_key,
+            keyserver: pg
+                .keyserver
+                .as_ref()
+                .map(|k| k.get_ref().trim().to_string()),
         };
 
         if !c.problems.is_empty() {

@@ -316,6 +316,31 @@ impl Dane {
         Ok(((!usable.is_empty()).then_some(usable), all))
     }
 
+    /// OpenPGP keys published for `address` in DNS (RFC 7929), accepted
+    /// only from a DNSSEC-secure answer: `Ok(None)` when there is none or
+    /// the zone is unsigned, `Err` for a bogus or failed lookup.
+    pub async fn openpgpkey(&self, address: &str) -> Result<Option<Vec<Vec<u8>>>, String> {
+        let (local, domain) = address.rsplit_once('@').ok_or("not an address")?;
+        let hash = ring::digest::digest(&ring::digest::SHA256, local.as_bytes());
+        let name = format!(
+            "{}._openpgpkey.{}",
+            hex::encode(&hash.as_ref()[..28]),
+            domain
+        );
+        let (status, data) = self.validated(&name, RecordType::OPENPGPKEY).await?;
+        if status != Dnssec::Secure || data.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            data.iter()
+                .filter_map(|d| match d {
+                    RData::OPENPGPKEY(k) => Some(k.public_key().to_vec()),
+                    _ => None,
+                })
+                .collect(),
+        ))
+    }
+
     /// The DANE status of a destination domain, with evidence.
     pub async fn check(&self, domain: &str) -> ProbeAnswer {
         let (status, mx) = match self.validated(domain, RecordType::MX).await {

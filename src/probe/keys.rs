@@ -44,6 +44,10 @@ pub struct Keyring {
     resolver: Option<hickory_resolver::TokioResolver>,
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
+    /// The validating resolver, for DNS OPENPGPKEY records.
+    dane: std::sync::OnceLock<Arc<super::dane::Dane>>,
+    /// A VKS keyserver host (e.g. keys.openpgp.org), for the `keyserver` source.
+    keyserver: std::sync::OnceLock<String>,
 }
 
 const SCHEMA: &[&str] = &[
@@ -81,6 +85,8 @@ impl Keyring {
             resolver,
             tls,
             timeout,
+            dane: std::sync::OnceLock::new(),
+            keyserver: std::sync::OnceLock::new(),
         })
     }
 
@@ -208,6 +214,45 @@ impl Keyring {
         Ok(out)
     }
 
+    /// Enables the `dns` source (OPENPGPKEY under DNSSEC).
+    pub fn set_dane(&self, dane: Arc<super::dane::Dane>) {
+        let _ = self.dane.set(dane);
+    }
+
+    /// Enables the `keyserver` source: a VKS server (`/vks/v1/by-email/`).
+    pub fn set_keyserver(&self, host: String) {
+        let _ = self.keyserver.set(host);
+    }
+
+    async fn vks(&self, address: &str) -> Result<Vec<Cert>, String> {
+        let (Some(host), Some(resolver), Some(tls)) =
+            (self.keyserver.get(), &self.resolver, &self.tls)
+        else {
+            return Ok(Vec::new());
+        };
+        let path = format!("/vks/v1/by-email/{}", percent(address));
+        match super::https::get(resolver, tls.clone(), host, &path, self.timeout, 256 * 1024).await
+        {
+            Ok(f) if f.status == 200 => {
+                pgp::parse_certs(&f.body).map_err(|e| format!("https://{host}{path}: {e}"))
+            }
+            Ok(f) if f.status == 404 => Ok(Vec::new()),
+            Ok(f) => Err(format!("https://{host}{path}: HTTP {}", f.status)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn dns(&self, address: &str) -> Result<Vec<Cert>, String> {
+        let Some(dane) = self.dane.get() else {
+            return Ok(Vec::new());
+        };
+        let mut certs = Vec::new();
+        for data in dane.openpgpkey(address).await?.unwrap_or_default() {
+            certs.extend(pgp::parse_certs(&data).unwrap_or_default());
+        }
+        Ok(certs)
+    }
+
     /// A certificate seen by a probe (for delivery).
     pub fn cert(&self, fingerprint: &str) -> Option<Cert> {
         self.certs
@@ -320,7 +365,7 @@ fn percent(s: &str) -> String {
 /// from a directory.
 pub struct PgpProbe {
     pub keyring: Arc<Keyring>,
-    /// Sources in order: `local`, `wkd`.
+    /// Sources in order: `local`, `wkd`, `dns`.
     pub sources: Vec<String>,
     /// Hold a changed key from a directory until confirmed (`sealgate keys trust`).
     pub hold_changed: bool,
@@ -333,6 +378,8 @@ impl PgpProbe {
             let found = match source.as_str() {
                 "local" => self.keyring.local(address).await.map_err(|e| e.to_string()),
                 "wkd" => self.keyring.wkd(address).await,
+                "dns" => self.keyring.dns(address).await,
+                "keyserver" => self.keyring.vks(address).await,
                 other => Err(format!("unknown key source {other}")),
             };
             let certs = match found {

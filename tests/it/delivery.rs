@@ -455,3 +455,47 @@ async fn recipients_failing_past_max_age_bounce_with_a_dsn() {
         "deferred at least once before bouncing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smarthost_auth_is_sent_only_inside_tls() {
+    let w = World::new().await;
+    w.zone.add_a("relay.example.test", w.ip);
+    let relay = w
+        .tls_mx(
+            "relay.example.test",
+            MxOptions::new("relay.example.test").ehlo_keyword("AUTH PLAIN LOGIN"),
+        )
+        .await;
+    let pw = w.dir.path().join("relay.pw");
+    std::fs::write(&pw, "s3cret-relay\n").unwrap();
+    let mut opts = w.options();
+    opts.smarthost = Some(format!("relay.example.test:{}", w.port));
+    opts.delivery_extra = format!(
+        "[delivery.smarthost_auth]\nusername = \"gw\"\npassword_file = {:?}\n",
+        pw.display().to_string()
+    );
+    let gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@one.example.test"],
+        &message("auth", "x"),
+    )
+    .unwrap();
+    relay.wait_for(1, WAIT).await.unwrap();
+    let lines: Vec<String> = relay.transcript().into_iter().map(|(_, l)| l).collect();
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode("\0gw\0s3cret-relay");
+    let auth = lines
+        .iter()
+        .position(|l| l.contains(&format!("AUTH PLAIN {token}")))
+        .expect("AUTH PLAIN with the configured credentials");
+    let starttls = lines
+        .iter()
+        .position(|l| l.contains("STARTTLS"))
+        .expect("STARTTLS first");
+    assert!(
+        starttls < auth,
+        "credentials only after STARTTLS: {lines:?}"
+    );
+}

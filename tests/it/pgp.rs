@@ -279,6 +279,17 @@ struct WkdServer {
 
 impl WkdServer {
     async fn start(w: &World, ip: std::net::Ipv4Addr, host: &str, key: Vec<u8>) -> WkdServer {
+        Self::serving(w, ip, host, key, "/.well-known/openpgpkey/example.test/hu/").await
+    }
+
+    /// Serves `key` for request lines containing `path_part`.
+    async fn serving(
+        w: &World,
+        ip: std::net::Ipv4Addr,
+        host: &str,
+        key: Vec<u8>,
+        path_part: &'static str,
+    ) -> WkdServer {
         w.zone.add_a(host, ip);
         let cert = w.ca.issue(&[host]);
         let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().unwrap());
@@ -312,7 +323,7 @@ impl WkdServer {
                         .unwrap_or("")
                         .to_string();
                     h3.lock().unwrap().push(line.clone());
-                    let found = line.contains("/.well-known/openpgpkey/example.test/hu/");
+                    let found = line.contains(path_part);
                     let (status, body): (u16, &[u8]) = if found { (200, &key) } else { (404, b"") };
                     let head = format!(
                         "HTTP/1.1 {status} X\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -630,5 +641,118 @@ async fn a_changed_wkd_key_is_held_until_an_operator_confirms_it() {
         second
             .decrypt_mime(&got[2].data_str())
             .contains("Subject: three")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_openpgpkey_is_used_only_under_dnssec() {
+    use hickory_proto::rr::rdata::OPENPGPKEY;
+    use hickory_proto::rr::{Name, RData, Record};
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    w.zone.add_insecure_delegation("unsigned.test");
+    w.zone.add_mx("unsigned.test", 10, "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let dan = Gpg::new("Dan <dan@example.test>");
+    let ursula = Gpg::new("Ursula <u@unsigned.test>");
+    let owner = |local: &str, domain: &str| {
+        let h = ring::digest::digest(&ring::digest::SHA256, local.as_bytes());
+        format!("{}._openpgpkey.{domain}.", hex::encode(&h.as_ref()[..28]))
+    };
+    for (gpg, local, domain) in [
+        (&dan, "dan", "example.test"),
+        (&ursula, "u", "unsigned.test"),
+    ] {
+        let key = gpg
+            .run(&["--export", &format!("{local}@{domain}")], None)
+            .stdout;
+        let name = Name::from_ascii(owner(local, domain)).unwrap();
+        w.zone.add_record(Record::from_rdata(
+            name,
+            300,
+            RData::OPENPGPKEY(OPENPGPKEY::new(key)),
+        ));
+    }
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"dns\"]\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["dan@example.test"],
+        &crate::common::message("dns key", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert!(
+        dan.decrypt_mime(&got[0].data_str())
+            .contains("Subject: dns key")
+    );
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["u@unsigned.test"],
+        &crate::common::message("unsigned", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(2, WAIT).await.unwrap();
+    assert!(
+        !got[1].data_str().contains("multipart/encrypted"),
+        "a key from an unsigned zone is not trusted"
+    );
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[0]["evidence"].as_str().unwrap()).unwrap();
+    let pgp = ev["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "pgp")
+        .unwrap()
+        .clone();
+    assert_eq!(pgp["evidence"]["source"], "dns");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vks_keyserver_can_be_a_source() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let erin = Gpg::new("Erin <erin@example.test>");
+    let armored = erin
+        .run(&["--armor", "--export", "erin@example.test"], None)
+        .stdout;
+    let server = WkdServer::serving(
+        &w,
+        gateway::fresh_ip(),
+        "keys.example.test",
+        armored,
+        "/vks/v1/by-email/erin%40example.test",
+    )
+    .await;
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"keyserver\"]\nkeyserver = \"keys.example.test\"\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["erin@example.test"],
+        &crate::common::message("vks", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert!(
+        erin.decrypt_mime(&got[0].data_str())
+            .contains("Subject: vks")
+    );
+    assert!(
+        server
+            .hits
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("/vks/v1/by-email/"))
     );
 }
