@@ -51,6 +51,8 @@ pub fn policy() -> StandardPolicy<'static> {
     StandardPolicy::new()
 }
 
+static POLICY: StandardPolicy<'static> = StandardPolicy::new();
+
 const MIN_RSA_BITS: usize = 2048;
 
 /// Checks that `cert` can encrypt to `address` now.
@@ -234,15 +236,20 @@ pub struct PgpOptions<'a> {
     pub subject_placeholder: &'a str,
 }
 
-/// Encrypts `original` (a whole RFC 5322 message) to PGP/MIME.
-pub fn encrypt(original: &[u8], opts: &PgpOptions<'_>) -> Result<Vec<u8>, String> {
-    let p = policy();
+/// Builds the OpenPGP writer stack (armor, encryption to every recipient
+/// key, optional signature, literal data) over `sink`: write the payload
+/// into it, then `finalize()`. Memory does not grow with the payload.
+pub fn writer<'a, W: Write + Send + Sync + 'a>(
+    sink: W,
+    opts: &PgpOptions<'a>,
+) -> Result<Message<'a>, String> {
+    let p = &POLICY;
     let mut recipients: Vec<openpgp::serialize::stream::Recipient> = Vec::new();
     for cert in opts.recipients {
         let before = recipients.len();
         recipients.extend(
             cert.keys()
-                .with_policy(&p, None)
+                .with_policy(p, None)
                 .supported()
                 .alive()
                 .revoked(false)
@@ -256,53 +263,79 @@ pub fn encrypt(original: &[u8], opts: &PgpOptions<'_>) -> Result<Vec<u8>, String
             ));
         }
     }
+    let message = Message::new(sink);
+    let message = Armorer::new(message).build().map_err(|e| e.to_string())?;
+    let message = Encryptor::for_recipients(message, recipients)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let message = match opts.signer {
+        Some(cert) => {
+            let key = cert
+                .keys()
+                .with_policy(p, None)
+                .secret()
+                .alive()
+                .revoked(false)
+                .for_signing()
+                .next()
+                .ok_or("the signing certificate has no usable signing key with secret material")?
+                .key()
+                .clone();
+            let keypair = key
+                .into_keypair()
+                .map_err(|e| format!("signing key: {e}"))?;
+            Signer::new(message, keypair)
+                .map_err(|e| e.to_string())?
+                .build()
+                .map_err(|e| e.to_string())?
+        }
+        None => message,
+    };
+    LiteralWriter::new(message)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Encrypts `original` (a whole RFC 5322 message) to PGP/MIME in memory.
+pub fn encrypt(original: &[u8], opts: &PgpOptions<'_>) -> Result<Vec<u8>, String> {
     let payload = payload(original);
     let mut armored = Vec::with_capacity(payload.len() * 4 / 3 + 1024);
     {
-        let message = Message::new(&mut armored);
-        let message = Armorer::new(message).build().map_err(|e| e.to_string())?;
-        let message = Encryptor::for_recipients(message, recipients)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let message = match opts.signer {
-            Some(cert) => {
-                let key = cert
-                    .keys()
-                    .with_policy(&p, None)
-                    .secret()
-                    .alive()
-                    .revoked(false)
-                    .for_signing()
-                    .next()
-                    .ok_or(
-                        "the signing certificate has no usable signing key with secret material",
-                    )?
-                    .key()
-                    .clone();
-                let keypair = key
-                    .into_keypair()
-                    .map_err(|e| format!("signing key: {e}"))?;
-                Signer::new(message, keypair)
-                    .map_err(|e| e.to_string())?
-                    .build()
-                    .map_err(|e| e.to_string())?
-            }
-            None => message,
-        };
-        let mut w = LiteralWriter::new(message)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let mut w = writer(&mut armored, opts)?;
         w.write_all(&payload).map_err(|e| e.to_string())?;
         w.finalize().map_err(|e| e.to_string())?;
     }
-    Ok(wrap(original, &armored, opts.subject_placeholder))
+    let boundary = new_boundary();
+    let mut out = outer_prefix(original, opts.subject_placeholder, &boundary);
+    out.extend_from_slice(&armor_to_crlf(&armored));
+    out.extend_from_slice(&outer_suffix(&boundary));
+    Ok(out)
 }
 
-/// The outer PGP/MIME message around an armored OpenPGP message.
-fn wrap(original: &[u8], armored: &[u8], placeholder: &str) -> Vec<u8> {
-    let (fields, _) = split(original);
-    let boundary = format!("sealgate-pgp-{}", crate::util::random_hex_id());
-    let mut out = Vec::with_capacity(armored.len() + 2048);
+/// A fresh MIME boundary for the outer message.
+pub fn new_boundary() -> String {
+    format!("sealgate-pgp-{}", crate::util::random_hex_id())
+}
+
+/// Armor lines end in LF; mail needs CRLF (armor holds no CR).
+pub fn armor_to_crlf(armored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(armored.len() + armored.len() / 64 + 2);
+    for &b in armored {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        if b != b'\r' {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The outer header section and the MIME parts up to the armored data;
+/// `original_head` is (at least) the original header section.
+pub fn outer_prefix(original_head: &[u8], placeholder: &str, boundary: &str) -> Vec<u8> {
+    let (fields, _) = split(original_head);
+    let mut out = Vec::with_capacity(2048);
     for f in &fields {
         let name = field_name(f);
         if name == "received"
@@ -325,15 +358,12 @@ fn wrap(original: &[u8], armored: &[u8], placeholder: &str) -> Vec<u8> {
     out.extend_from_slice(
         b"Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\nContent-Description: OpenPGP encrypted message\r\nContent-Disposition: inline; filename=\"encrypted.asc\"\r\n\r\n",
     );
-    // Armor lines end in LF; mail needs CRLF.
-    // (The blank line after the armor header line is significant.)
-    let armored = armored.strip_suffix(b"\n").unwrap_or(armored);
-    for line in armored.split(|&b| b == b'\n') {
-        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
+}
+
+/// The end of the outer message after the armored data.
+pub fn outer_suffix(boundary: &str) -> Vec<u8> {
+    format!("\r\n--{boundary}--\r\n").into_bytes()
 }
 
 #[cfg(test)]

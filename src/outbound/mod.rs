@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
 use self::route::{Hop, Route, RouteKind};
 use crate::config::Settings;
+use crate::encrypt::pgp;
 use crate::policy::{Decision, Method, TlsRequirement};
 use crate::probe::dane::{Dane, Tlsa};
 use crate::probe::mta_sts::{MtaSts, StsMode};
@@ -444,14 +445,11 @@ impl Deliverer {
         };
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
         // End-to-end encryption: one copy encrypted to every member's key.
-        let prepared = if members.iter().any(|m| m.1.method == Method::Pgp) {
-            match self
-                .encrypt_pgp(msg, spool, &members, strip_tag.as_deref())
-                .await
-            {
+        let pgp_job = if members.iter().any(|m| m.1.method == Method::Pgp) {
+            match self.pgp_job(msg, &members) {
                 Ok(p) => {
                     evidence.encryption = Some(p.1);
-                    Some(Arc::new(p.0))
+                    Some(p.0)
                 }
                 Err(reason) => {
                     let o = classify::local(reason);
@@ -545,7 +543,7 @@ impl Deliverer {
                         &indices,
                         strip_tag.as_deref(),
                         requiretls,
-                        prepared.as_deref().map(|v| v.as_slice()),
+                        pgp_job.as_ref(),
                     )
                     .await
                 {
@@ -882,7 +880,7 @@ impl Deliverer {
         indices: &[usize],
         strip_tag: Option<&str>,
         requiretls: bool,
-        prepared: Option<&[u8]>,
+        pgp_job: Option<&PgpJob>,
     ) -> TxEnd {
         let host = conn.host.clone();
         let next_host = |e: ClientError| TxEnd::NextHost(classify::client_error(&host, &e));
@@ -1028,8 +1026,8 @@ impl Deliverer {
             outcomes.extend(accepted.iter().map(|&i| (i, o.clone())));
             return TxEnd::Done(outcomes, None, conn);
         }
-        let sent = match prepared {
-            Some(data) => self.send_prepared(&mut conn, data).await,
+        let sent = match pgp_job {
+            Some(job) => self.send_pgp(&mut conn, msg, spool, strip_tag, job).await,
             None => self.send_content(&mut conn, msg, spool, strip_tag).await,
         };
         let sha = match sent {
@@ -1068,30 +1066,13 @@ impl Deliverer {
         }
     }
 
-    /// Sends an already transformed body (encrypted mail).
-    async fn send_prepared(&self, conn: &mut Connection, data: &[u8]) -> Result<String, SendError> {
-        let mut stuffer = DotStuffer::default();
-        let mut out = Vec::with_capacity(70 * 1024);
-        for chunk in data.chunks(64 * 1024) {
-            out.clear();
-            stuffer.push(chunk, &mut out);
-            conn.write_all(&out).await.map_err(SendError::Client)?;
-        }
-        out.clear();
-        stuffer.finish(&mut out);
-        conn.write_all(&out).await.map_err(SendError::Client)?;
-        Ok(crate::util::sha256_hex(data))
-    }
-
-    /// Encrypts the message to the members' OpenPGP keys (one copy for
-    /// all of them), after the subject tag transformation if any.
-    async fn encrypt_pgp(
+    /// What encryption for the members needs: their keys (one copy for
+    /// all of them), the archive key, the signing key.
+    fn pgp_job(
         &self,
         msg: &QueuedMessage,
-        spool: &Spool,
         members: &[(usize, Decision)],
-        strip_tag: Option<&str>,
-    ) -> Result<(Vec<u8>, serde_json::Value), String> {
+    ) -> Result<(PgpJob, serde_json::Value), String> {
         let keyring = self
             .keyring
             .get()
@@ -1104,26 +1085,10 @@ impl Deliverer {
                 format!("OpenPGP key {fpr} is no longer available; waiting for the next decision")
             })?);
         }
-        let mut content = spool
-            .read_content(&msg.id, usize::MAX)
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(tag) = strip_tag {
-            let end = content
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map(|p| p + 4)
-                .unwrap_or(content.len());
-            let mut t = crate::encrypt::strip_subject_tag(&content[..end], tag);
-            t.extend_from_slice(&content[end..]);
-            content = t;
-        }
-        let placeholder = self.settings.pgp.subject_placeholder.clone();
         let fprs: Vec<String> = certs.iter().map(|c| c.fingerprint().to_hex()).collect();
         if let Some(adk) = &self.adk {
             certs.push(adk.clone());
         }
-        let adk = self.adk.as_ref().map(|c| c.fingerprint().to_hex());
         let wants_sign = members.iter().any(|(_, d)| d.sign);
         let signer = if wants_sign {
             self.signing_keys
@@ -1132,30 +1097,118 @@ impl Deliverer {
         } else {
             None
         };
-        let signed_by = signer.as_ref().map(|c| c.fingerprint().to_hex());
-        let encrypted = tokio::task::spawn_blocking(move || {
-            crate::encrypt::pgp::encrypt(
-                &content,
-                &crate::encrypt::pgp::PgpOptions {
-                    recipients: &certs,
-                    signer: signer.as_ref(),
-                    subject_placeholder: &placeholder,
-                },
-            )
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let evidence = serde_json::json!({
+            "method": "pgp",
+            "recipient_keys": fprs,
+            "additional_decryption_key": self.adk.as_ref().map(|c| c.fingerprint().to_hex()),
+            "signed_by": signer.as_ref().map(|c| c.fingerprint().to_hex()),
+            "signing_requested": wants_sign,
+            "format": "PGP/MIME (RFC 3156), header protection (RFC 9788)",
+        });
         Ok((
-            encrypted,
-            serde_json::json!({
-                "method": "pgp",
-                "recipient_keys": fprs,
-                "additional_decryption_key": adk,
-                "signed_by": signed_by,
-                "signing_requested": wants_sign,
-                "format": "PGP/MIME (RFC 3156), header protection (RFC 9788)",
-            }),
+            PgpJob {
+                certs,
+                signer,
+                placeholder: self.settings.pgp.subject_placeholder.clone(),
+            },
+            evidence,
         ))
+    }
+
+    /// Streams the message encrypted: spool → OpenPGP (a blocking task)
+    /// → the connection, with bounded buffers, so memory does not grow
+    /// with the message size.
+    async fn send_pgp(
+        &self,
+        conn: &mut Connection,
+        msg: &QueuedMessage,
+        spool: &Spool,
+        strip_tag: Option<&str>,
+        job: &PgpJob,
+    ) -> Result<String, SendError> {
+        let spool_err = |e: crate::queue::SpoolError| SendError::Spool(e.to_string());
+        let mut reader = spool.open_content(&msg.id).await.map_err(spool_err)?;
+        // The header section first (bounded like the listener's limit).
+        let mut head = Vec::new();
+        let mut rest = Vec::new();
+        while let Some(chunk) = reader.next_chunk().await.map_err(spool_err)? {
+            head.extend_from_slice(&chunk);
+            if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                rest = head.split_off(p + 4);
+                break;
+            }
+            if head.len() > 4 * 1024 * 1024 {
+                break;
+            }
+        }
+        if let Some(tag) = strip_tag {
+            head = crate::encrypt::strip_subject_tag(&head, tag);
+        }
+        let boundary = pgp::new_boundary();
+        let prefix = pgp::outer_prefix(&head, &job.placeholder, &boundary);
+        let payload_head = pgp::payload(&head);
+        let (ptx, mut prx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let (ctx, mut crx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let (certs, signer) = (job.certs.clone(), job.signer.clone());
+        let encryptor = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let sink = ChannelWriter {
+                tx: ctx,
+                buf: Vec::with_capacity(64 * 1024),
+            };
+            let opts = pgp::PgpOptions {
+                recipients: &certs,
+                signer: signer.as_ref(),
+                subject_placeholder: "",
+            };
+            use std::io::Write;
+            let mut w = pgp::writer(sink, &opts)?;
+            w.write_all(&payload_head).map_err(|e| e.to_string())?;
+            while let Some(chunk) = prx.blocking_recv() {
+                w.write_all(&chunk).map_err(|e| e.to_string())?;
+            }
+            w.finalize().map_err(|e| e.to_string())
+        });
+        let mut stuffer = DotStuffer::default();
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut out = Vec::with_capacity(96 * 1024);
+        digest.update(&prefix);
+        stuffer.push(&prefix, &mut out);
+        conn.write_all(&out).await.map_err(SendError::Client)?;
+        let producer = async move {
+            if !rest.is_empty() && ptx.send(rest).await.is_err() {
+                return Ok(());
+            }
+            while let Some(chunk) = reader.next_chunk().await? {
+                if ptx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), crate::queue::SpoolError>(())
+        };
+        let consumer = async {
+            while let Some(armored) = crx.recv().await {
+                let chunk = pgp::armor_to_crlf(&armored);
+                digest.update(&chunk);
+                out.clear();
+                stuffer.push(&chunk, &mut out);
+                conn.write_all(&out).await?;
+            }
+            Ok::<(), ClientError>(())
+        };
+        let (produced, consumed) = tokio::join!(producer, consumer);
+        consumed.map_err(SendError::Client)?;
+        produced.map_err(spool_err)?;
+        encryptor
+            .await
+            .map_err(|e| SendError::Spool(e.to_string()))?
+            .map_err(|e| SendError::Spool(format!("OpenPGP encryption failed: {e}")))?;
+        let suffix = pgp::outer_suffix(&boundary);
+        digest.update(&suffix);
+        out.clear();
+        stuffer.push(&suffix, &mut out);
+        stuffer.finish(&mut out);
+        conn.write_all(&out).await.map_err(SendError::Client)?;
+        Ok(hex::encode(digest.finish().as_ref()))
     }
 
     async fn send_content(
@@ -1209,6 +1262,46 @@ impl Deliverer {
         stuffer.finish(&mut out);
         conn.write_all(&out).await.map_err(SendError::Client)?;
         Ok(hex::encode(digest.finish().as_ref()))
+    }
+}
+
+/// What OpenPGP encryption of one group needs.
+struct PgpJob {
+    certs: Vec<sequoia_openpgp::Cert>,
+    signer: Option<sequoia_openpgp::Cert>,
+    placeholder: String,
+}
+
+/// A `Write` that hands 64 KiB chunks to the async side (used from the
+/// blocking encryption task).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(64 * 1024));
+            self.tx.blocking_send(chunk).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "delivery stopped")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
     }
 }
 
