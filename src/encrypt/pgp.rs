@@ -462,6 +462,41 @@ mod tests {
     }
 
     #[test]
+    fn v6_keys_roundtrip() {
+        use openpgp::Profile;
+        let (cert, _) = CertBuilder::general_purpose(Some("<six@example.test>"))
+            .set_profile(Profile::RFC9580)
+            .unwrap()
+            .generate()
+            .unwrap();
+        assert_eq!(cert.primary_key().key().version(), 6);
+        let facts = check_key(&cert, "six@example.test").unwrap();
+        assert_eq!(facts.version, 6);
+        let out = encrypt(
+            b"Subject: v6\r\n\r\nbody\r\n",
+            &PgpOptions {
+                recipients: &[cert.clone()],
+                signer: None,
+                subject_placeholder: "...",
+            },
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let armored = text
+            .split("filename=\"encrypted.asc\"\r\n\r\n")
+            .nth(1)
+            .unwrap();
+        let p = policy();
+        let mut d = DecryptorBuilder::from_bytes(armored.as_bytes())
+            .unwrap()
+            .with_policy(&p, None, Helper(&cert))
+            .unwrap();
+        let mut plain = Vec::new();
+        std::io::copy(&mut d, &mut plain).unwrap();
+        assert!(String::from_utf8(plain).unwrap().contains("Subject: v6"));
+    }
+
+    #[test]
     fn key_checks() {
         let cert = new_cert("bob@example.test");
         assert!(check_key(&cert, "Bob@Example.test").is_ok());

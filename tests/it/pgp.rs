@@ -21,6 +21,10 @@ struct Gpg {
 
 impl Gpg {
     fn new(uid: &str) -> Gpg {
+        Self::new_with(uid, "default")
+    }
+
+    fn new_with(uid: &str, algo: &str) -> Gpg {
         let home = tempfile::Builder::new().prefix("gpg").tempdir().unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -32,7 +36,7 @@ impl Gpg {
                 "",
                 "--quick-gen-key",
                 uid,
-                "default",
+                algo,
                 "default",
                 "never",
             ],
@@ -754,5 +758,89 @@ async fn a_vks_keyserver_can_be_a_source() {
             .unwrap()
             .iter()
             .any(|l| l.contains("/vks/v1/by-email/"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_sharing_a_host_get_one_encryption_and_weak_keys_are_refused() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let bob = Gpg::new("Bob <bob@example.test>");
+    let carol = Gpg::new("Carol <carol@example.test>");
+    let weak = Gpg::new_with("Weak <weak@example.test>", "rsa1024");
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"local\"]\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    for (g, uid) in [
+        (&bob, "bob@example.test"),
+        (&carol, "carol@example.test"),
+        (&weak, "weak@example.test"),
+    ] {
+        let key = g.export(uid, w.dir.path());
+        assert!(
+            gw.cli(&["keys", "import", key.to_str().unwrap()])
+                .status
+                .success()
+        );
+    }
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &[
+            "bob@example.test",
+            "carol@example.test",
+            "weak@example.test",
+        ],
+        &crate::common::message("shared", "x"),
+    )
+    .unwrap();
+    let got = match mx.wait_for(2, WAIT).await {
+        Ok(g) => g,
+        Err(e) => panic!(
+            "{e}\n{:#?}",
+            gw.audit_rows()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let ev: serde_json::Value =
+                        serde_json::from_str(r["evidence"].as_str().unwrap()).unwrap();
+                    (
+                        r["recipient"].clone(),
+                        ev["decision"]["method"].clone(),
+                        ev["decision"]["key"].clone(),
+                        ev["attempt"]["encryption"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        ),
+    };
+    let shared = got
+        .iter()
+        .find(|m| m.rcpt_to.len() == 2)
+        .expect("one transaction for both PGP recipients");
+    let text = shared.data_str();
+    assert!(bob.decrypt_mime(&text).contains("Subject: shared"));
+    assert!(carol.decrypt_mime(&text).contains("Subject: shared"));
+    let other = got
+        .iter()
+        .find(|m| m.rcpt_to == vec!["weak@example.test"])
+        .unwrap();
+    assert!(
+        !other.data_str().contains("multipart/encrypted"),
+        "a 1024-bit RSA key is refused"
+    );
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 3).await.unwrap();
+    let weak_row = rows
+        .iter()
+        .find(|r| r["recipient"] == "weak@example.test")
+        .unwrap();
+    assert!(
+        weak_row["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("fails the algorithm policy"),
+        "{weak_row}"
     );
 }
