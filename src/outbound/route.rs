@@ -59,6 +59,17 @@ pub struct ResolverSetupError(String);
 /// Builds the resolver from `[dns]`: the listed nameservers (UDP and TCP),
 /// or the system's.
 pub fn resolver(dns: &DnsSettings) -> Result<TokioResolver, ResolverSetupError> {
+    let mut builder = resolver_builder(dns)?;
+    builder.options_mut().cache_size = 4096;
+    Ok(builder.build())
+}
+
+/// A resolver builder over `[dns]` (the listed nameservers over UDP and
+/// TCP, or the system's), with the options every lookup shares; the
+/// validating resolver for DANE starts from the same builder.
+pub fn resolver_builder(
+    dns: &DnsSettings,
+) -> Result<hickory_resolver::ResolverBuilder<TokioConnectionProvider>, ResolverSetupError> {
     let mut builder = if dns.nameservers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| {
             ResolverSetupError(format!(
@@ -82,11 +93,10 @@ pub fn resolver(dns: &DnsSettings) -> Result<TokioResolver, ResolverSetupError> 
     opts.timeout = dns.timeout;
     opts.attempts = 2;
     opts.ndots = 0;
-    opts.cache_size = 4096;
     opts.try_tcp_on_error = true;
     // Never answer from /etc/hosts: every name goes through [dns].
     opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-    Ok(builder.build())
+    Ok(builder)
 }
 
 /// Makes a name absolute so search domains never apply.

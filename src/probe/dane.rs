@@ -7,13 +7,10 @@
 use std::sync::{Arc, Mutex};
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::dnssec::{Algorithm, Proof, PublicKeyBuf, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::proto::xfer::Protocol;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -187,29 +184,9 @@ impl Dane {
     /// A validating resolver over `[dns]` (the trust anchor file, or the
     /// IANA root built into hickory).
     pub fn new(dns: &DnsSettings, port: u16) -> Result<Dane, String> {
-        let mut builder = if dns.nameservers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| format!("system resolver configuration: {e}"))?
-        } else {
-            let mut cfg = ResolverConfig::new();
-            for ns in &dns.nameservers {
-                for proto in [Protocol::Udp, Protocol::Tcp] {
-                    let mut n = NameServerConfig::new(*ns, proto);
-                    // These are the operator's recursive resolvers: their
-                    // NXDOMAIN and NODATA answers are final.
-                    n.trust_negative_responses = true;
-                    cfg.add_name_server(n);
-                }
-            }
-            TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default())
-        };
-        let opts = builder.options_mut();
-        opts.validate = true;
-        opts.timeout = dns.timeout;
-        opts.attempts = 2;
-        opts.ndots = 0;
-        opts.try_tcp_on_error = true;
-        opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        let mut builder =
+            crate::outbound::route::resolver_builder(dns).map_err(|e| e.to_string())?;
+        builder.options_mut().validate = true;
         if let Some(path) = &dns.trust_anchor {
             builder = builder.with_trust_anchor(Arc::new(load_trust_anchor(path)?));
         }
