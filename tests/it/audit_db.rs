@@ -185,9 +185,32 @@ async fn postgres_holds_the_same_rows() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The OpenPGP key store lives in the same database.
+    let key = w.dir.path().join("k.asc");
+    {
+        use sequoia_openpgp::cert::prelude::*;
+        use sequoia_openpgp::serialize::SerializeInto;
+        let (cert, _) = CertBuilder::general_purpose(Some("<pg@example.test>"))
+            .generate()
+            .unwrap();
+        std::fs::write(&key, cert.armored().to_vec().unwrap()).unwrap();
+    }
+    let out = gw.cli(&["keys", "import", key.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8_lossy(&gw.cli(&["keys", "list"]).stdout).into_owned();
+    assert!(list.contains("pg@example.test"), "{list}");
     let mut c = sqlx::PgConnection::connect(&db.url_via(None))
         .await
         .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pgp_keys")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
     sqlx::query("DELETE FROM audit_log WHERE seq = 1")
         .execute(&mut c)
         .await

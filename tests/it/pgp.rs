@@ -844,3 +844,45 @@ async fn recipients_sharing_a_host_get_one_encryption_and_weak_keys_are_refused(
         "{weak_row}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wkd_direct_method_when_there_is_no_openpgpkey_host() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let fay = Gpg::new("Fay <fay@example.test>");
+    let key = fay.run(&["--export", "fay@example.test"], None).stdout;
+    // No openpgpkey.example.test: the direct method on the domain itself.
+    let server = WkdServer::serving(
+        &w,
+        gateway::fresh_ip(),
+        "example.test",
+        key,
+        "/.well-known/openpgpkey/hu/",
+    )
+    .await;
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"wkd\"]\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["fay@example.test"],
+        &crate::common::message("direct", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert!(
+        fay.decrypt_mime(&got[0].data_str())
+            .contains("Subject: direct")
+    );
+    assert!(
+        server
+            .hits
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("/.well-known/openpgpkey/hu/") && l.contains("?l=fay"))
+    );
+}
