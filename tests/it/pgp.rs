@@ -116,6 +116,7 @@ fn corpus() -> Vec<(String, String)> {
     let long_line = "x".repeat(5000);
     vec![
         ("Subject: Plain ASCII\r\nContent-Type: text/plain; charset=us-ascii".into(), "Hello Bob,\r\n\r\nyour results are ready.\r\n".into()),
+        ("Subject: Résultats für Müller — 日本語 (raw UTF-8)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit".into(), "Ünïcödé body\r\n".into()),
         ("Subject: =?utf-8?q?Befund_f=C3=BCr_M=C3=BCller?=\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit".into(), "Grüße aus München — 日本語 — ünïcödé\r\n".into()),
         ("Subject: QP\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable".into(), "Caf=E9 cr=E8me =\r\nsoft break and a trailing space=20\r\n".into()),
         ("Subject: Alternative\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"alt\"".into(), "--alt\r\nContent-Type: text/plain\r\n\r\nplain\r\n--alt\r\nContent-Type: text/html\r\n\r\n<p><b>html</b></p>\r\n--alt--\r\n".into()),
