@@ -553,3 +553,118 @@ async fn tls_report_is_sent_with_the_right_counts() {
         "mx.sts.example.test"
     );
 }
+
+/// Records HTTPS POSTs on `ip:443`.
+async fn post_collector(
+    w: &World,
+    ip: Ipv4Addr,
+    host: &str,
+) -> (
+    Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    w.zone.add_a(host, ip);
+    let cert = w.ca.issue(&[host]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().unwrap());
+    let listener = tokio::net::TcpListener::bind((ip, 443))
+        .await
+        .expect("bind 443 (tests run as root)");
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g2 = got.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, g3) = (acceptor.clone(), g2.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    if let Some(p) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&data[..p]).to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if data.len() >= p + 4 + len {
+                            let line = head.lines().next().unwrap_or("").to_string();
+                            let ct = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Type: "))
+                                .unwrap_or("")
+                                .to_string();
+                            g3.lock()
+                                .unwrap()
+                                .push((line, ct, data[p + 4..p + 4 + len].to_vec()));
+                            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                            let _ = tls.shutdown().await;
+                            return;
+                        }
+                    }
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (got, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_report_is_posted_to_an_https_rua() {
+    let w = World::new().await;
+    w.domain("plain.example.test", "mx.plain.example.test");
+    w.zone.add_txt(
+        "_smtp._tls.plain.example.test",
+        "v=TLSRPTv1; rua=https://reports.example.test/v1/tlsrpt",
+    );
+    let mx = w.mx(MxOptions::new("mx.plain.example.test")).await;
+    let (posts, task) = post_collector(&w, gateway::fresh_ip(), "reports.example.test").await;
+    let mut opts = w.options();
+    opts.extra = "[tls_report]\nperiod = \"4s\"\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@plain.example.test"],
+        &message("rpt", "x"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while posts.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report posted\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (line, ct, body) = posts.lock().unwrap()[0].clone();
+    assert!(line.starts_with("POST /v1/tlsrpt HTTP/1.1"), "{line}");
+    assert_eq!(ct, "application/tlsrpt+gzip");
+    let mut json = String::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut json)
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+    check_report_schema(&r);
+    let p = &r["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "no-policy-found");
+    assert_eq!(
+        p["failure-details"][0]["result-type"],
+        "starttls-not-supported"
+    );
+    task.abort();
+}
