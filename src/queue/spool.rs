@@ -134,6 +134,52 @@ impl SpoolKey {
 pub struct Spool {
     dir: PathBuf,
     key: SpoolKey,
+    syncer: DirSyncer,
+}
+
+/// Group commit of folder fsyncs: every caller waits for an fsync of the
+/// spool folder that started after its rename, and callers that arrive
+/// while one runs share the next. Under load this turns one folder fsync
+/// per message into one per batch.
+#[derive(Clone)]
+struct DirSyncer {
+    tx: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<()>>>,
+}
+
+impl std::fmt::Debug for DirSyncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirSyncer")
+    }
+}
+
+impl DirSyncer {
+    fn start(dir: PathBuf) -> DirSyncer {
+        let (tx, rx) =
+            std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<std::io::Result<()>>>();
+        let spawned = std::thread::Builder::new()
+            .name("spool-fsync".into())
+            .spawn(move || {
+                // Ends when every Spool (sender) is gone.
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        waiting.push(more);
+                    }
+                    let result = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+                    for w in waiting {
+                        let r = match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        };
+                        let _ = w.send(r);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the spool fsync thread");
+        }
+        DirSyncer { tx }
+    }
 }
 
 /// What recovery found in the spool folder.
@@ -155,7 +201,8 @@ impl Spool {
             path: dir.clone(),
             source,
         })?;
-        Ok(Spool { dir, key })
+        let syncer = DirSyncer::start(dir.clone());
+        Ok(Spool { dir, key, syncer })
     }
 
     fn msg_path(&self, id: &QueueId) -> PathBuf {
@@ -223,17 +270,19 @@ impl Spool {
     }
 
     async fn sync_dir(&self) -> Result<(), SpoolError> {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| SpoolError::Folder { path: dir, source })
-        })
-        .await
-        .map_err(|e| SpoolError::Folder {
+        let err = |source| SpoolError::Folder {
             path: self.dir.clone(),
-            source: std::io::Error::other(e),
-        })?
+            source,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.syncer.tx.send(tx).map_err(|_| {
+            err(std::io::Error::other(
+                "the spool fsync thread is not running",
+            ))
+        })?;
+        rx.await
+            .map_err(|_| err(std::io::Error::other("the spool fsync thread stopped")))?
+            .map_err(err)
     }
 
     /// Reads the envelope of message `id`.
