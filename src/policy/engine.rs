@@ -393,6 +393,9 @@ impl Evaluation {
                     && o.methods.contains(&Method::Tls)
                     && o.min_tls >= TlsRequirement::Verified
             }
+            // Key discovery costs lookups per recipient: only when OpenPGP
+            // is in the method order.
+            "pgp" => o.action == RuleAction::Deliver && o.methods.contains(&Method::Pgp),
             _ => o.action == RuleAction::Deliver,
         };
         needs(&self.outcome) || self.monitors.iter().any(needs)
