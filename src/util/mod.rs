@@ -1,5 +1,7 @@
 //! Small helpers shared by several stages: ids, sizes, durations, hashing.
 
+pub mod stream;
+
 use std::time::Duration;
 
 /// Random bytes from the operating system's CSPRNG.
