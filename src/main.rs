@@ -78,8 +78,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Rotate the spool key: `rotate` puts a new key first in the key file
+    /// (new spool files use it, older ones stay readable); `prune` drops
+    /// the old keys no spool file uses any more. Restart the daemon after
+    /// `rotate` for new files to use the new key.
+    SpoolKey {
+        #[command(subcommand)]
+        action: SpoolKeyAction,
+    },
     /// Hash a password (read from stdin) for [[server.users]].
     HashPassword,
+}
+
+#[derive(Subcommand)]
+enum SpoolKeyAction {
+    /// Add a new current key to `server.spool_key_file`.
+    Rotate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove old keys that no file in the spool uses.
+    Prune {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +338,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 out.display()
             );
         }
+        Command::SpoolKey { action } => match action {
+            SpoolKeyAction::Rotate { config } => {
+                let s = load(&config)?;
+                let n = sealgate::queue::SpoolKey::rotate(&s.server.spool_key_file)?;
+                println!(
+                    "{}: a new current key was added ({n} keys now); restart sealgate so new files use it, and run `sealgate spool-key prune` once the queue has drained",
+                    s.server.spool_key_file.display()
+                );
+            }
+            SpoolKeyAction::Prune { config } => {
+                let s = load(&config)?;
+                let key = sealgate::queue::SpoolKey::load(&s.server.spool_key_file)?;
+                let spool = sealgate::queue::Spool::open(&s.server.spool_dir, key)?;
+                let n = sealgate::queue::SpoolKey::prune(&s.server.spool_key_file, &spool)?;
+                println!(
+                    "{}: {n} old key(s) no spool file uses were removed",
+                    s.server.spool_key_file.display()
+                );
+            }
+        },
         Command::HashPassword => {
             let mut line = String::new();
             std::io::stdin()

@@ -255,6 +255,8 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     ))
     .await?;
 
+    reconcile(&queue, &auditor, &recovered.unresolved).await;
+
     let tls = match &settings.server.tls {
         Some(t) => Some(inbound::tls_acceptor(&t.cert, &t.key)?),
         None => None,
@@ -523,8 +525,8 @@ async fn schedule(
             // A bug in one delivery must not strand the message in flight.
             let task = tokio::spawn(async move { attempt(&q, &d, &p, &a, msg).await });
             if let Err(e) = task.await {
-                tracing::error!(queue_id = %id, error = %e, "delivery task failed; the message stays queued");
-                queue_for_release.release(&id);
+                tracing::error!(queue_id = %id, error = %e, "delivery task failed; the message stays queued and is tried again after a backoff");
+                queue_for_release.release_after_failure(&id);
             }
             drop(permit);
         });
@@ -596,7 +598,17 @@ pub async fn attempt(
             evidence: Default::default(),
         });
     }
+    let mut ticket = None;
     if !work.is_empty() {
+        let indices: Vec<usize> = work.iter().map(|(i, _)| *i).collect();
+        match queue.begin_attempt(&msg, &indices).await {
+            Ok(t) => ticket = Some(t),
+            Err(e) => {
+                tracing::error!(queue_id = %msg.id, error = %e, "cannot log the delivery attempt; nothing was sent, the message waits and is tried again after a backoff");
+                queue.release_after_failure(&msg.id);
+                return;
+            }
+        }
         reports.extend(deliverer.deliver(&msg, queue.spool(), work).await);
     }
     let settled = queue.settle(
@@ -611,14 +623,74 @@ pub async fn attempt(
         if let Err(e) = auditor.record(event).await {
             // The journal is on the spool's disk; if it cannot be written
             // the spool is in trouble too. Keep the message and retry.
-            tracing::error!(queue_id = %msg.id, error = %e, "cannot journal the audit event; the message stays queued");
-            queue.release(&msg.id);
+            tracing::error!(queue_id = %msg.id, error = %e, "cannot journal the audit event; the message stays queued and is tried again after a backoff");
+            queue.release_after_failure(&msg.id);
             return;
         }
     }
-    if let Err(e) = queue.complete(msg.clone(), &settled).await {
-        tracing::error!(queue_id = %msg.id, error = %e, "cannot update the spool after delivery; will retry");
-        queue.release(&msg.id);
+    match queue.complete(msg.clone(), &settled).await {
+        Ok(()) => {
+            if let Some(t) = ticket {
+                queue.finish_attempt(t);
+            }
+        }
+        Err(e) => {
+            // The attempt stays open in the attempt log: after a restart its
+            // recipients are recorded as "delivered or not known".
+            tracing::error!(queue_id = %msg.id, error = %e, "cannot update the spool after delivery; tried again after a backoff");
+            queue.release_after_failure(&msg.id);
+        }
+    }
+}
+
+/// Records, for each attempt whose outcome a crash lost, that the recipient
+/// may or may not have received the message; it is delivered again (at
+/// least once). Then the old attempt log can go.
+async fn reconcile(queue: &Queue, auditor: &Auditor, unresolved: &[crate::queue::Unresolved]) {
+    for u in unresolved {
+        let Some(msg) = queue.get(&u.id) else {
+            continue;
+        };
+        let recipient = msg
+            .recipients
+            .get(u.index)
+            .map(|r| r.address.clone())
+            .unwrap_or_default();
+        let event = AuditEvent {
+            event_id: AuditEvent::new_id(),
+            timestamp: Utc::now(),
+            queue_id: msg.id.0.clone(),
+            message_id: msg.message_id.clone(),
+            sender: msg.sender.clone(),
+            recipient,
+            outcome: "unknown".into(),
+            method: String::new(),
+            tls_requirement: String::new(),
+            policy_rule: String::new(),
+            policy_version: String::new(),
+            remote_host: None,
+            remote_ip: None,
+            tls_version: None,
+            tls_cipher: None,
+            smtp_reply: Some(
+                "delivered or not known: sealgate stopped after the attempt began and before its outcome was recorded; the recipient is tried again".into(),
+            ),
+            body_sha256: None,
+            evidence: serde_json::json!({ "attempt_started": u.at.to_rfc3339() }),
+        };
+        if let Err(e) = auditor.record(event).await {
+            tracing::error!(error = %e, "cannot journal an unresolved delivery attempt; the attempt log is kept for the next start");
+            return;
+        }
+    }
+    if !unresolved.is_empty() {
+        tracing::warn!(
+            recipients = unresolved.len(),
+            "attempts interrupted by a stop were recorded as delivered-or-not-known; those recipients are tried again"
+        );
+    }
+    if let Err(e) = queue.forget_attempts_before_start() {
+        tracing::warn!(error = %e, "cannot remove the old attempt log; its attempts are reported again at the next start");
     }
 }
 

@@ -73,6 +73,9 @@ pub struct AuthUser {
     pub password_hash: String,
 }
 
+/// Default `server.spool_reserve`: 100 MB.
+pub const DEFAULT_SPOOL_RESERVE: u64 = 100_000_000;
+
 /// Inbound listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -80,6 +83,8 @@ pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub spool_dir: PathBuf,
     pub spool_key_file: PathBuf,
+    /// Free bytes the spool's file system keeps; below it no new message.
+    pub spool_reserve: u64,
     pub control_socket: PathBuf,
     pub tls: Option<TlsFiles>,
     pub users: Vec<AuthUser>,

@@ -110,6 +110,10 @@ pub struct RawServer {
     pub control_socket: Option<Spanned<String>>,
     /// Largest message accepted (`50MB`).
     pub max_message_size: Option<Spanned<String>>,
+    /// Free space the spool's file system must keep (`100MB`): below it the
+    /// listener answers `452 4.3.1` before `354`, so queued mail keeps room
+    /// to have its state updated.
+    pub spool_reserve: Option<Spanned<String>>,
     /// Most recipients in one transaction (default 1000).
     pub max_recipients: Option<Spanned<i64>>,
     /// Longest SMTP command line in bytes (default 2048).
@@ -403,6 +407,11 @@ impl RawConfig {
             .as_ref()
             .map(|v| c.path(&base, v))
             .unwrap_or_else(|| spool_dir.join("control.sock"));
+        let spool_reserve = c.size(
+            "server.spool_reserve",
+            &s.spool_reserve,
+            super::DEFAULT_SPOOL_RESERVE,
+        );
         let d = Limits::default();
         let limits = Limits {
             max_message_size: c.size(
@@ -819,6 +828,7 @@ impl RawConfig {
                 listen,
                 spool_dir,
                 spool_key_file,
+                spool_reserve,
                 control_socket,
                 tls,
                 users,

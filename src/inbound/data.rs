@@ -92,7 +92,13 @@ impl DataReceiver {
                 State::LineStart => match b {
                     b'.' => self.state = State::Dot,
                     b'\r' => self.state = State::Cr,
-                    b'\n' => self.newline(out),
+                    // Bare LF: a content line break. Only CRLF starts a
+                    // protocol line, so what follows is mid-line for us
+                    // (a `.` here must not become a candidate end of data).
+                    b'\n' => {
+                        self.newline(out);
+                        self.state = State::Mid;
+                    }
                     _ => {
                         self.byte(b, out);
                         self.state = State::Mid;
@@ -311,6 +317,132 @@ mod tests {
                 }
                 if b == b'\r' {
                     assert_eq!(bytes.get(i + 1), Some(&b'\n'), "{v:?}: bare CR at {i}");
+                }
+            }
+        }
+    }
+
+    /// The reference the receiver must agree with: the end of data is the
+    /// first `CRLF . CRLF` in the stream, counting the CRLF that ended the
+    /// DATA command line. Returns the bytes of `input` it spans.
+    fn reference_end(input: &[u8]) -> Option<usize> {
+        let mut s = b"\r\n".to_vec();
+        s.extend_from_slice(input);
+        s.windows(5)
+            .position(|w| w == b"\r\n.\r\n")
+            .map(|p| p + 5 - 2)
+    }
+
+    /// Feeds `input` cut at `cuts` (ascending), as separate reads.
+    fn feed_cut(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<usize>) {
+        let mut r = DataReceiver::new(1 << 20, 1000, 1 << 16);
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &end in cuts.iter().chain(std::iter::once(&input.len())) {
+            if let Some(n) = r.feed(&input[start..end], &mut out) {
+                return (out, Some(start + n));
+            }
+            start = end;
+        }
+        (out, None)
+    }
+
+    fn assert_normalised(out: &[u8], what: &str) {
+        for (i, &b) in out.iter().enumerate() {
+            if b == b'\n' {
+                assert!(i > 0 && out[i - 1] == b'\r', "{what}: bare LF at {i}");
+            }
+            if b == b'\r' {
+                assert_eq!(out.get(i + 1), Some(&b'\n'), "{what}: bare CR at {i}");
+            }
+        }
+    }
+
+    /// Every string of CR, LF, `.` and one letter up to 8 bytes long (every
+    /// sequence at every position), whole and cut at every byte: the end of
+    /// data is exactly where the reference says, and the content is
+    /// CRLF-normalised.
+    #[test]
+    fn end_of_data_agrees_with_the_reference_everywhere() {
+        let alphabet = [b'\r', b'\n', b'.', b'a'];
+        for len in 0..=8u32 {
+            for code in 0..4usize.pow(len) {
+                let mut c = code;
+                let input: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = alphabet[c % 4];
+                        c /= 4;
+                        b
+                    })
+                    .collect();
+                let want = reference_end(&input);
+                let (whole, got) = feed_cut(&input, &[]);
+                assert_eq!(got, want, "{input:?}");
+                assert_normalised(&whole, &format!("{input:?}"));
+                for cut in 1..input.len() {
+                    let (out, got) = feed_cut(&input, &[cut]);
+                    assert_eq!((got, &out), (want, &whole), "{input:?} cut at {cut}");
+                }
+            }
+        }
+    }
+
+    /// The sequences of the SMTP smuggling research, each at every place
+    /// a parser could treat differently, followed by a smuggled command;
+    /// fed whole, byte by byte, and cut at every boundary.
+    #[test]
+    fn smuggling_sequences_at_every_position_are_content() {
+        let sequences: [&[u8]; 12] = [
+            b"\n.\n",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r",
+            b"\r\n.\r",
+            b"\r.\r\n",
+            b"\n.\r",
+            b"\r.\n",
+            b"\r\n\n.\r\n",
+            b"\r\n\r.\r\n",
+            b"\n\n.\n\n",
+            b"\r\r.\r\r",
+        ];
+        let positions: [(&str, &[u8]); 6] = [
+            ("start of data", b""),
+            ("mid-line", b"Subject: a\r\n\r\nbody"),
+            ("line start", b"Subject: a\r\n\r\nbody\r\n"),
+            ("after the header block", b"Subject: a\r\n\r\n"),
+            ("after a bare CR", b"Subject: a\r\n\r\nbody\r"),
+            ("after a bare LF", b"Subject: a\r\n\r\nbody\n"),
+        ];
+        let smuggled: &[u8] = b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\n";
+        for seq in sequences {
+            for (where_, prefix) in positions {
+                let mut input = prefix.to_vec();
+                input.extend_from_slice(seq);
+                input.extend_from_slice(smuggled);
+                let body_len = input.len();
+                input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+                let what = format!("{seq:?} at {where_}");
+                let real_end = body_len + 5;
+                let (whole, end) = feed_cut(&input, &[]);
+                assert_eq!(end, reference_end(&input), "{what}");
+                if end != Some(real_end) {
+                    // Only a bare CR that the sequence's LF completes into
+                    // a real CRLF makes a genuine end of data earlier.
+                    assert!(prefix.ends_with(b"\r") && seq.starts_with(b"\n"), "{what}");
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&whole);
+                assert!(text.contains("MAIL FROM:<evil@x.test>"), "{what}: {text:?}");
+                assert_normalised(&whole, &what);
+                let bytewise: Vec<usize> = (1..input.len()).collect();
+                assert_eq!(feed_cut(&input, &bytewise), (whole.clone(), end), "{what}");
+                for cut in 1..input.len() {
+                    assert_eq!(
+                        feed_cut(&input, &[cut]),
+                        (whole.clone(), end),
+                        "{what}, cut at {cut}"
+                    );
                 }
             }
         }

@@ -504,20 +504,25 @@ impl Session {
         let limits = self.ctx.settings.server.limits.clone();
         let id = QueueId::new();
         let spool = self.ctx.queue.spool().clone();
+        if let Some(r) = self.storage_refusal(&spool) {
+            self.reply(&r);
+            return Ok(());
+        }
         let mut writer = match spool.create_content(&id).await {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(error = %e, "cannot create spool file");
-                None
+                self.reply(&spool_failure(&e));
+                return Ok(());
             }
         };
         self.reply(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         let received = self.received_header(&id, &tx);
-        let mut spool_failed = writer.is_none();
+        let mut spool_failed: Option<crate::queue::SpoolError> = None;
         if let Some(w) = writer.as_mut() {
             if let Err(e) = w.write(received.as_bytes()).await {
                 tracing::error!(error = %e, "spool write failed");
-                spool_failed = true;
+                spool_failed = Some(e);
             }
         }
         let mut rx = DataReceiver::new(
@@ -532,15 +537,15 @@ impl Session {
                 break;
             }
             self.rpos = self.rbuf.len();
-            if out.len() >= 64 * 1024 && !spool_failed {
+            if out.len() >= 64 * 1024 && spool_failed.is_none() {
                 if let Some(w) = writer.as_mut() {
                     if let Err(e) = w.write(&out).await {
                         tracing::error!(error = %e, "spool write failed");
-                        spool_failed = true;
+                        spool_failed = Some(e);
                     }
                 }
                 out.clear();
-            } else if spool_failed {
+            } else if spool_failed.is_some() {
                 out.clear();
             }
             if rx.discarded() > limits.max_message_size {
@@ -581,7 +586,7 @@ impl Session {
                 tracing::info!(peer = %self.peer, hops = facts.received, "mail loop: too many Received headers");
                 Some(Reply::new(554, "5.4.6", "Too many hops (mail loop?)"))
             }
-            None if spool_failed => Some(Reply::new(451, "4.3.0", "Error: queue file write error")),
+            None if spool_failed.is_some() => spool_failed.as_ref().map(spool_failure),
             None => None,
         };
         if let Some(r) = refusal {
@@ -602,7 +607,7 @@ impl Session {
             Err(e) => {
                 tracing::error!(error = %e, "spool write failed");
                 spool.discard_content(&id).await;
-                self.reply(&Reply::new(451, "4.3.0", "Error: queue file write error"));
+                self.reply(&spool_failure(&e));
                 return Ok(());
             }
         };
@@ -642,10 +647,36 @@ impl Session {
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot commit message to the spool");
                 spool.discard_content(&id).await;
-                self.reply(&Reply::new(451, "4.3.0", "Error: queue file write error"));
+                let r = match &e {
+                    crate::queue::QueueError::Spool(e) => spool_failure(e),
+                    _ => Reply::new(451, "4.3.0", "Error: queue file write error"),
+                };
+                self.reply(&r);
             }
         }
         Ok(())
+    }
+
+    /// `452 4.3.1` when the spool's file system is below its reserve (or
+    /// its free space cannot be read): refused before `354`, so the client
+    /// does not send a message we could not keep.
+    fn storage_refusal(&self, spool: &crate::queue::Spool) -> Option<Reply> {
+        let reserve = self.ctx.settings.server.spool_reserve;
+        match spool.free_space() {
+            Ok(free) if free >= reserve => None,
+            Ok(free) => {
+                tracing::warn!(
+                    free_bytes = free,
+                    reserve_bytes = reserve,
+                    "spool file system below its reserve; refusing new mail with 452"
+                );
+                Some(insufficient_storage())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool's free space; refusing new mail with 452");
+                Some(insufficient_storage())
+            }
+        }
     }
 
     fn received_header(&self, id: &QueueId, tx: &Transaction) -> String {
@@ -680,5 +711,18 @@ impl Session {
             host = self.ctx.settings.server.hostname,
             date = Utc::now().to_rfc2822(),
         )
+    }
+}
+
+fn insufficient_storage() -> Reply {
+    Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+}
+
+/// The reply for a message the spool could not keep: always temporary.
+fn spool_failure(e: &crate::queue::SpoolError) -> Reply {
+    if e.is_out_of_space() {
+        insufficient_storage()
+    } else {
+        Reply::new(451, "4.3.0", "Error: queue file write error")
     }
 }

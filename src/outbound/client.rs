@@ -380,42 +380,65 @@ impl Connection {
     }
 }
 
-/// Dot-stuffs message content for DATA (RFC 5321 section 4.5.2), across
-/// chunk boundaries. The content is already CRLF-normalised by the listener.
+/// Encodes message content for DATA (RFC 5321 section 4.5.2), across
+/// chunk boundaries: a `.` at the start of a line is doubled, and every
+/// bare CR or bare LF leaves as CRLF. The listener already normalises what
+/// it receives; doing it here as well means that no content from any
+/// source (spool, encryptor, generated reports) can put a sequence on the
+/// wire that a next hop might read as the end of data.
 #[derive(Debug)]
 pub struct DotStuffer {
     at_line_start: bool,
-    last: u8,
+    /// A CR was the last byte seen; whether it is bare depends on the next.
+    pending_cr: bool,
 }
 
 impl Default for DotStuffer {
     fn default() -> Self {
         DotStuffer {
             at_line_start: true,
-            last: b'\n',
+            pending_cr: false,
         }
     }
 }
 
 impl DotStuffer {
-    /// Appends the stuffed form of `chunk` to `out`.
+    /// Appends the encoded form of `chunk` to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         out.reserve(chunk.len() + 16);
         for &b in chunk {
-            if self.at_line_start && b == b'.' {
-                out.push(b'.');
+            if self.pending_cr {
+                self.pending_cr = false;
+                self.line_break(out);
+                if b == b'\n' {
+                    continue;
+                }
             }
-            out.push(b);
-            self.at_line_start = b == b'\n';
-            self.last = b;
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => self.line_break(out),
+                _ => {
+                    if self.at_line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    self.at_line_start = false;
+                }
+            }
         }
+    }
+
+    fn line_break(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\r\n");
+        self.at_line_start = true;
     }
 
     /// The end-of-data sequence, with a CRLF first if the content did not
     /// end with one.
-    pub fn finish(&self, out: &mut Vec<u8>) {
-        if self.last != b'\n' {
-            out.extend_from_slice(b"\r\n");
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.pending_cr || !self.at_line_start {
+            self.pending_cr = false;
+            self.line_break(out);
         }
         out.extend_from_slice(b".\r\n");
     }
@@ -439,6 +462,67 @@ mod tests {
         d.push(b"no newline", &mut out);
         d.finish(&mut out);
         assert_eq!(out, b"no newline\r\n.\r\n");
+    }
+
+    /// Bare CR and bare LF as CRLF, and a final CRLF if missing.
+    fn normalised(content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < content.len() {
+            match content[i] {
+                b'\r' if content.get(i + 1) == Some(&b'\n') => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        if !out.is_empty() && !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    /// Whatever the content, the encoded form read back by our own DATA
+    /// receiver (which agrees with the RFC's only end of data) ends exactly
+    /// at the terminator the encoder wrote and gives back the content,
+    /// CRLF-normalised, whatever CR, LF and dots it holds. Every string of CR, LF, `.` and a letter up to 8
+    /// bytes, pushed whole and in two pieces.
+    #[test]
+    fn encoded_content_ends_only_at_the_terminator() {
+        use crate::inbound::data::DataReceiver;
+        let alphabet = [b'\r', b'\n', b'.', b'a'];
+        for len in 0..=8u32 {
+            for code in 0..4usize.pow(len) {
+                let mut c = code;
+                let content: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = alphabet[c % 4];
+                        c /= 4;
+                        b
+                    })
+                    .collect();
+                let mut first = None;
+                for cut in 0..=content.len() {
+                    let mut d = DotStuffer::default();
+                    let mut wire = Vec::new();
+                    d.push(&content[..cut], &mut wire);
+                    d.push(&content[cut..], &mut wire);
+                    d.finish(&mut wire);
+                    if let Some(f) = &first {
+                        assert_eq!(&wire, f, "{content:?} cut at {cut}");
+                        continue;
+                    }
+                    let mut r = DataReceiver::new(1 << 20, 1000, 1 << 16);
+                    let mut back = Vec::new();
+                    assert_eq!(r.feed(&wire, &mut back), Some(wire.len()), "{content:?}");
+                    assert_eq!(back, normalised(&content), "{content:?}");
+                    first = Some(wire);
+                }
+            }
+        }
     }
 
     #[test]

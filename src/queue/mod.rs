@@ -6,6 +6,7 @@
 //! hands due messages to delivery and applies the per-recipient outcomes
 //! that come back.
 
+pub mod attempts;
 pub mod control;
 pub mod dsn;
 mod schedule;
@@ -14,6 +15,7 @@ pub mod spool;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use attempts::{AttemptTicket, Unresolved};
 pub use schedule::{Queue, QueueError, RecipientOutcome, Verdict};
 pub use spool::{ContentReader, ContentWriter, Spool, SpoolError, SpoolKey};
 

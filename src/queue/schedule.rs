@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
+use super::attempts::{AttemptLog, AttemptTicket};
 use super::spool::{Recovered, Spool, SpoolError};
 use super::{QueueId, QueuedMessage, RecipientStatus};
 use crate::config::QueueSettings;
@@ -67,6 +68,9 @@ impl RecipientOutcome {
 struct Slot {
     msg: QueuedMessage,
     in_flight: bool,
+    /// Attempts in a row that failed on our side (journal, spool, a bug)
+    /// since the state was last persisted: each backs off further.
+    failures: u32,
     /// The key under which the message sits in `due`, if scheduled.
     due_key: Option<(DateTime<Utc>, QueueId)>,
 }
@@ -98,6 +102,7 @@ impl State {
 
 struct Inner {
     spool: Spool,
+    attempts: AttemptLog,
     settings: QueueSettings,
     hostname: String,
     state: Mutex<State>,
@@ -118,9 +123,16 @@ impl Queue {
         hostname: String,
     ) -> Result<(Queue, Recovered), QueueError> {
         let mut recovered = spool.recover()?;
+        let (attempts, lines) = AttemptLog::open(&spool.root().join("attempts"))?;
+        {
+            let by_id: HashMap<&QueueId, &QueuedMessage> =
+                recovered.messages.iter().map(|m| (&m.id, m)).collect();
+            recovered.unresolved = super::attempts::unresolved(&lines, |id| by_id.get(id).copied());
+        }
         let queue = Queue {
             inner: Arc::new(Inner {
                 spool,
+                attempts,
                 settings,
                 hostname,
                 state: Mutex::new(State::default()),
@@ -136,6 +148,7 @@ impl Queue {
                     Slot {
                         msg,
                         in_flight: false,
+                        failures: 0,
                         due_key: None,
                     },
                 );
@@ -173,6 +186,7 @@ impl Queue {
                 Slot {
                     msg,
                     in_flight: false,
+                    failures: 0,
                     due_key: None,
                 },
             );
@@ -271,6 +285,7 @@ impl Queue {
             if let Some(slot) = st.messages.get_mut(&id) {
                 slot.msg = msg;
                 slot.in_flight = false;
+                slot.failures = 0;
                 st.schedule(&id);
             }
         }
@@ -288,6 +303,57 @@ impl Queue {
         st.schedule(id);
         drop(st);
         self.inner.wake.notify_one();
+    }
+
+    /// Returns a message whose attempt failed on our side (the attempt log,
+    /// the audit journal or the spool could not be written, or the
+    /// delivery task failed): nothing of its state changes on disk, but it
+    /// is not due again before a backoff that grows with every such
+    /// failure. A failure is never a fast path.
+    pub fn release_after_failure(&self, id: &QueueId) {
+        let now = Utc::now();
+        let mut st = self.lock();
+        if let Some(slot) = st.messages.get_mut(id) {
+            slot.in_flight = false;
+            slot.failures = slot.failures.saturating_add(1);
+            let tried = slot.msg.open_recipients().map(|(_, r)| r.attempts).max();
+            let delay = self.backoff(tried.unwrap_or(0).saturating_add(slot.failures));
+            let later = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            for r in slot.msg.recipients.iter_mut() {
+                if !r.status.is_final() && r.status != RecipientStatus::Held {
+                    r.next_attempt = Some(r.next_attempt.map_or(later, |t| t.max(later)));
+                }
+            }
+        }
+        st.schedule(id);
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    /// Logs durably that recipients `indices` of `msg` are about to be
+    /// tried; nothing may be sent unless this succeeded.
+    pub async fn begin_attempt(
+        &self,
+        msg: &QueuedMessage,
+        indices: &[usize],
+    ) -> Result<AttemptTicket, QueueError> {
+        Ok(self.inner.attempts.begin(msg, indices).await?)
+    }
+
+    /// The attempt's outcome is in the spool ([`Queue::complete`] returned).
+    pub fn finish_attempt(&self, ticket: AttemptTicket) {
+        self.inner.attempts.finish(ticket);
+    }
+
+    /// The unresolved attempts found at start are in the audit trail: the
+    /// attempt log written before this start can go.
+    pub fn forget_attempts_before_start(&self) -> Result<(), QueueError> {
+        Ok(self.inner.attempts.forget_before_start()?)
+    }
+
+    /// A copy of message `id`, if queued.
+    pub fn get(&self, id: &QueueId) -> Option<QueuedMessage> {
+        self.lock().messages.get(id).map(|s| s.msg.clone())
     }
 
     /// Turns temporary failures of recipients older than `max_age` into

@@ -2,13 +2,25 @@
 //!
 //! Each message is two files in `<spool_dir>/queue/`:
 //! - `<id>.msg`, the content, written while DATA streams in, encrypted in
-//!   64 KiB AES-256-GCM chunks (nonce = 7-byte random prefix, 4-byte chunk
-//!   counter, 1-byte last-chunk flag; the queue id is the associated data),
-//!   so memory does not grow with message size and truncation or reordering
-//!   is detected;
+//!   64 KiB AES-256-GCM chunks (nonce = 4-byte chunk counter and a
+//!   last-chunk flag; the queue id is the associated data), so memory does
+//!   not grow with message size and truncation or reordering is detected;
 //! - `<id>.env`, the envelope and per-recipient state, one AES-256-GCM
 //!   sealed JSON document, replaced atomically (write, fsync, rename, fsync
 //!   folder) on every state change.
+//!
+//! Every file (and every rewrite of an envelope) is encrypted under its own
+//! key, derived with HKDF-SHA256 from the spool key and a random 128-bit
+//! salt stored in the file header, so a nonce can never repeat under one
+//! key whatever the volume. The header also names the spool key by a short
+//! id, so the key file can hold the current key and older ones: new files
+//! use the first, older files stay readable until the queue is drained
+//! (`sealgate spool-key rotate` / `prune`).
+//!
+//! Writes go through `std::fs` on a blocking thread, or through tokio with
+//! an explicit `flush` before `sync_all`, so that a failed write (a full
+//! disk, an I/O error) is always seen: nothing half-written is renamed over
+//! a good file, and no `250` is sent for it.
 //!
 //! The `.env` file is the commit point: it is written only after the `.msg`
 //! file is complete and fsynced, so on recovery a `.msg` without `.env` is
@@ -21,11 +33,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{QueueId, QueuedMessage};
 
-const MSG_MAGIC: &[u8; 8] = b"SGMSG001";
-const ENV_MAGIC: &[u8; 8] = b"SGENV001";
+/// Format 1: one spool key, random nonce prefix; still read.
+const MSG_MAGIC_V1: &[u8; 8] = b"SGMSG001";
+const ENV_MAGIC_V1: &[u8; 8] = b"SGENV001";
+/// Format 2: a key per file (HKDF), header `magic | key id | salt`.
+const MSG_MAGIC: &[u8; 8] = b"SGMSG002";
+const ENV_MAGIC: &[u8; 8] = b"SGENV002";
 const CHUNK: usize = 64 * 1024;
 const TAG: usize = 16;
-const MSG_HEADER: usize = 8 + 7;
+const KEY_ID: usize = 8;
+const SALT: usize = 16;
+const MSG_HEADER_V1: usize = 8 + 7;
+const HEADER: usize = 8 + KEY_ID + SALT;
+/// HKDF `info` for content and envelope keys (different keys per purpose).
+const INFO_MSG: &[u8] = b"sealgate spool v2 content";
+const INFO_ENV: &[u8] = b"sealgate spool v2 envelope";
+/// Mode of every spool file and of the spool folders.
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
 
 /// Errors of the spool, for a mail administrator.
 #[derive(Debug, thiserror::Error)]
@@ -50,18 +75,124 @@ pub enum SpoolError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// The spool key, never logged (its Debug is redacted).
-#[derive(Clone)]
-pub struct SpoolKey([u8; 32]);
-
-impl std::fmt::Debug for SpoolKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SpoolKey(..)")
+impl SpoolError {
+    /// Whether the failure is a full disk or quota (the listener then
+    /// answers `452 4.3.1`, the client should try again later).
+    pub fn is_out_of_space(&self) -> bool {
+        let source = match self {
+            SpoolError::Io { source, .. } | SpoolError::Folder { source, .. } => source,
+            _ => return false,
+        };
+        source.kind() == std::io::ErrorKind::StorageFull
+            || source.kind() == std::io::ErrorKind::QuotaExceeded
+            || matches!(source.raw_os_error(), Some(28) | Some(122))
     }
 }
 
+/// The spool keys, never logged (their Debug is redacted): the current
+/// key, which encrypts new files, then older keys that only decrypt.
+#[derive(Clone)]
+pub struct SpoolKey {
+    keys: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SpoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SpoolKey({} keys)", self.keys.len())
+    }
+}
+
+/// The short id a file header names its key by: the first 8 bytes of
+/// SHA-256 over a label and the key (reveals nothing of the key).
+fn key_id(key: &[u8; 32]) -> [u8; KEY_ID] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"sealgate spool key id\0");
+    ctx.update(key);
+    let mut id = [0u8; KEY_ID];
+    id.copy_from_slice(&ctx.finish().as_ref()[..KEY_ID]);
+    id
+}
+
+/// The AES-256-GCM key of one file: HKDF-SHA256(spool key, salt, purpose).
+fn file_key(key: &[u8; 32], salt: &[u8; SALT], purpose: &'static [u8]) -> LessSafeKey {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt).extract(key);
+    let info = [purpose];
+    // Expanding to one AES-256 key length cannot exceed HKDF's output limit.
+    let okm = prk
+        .expand(&info, &AES_256_GCM)
+        .unwrap_or_else(|_| unreachable!());
+    LessSafeKey::new(UnboundKey::from(okm))
+}
+
+/// Parses a key file: one key per line as 64 hex characters (blank lines
+/// and `#` comments ignored), the first being the current one; or a file
+/// of exactly 32 raw bytes.
+fn parse_keys(bytes: &[u8]) -> Result<Vec<[u8; 32]>, String> {
+    match parse_key_lines(bytes) {
+        Err(_) if bytes.len() == 32 => {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(bytes);
+            Ok(vec![k])
+        }
+        other => other,
+    }
+}
+
+fn parse_key_lines(bytes: &[u8]) -> Result<Vec<[u8; 32]>, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "must hold keys written as 64 hex characters per line".to_string())?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let raw = hex::decode(line)
+            .ok()
+            .filter(|r| r.len() == 32)
+            .ok_or_else(|| format!("line {}: a key is 64 hex characters", n + 1))?;
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&raw);
+        keys.push(k);
+    }
+    if keys.is_empty() {
+        return Err("holds no key; create one with `sealgate keygen --out FILE`".into());
+    }
+    Ok(keys)
+}
+
+/// Writes `data` to `path` through a temporary file: written, fsynced,
+/// renamed, folder fsynced; mode 0600. Every error is returned; on error
+/// the old file, if any, is untouched.
+pub(crate) fn replace_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dir.join(name);
+    let written = write_synced(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates (or truncates) `path` with mode 0600, writes `data` and fsyncs.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
 impl SpoolKey {
-    /// Reads a key file: 64 hex characters (whitespace ignored) or 32 raw bytes.
+    /// Reads a key file (see [`parse_keys`]).
     pub fn load(path: &Path) -> Result<SpoolKey, SpoolError> {
         let err = |reason: String| SpoolError::Key {
             path: path.to_path_buf(),
@@ -73,19 +204,7 @@ impl SpoolKey {
                 path.display()
             ))
         })?;
-        let text: String = String::from_utf8_lossy(&bytes).split_whitespace().collect();
-        let raw = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode(&text).map_err(|e| err(e.to_string()))?
-        } else if bytes.len() == 32 {
-            bytes
-        } else {
-            return Err(err(
-                "must hold 32 bytes, written as 64 hex characters".into()
-            ));
-        };
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&raw);
-        #[cfg(unix)]
+        let keys = parse_keys(&bytes).map_err(err)?;
         {
             use std::os::unix::fs::PermissionsExt;
             if let Ok(meta) = std::fs::metadata(path) {
@@ -94,38 +213,109 @@ impl SpoolKey {
                 }
             }
         }
-        Ok(SpoolKey(key))
+        Ok(SpoolKey { keys })
     }
 
     /// Creates a new random key file (mode 0600), refusing to overwrite one.
     pub fn generate(path: &Path) -> Result<(), SpoolError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let err = |source| SpoolError::Io {
             path: path.to_path_buf(),
             source,
         };
         let key = crate::util::random_bytes::<32>();
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(path).map_err(err)?;
-        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(path)
+            .map_err(err)?;
         writeln!(f, "{}", hex::encode(key)).map_err(err)?;
         f.sync_all().map_err(err)?;
         Ok(())
     }
 
-    fn aead(&self) -> LessSafeKey {
-        // 32 bytes is always a valid AES-256 key length.
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).unwrap_or_else(|_| unreachable!()))
+    /// Puts a new random key first in the key file; the old keys stay for
+    /// reading files written before. Returns the number of keys now held.
+    pub fn rotate(path: &Path) -> Result<usize, SpoolError> {
+        let old = SpoolKey::load(path)?;
+        let mut keys = vec![crate::util::random_bytes::<32>()];
+        keys.extend(old.keys);
+        Self::store(path, &keys)?;
+        Ok(keys.len())
+    }
+
+    /// Drops the older keys that no file in `spool` uses any more. Returns
+    /// how many were dropped.
+    pub fn prune(path: &Path, spool: &Spool) -> Result<usize, SpoolError> {
+        let old = SpoolKey::load(path)?;
+        let used = spool.key_ids_in_use()?;
+        let keep: Vec<[u8; 32]> = old
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(i, k)| *i == 0 || used.contains(&key_id(k)))
+            .map(|(_, k)| *k)
+            .collect();
+        let dropped = old.keys.len() - keep.len();
+        if dropped > 0 {
+            Self::store(path, &keep)?;
+        }
+        Ok(dropped)
+    }
+
+    fn store(path: &Path, keys: &[[u8; 32]]) -> Result<(), SpoolError> {
+        let mut text = String::from("# sealgate spool keys: the first encrypts new files\n");
+        for k in keys {
+            text.push_str(&hex::encode(k));
+            text.push('\n');
+        }
+        replace_file(path, text.as_bytes()).map_err(|source| SpoolError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn current(&self) -> &[u8; 32] {
+        // `parse_keys` never returns an empty list.
+        &self.keys[0]
+    }
+
+    /// The key a file header names.
+    fn by_id(&self, id: &[u8]) -> Option<&[u8; 32]> {
+        self.keys.iter().find(|k| key_id(k)[..] == *id)
+    }
+
+    /// A header and key for a new file: magic, key id, fresh salt.
+    fn new_file(&self, magic: &[u8; 8], purpose: &'static [u8]) -> (Vec<u8>, LessSafeKey) {
+        let salt = crate::util::random_bytes::<SALT>();
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(magic);
+        header.extend_from_slice(&key_id(self.current()));
+        header.extend_from_slice(&salt);
+        (header, file_key(self.current(), &salt, purpose))
+    }
+
+    /// The key of an existing format-2 file from its header.
+    fn for_header(&self, header: &[u8], purpose: &'static [u8]) -> Option<LessSafeKey> {
+        let key = self.by_id(header.get(8..8 + KEY_ID)?)?;
+        let mut salt = [0u8; SALT];
+        salt.copy_from_slice(header.get(8 + KEY_ID..HEADER)?);
+        Some(file_key(key, &salt, purpose))
+    }
+
+    /// Format-1 files were encrypted with a spool key directly.
+    fn v1_keys(&self) -> impl Iterator<Item = LessSafeKey> + '_ {
+        self.keys.iter().map(|k| {
+            // 32 bytes is always a valid AES-256 key length.
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, k).unwrap_or_else(|_| unreachable!()))
+        })
     }
 
     #[cfg(test)]
     pub(crate) fn from_bytes(b: [u8; 32]) -> SpoolKey {
-        SpoolKey(b)
+        SpoolKey { keys: vec![b] }
     }
 }
 
@@ -191,18 +381,67 @@ pub struct Recovered {
     pub discarded: usize,
     /// Files that could not be read; left in place for an operator.
     pub damaged: Vec<String>,
+    /// Recipients whose last attempt was logged but whose outcome never
+    /// reached the envelope (a crash in between): delivered or not known.
+    pub unresolved: Vec<super::attempts::Unresolved>,
 }
 
 impl Spool {
     /// Opens (creating if needed) the spool folder.
     pub fn open(spool_dir: &Path, key: SpoolKey) -> Result<Spool, SpoolError> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = spool_dir.join("queue");
-        std::fs::create_dir_all(&dir).map_err(|source| SpoolError::Folder {
-            path: dir.clone(),
-            source,
-        })?;
+        let folder = |path: &Path| {
+            let err = |source| SpoolError::Folder {
+                path: path.to_path_buf(),
+                source,
+            };
+            std::fs::create_dir_all(path).map_err(err)?;
+            // Mail waits here: nobody but the daemon's user lists it.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE)).map_err(err)
+        };
+        folder(spool_dir)?;
+        folder(&dir)?;
         let syncer = DirSyncer::start(dir.clone());
         Ok(Spool { dir, key, syncer })
+    }
+
+    /// Bytes free for the daemon on the spool's file system.
+    pub fn free_space(&self) -> Result<u64, SpoolError> {
+        crate::util::free_space(&self.dir).map_err(|source| SpoolError::Folder {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    /// The ids of the spool keys that files in the spool use (format-1
+    /// files count as using every key: their header names none).
+    pub fn key_ids_in_use(&self) -> Result<std::collections::BTreeSet<[u8; KEY_ID]>, SpoolError> {
+        use std::io::Read;
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| SpoolError::Folder {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut used = std::collections::BTreeSet::new();
+        for entry in entries.flatten() {
+            let mut header = [0u8; HEADER];
+            let read = std::fs::File::open(entry.path()).and_then(|mut f| f.read(&mut header));
+            let Ok(n) = read else { continue };
+            let magic = &header[..8.min(n)];
+            if magic == MSG_MAGIC_V1 || magic == ENV_MAGIC_V1 {
+                used.extend(self.key.keys.iter().map(key_id));
+            } else if n == HEADER {
+                let mut id = [0u8; KEY_ID];
+                id.copy_from_slice(&header[8..8 + KEY_ID]);
+                used.insert(id);
+            }
+        }
+        Ok(used)
+    }
+
+    /// The spool folder as configured (`spool_dir`), holding `queue/`.
+    pub fn root(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
     }
 
     fn msg_path(&self, id: &QueueId) -> PathBuf {
@@ -219,26 +458,25 @@ impl Spool {
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(&path)
             .await
             .map_err(|source| SpoolError::Io {
                 path: path.clone(),
                 source,
             })?;
-        let prefix = crate::util::random_bytes::<7>();
+        let (header, key) = self.key.new_file(MSG_MAGIC, INFO_MSG);
         let mut w = ContentWriter {
             file: tokio::io::BufWriter::with_capacity(CHUNK + TAG, file),
             path,
-            key: self.key.aead(),
+            key,
             aad: id.0.clone(),
-            prefix,
             counter: 0,
             buf: Vec::with_capacity(CHUNK),
             written: 0,
             digest: ring::digest::Context::new(&ring::digest::SHA256),
         };
-        w.write_raw(MSG_MAGIC).await?;
-        w.write_raw(&prefix).await?;
+        w.write_raw(&header).await?;
         Ok(w)
     }
 
@@ -251,21 +489,30 @@ impl Spool {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let sealed = seal(&self.key, &msg.id, &json);
-        let io = |source| SpoolError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        f.write_all(&sealed).await.map_err(io)?;
-        f.sync_all().await.map_err(io)?;
-        drop(f);
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|source| SpoolError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let sealed = seal(&self.key, &msg.id, &json)?;
+        // std::fs on a blocking thread: every write and fsync error is seen
+        // before the rename, so a short write never replaces a good envelope.
+        let written = {
+            let (tmp, path) = (tmp.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                write_synced(&tmp, &sealed).map_err(|source| SpoolError::Io {
+                    path: tmp.clone(),
+                    source,
+                })?;
+                std::fs::rename(&tmp, &path).map_err(|source| SpoolError::Io { path, source })
+            })
+        }
+        .await
+        .unwrap_or_else(|e| {
+            Err(SpoolError::Io {
+                path: tmp.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
         self.sync_dir().await
     }
 
@@ -327,24 +574,36 @@ impl Spool {
         };
         let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
         let len = file.metadata().await.map_err(io)?.len();
-        let mut header = [0u8; MSG_HEADER];
-        file.read_exact(&mut header).await.map_err(io)?;
-        if &header[..8] != MSG_MAGIC {
-            return Err(SpoolError::Corrupt {
-                path,
-                reason: "not a sealgate spool file".into(),
-            });
-        }
-        let mut prefix = [0u8; 7];
-        prefix.copy_from_slice(&header[8..]);
+        let mut magic = [0u8; 8];
+        file.read_exact(&mut magic).await.map_err(io)?;
+        let corrupt = |reason: &str| SpoolError::Corrupt {
+            path: path.clone(),
+            reason: reason.into(),
+        };
+        let (keys, nonces, header_len) = if &magic == MSG_MAGIC {
+            let mut header = [0u8; HEADER];
+            header[..8].copy_from_slice(&magic);
+            file.read_exact(&mut header[8..]).await.map_err(io)?;
+            let key = self
+                .key
+                .for_header(&header, INFO_MSG)
+                .ok_or_else(|| corrupt("written with a spool key that is not in the key file"))?;
+            (vec![key], [0u8; 7], HEADER)
+        } else if &magic == MSG_MAGIC_V1 {
+            let mut prefix = [0u8; 7];
+            file.read_exact(&mut prefix).await.map_err(io)?;
+            (self.key.v1_keys().collect(), prefix, MSG_HEADER_V1)
+        } else {
+            return Err(corrupt("not a sealgate spool file"));
+        };
         Ok(ContentReader {
             file,
             path: path.clone(),
-            key: self.key.aead(),
+            keys,
             aad: id.0.clone(),
-            prefix,
+            prefix: nonces,
             counter: 0,
-            remaining: len.saturating_sub(MSG_HEADER as u64),
+            remaining: len.saturating_sub(header_len as u64),
             done: false,
         })
     }
@@ -431,53 +690,54 @@ fn chunk_nonce(prefix: &[u8; 7], counter: u32, last: bool) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-fn seal(key: &SpoolKey, id: &QueueId, plain: &[u8]) -> Vec<u8> {
-    let nonce_bytes = crate::util::random_bytes::<12>();
-    let mut out = Vec::with_capacity(8 + 12 + plain.len() + TAG);
-    out.extend_from_slice(ENV_MAGIC);
-    out.extend_from_slice(&nonce_bytes);
+fn seal(key: &SpoolKey, id: &QueueId, plain: &[u8]) -> Result<Vec<u8>, SpoolError> {
+    let (mut out, aead) = key.new_file(ENV_MAGIC, INFO_ENV);
     let mut body = plain.to_vec();
-    let aead = key.aead();
-    // Sealing only fails for inputs larger than GCM's limit (64 GiB).
-    if aead
-        .seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce_bytes),
-            Aad::from(id.0.as_bytes()),
-            &mut body,
-        )
-        .is_err()
-    {
-        body.clear();
-    }
+    // Each envelope write has its own key (fresh salt): a fixed nonce is safe.
+    aead.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key([0u8; 12]),
+        Aad::from(id.0.as_bytes()),
+        &mut body,
+    )
+    .map_err(|_| SpoolError::Corrupt {
+        path: PathBuf::from(format!("{id}.env")),
+        reason: "encryption failed".into(),
+    })?;
     out.extend_from_slice(&body);
-    out
+    Ok(out)
 }
 
 fn open(key: &SpoolKey, id: &QueueId, data: &[u8]) -> Option<Vec<u8>> {
-    if data.len() < 8 + 12 + TAG || &data[..8] != ENV_MAGIC {
+    let aad = || Aad::from(id.0.as_bytes());
+    if data.len() >= HEADER + TAG && &data[..8] == ENV_MAGIC {
+        let aead = key.for_header(&data[..HEADER], INFO_ENV)?;
+        let mut body = data[HEADER..].to_vec();
+        let plain = aead
+            .open_in_place(Nonce::assume_unique_for_key([0u8; 12]), aad(), &mut body)
+            .ok()?;
+        return Some(plain.to_vec());
+    }
+    if data.len() < 8 + 12 + TAG || &data[..8] != ENV_MAGIC_V1 {
         return None;
     }
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&data[8..20]);
-    let mut body = data[20..].to_vec();
-    let plain = key
-        .aead()
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(id.0.as_bytes()),
-            &mut body,
-        )
-        .ok()?;
-    Some(plain.to_vec())
+    key.v1_keys().find_map(|aead| {
+        let mut body = data[20..].to_vec();
+        let plain = aead
+            .open_in_place(Nonce::assume_unique_for_key(nonce), aad(), &mut body)
+            .ok()?;
+        Some(plain.to_vec())
+    })
 }
 
 /// Streams message content into an encrypted spool file.
 pub struct ContentWriter {
     file: tokio::io::BufWriter<tokio::fs::File>,
     path: PathBuf,
+    /// This file's own key (HKDF from the spool key and the header's salt).
     key: LessSafeKey,
     aad: String,
-    prefix: [u8; 7],
     counter: u32,
     buf: Vec<u8>,
     written: u64,
@@ -513,7 +773,7 @@ impl ContentWriter {
     }
 
     async fn flush_chunk(&mut self, last: bool) -> Result<(), SpoolError> {
-        let nonce = chunk_nonce(&self.prefix, self.counter, last);
+        let nonce = chunk_nonce(&[0u8; 7], self.counter, last);
         self.counter = self
             .counter
             .checked_add(1)
@@ -562,7 +822,9 @@ impl ContentWriter {
 pub struct ContentReader {
     file: tokio::fs::File,
     path: PathBuf,
-    key: LessSafeKey,
+    /// The file's key; for format-1 files every spool key, the right one
+    /// found at the first chunk.
+    keys: Vec<LessSafeKey>,
     aad: String,
     prefix: [u8; 7],
     counter: u32,
@@ -571,6 +833,30 @@ pub struct ContentReader {
 }
 
 impl ContentReader {
+    /// Decrypts one chunk in place; returns the plaintext length. With
+    /// several candidate keys (a format-1 file) the one that opens the
+    /// first chunk is kept for the rest.
+    fn open_chunk(&mut self, last: bool, buf: &mut [u8]) -> Result<usize, SpoolError> {
+        let decrypt = || SpoolError::Decrypt {
+            path: self.path.clone(),
+        };
+        let nonce = || chunk_nonce(&self.prefix, self.counter, last);
+        let aad = self.aad.as_bytes();
+        if self.keys.len() > 1 {
+            let found = self.keys.iter().position(|k| {
+                let mut trial = buf.to_vec();
+                k.open_in_place(nonce(), Aad::from(aad), &mut trial).is_ok()
+            });
+            let i = found.ok_or_else(decrypt)?;
+            let key = self.keys.swap_remove(i);
+            self.keys = vec![key];
+        }
+        let key = self.keys.first().ok_or_else(decrypt)?;
+        key.open_in_place(nonce(), Aad::from(aad), buf)
+            .map(|plain| plain.len())
+            .map_err(|_| decrypt())
+    }
+
     /// The next chunk of plaintext, or `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, SpoolError> {
         if self.done {
@@ -594,15 +880,8 @@ impl ContentReader {
                 source,
             })?;
         self.remaining -= size as u64;
-        let nonce = chunk_nonce(&self.prefix, self.counter, last);
+        let n = self.open_chunk(last, &mut buf)?;
         self.counter = self.counter.wrapping_add(1);
-        let n = self
-            .key
-            .open_in_place(nonce, Aad::from(self.aad.as_bytes()), &mut buf)
-            .map_err(|_| SpoolError::Decrypt {
-                path: self.path.clone(),
-            })?
-            .len();
         buf.truncate(n);
         if last {
             self.done = true;
@@ -659,10 +938,10 @@ mod tests {
         let path = s.msg_path(&id);
         let raw = std::fs::read(&path).unwrap();
         // Drop the last chunk: the new last one was not sealed as last.
-        std::fs::write(&path, &raw[..MSG_HEADER + 2 * (CHUNK + TAG)]).unwrap();
+        std::fs::write(&path, &raw[..HEADER + 2 * (CHUNK + TAG)]).unwrap();
         assert!(s.read_content(&id, usize::MAX).await.is_err());
         let mut flipped = raw.clone();
-        flipped[MSG_HEADER + 10] ^= 1;
+        flipped[HEADER + 10] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
         assert!(s.read_content(&id, usize::MAX).await.is_err());
     }
@@ -685,6 +964,130 @@ mod tests {
         assert_eq!(rec.messages[0].id, done.id);
         assert_eq!(rec.discarded, 1);
         assert!(!s.msg_path(&half).exists());
+    }
+
+    #[tokio::test]
+    async fn every_file_has_its_own_key_and_rotation_keeps_old_files_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("spool.key");
+        SpoolKey::generate(&key_file).unwrap();
+        let s = Spool::open(dir.path(), SpoolKey::load(&key_file).unwrap()).unwrap();
+        let (a, b) = (QueueId::new(), QueueId::new());
+        for id in [&a, &b] {
+            let mut w = s.create_content(id).await.unwrap();
+            w.write(&[b'x'; 1000]).await.unwrap();
+            w.finish().await.unwrap();
+        }
+        let (ra, rb) = (
+            std::fs::read(s.msg_path(&a)).unwrap(),
+            std::fs::read(s.msg_path(&b)).unwrap(),
+        );
+        assert_eq!(ra[..16], rb[..16], "same magic and key id");
+        assert_ne!(ra[16..HEADER], rb[16..HEADER], "fresh salt per file");
+        assert_ne!(ra[HEADER..], rb[HEADER..], "same plaintext, different key");
+        let m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+        s.write_envelope(&m).await.unwrap();
+        let before = std::fs::read(s.env_path(&m.id)).unwrap();
+        s.write_envelope(&m).await.unwrap();
+        assert_ne!(
+            before,
+            std::fs::read(s.env_path(&m.id)).unwrap(),
+            "new key per rewrite"
+        );
+
+        assert_eq!(SpoolKey::rotate(&key_file).unwrap(), 2);
+        let s2 = Spool::open(dir.path(), SpoolKey::load(&key_file).unwrap()).unwrap();
+        assert_eq!(
+            s2.read_content(&a, usize::MAX).await.unwrap(),
+            vec![b'x'; 1000]
+        );
+        assert_eq!(s2.read_envelope(&m.id).unwrap(), m);
+        // Still in use: prune keeps the old key.
+        assert_eq!(SpoolKey::prune(&key_file, &s2).unwrap(), 0);
+        for id in [&a, &b, &m.id] {
+            std::fs::remove_file(s2.msg_path(id)).ok();
+            std::fs::remove_file(s2.env_path(id)).ok();
+        }
+        let c = QueueId::new();
+        let mut w = s2.create_content(&c).await.unwrap();
+        w.write(b"new").await.unwrap();
+        w.finish().await.unwrap();
+        assert_eq!(SpoolKey::prune(&key_file, &s2).unwrap(), 1);
+        let s3 = Spool::open(dir.path(), SpoolKey::load(&key_file).unwrap()).unwrap();
+        assert_eq!(s3.read_content(&c, usize::MAX).await.unwrap(), b"new");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key_file), 0o600);
+        assert_eq!(mode(&s3.msg_path(&c)), 0o600);
+        assert_eq!(mode(&s3.dir), 0o700);
+        assert_eq!(mode(dir.path()), 0o700);
+    }
+
+    #[tokio::test]
+    async fn format_1_files_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = [9u8; 32];
+        let s = spool_with(dir.path(), raw);
+        let m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+        let v1 = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &raw).unwrap());
+        let prefix = [3u8; 7];
+        let mut chunk = b"Subject: old\r\n\r\nbody\r\n".to_vec();
+        v1.seal_in_place_append_tag(
+            chunk_nonce(&prefix, 0, true),
+            Aad::from(m.id.0.as_bytes()),
+            &mut chunk,
+        )
+        .unwrap();
+        let mut file = MSG_MAGIC_V1.to_vec();
+        file.extend_from_slice(&prefix);
+        file.extend_from_slice(&chunk);
+        std::fs::write(s.msg_path(&m.id), file).unwrap();
+        let mut env = serde_json::to_vec(&m).unwrap();
+        let nonce = [4u8; 12];
+        v1.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(m.id.0.as_bytes()),
+            &mut env,
+        )
+        .unwrap();
+        let mut file = ENV_MAGIC_V1.to_vec();
+        file.extend_from_slice(&nonce);
+        file.extend_from_slice(&env);
+        std::fs::write(s.env_path(&m.id), file).unwrap();
+        assert_eq!(s.read_envelope(&m.id).unwrap(), m);
+        assert_eq!(
+            s.read_content(&m.id, usize::MAX).await.unwrap(),
+            b"Subject: old\r\n\r\nbody\r\n"
+        );
+    }
+
+    fn spool_with(dir: &Path, key: [u8; 32]) -> Spool {
+        Spool::open(dir, SpoolKey::from_bytes(key)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_envelope_write_leaves_the_good_one_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spool(dir.path());
+        let mut m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+        s.write_envelope(&m).await.unwrap();
+        // The temporary file cannot be created: the write must fail, loudly.
+        std::fs::create_dir(s.dir.join(format!("{}.env.tmp", m.id.0))).unwrap();
+        m.recipients[0].attempts = 7;
+        assert!(s.write_envelope(&m).await.is_err());
+        assert_eq!(s.read_envelope(&m.id).unwrap().recipients[0].attempts, 0);
+    }
+
+    #[test]
+    fn key_files_with_several_keys_and_bad_lines() {
+        let k1 = "11".repeat(32);
+        let k2 = "22".repeat(32);
+        let keys = parse_keys(format!("# c\n{k1}\n\n{k2}\n").as_bytes()).unwrap();
+        assert_eq!(keys, vec![[0x11; 32], [0x22; 32]]);
+        assert!(parse_keys(b"# nothing\n").is_err());
+        assert!(parse_keys(format!("{k1}\nzz\n").as_bytes()).is_err());
+        assert!(parse_keys(&[0u8; 31]).is_err());
+        assert_eq!(parse_keys(&[0xffu8; 32]).unwrap(), vec![[0xff; 32]]);
     }
 
     #[tokio::test]

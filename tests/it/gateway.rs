@@ -36,6 +36,10 @@ pub struct GatewayOptions {
     pub max_age: String,
     /// The policy file (the mail-path tests relay with opportunistic TLS).
     pub policy: String,
+    /// Spool folder (default: `spool` in the gateway's folder).
+    pub spool_dir: Option<PathBuf>,
+    /// Listening address (default: a free port on 127.0.0.1).
+    pub listen: Option<SocketAddr>,
 }
 
 /// A policy for the mail-path tests: every recipient over opportunistic
@@ -62,6 +66,8 @@ impl Default for GatewayOptions {
             retry_base: "1s".into(),
             max_age: "5d".into(),
             policy: OPPORTUNISTIC_POLICY.into(),
+            spool_dir: None,
+            listen: None,
         }
     }
 }
@@ -69,6 +75,7 @@ impl Default for GatewayOptions {
 /// A running gateway.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
+    spool: PathBuf,
     pub config: PathBuf,
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -92,7 +99,12 @@ impl Gateway {
         if !out.status.success() {
             bail!("keygen failed: {}", String::from_utf8_lossy(&out.stderr));
         }
+        let spool = opts
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("spool"));
         let mut g = Gateway {
+            spool,
             dir,
             config,
             addr: "127.0.0.1:1".parse()?,
@@ -265,7 +277,7 @@ impl Gateway {
     }
 
     pub fn spool_dir(&self) -> PathBuf {
-        self.dir.path().join("spool")
+        self.spool.clone()
     }
 }
 
@@ -277,8 +289,21 @@ impl Drop for Gateway {
 
 fn write_config(dir: &Path, o: &GatewayOptions) -> Result<PathBuf> {
     let mut s = String::new();
-    s.push_str("[server]\nhostname = \"gateway.example.test\"\nlisten = [\"127.0.0.1:0\"]\n");
-    s.push_str("spool_dir = \"spool\"\nspool_key_file = \"spool.key\"\n");
+    let listen = o
+        .listen
+        .map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+    let spool = o
+        .spool_dir
+        .as_ref()
+        .map_or("spool".to_string(), |p| p.display().to_string());
+    s.push_str(&format!(
+        "[server]\nhostname = \"gateway.example.test\"\nlisten = [{}]\n",
+        q(&listen)
+    ));
+    s.push_str(&format!(
+        "spool_dir = {}\nspool_key_file = \"spool.key\"\n",
+        q(&spool)
+    ));
     s.push_str(&o.server_extra);
     s.push('\n');
     for (name, hash) in &o.users {

@@ -6,6 +6,7 @@ mod audit_db;
 mod common;
 mod dane;
 mod delivery;
+mod faults;
 mod gateway;
 mod inbound;
 mod pgp;

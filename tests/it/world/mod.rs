@@ -6,11 +6,13 @@ pub mod client;
 pub mod dns;
 pub mod mx;
 pub mod pki;
+pub mod sink;
 
 pub use client::SmtpClient;
 pub use dns::{Behaviour, DnsServer, Zone};
 pub use mx::{MxOptions, Received, Script, TestMx, TlsInfo};
 pub use pki::{TestCa, TestCert};
+pub use sink::{Sink, SinkMessage};
 
 /// Any bidirectional async byte stream (plain TCP or TLS), boxed by the servers/clients.
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
