@@ -653,6 +653,43 @@ mod tests {
         assert!(spool.list_ids().unwrap().is_empty());
     }
 
+    /// A failure on our side (journal, spool, a panic) is never a fast path:
+    /// the message is not due again before a backoff that grows.
+    #[tokio::test]
+    async fn a_failed_attempt_backs_off_and_each_failure_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([1; 32])).unwrap();
+        let (q, _) = Queue::open(spool.clone(), settings(), "gw.example.test".into()).unwrap();
+        let msg = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+        let mut w = spool.create_content(&msg.id).await.unwrap();
+        w.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
+        w.finish().await.unwrap();
+        q.enqueue(msg.clone()).await.unwrap();
+        let (_tx, mut stop) = tokio::sync::watch::channel(false);
+        let mut last = Utc::now();
+        for failures in 1..=3u32 {
+            let due = tokio::time::timeout(Duration::from_secs(1), q.next_due(&mut stop)).await;
+            if failures == 1 {
+                assert!(due.unwrap().is_some());
+            } else {
+                assert!(due.is_err(), "not handed out again before its backoff");
+                q.lock().messages.get_mut(&msg.id).unwrap().in_flight = true;
+            }
+            q.release_after_failure(&msg.id);
+            let next = q.get(&msg.id).unwrap().next_due().unwrap();
+            let wait = (next - Utc::now()).num_seconds();
+            let base = 60i64 << (failures - 1);
+            assert!(
+                wait as f64 >= base as f64 * 0.8 - 1.0,
+                "failure {failures}: {wait}s"
+            );
+            assert!(next >= last);
+            last = next;
+        }
+        // Nothing of it reached the disk: the envelope is as it was.
+        assert_eq!(spool.read_envelope(&msg.id).unwrap(), msg);
+    }
+
     #[tokio::test]
     async fn bounce_queues_a_dsn_to_the_sender_but_never_to_null_sender() {
         let dir = tempfile::tempdir().unwrap();

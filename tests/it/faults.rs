@@ -115,7 +115,8 @@ async fn a_full_disk_refuses_with_452_and_loses_nothing_already_queued() {
     // Room above the reserve but not for this message: refused at the end
     // of data, never a 250 for a message only half on disk.
     let filler = fill(disk.path(), 1_500_000);
-    let big = message("big", &"0123456789abcdef".repeat(150_000));
+    let line = format!("{}\r\n", "0123456789abcdef".repeat(4));
+    let big = message("big", &line.repeat(40_000));
     let (first, text, end) = send_raw_message(gw.addr, &big).await;
     assert_eq!((first, end), (354, 452), "{text}\n{}", gw.log());
     assert!(text.starts_with("4.3.1"), "{text}");
@@ -226,7 +227,8 @@ async fn sigkill_under_load_loses_nothing_that_got_250() {
     opts.listen = Some(listen);
     let mut gw = Gateway::start(opts).unwrap();
     let ledger = gw.dir.path().join("ledger");
-    let mut load = load_with_ledger(listen, 4, 60, &ledger);
+    // Enough load that the kills land while clients send and deliveries run.
+    let mut load = load_with_ledger(listen, 5, 600, &ledger);
 
     // Kill at pseudo-random moments: during DATA, fsync, rename, delivery
     // and journal writes, whatever is running then.
