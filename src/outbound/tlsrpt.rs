@@ -193,7 +193,10 @@ impl TlsReporter {
     /// Marks a period as reported (its counts file is kept for a while
     /// for operators, then removed).
     pub fn mark_sent(&self, start: i64) {
-        let _ = std::fs::write(self.dir.join(format!("{start}.sent")), b"");
+        let marker = self.dir.join(format!("{start}.sent"));
+        if let Err(e) = crate::util::replace_file(&marker, b"") {
+            tracing::warn!(file = %marker.display(), error = %e, "cannot mark the TLS report as sent; it may be sent again");
+        }
         let cutoff = Utc::now().timestamp() - 30 * 86400;
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
@@ -222,11 +225,13 @@ fn save(dir: &std::path::Path, st: &PeriodCounts) {
         return;
     }
     let path = dir.join(format!("{}.json", st.start));
-    let tmp = dir.join(format!("{}.json.tmp", st.start));
-    if let Ok(data) = serde_json::to_vec(st) {
-        if std::fs::write(&tmp, data).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
+    let saved = serde_json::to_vec(st)
+        .map_err(std::io::Error::other)
+        .and_then(|data| crate::util::replace_file(&path, &data));
+    // The counts are reporting, not mail: a failed save is logged, the
+    // counts stay in memory and the next save tries again.
+    if let Err(e) = saved {
+        tracing::warn!(file = %path.display(), error = %e, "cannot save the TLS report counts");
     }
 }
 

@@ -161,36 +161,6 @@ fn parse_key_lines(bytes: &[u8]) -> Result<Vec<[u8; 32]>, String> {
     Ok(keys)
 }
 
-/// Writes `data` to `path` through a temporary file: written, fsynced,
-/// renamed, folder fsynced; mode 0600. Every error is returned; on error
-/// the old file, if any, is untouched.
-pub(crate) fn replace_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = dir.join(name);
-    let written = write_synced(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Creates (or truncates) `path` with mode 0600, writes `data` and fsyncs.
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
-}
-
 impl SpoolKey {
     /// Reads a key file (see [`parse_keys`]).
     pub fn load(path: &Path) -> Result<SpoolKey, SpoolError> {
@@ -271,7 +241,7 @@ impl SpoolKey {
             text.push_str(&hex::encode(k));
             text.push('\n');
         }
-        replace_file(path, text.as_bytes()).map_err(|source| SpoolError::Io {
+        crate::util::replace_file(path, text.as_bytes()).map_err(|source| SpoolError::Io {
             path: path.to_path_buf(),
             source,
         })
@@ -495,9 +465,11 @@ impl Spool {
         let written = {
             let (tmp, path) = (tmp.clone(), path.clone());
             tokio::task::spawn_blocking(move || {
-                write_synced(&tmp, &sealed).map_err(|source| SpoolError::Io {
-                    path: tmp.clone(),
-                    source,
+                crate::util::write_synced(&tmp, &sealed, FILE_MODE).map_err(|source| {
+                    SpoolError::Io {
+                        path: tmp.clone(),
+                        source,
+                    }
                 })?;
                 std::fs::rename(&tmp, &path).map_err(|source| SpoolError::Io { path, source })
             })
