@@ -232,6 +232,9 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let settings = Arc::new(settings);
     let key = SpoolKey::load(&settings.server.spool_key_file)?;
     let spool = Spool::open(&settings.server.spool_dir, key)?;
+    if let Err(e) = spool.record_key_in_use() {
+        tracing::error!(error = %e, "cannot record the spool key in use; do not run `sealgate spool-key prune` until this start succeeds in recording it");
+    }
     let (queue, recovered) = Queue::open(
         spool,
         settings.queue.clone(),
@@ -559,7 +562,14 @@ pub async fn attempt(
         .map(|(i, r)| (i, r.address.clone(), r.released))
         .collect();
     if due.is_empty() {
-        queue.release(&msg.id);
+        if queue.needs_persist(&msg.id) {
+            // Outcomes kept in memory after a failed write: write them now.
+            if let Err(e) = queue.complete(msg.clone(), &[]).await {
+                tracing::error!(queue_id = %msg.id, error = %e, "cannot write the queue state yet; tried again after a backoff");
+            }
+        } else {
+            queue.release(&msg.id);
+        }
         return;
     }
     let decisions = engine.decide(&msg, queue.spool(), &due).await;
@@ -600,8 +610,22 @@ pub async fn attempt(
     }
     let mut ticket = None;
     if !work.is_empty() {
-        let indices: Vec<usize> = work.iter().map(|(i, _)| *i).collect();
-        match queue.begin_attempt(&msg, &indices).await {
+        let rcpts = work
+            .iter()
+            .map(|(i, d)| crate::queue::attempts::AttemptRecipient {
+                index: *i,
+                address: msg
+                    .recipients
+                    .get(*i)
+                    .map(|r| r.address.clone())
+                    .unwrap_or_default(),
+                method: d.method.as_str().to_string(),
+                tls: d.tls.as_str().to_string(),
+                rule: d.rule.clone(),
+                policy_version: d.policy_version.clone(),
+            })
+            .collect();
+        match queue.begin_attempt(&msg, rcpts).await {
             Ok(t) => ticket = Some(t),
             Err(e) => {
                 tracing::error!(queue_id = %msg.id, error = %e, "cannot log the delivery attempt; nothing was sent, the message waits and is tried again after a backoff");
@@ -618,75 +642,108 @@ pub async fn attempt(
             .map(|r| (r.index, r.outcome.clone()))
             .collect(),
     );
-    for (report, (_, outcome)) in reports.iter().zip(&settled) {
-        let event = audit_event(&msg, report, outcome);
-        if let Err(e) = auditor.record(event).await {
-            // The journal is on the spool's disk; if it cannot be written
-            // the spool is in trouble too. Keep the message and retry.
-            tracing::error!(queue_id = %msg.id, error = %e, "cannot journal the audit event; the message stays queued and is tried again after a backoff");
-            queue.release_after_failure(&msg.id);
+    let mut events = reports
+        .iter()
+        .zip(&settled)
+        .map(|(report, (_, outcome))| audit_event(&msg, report, outcome))
+        .collect::<std::collections::VecDeque<_>>();
+    while let Some(event) = events.front() {
+        if let Err(e) = auditor.record(event.clone()).await {
+            // The outcomes are real (a remote may have said 250): keep them
+            // in memory so nobody gets the message twice, and journal the
+            // rest as soon as the journal takes them.
+            tracing::error!(queue_id = %msg.id, error = %e, "cannot journal the audit event; the outcome is kept in memory and journaled when possible");
+            queue.keep_outcomes_unsaved(msg, &settled);
+            tokio::spawn(journal_later(
+                queue.clone(),
+                auditor.clone(),
+                events,
+                ticket,
+            ));
             return;
         }
+        events.pop_front();
     }
-    match queue.complete(msg.clone(), &settled).await {
-        Ok(()) => {
-            if let Some(t) = ticket {
-                queue.finish_attempt(t);
-            }
-        }
-        Err(e) => {
-            // The attempt stays open in the attempt log: after a restart its
-            // recipients are recorded as "delivered or not known".
-            tracing::error!(queue_id = %msg.id, error = %e, "cannot update the spool after delivery; tried again after a backoff");
-            queue.release_after_failure(&msg.id);
-        }
+    if let Err(e) = queue.complete(msg.clone(), &settled).await {
+        // The state stays in memory and is written after a backoff; the
+        // attempt itself is fully audited.
+        tracing::error!(queue_id = %msg.id, error = %e, "cannot update the spool after delivery; the state is kept in memory and written after a backoff");
+    }
+    if let Some(t) = ticket {
+        queue.finish_attempt(t);
     }
 }
 
-/// Records, for each attempt whose outcome a crash lost, that the recipient
-/// may or may not have received the message; it is delivered again (at
-/// least once). Then the old attempt log can go.
-async fn reconcile(queue: &Queue, auditor: &Auditor, unresolved: &[crate::queue::Unresolved]) {
-    for u in unresolved {
-        let Some(msg) = queue.get(&u.id) else {
-            continue;
-        };
-        let recipient = msg
-            .recipients
-            .get(u.index)
-            .map(|r| r.address.clone())
-            .unwrap_or_default();
-        let event = AuditEvent {
-            event_id: AuditEvent::new_id(),
-            timestamp: Utc::now(),
-            queue_id: msg.id.0.clone(),
-            message_id: msg.message_id.clone(),
-            sender: msg.sender.clone(),
-            recipient,
-            outcome: "unknown".into(),
-            method: String::new(),
-            tls_requirement: String::new(),
-            policy_rule: String::new(),
-            policy_version: String::new(),
-            remote_host: None,
-            remote_ip: None,
-            tls_version: None,
-            tls_cipher: None,
-            smtp_reply: Some(
-                "delivered or not known: sealgate stopped after the attempt began and before its outcome was recorded; the recipient is tried again".into(),
-            ),
-            body_sha256: None,
-            evidence: serde_json::json!({ "attempt_started": u.at.to_rfc3339() }),
-        };
-        if let Err(e) = auditor.record(event).await {
-            tracing::error!(error = %e, "cannot journal an unresolved delivery attempt; the attempt log is kept for the next start");
-            return;
+/// Journals audit events that the journal refused, retrying with a growing
+/// pause; the attempt is done once they are in. If the daemon stops first,
+/// the attempt log turns the attempt into "unknown" rows at the next start.
+async fn journal_later(
+    queue: Queue,
+    auditor: Auditor,
+    mut events: std::collections::VecDeque<AuditEvent>,
+    ticket: Option<crate::queue::AttemptTicket>,
+) {
+    let mut pause = Duration::from_secs(1);
+    while let Some(event) = events.front() {
+        match auditor.record(event.clone()).await {
+            Ok(()) => {
+                events.pop_front();
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
         }
     }
-    if !unresolved.is_empty() {
+    if let Some(t) = ticket {
+        queue.finish_attempt(t);
+    }
+}
+
+/// Records, for each attempt whose audit events a crash lost, that its
+/// recipients may or may not have received the message (those still queued
+/// are delivered again: at least once). Then the old attempt log can go.
+async fn reconcile(queue: &Queue, auditor: &Auditor, unresolved: &[crate::queue::Unresolved]) {
+    let mut recipients = 0;
+    for attempt in unresolved {
+        for r in &attempt.rcpts {
+            let event = AuditEvent {
+                event_id: AuditEvent::new_id(),
+                timestamp: Utc::now(),
+                queue_id: attempt.id.0.clone(),
+                message_id: attempt.message_id.clone(),
+                sender: attempt.sender.clone(),
+                recipient: r.address.clone(),
+                outcome: "unknown".into(),
+                method: r.method.clone(),
+                tls_requirement: r.tls.clone(),
+                policy_rule: r.rule.clone(),
+                policy_version: r.policy_version.clone(),
+                remote_host: None,
+                remote_ip: None,
+                tls_version: None,
+                tls_cipher: None,
+                smtp_reply: Some(
+                    "delivered or not known: sealgate stopped after this attempt began and before its outcome was journaled".into(),
+                ),
+                body_sha256: None,
+                evidence: serde_json::json!({
+                    "attempt": attempt.attempt,
+                    "attempt_started": attempt.at.to_rfc3339(),
+                    "still_queued": queue.get(&attempt.id).is_some(),
+                }),
+            };
+            if let Err(e) = auditor.record(event).await {
+                tracing::error!(error = %e, "cannot journal an interrupted delivery attempt; the attempt log is kept and read again at the next start");
+                return;
+            }
+            recipients += 1;
+        }
+    }
+    if recipients > 0 {
         tracing::warn!(
-            recipients = unresolved.len(),
-            "attempts interrupted by a stop were recorded as delivered-or-not-known; those recipients are tried again"
+            recipients,
+            "delivery attempts interrupted by a stop were recorded as delivered-or-not-known; recipients still queued are tried again"
         );
     }
     if let Err(e) = queue.forget_attempts_before_start() {

@@ -115,10 +115,10 @@ impl DataReceiver {
                         self.newline(out);
                         self.state = State::LineStart;
                     }
-                    // Bare CR: content line break; CR CR stays in Cr.
-                    b'\r' => self.newline(out),
+                    // Bare CR; CR CR stays in Cr.
+                    b'\r' => self.bare_cr(out),
                     _ => {
-                        self.newline(out);
+                        self.bare_cr(out);
                         self.byte(b, out);
                         self.state = State::Mid;
                     }
@@ -142,12 +142,12 @@ impl DataReceiver {
                     // `.` CR followed by anything else: content.
                     b'\r' => {
                         self.byte(b'.', out);
-                        self.newline(out);
+                        self.bare_cr(out);
                         self.state = State::Cr;
                     }
                     _ => {
                         self.byte(b'.', out);
-                        self.newline(out);
+                        self.bare_cr(out);
                         self.byte(b, out);
                         self.state = State::Mid;
                     }
@@ -194,6 +194,18 @@ impl DataReceiver {
         }
         self.blank_line = false;
         self.emit(&[b], out);
+    }
+
+    /// A CR not followed by LF. In the body it is a line break (CRLF); in
+    /// the header section a space, as Postfix and most readers take it, so
+    /// that `CR CR LF` can never end the headers early and hide a Subject
+    /// or any later field from the rules that read them.
+    fn bare_cr(&mut self, out: &mut Vec<u8>) {
+        if self.in_headers {
+            self.byte(b' ', out);
+        } else {
+            self.newline(out);
+        }
     }
 
     fn newline(&mut self, out: &mut Vec<u8>) {
@@ -446,6 +458,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_bare_cr_never_ends_the_header_section() {
+        let (out, end) =
+            run(b"To: y\r\r\nSubject: [secure] lab\r\nX: 1\r\n\r\nbody\rmore\r\n.\r\n");
+        assert!(end.is_some());
+        assert_eq!(
+            out,
+            b"To: y \r\nSubject: [secure] lab\r\nX: 1\r\n\r\nbody\r\nmore\r\n"
+        );
+        let mut r = DataReceiver::new(1 << 20, 1000, 1 << 16);
+        r.feed(b"To: y\r\rSubject: s\r\n\r\nb\r\n.\r\n", &mut Vec::new());
+        // One header line with two spaces, as a reader that keeps bare CR
+        // inside the line sees it: never a line break.
+        assert_eq!(r.headers(), b"To: y  Subject: s\r\n");
     }
 
     #[test]

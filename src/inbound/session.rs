@@ -544,6 +544,14 @@ impl Session {
                         spool_failed = Some(e);
                     }
                 }
+                // Concurrent messages must not eat the reserve that queued
+                // mail needs for its state updates: stop below it.
+                if spool_failed.is_none() && self.storage_refusal(&spool).is_some() {
+                    spool_failed = Some(crate::queue::SpoolError::Io {
+                        path: spool.root().to_path_buf(),
+                        source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+                    });
+                }
                 out.clear();
             } else if spool_failed.is_some() {
                 out.clear();
@@ -646,7 +654,11 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot commit message to the spool");
-                spool.discard_content(&id).await;
+                // Both files: the envelope may already be renamed into place
+                // (a folder fsync failed); the client is told to try again.
+                if let Err(e) = spool.remove(&id).await {
+                    tracing::error!(queue_id = %id, error = %e, "cannot remove the refused message from the spool; it may be delivered although the client was told 452/451");
+                }
                 let r = match &e {
                     crate::queue::QueueError::Spool(e) => spool_failure(e),
                     _ => Reply::new(451, "4.3.0", "Error: queue file write error"),

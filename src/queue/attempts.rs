@@ -9,9 +9,12 @@
 //! server then records "delivered or not known" in the audit trail and the
 //! recipient is delivered again (at least once, never silently).
 //!
-//! Lines never need to be removed one by one: once an attempt's outcome is
-//! in the envelope its attempt count has moved on, so an old line matches
-//! nothing. Segments are deleted when every attempt in them has finished.
+//! When the attempt's audit events are journaled, a `done` line with the
+//! attempt's id follows (not fsynced: losing it to a power cut only adds
+//! an "unknown" row for an attempt that was audited). Each line starts
+//! with a newline, so a torn line never swallows the next one. Segments
+//! are preallocated (a full disk must not stop the deliveries that would
+//! free it) and deleted when every attempt in them is done.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,25 +32,42 @@ use super::{QueueId, QueuedMessage};
 /// A segment is closed once it holds this much.
 const SEGMENT_LIMIT: u64 = 4 * 1024 * 1024;
 
-/// One attempt, as logged.
+/// One recipient of an attempt, with the decision it was sent under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecipient {
+    pub index: usize,
+    pub address: String,
+    /// Method, TLS requirement, rule and policy version of the decision.
+    pub method: String,
+    pub tls: String,
+    pub rule: String,
+    pub policy_version: String,
+}
+
+/// One attempt, as logged before it sends anything.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptLine {
+    /// Random id; the `done` line names it.
+    pub attempt: String,
     /// The message.
     pub id: QueueId,
-    /// Recipient index and its attempt count before this attempt.
-    pub rcpts: Vec<(usize, u32)>,
+    pub sender: String,
+    pub message_id: Option<String>,
+    pub rcpts: Vec<AttemptRecipient>,
     /// When the attempt started.
     pub at: DateTime<Utc>,
 }
 
-/// A recipient whose last attempt may or may not have been delivered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Unresolved {
-    pub id: QueueId,
-    pub index: usize,
-    /// When the attempt whose outcome was lost started.
-    pub at: DateTime<Utc>,
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Begin(AttemptLine),
+    Done { done: String },
 }
+
+/// An attempt whose audit events never reached the journal: each of its
+/// recipients may or may not have received the message.
+pub type Unresolved = AttemptLine;
 
 struct LogState {
     file: Arc<File>,
@@ -56,6 +76,10 @@ struct LogState {
     written: u64,
     /// Attempts not finished yet, per segment.
     open: BTreeMap<u64, usize>,
+    /// The oldest segment of this run still on disk. Segments go oldest
+    /// first, so a `done` line (always in a segment no older than its
+    /// attempt's) never goes before the attempt it closes.
+    oldest: u64,
 }
 
 /// The attempt log handle, cheap to clone.
@@ -66,15 +90,19 @@ pub struct AttemptLog {
 
 struct Inner {
     dir: PathBuf,
+    /// The first segment of this run; older ones are from before the start.
+    start_segment: u64,
     state: Mutex<LogState>,
     sync_lock: Mutex<()>,
     synced: AtomicU64,
 }
 
-/// An attempt in progress; hand it back to [`AttemptLog::finish`].
+/// An attempt in progress; hand it back to [`AttemptLog::finish`] once its
+/// audit events are journaled.
 #[derive(Debug)]
 pub struct AttemptTicket {
     segment: u64,
+    attempt: String,
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> SpoolError {
@@ -110,10 +138,27 @@ fn create_segment(dir: &Path, n: u64) -> Result<File, SpoolError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
+    preallocate(&file);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err(dir, e))?;
     Ok(file)
+}
+
+/// Reserves the segment's blocks without changing its size, so appends
+/// still work on a file system that has filled up since. Where the file
+/// system cannot do it, appends simply allocate as they go.
+fn preallocate(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on a descriptor we own, with constant arguments.
+    let _ = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            (SEGMENT_LIMIT + 64 * 1024) as libc::off_t,
+        )
+    };
 }
 
 impl AttemptLog {
@@ -121,27 +166,34 @@ impl AttemptLog {
     /// logged before this start. The old segments stay until
     /// [`AttemptLog::forget_before_start`] is called, once the caller has
     /// recorded what they mean.
-    pub fn open(dir: &Path) -> Result<(AttemptLog, Vec<AttemptLine>), SpoolError> {
+    pub fn open(dir: &Path) -> Result<(AttemptLog, Vec<Unresolved>), SpoolError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io_err(dir, e))?;
         let old = segments(dir)?;
-        let mut lines = Vec::new();
+        let mut begun = Vec::new();
+        let mut done = std::collections::HashSet::new();
         for n in &old {
-            read_segment(&segment_path(dir, *n), &mut lines)?;
+            read_segment(&segment_path(dir, *n), &mut begun, &mut done)?;
         }
+        let lines: Vec<Unresolved> = begun
+            .into_iter()
+            .filter(|l| !done.contains(&l.attempt))
+            .collect();
         let segment = old.last().map_or(0, |n| n + 1);
         let file = create_segment(dir, segment)?;
         let log = AttemptLog {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
+                start_segment: segment,
                 state: Mutex::new(LogState {
                     file: Arc::new(file),
                     segment,
                     size: 0,
                     written: 0,
                     open: BTreeMap::new(),
+                    oldest: segment,
                 }),
                 sync_lock: Mutex::new(()),
                 synced: AtomicU64::new(0),
@@ -156,9 +208,8 @@ impl AttemptLog {
 
     /// Deletes the segments written before this start.
     pub fn forget_before_start(&self) -> Result<(), SpoolError> {
-        let current = self.state().segment;
         for n in segments(&self.inner.dir)? {
-            if n < current {
+            if n < self.inner.start_segment {
                 let path = segment_path(&self.inner.dir, n);
                 std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
             }
@@ -171,23 +222,19 @@ impl AttemptLog {
     pub async fn begin(
         &self,
         msg: &QueuedMessage,
-        indices: &[usize],
+        rcpts: Vec<AttemptRecipient>,
     ) -> Result<AttemptTicket, SpoolError> {
         let line = AttemptLine {
+            attempt: crate::util::random_hex_id(),
             id: msg.id.clone(),
-            rcpts: indices
-                .iter()
-                .filter_map(|&i| msg.recipients.get(i).map(|r| (i, r.attempts)))
-                .collect(),
+            sender: msg.sender.clone(),
+            message_id: msg.message_id.clone(),
+            rcpts,
             at: Utc::now(),
         };
-        let mut bytes = serde_json::to_vec(&line).map_err(|e| SpoolError::Corrupt {
-            path: self.inner.dir.clone(),
-            reason: e.to_string(),
-        })?;
-        bytes.push(b'\n');
+        let bytes = self.encode(&Entry::Begin(line.clone()))?;
         let log = self.clone();
-        tokio::task::spawn_blocking(move || log.append_synced(&bytes))
+        tokio::task::spawn_blocking(move || log.append_synced(&bytes, line.attempt))
             .await
             .unwrap_or_else(|e| {
                 Err(io_err(
@@ -197,13 +244,23 @@ impl AttemptLog {
             })
     }
 
-    fn append_synced(&self, bytes: &[u8]) -> Result<AttemptTicket, SpoolError> {
+    fn encode(&self, entry: &Entry) -> Result<Vec<u8>, SpoolError> {
+        let mut bytes = vec![b'\n'];
+        serde_json::to_writer(&mut bytes, entry).map_err(|e| SpoolError::Corrupt {
+            path: self.inner.dir.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(bytes)
+    }
+
+    fn append_synced(&self, bytes: &[u8], attempt: String) -> Result<AttemptTicket, SpoolError> {
         let (n, segment) = self.append(bytes)?;
         if let Err(e) = self.sync(n) {
-            self.finish(AttemptTicket { segment });
+            // Not durable, so nothing will be sent: close it at once.
+            self.finish(AttemptTicket { segment, attempt });
             return Err(e);
         }
-        Ok(AttemptTicket { segment })
+        Ok(AttemptTicket { segment, attempt })
     }
 
     fn append(&self, bytes: &[u8]) -> Result<(u64, u64), SpoolError> {
@@ -257,42 +314,60 @@ impl AttemptLog {
         self.inner.synced.fetch_max(st.written, Ordering::AcqRel);
         let next = st.segment + 1;
         st.file = Arc::new(create_segment(&self.inner.dir, next)?);
-        if st.open.get(&st.segment).copied().unwrap_or(0) == 0 {
-            st.open.remove(&st.segment);
-            let _ = std::fs::remove_file(&old);
-        }
         st.segment = next;
         st.size = 0;
+        self.collect(st);
         Ok(())
+    }
+
+    /// Deletes finished segments, oldest first, up to the first one that
+    /// still has an attempt open.
+    fn collect(&self, st: &mut LogState) {
+        while st.oldest < st.segment && st.open.get(&st.oldest).copied().unwrap_or(0) == 0 {
+            st.open.remove(&st.oldest);
+            let _ = std::fs::remove_file(segment_path(&self.inner.dir, st.oldest));
+            st.oldest += 1;
+        }
     }
 
     /// The attempt's outcome is in the spool (or it was given up): its
     /// segment may go once nothing else in it is open.
     pub fn finish(&self, ticket: AttemptTicket) {
+        let done = self.encode(&Entry::Done {
+            done: ticket.attempt.clone(),
+        });
         let mut st = self.state();
-        let left = match st.open.get_mut(&ticket.segment) {
-            Some(n) => {
-                *n = n.saturating_sub(1);
-                *n
+        if let Ok(bytes) = done {
+            // Best effort: a lost `done` line only adds an "unknown" row.
+            if (&*st.file).write_all(&bytes).is_ok() {
+                st.size += bytes.len() as u64;
+            } else {
+                let _ = st.file.set_len(st.size);
             }
-            None => return,
-        };
-        if left == 0 && ticket.segment != st.segment {
-            st.open.remove(&ticket.segment);
-            let _ = std::fs::remove_file(segment_path(&self.inner.dir, ticket.segment));
         }
+        if let Some(n) = st.open.get_mut(&ticket.segment) {
+            *n = n.saturating_sub(1);
+        }
+        self.collect(&mut st);
     }
 }
 
 /// Reads the lines of one segment; a torn last line (a crash while it was
 /// written, before its fsync returned, so nothing was sent for it) and
 /// unreadable lines are skipped.
-fn read_segment(path: &Path, out: &mut Vec<AttemptLine>) -> Result<(), SpoolError> {
+fn read_segment(
+    path: &Path,
+    begun: &mut Vec<AttemptLine>,
+    done: &mut std::collections::HashSet<String>,
+) -> Result<(), SpoolError> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
     for line in std::io::BufReader::new(file).split(b'\n') {
         let line = line.map_err(|e| io_err(path, e))?;
-        match serde_json::from_slice::<AttemptLine>(&line) {
-            Ok(l) => out.push(l),
+        match serde_json::from_slice::<Entry>(&line) {
+            Ok(Entry::Begin(l)) => begun.push(l),
+            Ok(Entry::Done { done: id }) => {
+                done.insert(id);
+            }
             Err(_) if line.is_empty() => {}
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "attempt log line unreadable; skipped (a torn write before anything was sent)")
@@ -302,60 +377,50 @@ fn read_segment(path: &Path, out: &mut Vec<AttemptLine>) -> Result<(), SpoolErro
     Ok(())
 }
 
-/// The recipients whose logged attempt has no outcome in their envelope:
-/// the message is still queued, the recipient still open, and its attempt
-/// count is the one logged before the attempt.
-pub fn unresolved<'a>(
-    lines: &[AttemptLine],
-    lookup: impl Fn(&QueueId) -> Option<&'a QueuedMessage>,
-) -> Vec<Unresolved> {
-    let mut found = BTreeMap::new();
-    for line in lines {
-        let Some(msg) = lookup(&line.id) else {
-            continue;
-        };
-        for &(index, before) in &line.rcpts {
-            let Some(r) = msg.recipients.get(index) else {
-                continue;
-            };
-            if !r.status.is_final() && r.attempts == before {
-                found.insert((line.id.clone(), index), line.at);
-            }
-        }
-    }
-    found
-        .into_iter()
-        .map(|((id, index), at)| Unresolved { id, index, at })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn rcpts(msg: &QueuedMessage, idx: &[usize]) -> Vec<AttemptRecipient> {
+        idx.iter()
+            .map(|&i| AttemptRecipient {
+                index: i,
+                address: msg.recipients[i].address.clone(),
+                method: "tls".into(),
+                tls: "verified".into(),
+                rule: "default".into(),
+                policy_version: "v1".into(),
+            })
+            .collect()
+    }
+
     #[tokio::test]
-    async fn a_logged_attempt_without_outcome_is_unresolved_after_restart() {
+    async fn an_attempt_not_done_is_unresolved_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("attempts");
-        let mut msg = QueuedMessage::for_test("a@x.test", &["b@y.test", "c@y.test", "d@y.test"]);
-        msg.recipients[2].attempts = 4;
+        let msg = QueuedMessage::for_test("a@x.test", &["b@y.test", "c@y.test", "d@y.test"]);
         {
             let (log, old) = AttemptLog::open(&path).unwrap();
             assert!(old.is_empty());
-            let _lost = log.begin(&msg, &[0, 1, 2]).await.unwrap();
+            let done = log.begin(&msg, rcpts(&msg, &[0])).await.unwrap();
+            let _lost = log.begin(&msg, rcpts(&msg, &[1, 2])).await.unwrap();
+            log.finish(done);
         }
-        // The outcome of recipient 1 reached the envelope; 0 and 2 did not.
-        msg.recipients[1].attempts = 1;
-        msg.recipients[1].status = crate::queue::RecipientStatus::Deferred;
         let (log, old) = AttemptLog::open(&path).unwrap();
-        let got = unresolved(&old, |id| (id == &msg.id).then_some(&msg));
-        let idx: Vec<usize> = got.iter().map(|u| u.index).collect();
-        assert_eq!(idx, vec![0, 2]);
-        // A message no longer queued matches nothing.
-        assert!(unresolved(&old, |_| None).is_empty());
+        assert_eq!(old.len(), 1, "only the attempt without a done line");
+        let got: Vec<&str> = old[0].rcpts.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(got, vec!["c@y.test", "d@y.test"]);
+        assert_eq!(old[0].rcpts[0].method, "tls");
+        // Attempts of this run are not touched by forgetting the old ones.
+        let open_now = log.begin(&msg, rcpts(&msg, &[0])).await.unwrap();
         log.forget_before_start().unwrap();
+        drop(open_now);
         let (_, again) = AttemptLog::open(&path).unwrap();
-        assert!(again.is_empty(), "old segments are gone");
+        assert_eq!(
+            again.len(),
+            1,
+            "the old segments are gone, this run's attempt is kept"
+        );
     }
 
     #[tokio::test]
@@ -364,12 +429,12 @@ mod tests {
         let path = dir.path().join("attempts");
         let msg = QueuedMessage::for_test("a@x.test", &["b@y.test"]);
         let (log, _) = AttemptLog::open(&path).unwrap();
-        let t = log.begin(&msg, &[0]).await.unwrap();
+        let t = log.begin(&msg, rcpts(&msg, &[0])).await.unwrap();
         {
             let mut st = log.state();
             st.size = SEGMENT_LIMIT + 1;
         }
-        let t2 = log.begin(&msg, &[0]).await.unwrap();
+        let t2 = log.begin(&msg, rcpts(&msg, &[0])).await.unwrap();
         assert_eq!(segments(&path).unwrap().len(), 2);
         log.finish(t);
         assert_eq!(
@@ -377,15 +442,19 @@ mod tests {
             1,
             "finished old segment deleted"
         );
-        log.finish(t2);
+        drop(t2);
         drop(log);
         let seg = segments(&path).unwrap()[0];
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(segment_path(&path, seg))
             .unwrap();
-        f.write_all(b"{\"id\":\"00").unwrap();
-        let (_, old) = AttemptLog::open(&path).unwrap();
+        // A torn line, then a good one: the newline before each line keeps
+        // the good one readable.
+        f.write_all(b"\n{\"attempt\":\"00").unwrap();
+        drop(f);
+        let (log, old) = AttemptLog::open(&path).unwrap();
         assert_eq!(old.len(), 1, "the good line is read, the torn one skipped");
+        drop(log);
     }
 }

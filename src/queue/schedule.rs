@@ -71,6 +71,9 @@ struct Slot {
     /// Attempts in a row that failed on our side (journal, spool, a bug)
     /// since the state was last persisted: each backs off further.
     failures: u32,
+    /// Outcomes are applied in memory but not yet on disk: write them at
+    /// this time (even if no recipient is due then).
+    persist_at: Option<DateTime<Utc>>,
     /// The key under which the message sits in `due`, if scheduled.
     due_key: Option<(DateTime<Utc>, QueueId)>,
 }
@@ -92,7 +95,11 @@ impl State {
         if slot.in_flight {
             return;
         }
-        if let Some(at) = slot.msg.next_due() {
+        let at = match (slot.msg.next_due(), slot.persist_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = at {
             let key = (at, id.clone());
             self.due.insert(key.clone());
             slot.due_key = Some(key);
@@ -123,12 +130,8 @@ impl Queue {
         hostname: String,
     ) -> Result<(Queue, Recovered), QueueError> {
         let mut recovered = spool.recover()?;
-        let (attempts, lines) = AttemptLog::open(&spool.root().join("attempts"))?;
-        {
-            let by_id: HashMap<&QueueId, &QueuedMessage> =
-                recovered.messages.iter().map(|m| (&m.id, m)).collect();
-            recovered.unresolved = super::attempts::unresolved(&lines, |id| by_id.get(id).copied());
-        }
+        let (attempts, unresolved) = AttemptLog::open(&spool.root().join("attempts"))?;
+        recovered.unresolved = unresolved;
         let queue = Queue {
             inner: Arc::new(Inner {
                 spool,
@@ -149,6 +152,7 @@ impl Queue {
                         msg,
                         in_flight: false,
                         failures: 0,
+                        persist_at: None,
                         due_key: None,
                     },
                 );
@@ -187,6 +191,7 @@ impl Queue {
                     msg,
                     in_flight: false,
                     failures: 0,
+                    persist_at: None,
                     due_key: None,
                 },
             );
@@ -242,55 +247,95 @@ impl Queue {
         mut msg: QueuedMessage,
         outcomes: &[(usize, RecipientOutcome)],
     ) -> Result<(), QueueError> {
+        self.apply(&mut msg, outcomes);
+        if let Err(e) = self.persist(&mut msg).await {
+            self.keep_unsaved(msg);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The state transitions of one attempt's outcomes.
+    fn apply(&self, msg: &mut QueuedMessage, outcomes: &[(usize, RecipientOutcome)]) {
         let now = Utc::now();
         for (idx, out) in outcomes {
             let Some(r) = msg.recipients.get_mut(*idx) else {
                 continue;
             };
-            r.attempts += 1;
+            r.attempts = r.attempts.saturating_add(1);
             r.last_error = Some(out.reply.clone());
             r.last_status = out.enhanced.clone();
             r.last_remote = out.remote.clone();
-            match out.verdict {
+            r.next_attempt = None;
+            r.status = match out.verdict {
                 Verdict::Delivered => {
-                    r.status = RecipientStatus::Delivered;
-                    r.next_attempt = None;
                     r.last_error = None;
+                    RecipientStatus::Delivered
                 }
-                Verdict::Permanent => {
-                    r.status = RecipientStatus::Bounced;
-                    r.next_attempt = None;
-                }
-                Verdict::Held => {
-                    r.status = RecipientStatus::Held;
-                    r.next_attempt = None;
-                }
+                Verdict::Permanent => RecipientStatus::Bounced,
+                Verdict::Held => RecipientStatus::Held,
                 Verdict::Temporary => {
-                    r.status = RecipientStatus::Deferred;
-                    r.next_attempt = Some(
-                        now + chrono::Duration::from_std(self.backoff(r.attempts))
-                            .unwrap_or_default(),
-                    );
+                    r.next_attempt = Some(later(now, self.backoff(r.attempts)));
+                    RecipientStatus::Deferred
                 }
-            }
+            };
         }
-        self.send_dsns(&mut msg).await?;
+    }
+
+    /// Writes the state (or removes a finished message), queueing DSNs
+    /// first, and reschedules.
+    async fn persist(&self, msg: &mut QueuedMessage) -> Result<(), QueueError> {
+        self.send_dsns(msg).await?;
         let id = msg.id.clone();
         if msg.is_done() {
             self.inner.spool.remove(&id).await?;
             self.lock().messages.remove(&id);
         } else {
-            self.inner.spool.write_envelope(&msg).await?;
+            self.inner.spool.write_envelope(msg).await?;
             let mut st = self.lock();
             if let Some(slot) = st.messages.get_mut(&id) {
-                slot.msg = msg;
+                slot.msg = msg.clone();
                 slot.in_flight = false;
                 slot.failures = 0;
+                slot.persist_at = None;
                 st.schedule(&id);
             }
         }
         self.inner.wake.notify_one();
         Ok(())
+    }
+
+    /// Keeps a state that could not be written in memory, so that nobody
+    /// who already has the message gets it again and no DSN is queued
+    /// twice, and backs off before writing it again.
+    fn keep_unsaved(&self, msg: QueuedMessage) {
+        let id = msg.id.clone();
+        {
+            let mut st = self.lock();
+            if let Some(slot) = st.messages.get_mut(&id) {
+                slot.msg = msg;
+            }
+        }
+        self.back_off(&id, true);
+    }
+
+    /// Applies an attempt's outcomes in memory only (their audit events
+    /// could not be journaled yet), and backs off.
+    pub fn keep_outcomes_unsaved(
+        &self,
+        mut msg: QueuedMessage,
+        outcomes: &[(usize, RecipientOutcome)],
+    ) {
+        self.apply(&mut msg, outcomes);
+        self.keep_unsaved(msg);
+    }
+
+    /// Whether a message has state in memory that is not on disk yet.
+    pub fn needs_persist(&self, id: &QueueId) -> bool {
+        self.lock()
+            .messages
+            .get(id)
+            .is_some_and(|s| s.persist_at.is_some())
     }
 
     /// Returns a message to the schedule unchanged (delivery could not even
@@ -311,17 +356,26 @@ impl Queue {
     /// is not due again before a backoff that grows with every such
     /// failure. A failure is never a fast path.
     pub fn release_after_failure(&self, id: &QueueId) {
+        self.back_off(id, false);
+    }
+
+    fn back_off(&self, id: &QueueId, unsaved: bool) {
         let now = Utc::now();
         let mut st = self.lock();
         if let Some(slot) = st.messages.get_mut(id) {
             slot.in_flight = false;
             slot.failures = slot.failures.saturating_add(1);
             let tried = slot.msg.open_recipients().map(|(_, r)| r.attempts).max();
-            let delay = self.backoff(tried.unwrap_or(0).saturating_add(slot.failures));
-            let later = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            let at = later(
+                now,
+                self.backoff(tried.unwrap_or(0).saturating_add(slot.failures)),
+            );
+            if unsaved || slot.persist_at.is_some() {
+                slot.persist_at = Some(at);
+            }
             for r in slot.msg.recipients.iter_mut() {
                 if !r.status.is_final() && r.status != RecipientStatus::Held {
-                    r.next_attempt = Some(r.next_attempt.map_or(later, |t| t.max(later)));
+                    r.next_attempt = Some(r.next_attempt.map_or(at, |t| t.max(at)));
                 }
             }
         }
@@ -335,9 +389,9 @@ impl Queue {
     pub async fn begin_attempt(
         &self,
         msg: &QueuedMessage,
-        indices: &[usize],
+        rcpts: Vec<super::attempts::AttemptRecipient>,
     ) -> Result<AttemptTicket, QueueError> {
-        Ok(self.inner.attempts.begin(msg, indices).await?)
+        Ok(self.inner.attempts.begin(msg, rcpts).await?)
     }
 
     /// The attempt's outcome is in the spool ([`Queue::complete`] returned).
@@ -460,13 +514,21 @@ impl Queue {
             local: true,
             requiretls: false,
         };
-        let mut w = self.inner.spool.create_content(&out.id).await?;
-        w.write(content).await?;
-        let (size, sha) = w.finish().await?;
-        out.size = size;
-        out.content_sha256 = sha;
         let id = out.id.clone();
-        self.enqueue(out).await?;
+        let stored = async {
+            let mut w = self.inner.spool.create_content(&out.id).await?;
+            w.write(content).await?;
+            let (size, sha) = w.finish().await?;
+            out.size = size;
+            out.content_sha256 = sha;
+            self.enqueue(out).await
+        }
+        .await;
+        if let Err(e) = stored {
+            // No orphan left behind on a full disk.
+            let _ = self.inner.spool.remove(&id).await;
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -572,6 +634,14 @@ impl Queue {
         self.inner.spool.remove(id).await?;
         Ok(())
     }
+}
+
+/// `now + delay`, saturating at the far future rather than overflowing.
+fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ const INFO_ENV: &[u8] = b"sealgate spool v2 envelope";
 /// Mode of every spool file and of the spool folders.
 const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
+/// File in `spool_dir` naming the key id the daemon encrypts with.
+const KEY_IN_USE: &str = "key-in-use";
 
 /// Errors of the spool, for a mail administrator.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,32 @@ fn key_id(key: &[u8; 32]) -> [u8; KEY_ID] {
     id
 }
 
+/// An exclusive lock (flock) on `<key file>.lock` while the key file is
+/// rewritten, so two operators cannot lose each other's keys.
+fn lock_key_file(path: &Path) -> Result<std::fs::File, SpoolError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let io = |source| SpoolError::Io {
+        path: lock_path.clone(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(&lock_path)
+        .map_err(io)?;
+    // SAFETY: flock on a descriptor we own; released when `f` is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(f)
+}
+
 /// The AES-256-GCM key of one file: HKDF-SHA256(spool key, salt, purpose).
 fn file_key(key: &[u8; 32], salt: &[u8; SALT], purpose: &'static [u8]) -> LessSafeKey {
     let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt).extract(key);
@@ -128,6 +156,14 @@ fn file_key(key: &[u8; 32], salt: &[u8; SALT], purpose: &'static [u8]) -> LessSa
 /// and `#` comments ignored), the first being the current one; or a file
 /// of exactly 32 raw bytes.
 fn parse_keys(bytes: &[u8]) -> Result<Vec<[u8; 32]>, String> {
+    // The first format: one key as 64 hex characters, white space anywhere
+    // (`xxd -p` splits lines at 60).
+    let joined: String = String::from_utf8_lossy(bytes).split_whitespace().collect();
+    if joined.len() == 64 && joined.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&hex::decode(&joined).map_err(|e| e.to_string())?);
+        return Ok(vec![k]);
+    }
     match parse_key_lines(bytes) {
         Err(_) if bytes.len() == 32 => {
             let mut k = [0u8; 32];
@@ -209,6 +245,7 @@ impl SpoolKey {
     /// Puts a new random key first in the key file; the old keys stay for
     /// reading files written before. Returns the number of keys now held.
     pub fn rotate(path: &Path) -> Result<usize, SpoolError> {
+        let _lock = lock_key_file(path)?;
         let old = SpoolKey::load(path)?;
         let mut keys = vec![crate::util::random_bytes::<32>()];
         keys.extend(old.keys);
@@ -219,6 +256,7 @@ impl SpoolKey {
     /// Drops the older keys that no file in `spool` uses any more. Returns
     /// how many were dropped.
     pub fn prune(path: &Path, spool: &Spool) -> Result<usize, SpoolError> {
+        let _lock = lock_key_file(path)?;
         let old = SpoolKey::load(path)?;
         let used = spool.key_ids_in_use()?;
         let keep: Vec<[u8; 32]> = old
@@ -384,29 +422,75 @@ impl Spool {
         })
     }
 
-    /// The ids of the spool keys that files in the spool use (format-1
-    /// files count as using every key: their header names none).
+    /// The ids of the spool keys that files in the spool use, plus the key
+    /// the daemon last started with (it may be writing with it right now).
+    /// Fails closed: a file that cannot be read, or whose header is not
+    /// complete yet (a message streaming in), is an error, so `prune` never
+    /// drops a key something may still need.
     pub fn key_ids_in_use(&self) -> Result<std::collections::BTreeSet<[u8; KEY_ID]>, SpoolError> {
         use std::io::Read;
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| SpoolError::Folder {
+        let folder_err = |source| SpoolError::Folder {
             path: self.dir.clone(),
             source,
-        })?;
+        };
         let mut used = std::collections::BTreeSet::new();
-        for entry in entries.flatten() {
-            let mut header = [0u8; HEADER];
-            let read = std::fs::File::open(entry.path()).and_then(|mut f| f.read(&mut header));
-            let Ok(n) = read else { continue };
-            let magic = &header[..8.min(n)];
-            if magic == MSG_MAGIC_V1 || magic == ENV_MAGIC_V1 {
+        let marker = self.root().join(KEY_IN_USE);
+        match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let id = hex::decode(text.trim()).ok().filter(|b| b.len() == KEY_ID);
+                let id = id.ok_or_else(|| SpoolError::Corrupt {
+                    path: marker.clone(),
+                    reason: "not a key id".into(),
+                })?;
+                let mut k = [0u8; KEY_ID];
+                k.copy_from_slice(&id);
+                used.insert(k);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SpoolError::Io {
+                    path: marker,
+                    source,
+                });
+            }
+        }
+        for entry in std::fs::read_dir(&self.dir).map_err(folder_err)? {
+            let path = entry.map_err(folder_err)?.path();
+            let io = |source| SpoolError::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut header = Vec::with_capacity(HEADER);
+            std::fs::File::open(&path)
+                .map_err(io)?
+                .take(HEADER as u64)
+                .read_to_end(&mut header)
+                .map_err(io)?;
+            let magic = header.get(..8);
+            if magic == Some(MSG_MAGIC_V1) || magic == Some(ENV_MAGIC_V1) {
                 used.extend(self.key.keys.iter().map(key_id));
-            } else if n == HEADER {
+            } else if header.len() == HEADER
+                && (magic == Some(MSG_MAGIC) || magic == Some(ENV_MAGIC))
+            {
                 let mut id = [0u8; KEY_ID];
                 id.copy_from_slice(&header[8..8 + KEY_ID]);
                 used.insert(id);
+            } else {
+                return Err(SpoolError::Corrupt {
+                    path,
+                    reason: "no complete spool header (a message still being received, or a foreign file); try again when the spool is quiet".into(),
+                });
             }
         }
         Ok(used)
+    }
+
+    /// Records which key this daemon encrypts with, for `spool-key prune`.
+    pub fn record_key_in_use(&self) -> Result<(), SpoolError> {
+        let path = self.root().join(KEY_IN_USE);
+        let id = hex::encode(key_id(self.key.current()));
+        crate::util::replace_file(&path, id.as_bytes())
+            .map_err(|source| SpoolError::Io { path, source })
     }
 
     /// The spool folder as configured (`spool_dir`), holding `queue/`.
@@ -454,7 +538,12 @@ impl Spool {
     /// The message is durable once this returns.
     pub async fn write_envelope(&self, msg: &QueuedMessage) -> Result<(), SpoolError> {
         let path = self.env_path(&msg.id);
-        let tmp = self.dir.join(format!("{}.env.tmp", msg.id.0));
+        // A name of its own per write: two writers never share a temporary file.
+        let tmp = self.dir.join(format!(
+            "{}.env.{}.tmp",
+            msg.id.0,
+            hex::encode(crate::util::random_bytes::<6>())
+        ));
         let json = serde_json::to_vec(msg).map_err(|e| SpoolError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
@@ -996,6 +1085,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn prune_keeps_the_daemons_key_and_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("spool.key");
+        SpoolKey::generate(&key_file).unwrap();
+        let running = Spool::open(dir.path(), SpoolKey::load(&key_file).unwrap()).unwrap();
+        running.record_key_in_use().unwrap();
+        SpoolKey::rotate(&key_file).unwrap();
+        // The daemon has not restarted: its key stays although no file uses it.
+        let cli = Spool::open(dir.path(), SpoolKey::load(&key_file).unwrap()).unwrap();
+        assert_eq!(SpoolKey::prune(&key_file, &cli).unwrap(), 0);
+        // A message streaming in (header not flushed yet): prune refuses.
+        std::fs::write(cli.dir.join("0000.msg"), b"SGMSG0").unwrap();
+        assert!(SpoolKey::prune(&key_file, &cli).is_err());
+        std::fs::remove_file(cli.dir.join("0000.msg")).unwrap();
+        cli.record_key_in_use().unwrap();
+        assert_eq!(SpoolKey::prune(&key_file, &cli).unwrap(), 1);
+        assert_eq!(SpoolKey::load(&key_file).unwrap().keys.len(), 1);
+    }
+
+    #[tokio::test]
     async fn format_1_files_stay_readable() {
         let dir = tempfile::tempdir().unwrap();
         let raw = [9u8; 32];
@@ -1037,17 +1146,49 @@ mod tests {
         Spool::open(dir, SpoolKey::from_bytes(key)).unwrap()
     }
 
+    /// A real full disk (a tiny tmpfs; the tests run as root): the write
+    /// of a larger envelope fails with ENOSPC, the error is returned, and
+    /// the good envelope stays readable with its old state.
     #[tokio::test]
-    async fn a_failed_envelope_write_leaves_the_good_one_in_place() {
+    async fn a_write_that_hits_a_full_disk_fails_and_leaves_the_good_envelope() {
         let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs needs root");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
         let s = spool(dir.path());
         let mut m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
         s.write_envelope(&m).await.unwrap();
-        // The temporary file cannot be created: the write must fail, loudly.
-        std::fs::create_dir(s.dir.join(format!("{}.env.tmp", m.id.0))).unwrap();
-        m.recipients[0].attempts = 7;
-        assert!(s.write_envelope(&m).await.is_err());
-        assert_eq!(s.read_envelope(&m.id).unwrap().recipients[0].attempts, 0);
+        // Fill what is left.
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(dir.path().join("filler")).unwrap();
+            while f.write_all(&[0u8; 4096]).is_ok() {}
+        }
+        m.recipients = (0..2000)
+            .map(|i| crate::queue::Recipient::new(format!("r{i}@example.test")))
+            .collect();
+        let err = s.write_envelope(&m).await.unwrap_err();
+        assert!(err.is_out_of_space(), "{err}");
+        let back = s.read_envelope(&m.id).unwrap();
+        assert_eq!(back.recipients.len(), 1, "the old envelope is intact");
+        let tmp_left = std::fs::read_dir(&s.dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
+        assert!(!tmp_left, "the temporary file was removed");
     }
 
     #[test]
@@ -1059,6 +1200,9 @@ mod tests {
         assert!(parse_keys(b"# nothing\n").is_err());
         assert!(parse_keys(format!("{k1}\nzz\n").as_bytes()).is_err());
         assert!(parse_keys(&[0u8; 31]).is_err());
+        // The first format: 64 hex characters split by white space.
+        let split = format!("{}\n{}\n", &k1[..60], &k1[60..]);
+        assert_eq!(parse_keys(split.as_bytes()).unwrap(), vec![[0x11; 32]]);
         assert_eq!(parse_keys(&[0xffu8; 32]).unwrap(), vec![[0xff; 32]]);
     }
 
