@@ -675,3 +675,147 @@ async fn a_connection_lost_after_data_started_is_not_retried_at_once() {
     assert_eq!(mx.data_commands(), 2, "{:?}", mx.transcript());
     assert_eq!(mx.connections(), 1);
 }
+
+/// A message whose header fields name a patient in every way a header
+/// can: display names (quoted, encoded, folded), comments, a group name.
+fn named_message() -> Vec<u8> {
+    concat!(
+        "From: \"Doe, Jane (patient)\" <a@clinic.example.test>\r\n",
+        "To: =?utf-8?q?J=C3=BCrgen?=\r\n =?utf-8?q?_M=C3=BCller?= <nobody@example.test>\r\n",
+        "Cc: b@example.test (John Doe), Trial Group: c@example.test;\r\n",
+        "Reply-To: Marisol Underhill <r@clinic.example.test>\r\n",
+        "Subject: Lab results for Jane Doe\r\n",
+        "Date: Sun, 29 Nov 2026 10:00:00 +0000\r\n",
+        "Message-ID: <named.1@clinic.example.test>\r\n",
+        "\r\n",
+        "Dear Jane Doe, your results are in.\r\n",
+    )
+    .as_bytes()
+    .to_vec()
+}
+
+const NAME_TEXT: &[&str] = &[
+    "Jane",
+    "Doe",
+    "patient",
+    "Jürgen",
+    "Müller",
+    "J=C3=BCrgen",
+    "M=C3=BCller",
+    "John",
+    "Trial",
+    "Marisol",
+    "Underhill",
+    "Lab results",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_reaches_the_sender_and_names_no_one() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    w.domain("clinic.example.test", "mx.example.test");
+    // The remote's refusal echoes a name, as some servers do.
+    let mx = w
+        .mx(MxOptions::new("mx.example.test").rcpt_script(
+            "nobody@example.test",
+            Script::always(550, "5.1.1 <nobody@example.test>: no mailbox for Jane Doe"),
+        ))
+        .await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["nobody@example.test"],
+        &named_message(),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    let dsn = &got[0];
+    assert_eq!(dsn.mail_from, "");
+    assert_eq!(dsn.rcpt_to, vec!["a@clinic.example.test"]);
+    let text = dsn.data_str();
+    let lower = text.to_lowercase();
+    for name in NAME_TEXT {
+        assert!(
+            !lower.contains(&name.to_lowercase()),
+            "{name} in the DSN:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("Final-Recipient: rfc822;nobody@example.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Message-ID: <named.1@clinic.example.test>"),
+        "{text}"
+    );
+    assert!(text.contains("From: <a@clinic.example.test>"), "{text}");
+    assert!(text.contains("To: <nobody@example.test>"), "{text}");
+    // The DSN was decided by the policy (its default here), not waved through.
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["recipient"] == "a@clinic.example.test")
+        .unwrap();
+    assert_eq!(row["outcome"], "delivered");
+    assert_eq!(row["policy_rule"], "default", "{row:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_waits_when_its_destination_cannot_meet_the_policy() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w
+        .mx(MxOptions::new("mx.example.test").rcpt_script(
+            "nobody@example.test",
+            Script::always(550, "5.1.1 no such user"),
+        ))
+        .await;
+    // The sender's domain: a server without STARTTLS, and a rule that
+    // wants verified TLS for it.
+    let ip2 = crate::gateway::fresh_ip();
+    w.zone
+        .add_mx("clinic.example.test", 10, "mx.clinic.example.test");
+    w.zone.add_a("mx.clinic.example.test", ip2);
+    let clinic = crate::world::TestMx::start(
+        MxOptions::new("mx.clinic.example.test")
+            .ip(ip2)
+            .port(w.port),
+    )
+    .await;
+    let mut opts = w.options();
+    opts.retry_base = "10m".into();
+    opts.retry_max = "1h".into();
+    opts.policy = format!(
+        "{}\n[[rule]]\nname = \"own-domain-verified\"\nmatch.recipient_domain = [\"clinic.example.test\"]\nmethods = [\"tls\"]\nmin_tls = \"verified\"\n",
+        crate::gateway::OPPORTUNISTIC_POLICY
+    );
+    let gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["nobody@example.test"],
+        &message("s", "b"),
+    )
+    .unwrap();
+    let rows = gw
+        .wait_audit(WAIT, |r| {
+            r.iter().any(|r| r["recipient"] == "a@clinic.example.test")
+        })
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["recipient"] == "a@clinic.example.test")
+        .unwrap();
+    assert_eq!(row["outcome"], "deferred", "{row:#}");
+    assert_eq!(row["policy_rule"], "own-domain-verified");
+    let ev: serde_json::Value = serde_json::from_str(row["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(ev["decision"]["action"], "wait", "{ev:#}");
+    assert!(
+        clinic.messages().is_empty(),
+        "the DSN did not go in plaintext"
+    );
+    assert_eq!(clinic.transactions(), 0);
+    assert_eq!(mx.messages().len(), 0);
+}
