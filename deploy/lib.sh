@@ -23,5 +23,5 @@ ensure_packages() {
 
 # What building sealgate needs beside the Rust toolchain.
 BUILD_PACKAGES=(pkg-config libssl-dev libclang-dev gcc)
-# What the test suite needs: independent SMTP clients.
-TEST_PACKAGES=(swaks python3 gnupg)
+# What the test suite needs: independent SMTP clients and servers.
+TEST_PACKAGES=(swaks python3 python3-aiosmtpd gnupg)

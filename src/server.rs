@@ -126,6 +126,9 @@ impl Engine {
 
     /// Decides for the given recipients of `msg` (index, address, released
     /// from hold): message facts once, probes concurrently per recipient.
+    /// Mail sealgate generates itself (DSNs, TLS reports) is decided the
+    /// same way: it carries no PHI, but the transport rules (DANE, MTA-STS,
+    /// verified TLS) of its destination still apply.
     pub async fn decide(
         &self,
         msg: &QueuedMessage,
@@ -133,12 +136,6 @@ impl Engine {
         recipients: &[(usize, String, bool)],
     ) -> Vec<(usize, Decision)> {
         let policy = self.current();
-        if msg.local {
-            return recipients
-                .iter()
-                .map(|(i, _, _)| (*i, Decision::notification(policy.version())))
-                .collect();
-        }
         let facts = if policy.needs_content() {
             let limit = policy.max_scan_size().min(usize::MAX as u64) as usize;
             match spool.read_content(&msg.id, limit).await {

@@ -362,6 +362,21 @@ impl Connection {
         }
     }
 
+    /// Whether an idle (pooled) connection can still carry a transaction:
+    /// the remote has neither closed it nor sent anything unasked (the
+    /// `421` an MTA sends when its own idle timer fires, say). Never
+    /// waits. A close the socket has not seen yet is caught at the first
+    /// command instead (see `Deliverer::transaction`).
+    pub fn idle_usable(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 512];
+        // Pending means nothing to read and no end of stream: still open.
+        // Anything else (EOF, an error, unsolicited bytes) ends its use.
+        futures_util::FutureExt::now_or_never(self.stream.read(&mut probe)).is_none()
+    }
+
     /// Timeouts in force.
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
@@ -523,6 +538,82 @@ mod tests {
                 }
             }
         }
+    }
+
+    const T: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        command: Duration::from_secs(5),
+        data: Duration::from_secs(5),
+    };
+
+    /// A server that greets, then does `then` with the socket.
+    async fn greeting_server<F, Fut>(then: F) -> SocketAddr
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"220 mx.example.test ESMTP\r\n").await.unwrap();
+            then(s).await;
+        });
+        addr
+    }
+
+    /// Polls `idle_usable` until it turns false (bounded, not timed).
+    async fn becomes_unusable(c: &mut Connection) -> bool {
+        for _ in 0..1000 {
+            if !c.idle_usable() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn idle_connection_closed_by_the_remote_is_not_usable() {
+        let addr = greeting_server(|s| async move { drop(s) }).await;
+        let mut c = Connection::connect("mx", addr, T).await.unwrap().unwrap();
+        assert!(becomes_unusable(&mut c).await);
+    }
+
+    #[tokio::test]
+    async fn idle_connection_with_an_unsolicited_421_is_not_usable() {
+        let (hold_tx, hold_rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = greeting_server(|mut s| async move {
+            s.write_all(b"421 4.4.2 idle timeout\r\n").await.unwrap();
+            // Keep the socket open: the reply alone must end its use.
+            let _ = hold_rx.await;
+        })
+        .await;
+        let mut c = Connection::connect("mx", addr, T).await.unwrap().unwrap();
+        assert!(becomes_unusable(&mut c).await);
+        drop(hold_tx);
+    }
+
+    #[tokio::test]
+    async fn idle_connection_that_stays_open_is_usable_and_still_answers() {
+        let addr = greeting_server(|s| async move {
+            let mut rd = tokio::io::BufReader::new(s);
+            let mut line = String::new();
+            use tokio::io::AsyncBufReadExt;
+            rd.read_line(&mut line).await.unwrap();
+            assert_eq!(line, "NOOP\r\n");
+            rd.get_mut().write_all(b"250 2.0.0 ok\r\n").await.unwrap();
+            rd.read_line(&mut line).await.unwrap();
+        })
+        .await;
+        let mut c = Connection::connect("mx", addr, T).await.unwrap().unwrap();
+        for _ in 0..20 {
+            assert!(c.idle_usable());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let r = c.command("NOOP", "the NOOP reply").await.unwrap();
+        assert_eq!(r.code, 250);
+        assert!(c.idle_usable());
     }
 
     #[test]

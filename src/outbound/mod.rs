@@ -152,6 +152,11 @@ enum TxEnd {
     /// Nothing decided on this host (4xx to MAIL, connection lost): try
     /// the next one.
     NextHost(RecipientOutcome),
+    /// The connection was dead at MAIL FROM (end of stream, reset, broken
+    /// pipe, or `421`): nothing of the message was sent. On a pooled
+    /// connection that is the remote's idle close, not a failure of the
+    /// host, and a fresh connection is tried at once.
+    Stale(RecipientOutcome),
 }
 
 impl Deliverer {
@@ -466,123 +471,112 @@ impl Deliverer {
                 let dane = dane_hosts
                     .get(&hop.name)
                     .map(|t| (t.as_slice(), domain.as_str()));
-                let ready = match self.ready(hop, *addr, requirement, route.kind, dane).await {
-                    Ok(r) => {
-                        if !smarthost {
-                            let ip = addr.ip().to_string();
-                            let result = match (&r.tls, &r.tls_failure) {
-                                (Some(t), _) if !t.cert_verified && sts_policy.is_some() => {
-                                    tlsrpt::SessionResult::Failure(tlsrpt::result_type(
-                                        t.cert_error.as_deref().unwrap_or("certificate"),
-                                    ))
-                                }
-                                (Some(_), _)
-                                    if sts_policy
-                                        .as_ref()
-                                        .is_some_and(|p| !p.matches(&hop.name)) =>
-                                {
-                                    tlsrpt::SessionResult::Failure("validation-failure")
-                                }
-                                (Some(_), _) => tlsrpt::SessionResult::Success,
-                                (None, Some(f)) => {
-                                    tlsrpt::SessionResult::Failure(tlsrpt::result_type(f))
-                                }
-                                (None, None) => {
-                                    tlsrpt::SessionResult::Failure("starttls-not-supported")
-                                }
-                            };
-                            if !r.reused {
+                // A pooled connection that turns out dead at MAIL FROM is
+                // replaced by one fresh connection; only a failure of that
+                // one counts against the host.
+                let mut pooled = true;
+                loop {
+                    let ready = match self
+                        .ready(hop, *addr, requirement, route.kind, dane, pooled)
+                        .await
+                    {
+                        Ok(r) => {
+                            if !smarthost && !r.reused {
+                                let result = session_result(&r, sts_policy.as_ref(), &hop.name);
+                                let ip = addr.ip().to_string();
                                 self.tlsrpt
                                     .record(&domain, &applied, &hop.name, &ip, result);
                             }
+                            r
                         }
-                        r
-                    }
-                    Err(o) => {
-                        if !smarthost && o.enhanced.as_deref() == Some("4.7.5") {
-                            let kind = tlsrpt::result_type(&o.reply);
-                            self.tlsrpt.record(
-                                &domain,
-                                &applied,
-                                &hop.name,
-                                &addr.ip().to_string(),
-                                tlsrpt::SessionResult::Failure(kind),
+                        Err(o) => {
+                            if !smarthost && o.enhanced.as_deref() == Some("4.7.5") {
+                                let kind = tlsrpt::result_type(&o.reply);
+                                self.tlsrpt.record(
+                                    &domain,
+                                    &applied,
+                                    &hop.name,
+                                    &addr.ip().to_string(),
+                                    tlsrpt::SessionResult::Failure(kind),
+                                );
+                            }
+                            evidence.earlier_failures.push(format!(
+                                "{} [{}]: {}",
+                                hop.name,
+                                addr.ip(),
+                                o.reply
+                            ));
+                            last_failure = o;
+                            break;
+                        }
+                    };
+                    let mut attempt = evidence.clone();
+                    attempt.remote_host = Some(hop.name.clone());
+                    attempt.remote_ip = Some(addr.ip().to_string());
+                    attempt.method = if ready.tls.is_some() {
+                        "tls".into()
+                    } else {
+                        "plaintext".into()
+                    };
+                    attempt.tls = ready.tls.clone();
+                    attempt.tls_failure = ready.tls_failure.clone();
+                    let reused = ready.reused;
+                    let key = PoolKey {
+                        host: hop.name.clone(),
+                        addr: *addr,
+                        tls: requirement,
+                    };
+                    match self
+                        .transaction(
+                            ready.conn,
+                            msg,
+                            spool,
+                            &indices,
+                            strip_tag.as_deref(),
+                            requiretls,
+                            pgp_job.as_ref(),
+                        )
+                        .await
+                    {
+                        TxEnd::Done(outcomes, sha, conn) => {
+                            if let Some(conn) = conn {
+                                self.put_back(key, conn);
+                            }
+                            drop(permit);
+                            attempt.body_sha256 = sha;
+                            let by_idx: HashMap<usize, RecipientOutcome> =
+                                outcomes.into_iter().collect();
+                            log_attempt(&msg.id, hop, addr, &attempt, &by_idx);
+                            let fallback = last_failure.clone();
+                            return report(
+                                &members,
+                                &|i| by_idx.get(&i).cloned().unwrap_or_else(|| fallback.clone()),
+                                &attempt,
                             );
                         }
-                        evidence.earlier_failures.push(format!(
-                            "{} [{}]: {}",
-                            hop.name,
-                            addr.ip(),
-                            o.reply
-                        ));
-                        last_failure = o;
-                        continue;
-                    }
-                };
-                let mut attempt = evidence.clone();
-                attempt.remote_host = Some(hop.name.clone());
-                attempt.remote_ip = Some(addr.ip().to_string());
-                attempt.method = if ready.tls.is_some() {
-                    "tls".into()
-                } else {
-                    "plaintext".into()
-                };
-                attempt.tls = ready.tls.clone();
-                attempt.tls_failure = ready.tls_failure.clone();
-                let reused = ready.reused;
-                let key = PoolKey {
-                    host: hop.name.clone(),
-                    addr: *addr,
-                    tls: requirement,
-                };
-                match self
-                    .transaction(
-                        ready.conn,
-                        msg,
-                        spool,
-                        &indices,
-                        strip_tag.as_deref(),
-                        requiretls,
-                        pgp_job.as_ref(),
-                    )
-                    .await
-                {
-                    TxEnd::Done(outcomes, sha, conn) => {
-                        if let Some(conn) = conn {
-                            self.put_back(key, conn);
+                        TxEnd::Stale(o) if reused => {
+                            tracing::debug!(
+                                queue_id = %msg.id,
+                                host = %hop.name,
+                                ip = %addr.ip(),
+                                reply = %o.reply,
+                                "pooled connection was closed by the remote; opening a new one"
+                            );
+                            pooled = false;
                         }
-                        drop(permit);
-                        attempt.body_sha256 = sha;
-                        let by_idx: HashMap<usize, RecipientOutcome> =
-                            outcomes.into_iter().collect();
-                        tracing::info!(
-                            queue_id = %msg.id,
-                            host = %hop.name,
-                            ip = %addr.ip(),
-                            tls = attempt.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
-                            delivered = by_idx.values().filter(|o| o.verdict == Verdict::Delivered).count(),
-                            deferred = by_idx.values().filter(|o| o.verdict == Verdict::Temporary).count(),
-                            bounced = by_idx.values().filter(|o| o.verdict == Verdict::Permanent).count(),
-                            "delivery attempt"
-                        );
-                        let fallback = last_failure.clone();
-                        return report(
-                            &members,
-                            &|i| by_idx.get(&i).cloned().unwrap_or_else(|| fallback.clone()),
-                            &attempt,
-                        );
-                    }
-                    TxEnd::NextHost(o) => {
-                        drop(permit);
-                        let note = format!(
-                            "{} [{}]{}: {}",
-                            hop.name,
-                            addr.ip(),
-                            if reused { " (reused connection)" } else { "" },
-                            o.reply
-                        );
-                        evidence.earlier_failures.push(note);
-                        last_failure = o;
+                        TxEnd::NextHost(o) | TxEnd::Stale(o) => {
+                            drop(permit);
+                            let note = format!(
+                                "{} [{}]{}: {}",
+                                hop.name,
+                                addr.ip(),
+                                if reused { " (reused connection)" } else { "" },
+                                o.reply
+                            );
+                            evidence.earlier_failures.push(note);
+                            last_failure = o;
+                            break;
+                        }
                     }
                 }
             }
@@ -625,11 +619,16 @@ impl Deliverer {
         let idle = self.settings.delivery.idle_timeout;
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let list = pool.get_mut(key)?;
-        while let Some((since, conn)) = list.pop() {
-            if since.elapsed() < idle {
+        while let Some((since, mut conn)) = list.pop() {
+            if since.elapsed() >= idle {
+                tokio::spawn(conn.quit());
+            } else if conn.idle_usable() {
                 return Some(conn);
+            } else {
+                // Closed by the remote (its idle timeout, a restart): not
+                // a failure, just gone.
+                tracing::debug!(host = %key.host, ip = %key.addr.ip(), "pooled connection closed by the remote; dropped");
             }
-            tokio::spawn(conn.quit());
         }
         None
     }
@@ -671,8 +670,9 @@ impl Deliverer {
         }
     }
 
-    /// A connection ready for MAIL FROM: from the pool, or new with EHLO,
-    /// STARTTLS as the requirement says, and AUTH for a smarthost.
+    /// A connection ready for MAIL FROM: from the pool (if `pooled`), or
+    /// new with EHLO, STARTTLS as the requirement says, and AUTH for a
+    /// smarthost.
     async fn ready(
         &self,
         hop: &Hop,
@@ -680,13 +680,14 @@ impl Deliverer {
         requirement: TlsRequirement,
         kind: RouteKind,
         dane: Option<(&[Tlsa], &str)>,
+        pooled: bool,
     ) -> Result<Ready, RecipientOutcome> {
         let key = PoolKey {
             host: hop.name.clone(),
             addr,
             tls: requirement,
         };
-        if let Some(conn) = self.take_pooled(&key) {
+        if let Some(conn) = pooled.then(|| self.take_pooled(&key)).flatten() {
             let tls = conn.tls.as_ref().map(|t| self.tls_evidence(t, &hop.name));
             return Ok(Ready {
                 conn,
@@ -884,6 +885,15 @@ impl Deliverer {
     ) -> TxEnd {
         let host = conn.host.clone();
         let next_host = |e: ClientError| TxEnd::NextHost(classify::client_error(&host, &e));
+        // Until the MAIL reply is in, a lost connection has carried no part
+        // of the message (pipelined RCPTs at most), so a retry on a new
+        // connection cannot duplicate anything.
+        let at_mail = |e: ClientError| match e {
+            ClientError::Closed(_) | ClientError::Io(..) => {
+                TxEnd::Stale(classify::client_error(&host, &e))
+            }
+            e => next_host(e),
+        };
         if msg.smtputf8 && !conn.ext.smtputf8 {
             let o = classify::refuse(
                 &host,
@@ -960,13 +970,16 @@ impl Deliverer {
                 batch.push_str("\r\n");
             }
             if let Err(e) = conn.write_all(batch.as_bytes()).await {
-                return next_host(e);
+                return at_mail(e);
             }
             let t = conn.timeouts().command;
             let mail_reply = match conn.read_reply(t, "the MAIL reply").await {
                 Ok(r) => r,
-                Err(e) => return next_host(e),
+                Err(e) => return at_mail(e),
             };
+            if mail_reply.code == 421 {
+                return TxEnd::Stale(classify::reply(&host, &mail_reply));
+            }
             let mut replies = Vec::new();
             for _ in &rcpts {
                 match conn.read_reply(t, "the RCPT reply").await {
@@ -978,8 +991,11 @@ impl Deliverer {
         } else {
             let mail_reply = match conn.command(&mail, "the MAIL reply").await {
                 Ok(r) => r,
-                Err(e) => return next_host(e),
+                Err(e) => return at_mail(e),
             };
+            if mail_reply.code == 421 {
+                return TxEnd::Stale(classify::reply(&host, &mail_reply));
+            }
             let mut replies = Vec::new();
             if mail_reply.is_positive() {
                 for r in &rcpts {
@@ -1263,6 +1279,46 @@ impl Deliverer {
         conn.write_all(&out).await.map_err(SendError::Client)?;
         Ok(hex::encode(digest.finish().as_ref()))
     }
+}
+
+/// What RFC 8460 counts for a new session on `host`.
+fn session_result(
+    r: &Ready,
+    sts_policy: Option<&crate::probe::mta_sts::StsPolicy>,
+    host: &str,
+) -> tlsrpt::SessionResult<'static> {
+    match (&r.tls, &r.tls_failure) {
+        (Some(t), _) if !t.cert_verified && sts_policy.is_some() => tlsrpt::SessionResult::Failure(
+            tlsrpt::result_type(t.cert_error.as_deref().unwrap_or("certificate")),
+        ),
+        (Some(_), _) if sts_policy.is_some_and(|p| !p.matches(host)) => {
+            tlsrpt::SessionResult::Failure("validation-failure")
+        }
+        (Some(_), _) => tlsrpt::SessionResult::Success,
+        (None, Some(f)) => tlsrpt::SessionResult::Failure(tlsrpt::result_type(f)),
+        (None, None) => tlsrpt::SessionResult::Failure("starttls-not-supported"),
+    }
+}
+
+/// One log event per delivery attempt (ids, hosts and counts only).
+fn log_attempt(
+    id: &crate::queue::QueueId,
+    hop: &Hop,
+    addr: &SocketAddr,
+    attempt: &AttemptEvidence,
+    by_idx: &HashMap<usize, RecipientOutcome>,
+) {
+    let count = |v: Verdict| by_idx.values().filter(|o| o.verdict == v).count();
+    tracing::info!(
+        queue_id = %id,
+        host = %hop.name,
+        ip = %addr.ip(),
+        tls = attempt.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+        delivered = count(Verdict::Delivered),
+        deferred = count(Verdict::Temporary),
+        bounced = count(Verdict::Permanent),
+        "delivery attempt"
+    );
 }
 
 /// What OpenPGP encryption of one group needs.

@@ -122,9 +122,10 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The decision for messages sealgate itself generates (DSNs): they
-    /// carry no PHI (see `queue::dsn`) and go to the organisation's own
-    /// senders, so opportunistic TLS.
+    /// A decision no rule made (`builtin-notification`): the base of
+    /// decisions taken without evaluating the policy, such as the `wait`
+    /// for a message that cannot be read. Mail sealgate generates itself
+    /// (DSNs, TLS reports) is decided by the policy like any other.
     pub fn notification(policy_version: &str) -> Decision {
         Decision {
             action: Action::Deliver,

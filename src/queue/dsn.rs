@@ -1,11 +1,17 @@
 //! Delivery status notifications (RFC 3464): a `multipart/report` telling
 //! the envelope sender which recipients failed and why.
 //!
-//! The returned headers are filtered: the Subject and every other header
-//! that could carry PHI stay out, because the DSN itself is not protected
-//! by the policy that protected the original (invariant 3).
+//! A DSN names no person: it is decided by the policy like any other
+//! message, but it may reach the sender in a weaker way than the original
+//! reached its recipients, so it carries addresses and ids only
+//! (invariants 3 and 7). The returned headers are rebuilt from the parsed
+//! original: Message-ID, Date and the bare addresses of From, To and Cc;
+//! display names, comments, group names, the Subject and every other
+//! field stay out, and a remote reply that echoes a name or the Subject
+//! has it removed.
 
 use chrono::Utc;
+use mail_parser::{HeaderName, MessageParser};
 
 use super::{QueuedMessage, Recipient};
 
@@ -15,23 +21,18 @@ pub struct Dsn {
     pub content: Vec<u8>,
 }
 
-/// Headers safe to return: addresses, ids and dates only.
-const RETURNED_HEADERS: &[&str] = &[
-    "message-id",
-    "date",
-    "from",
-    "to",
-    "cc",
-    "sender",
-    "reply-to",
-];
-
 /// Builds the DSN for `bounced` recipients of `msg`; `original` is the
 /// start of the stored content (only its header section is used).
 pub fn build(hostname: &str, msg: &QueuedMessage, bounced: &[&Recipient], original: &[u8]) -> Dsn {
     let boundary = format!("sealgate-dsn-{}", crate::util::random_hex_id());
     let message_id = format!("<{}@{}>", crate::util::random_hex_id(), hostname);
     let now = Utc::now().to_rfc2822();
+    let phrases = sensitive_phrases(original);
+    let diagnostic = |r: &Recipient| {
+        r.last_error
+            .as_deref()
+            .map(|e| redact(&one_line(e), &phrases))
+    };
     let mut s = String::new();
     s.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
@@ -59,7 +60,7 @@ pub fn build(hostname: &str, msg: &QueuedMessage, bounced: &[&Recipient], origin
         s.push_str(&format!(
             "<{}>: {}\r\n",
             r.address,
-            one_line(r.last_error.as_deref().unwrap_or("delivery failed"))
+            diagnostic(r).as_deref().unwrap_or("delivery failed")
         ));
     }
     s.push_str("\r\n");
@@ -80,13 +81,13 @@ pub fn build(hostname: &str, msg: &QueuedMessage, bounced: &[&Recipient], origin
         if let Some(remote) = &r.last_remote {
             s.push_str(&format!("Remote-MTA: dns;{remote}\r\n"));
         }
-        if let Some(err) = &r.last_error {
+        if let Some(err) = diagnostic(r) {
             let kind = if err.len() > 3 && err.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
                 "smtp"
             } else {
                 "x-sealgate"
             };
-            s.push_str(&format!("Diagnostic-Code: {kind};{}\r\n", one_line(err)));
+            s.push_str(&format!("Diagnostic-Code: {kind};{err}\r\n"));
         }
         s.push_str(&format!("Last-Attempt-Date: {now}\r\n"));
     }
@@ -127,37 +128,145 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
-/// The allowed headers of the original, unfolded lines kept as they were.
-fn returned_headers(original: &[u8]) -> String {
+/// The header section at the start of `original` (with its final CRLF).
+fn header_section(original: &[u8]) -> &[u8] {
     let end = original
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 2)
+        .map(|p| p + 4)
         .unwrap_or(original.len());
-    let text = String::from_utf8_lossy(&original[..end]);
+    &original[..end]
+}
+
+/// The returned headers: Message-ID, Date and the bare addresses of
+/// From, To and Cc, each rebuilt from the parsed value so that no display
+/// name, comment, group name or encoded word of the original survives.
+fn returned_headers(original: &[u8]) -> String {
+    let Some(msg) = MessageParser::default().parse_headers(header_section(original)) else {
+        return String::new();
+    };
     let mut out = String::new();
-    let mut keep = false;
-    for line in text.split("\r\n") {
-        if line.starts_with(' ') || line.starts_with('\t') {
-            if keep {
-                out.push_str(line);
-                out.push_str("\r\n");
-            }
-            continue;
-        }
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        keep = RETURNED_HEADERS.contains(&name.as_str());
-        if keep {
-            out.push_str(line);
-            out.push_str("\r\n");
+    if let Some(id) = msg.message_id().filter(|id| is_bare_address(id)) {
+        out.push_str(&format!("Message-ID: <{id}>\r\n"));
+    }
+    if let Some(date) = msg.date().filter(|d| d.is_valid()) {
+        out.push_str(&format!("Date: {}\r\n", date.to_rfc822()));
+    }
+    for (field, name) in [
+        ("From", HeaderName::From),
+        ("To", HeaderName::To),
+        ("Cc", HeaderName::Cc),
+    ] {
+        let addrs: Vec<String> = msg
+            .header_values(name)
+            .filter_map(|v| v.as_address())
+            .flat_map(|a| a.iter())
+            .filter_map(|a| a.address.as_deref())
+            .filter(|a| is_bare_address(a))
+            .map(|a| format!("<{a}>"))
+            .collect();
+        if !addrs.is_empty() {
+            // One address per line keeps long lists within the line limit.
+            out.push_str(&format!("{field}: {}\r\n", addrs.join(",\r\n ")));
         }
     }
     out
+}
+
+/// `local@domain` with nothing that could carry a name beside it: no
+/// white space, quotes, comments, brackets or list separators.
+fn is_bare_address(a: &str) -> bool {
+    let Some((local, domain)) = a.split_once('@') else {
+        return false;
+    };
+    a.len() <= 254
+        && !local.is_empty()
+        && !domain.is_empty()
+        && !a
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"()<>[]\\,;:".contains(c))
+        && !domain.contains('@')
+}
+
+/// What of the original names people or content: every word of the
+/// display and group names, and the Subject as a whole, decoded. A remote
+/// reply that echoes one of them has it removed before it goes into the
+/// DSN.
+fn sensitive_phrases(original: &[u8]) -> Vec<String> {
+    let Some(msg) = MessageParser::default().parse_headers(header_section(original)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for addr in msg.headers().iter().filter_map(|h| h.value.as_address()) {
+        for g in addr.clone().into_group() {
+            names.extend(g.name.map(|n| n.into_owned()));
+            names.extend(
+                g.addresses
+                    .into_iter()
+                    .filter_map(|a| a.name.map(|n| n.into_owned())),
+            );
+        }
+    }
+    let mut out: Vec<String> = names
+        .iter()
+        .flat_map(|n| n.split(|c: char| !c.is_alphanumeric()))
+        .chain(msg.subject().map(str::trim))
+        .filter(|w| w.chars().count() >= 3)
+        .map(str::to_string)
+        .collect();
+    // Longest first, so a phrase is removed before a word inside it.
+    out.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    out.dedup();
+    out
+}
+
+/// `text` with every occurrence of a phrase (case-insensitive) replaced
+/// by `[removed]`.
+fn redact(text: &str, phrases: &[String]) -> String {
+    let mut out = text.to_string();
+    for p in phrases {
+        let mut from = 0;
+        while let Some((start, end)) = find_caseless(&out, from, p) {
+            out.replace_range(start..end, REMOVED);
+            from = start + REMOVED.len();
+        }
+    }
+    out
+}
+
+const REMOVED: &str = "[removed]";
+
+/// The byte range of the first occurrence of `needle` as a whole word in
+/// `hay` at or after `from`, comparing characters by their lowercase
+/// forms. Whole words only, so that a short name or Subject does not eat
+/// into the words of a reply ("SSN" stays out of "SSNs").
+fn find_caseless(hay: &str, from: usize, needle: &str) -> Option<(usize, usize)> {
+    if needle.is_empty() {
+        return None;
+    }
+    let same = |a: char, b: char| a == b || a.to_lowercase().eq(b.to_lowercase());
+    let tail = hay.get(from..)?;
+    let before_ok = |i: usize| {
+        hay[..from + i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !c.is_alphanumeric())
+    };
+    tail.char_indices().find_map(|(i, _)| {
+        let mut rest = tail[i..].char_indices();
+        for n in needle.chars() {
+            match rest.next() {
+                Some((_, h)) if same(h, n) => {}
+                _ => return None,
+            }
+        }
+        let (len, after) = match rest.next() {
+            Some((j, c)) => (j, Some(c)),
+            None => (tail.len() - i, None),
+        };
+        let after_ok = after.is_none_or(|c| !c.is_alphanumeric());
+        (before_ok(i) && after_ok).then_some((from + i, from + i + len))
+    })
 }
 
 #[cfg(test)]
@@ -182,9 +291,183 @@ mod tests {
     fn only_safe_headers_are_returned() {
         let orig = b"Subject: Lab results for Jane\r\nFrom: a@example.test\r\nX-Diagnosis: flu\r\n  continued\r\nMessage-ID: <1@x>\r\n\r\nbody";
         let h = returned_headers(orig);
-        assert!(h.contains("From: a@example.test"));
-        assert!(h.contains("Message-ID: <1@x>"));
-        assert!(!h.contains("Lab results"));
-        assert!(!h.contains("flu") && !h.contains("continued"));
+        assert_eq!(h, "Message-ID: <1@x>\r\nFrom: <a@example.test>\r\n");
+    }
+
+    /// Names in every place a header can hide one: quoted and plain
+    /// display names, encoded words split across a fold, comments, group
+    /// names, Reply-To and Sender, a comment in the Date, the Subject.
+    const NAMED: &str = concat!(
+        "From: \"Doe, Jane (patient)\" <p1@clinic.example.test>\r\n",
+        "To: =?utf-8?q?J=C3=BCrgen?=\r\n =?utf-8?q?_M=C3=BCller?= <p2@example.test>,\r\n",
+        "\tHannelore Zwicky\r\n <p3@example.test>\r\n",
+        "Cc: p4@example.test (John Doe), Trial Group: p5@example.test,\r\n",
+        " \"Ophelia Krabappel\" <p6@example.test>;, =?utf-8?b?QmrDtnJu?= <p7@example.test>\r\n",
+        "Cc: Quentin Blake p8@example.test, \"Winifred Oddly\"@example.test\r\n",
+        "Reply-To: Marisol Underhill <p9@example.test>\r\n",
+        "Sender: Tiberius Vandersloot <p10@example.test>\r\n",
+        "Subject: =?utf-8?q?Lab_results_for_Jane_Doe?=\r\n",
+        "Date: Sun, 29 Nov 2026 10:00:00 +0000 (Ignatius Plum)\r\n",
+        "Message-ID: <abc.123@clinic.example.test>\r\n",
+        "X-Patient: Jane Doe\r\n",
+        "\r\n",
+        "Dear Jane Doe, your results are in.\r\n",
+    );
+
+    const NAME_TEXT: &[&str] = &[
+        "Jane",
+        "Doe",
+        "patient",
+        "Jürgen",
+        "Müller",
+        "J=C3=BCrgen",
+        "M=C3=BCller",
+        "Hannelore",
+        "Zwicky",
+        "John",
+        "Trial",
+        "Group",
+        "Ophelia",
+        "Krabappel",
+        "QmrDtnJu",
+        "Björn",
+        "Quentin",
+        "Blake",
+        "Winifred",
+        "Oddly",
+        "Marisol",
+        "Underhill",
+        "Tiberius",
+        "Vandersloot",
+        "Lab results",
+        "Ignatius",
+        "Plum",
+        "results",
+    ];
+
+    fn message(sender: &str) -> QueuedMessage {
+        QueuedMessage {
+            id: crate::queue::QueueId("q1".into()),
+            received_at: Utc::now(),
+            sender: sender.into(),
+            recipients: Vec::new(),
+            message_id: None,
+            size: NAMED.len() as u64,
+            content_sha256: String::new(),
+            body_8bit: false,
+            smtputf8: false,
+            client: crate::queue::ClientInfo {
+                ip: "127.0.0.1".into(),
+                helo: "client.example.test".into(),
+                auth_user: None,
+                tls: false,
+            },
+            local: false,
+            requiretls: false,
+        }
+    }
+
+    #[test]
+    fn no_name_of_the_original_appears_anywhere_in_the_dsn() {
+        let mut bounced = Recipient::new("p2@example.test".into());
+        // A remote reply that echoes names and the Subject.
+        bounced.last_error = Some(
+            "550 5.2.2 mailbox of JANE DOE (Jürgen Müller) is full: \"Lab results for Jane Doe\""
+                .into(),
+        );
+        bounced.last_status = Some("5.2.2".into());
+        let dsn = build(
+            "gateway.example.test",
+            &message("p1@clinic.example.test"),
+            &[&bounced],
+            NAMED.as_bytes(),
+        );
+        let text = String::from_utf8(dsn.content).unwrap();
+        let lower = text.to_lowercase();
+        for name in NAME_TEXT {
+            assert!(!lower.contains(&name.to_lowercase()), "{name} in:\n{text}");
+        }
+        let headers = text
+            .split("Content-Type: text/rfc822-headers\r\n\r\n")
+            .nth(1)
+            .unwrap();
+        assert!(
+            headers.starts_with(concat!(
+                "Message-ID: <abc.123@clinic.example.test>\r\n",
+                "Date: Sun, 29 Nov 2026 10:00:00 +0000\r\n",
+                "From: <p1@clinic.example.test>\r\n",
+                "To: <p2@example.test>,\r\n <p3@example.test>\r\n",
+            )),
+            "{headers}"
+        );
+        for addr in ["p4", "p5", "p6", "p7"] {
+            assert!(
+                headers.contains(&format!("<{addr}@example.test>")),
+                "{addr}: {headers}"
+            );
+        }
+        assert!(
+            !headers.contains("p9@") && !headers.contains("p10@"),
+            "{headers}"
+        );
+        assert!(text.contains("Final-Recipient: rfc822;p2@example.test"));
+        assert!(
+            text.contains("Diagnostic-Code: smtp;550 5.2.2 mailbox of [removed]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nothing_returned_when_the_header_section_is_not_mail() {
+        for orig in [
+            &b""[..],
+            b"\r\n\r\n",
+            b"no colon at all\r\n\r\n",
+            b"\xff\xfe: \x00\r\n",
+        ] {
+            let h = returned_headers(orig);
+            assert!(h.is_empty() || h.lines().all(|l| l.is_empty()), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn bare_addresses_only() {
+        for (a, ok) in [
+            ("p1@example.test", true),
+            ("p.1+tag@sub.example.test", true),
+            ("jürgen@example.test", true),
+            ("Jane Doe@example.test", false),
+            ("\"Jane Doe\"@example.test", false),
+            ("p1@example.test (Jane)", false),
+            ("a@b@c", false),
+            ("@example.test", false),
+            ("p1@", false),
+            ("nobody", false),
+            ("<p1@example.test>", false),
+        ] {
+            assert_eq!(is_bare_address(a), ok, "{a}");
+        }
+    }
+
+    #[test]
+    fn redaction_is_caseless_by_whole_words_and_utf8_safe() {
+        let phrases = vec!["Müller".to_string(), "jane".to_string()];
+        assert_eq!(
+            redact("JANE MÜLLER müller jane-x Mülle Janet", &phrases),
+            "[removed] [removed] [removed] [removed]-x Mülle Janet"
+        );
+        assert_eq!(
+            redact("é é-É éé", &["é".to_string()]),
+            "[removed] [removed]-[removed] éé"
+        );
+        assert_eq!(
+            redact("SSNs only, not SSN", &["ssn".to_string()]),
+            "SSNs only, not [removed]"
+        );
+        assert_eq!(redact("", &phrases), "");
+        assert_eq!(find_caseless("abc", 0, "abcd"), None);
+        assert_eq!(find_caseless("x abc", 0, "ABC"), Some((2, 5)));
+        assert_eq!(find_caseless("xabc", 0, "ABC"), None);
+        assert_eq!(find_caseless("abc abc", 1, "abc"), Some((4, 7)));
     }
 }

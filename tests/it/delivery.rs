@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::{WAIT, World, message, python_send};
 use crate::gateway::Gateway;
-use crate::world::{MxOptions, Script, SmtpClient};
+use crate::world::{Aiosmtpd, MxOptions, Script, SmtpClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtplib_message_is_delivered_by_mx_in_plaintext_when_no_starttls() {
@@ -498,4 +498,324 @@ async fn smarthost_auth_is_sent_only_inside_tls() {
         starttls < auth,
         "credentials only after STARTTLS: {lines:?}"
     );
+}
+
+/// Options under which a deferral would show: the first retry is ten
+/// minutes away, and pooled connections stay idle-valid for as long, so a
+/// message that arrives within the tests' bounded waits was delivered at
+/// its first attempt.
+fn no_quick_retry(w: &World) -> crate::gateway::GatewayOptions {
+    let mut opts = w.options();
+    opts.retry_base = "10m".into();
+    opts.retry_max = "1h".into();
+    opts.delivery_extra = "idle_timeout = \"10m\"\n".into();
+    opts
+}
+
+/// Every audit row says delivered: nothing was deferred on the way.
+async fn all_delivered(gw: &Gateway, n: usize) {
+    let rows = gw.wait_audit(WAIT, |r| r.len() >= n).await.unwrap();
+    for r in &rows {
+        assert_eq!(r["outcome"], "delivered", "{r:#}\n{}", gw.log());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_next_hop_gets_the_next_message_at_once() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let addr = std::net::SocketAddr::from((w.ip, w.port));
+    let mut hop = Aiosmtpd::start(addr, &w.dir.path().join("before"))
+        .await
+        .unwrap();
+    let gw = Gateway::start(no_quick_retry(&w)).unwrap();
+    let (from, to) = ("a@clinic.example.test", ["b@example.test"]);
+    python_send(gw.addr, from, &to, &message("first", "x")).unwrap();
+    hop.wait_for(1, WAIT).await.unwrap();
+    all_delivered(&gw, 1).await;
+    // The next hop restarts: the connection sealgate pooled is gone.
+    hop.kill();
+    let after = Aiosmtpd::start(addr, &w.dir.path().join("after"))
+        .await
+        .unwrap();
+    python_send(gw.addr, from, &to, &message("second", "y")).unwrap();
+    let got = match after.wait_for(1, WAIT).await {
+        Ok(g) => g,
+        Err(e) => panic!("{e}\n{:#?}\n{}", gw.audit_rows(), gw.log()),
+    };
+    assert!(got[0].contains("Subject: second"), "{}", got[0]);
+    all_delivered(&gw, 2).await;
+    gw.wait_queue_empty(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connection_closed_right_after_the_last_reply_is_replaced() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w
+        .mx(MxOptions::new("mx.example.test").hang_up_after_data())
+        .await;
+    let gw = Gateway::start(no_quick_retry(&w)).unwrap();
+    for (i, subject) in ["one", "two", "three"].iter().enumerate() {
+        python_send(
+            gw.addr,
+            "a@clinic.example.test",
+            &["b@example.test"],
+            &message(subject, "x"),
+        )
+        .unwrap();
+        if let Err(e) = mx.wait_for(i + 1, WAIT).await {
+            panic!("{e}\n{:#?}\n{}", gw.audit_rows(), gw.log());
+        }
+        all_delivered(&gw, i + 1).await;
+    }
+    assert_eq!(mx.connections(), 3, "one new connection per message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_connection_refusing_mail_with_421_is_replaced() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    // The second MAIL FROM (the first on the reused connection) gets 421
+    // and the server hangs up; the third (on a new connection) is accepted.
+    let mx = w
+        .mx(
+            MxOptions::new("mx.example.test").mail_script(Script::first([
+                (250, "2.1.0 ok"),
+                (421, "4.3.2 shutting down"),
+            ])),
+        )
+        .await;
+    let gw = Gateway::start(no_quick_retry(&w)).unwrap();
+    let to = ["b@example.test"];
+    python_send(gw.addr, "a@clinic.example.test", &to, &message("one", "x")).unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    all_delivered(&gw, 1).await;
+    python_send(gw.addr, "a@clinic.example.test", &to, &message("two", "y")).unwrap();
+    if let Err(e) = mx.wait_for(2, WAIT).await {
+        panic!("{e}\n{:#?}\n{}", gw.audit_rows(), gw.log());
+    }
+    all_delivered(&gw, 2).await;
+    assert_eq!(mx.connections(), 2);
+    assert_eq!(mx.messages().len(), 2, "each message exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_connection_dropped_at_mail_is_replaced() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    // The second MAIL FROM: the server closes without a reply (end of
+    // stream at the first command of the reused connection).
+    let mx = w
+        .mx(MxOptions::new("mx.example.test")
+            .mail_script(Script::first([(250, "2.1.0 ok"), (0, "")])))
+        .await;
+    let gw = Gateway::start(no_quick_retry(&w)).unwrap();
+    let to = ["b@example.test"];
+    python_send(gw.addr, "a@clinic.example.test", &to, &message("one", "x")).unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    all_delivered(&gw, 1).await;
+    python_send(gw.addr, "a@clinic.example.test", &to, &message("two", "y")).unwrap();
+    if let Err(e) = mx.wait_for(2, WAIT).await {
+        panic!("{e}\n{:#?}\n{}", gw.audit_rows(), gw.log());
+    }
+    all_delivered(&gw, 2).await;
+    assert_eq!(mx.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_connection_failing_too_defers_after_one_reconnect() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    // After the first message every MAIL FROM gets 421.
+    let mx = w
+        .mx(MxOptions::new("mx.example.test")
+            .mail_script(Script::first([(250, "2.1.0 ok")]).then(421, "4.3.2 shutting down")))
+        .await;
+    let gw = Gateway::start(no_quick_retry(&w)).unwrap();
+    let to = ["b@example.test"];
+    python_send(gw.addr, "a@clinic.example.test", &to, &message("one", "x")).unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    all_delivered(&gw, 1).await;
+    python_send(gw.addr, "a@clinic.example.test", &to, &message("two", "y")).unwrap();
+    let rows = gw
+        .wait_audit(WAIT, |r| r.iter().any(|r| r["outcome"] == "deferred"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    // The reused connection, then exactly one new one: no loop.
+    assert_eq!(mx.connections(), 2, "{:?}", mx.transcript());
+    let mails = mx.verbs().iter().filter(|v| *v == "MAIL").count();
+    assert_eq!(mails, 3, "{:?}", mx.transcript());
+    assert_eq!(mx.data_commands(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_after_data_started_is_not_retried_at_once() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    // The second message: the server takes the data and hangs up without
+    // a reply. It may have been delivered, so only the retry backoff may
+    // send it again (at least once, never in a loop).
+    let mx = w
+        .mx(MxOptions::new("mx.example.test")
+            .data_script(Script::first([(250, "2.0.0 ok"), (0, "")])))
+        .await;
+    let gw = Gateway::start(no_quick_retry(&w)).unwrap();
+    let to = ["b@example.test"];
+    python_send(gw.addr, "a@clinic.example.test", &to, &message("one", "x")).unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    all_delivered(&gw, 1).await;
+    python_send(gw.addr, "a@clinic.example.test", &to, &message("two", "y")).unwrap();
+    let rows = gw
+        .wait_audit(WAIT, |r| r.iter().any(|r| r["outcome"] == "deferred"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(mx.data_commands(), 2, "{:?}", mx.transcript());
+    assert_eq!(mx.connections(), 1);
+}
+
+/// A message whose header fields name a patient in every way a header
+/// can: display names (quoted, encoded, folded), comments, a group name.
+fn named_message() -> Vec<u8> {
+    concat!(
+        "From: \"Doe, Jane (patient)\" <a@clinic.example.test>\r\n",
+        "To: =?utf-8?q?J=C3=BCrgen?=\r\n =?utf-8?q?_M=C3=BCller?= <nobody@example.test>\r\n",
+        "Cc: b@example.test (John Doe), Trial Group: c@example.test;\r\n",
+        "Reply-To: Marisol Underhill <r@clinic.example.test>\r\n",
+        "Subject: Lab results for Jane Doe\r\n",
+        "Date: Sun, 29 Nov 2026 10:00:00 +0000\r\n",
+        "Message-ID: <named.1@clinic.example.test>\r\n",
+        "\r\n",
+        "Dear Jane Doe, your results are in.\r\n",
+    )
+    .as_bytes()
+    .to_vec()
+}
+
+const NAME_TEXT: &[&str] = &[
+    "Jane",
+    "Doe",
+    "patient",
+    "Jürgen",
+    "Müller",
+    "J=C3=BCrgen",
+    "M=C3=BCller",
+    "John",
+    "Trial",
+    "Marisol",
+    "Underhill",
+    "Lab results",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_reaches_the_sender_and_names_no_one() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    w.domain("clinic.example.test", "mx.example.test");
+    // The remote's refusal echoes a name, as some servers do.
+    let mx = w
+        .mx(MxOptions::new("mx.example.test").rcpt_script(
+            "nobody@example.test",
+            Script::always(550, "5.1.1 <nobody@example.test>: no mailbox for Jane Doe"),
+        ))
+        .await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["nobody@example.test"],
+        &named_message(),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    let dsn = &got[0];
+    assert_eq!(dsn.mail_from, "");
+    assert_eq!(dsn.rcpt_to, vec!["a@clinic.example.test"]);
+    let text = dsn.data_str();
+    let lower = text.to_lowercase();
+    for name in NAME_TEXT {
+        assert!(
+            !lower.contains(&name.to_lowercase()),
+            "{name} in the DSN:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("Final-Recipient: rfc822;nobody@example.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Message-ID: <named.1@clinic.example.test>"),
+        "{text}"
+    );
+    assert!(text.contains("From: <a@clinic.example.test>"), "{text}");
+    assert!(text.contains("To: <nobody@example.test>"), "{text}");
+    // The DSN was decided by the policy (its default here), not waved through.
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["recipient"] == "a@clinic.example.test")
+        .unwrap();
+    assert_eq!(row["outcome"], "delivered");
+    assert_eq!(row["policy_rule"], "default", "{row:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_waits_when_its_destination_cannot_meet_the_policy() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w
+        .mx(MxOptions::new("mx.example.test").rcpt_script(
+            "nobody@example.test",
+            Script::always(550, "5.1.1 no such user"),
+        ))
+        .await;
+    // The sender's domain: a server without STARTTLS, and a rule that
+    // wants verified TLS for it.
+    let ip2 = crate::gateway::fresh_ip();
+    w.zone
+        .add_mx("clinic.example.test", 10, "mx.clinic.example.test");
+    w.zone.add_a("mx.clinic.example.test", ip2);
+    let clinic = crate::world::TestMx::start(
+        MxOptions::new("mx.clinic.example.test")
+            .ip(ip2)
+            .port(w.port),
+    )
+    .await;
+    let mut opts = w.options();
+    opts.retry_base = "10m".into();
+    opts.retry_max = "1h".into();
+    opts.policy = format!(
+        "{}\n[[rule]]\nname = \"own-domain-verified\"\nmatch.recipient_domain = [\"clinic.example.test\"]\nmethods = [\"tls\"]\nmin_tls = \"verified\"\n",
+        crate::gateway::OPPORTUNISTIC_POLICY
+    );
+    let gw = Gateway::start(opts).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["nobody@example.test"],
+        &message("s", "b"),
+    )
+    .unwrap();
+    let rows = gw
+        .wait_audit(WAIT, |r| {
+            r.iter().any(|r| r["recipient"] == "a@clinic.example.test")
+        })
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["recipient"] == "a@clinic.example.test")
+        .unwrap();
+    assert_eq!(row["outcome"], "deferred", "{row:#}");
+    assert_eq!(row["policy_rule"], "own-domain-verified");
+    let ev: serde_json::Value = serde_json::from_str(row["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(ev["decision"]["action"], "wait", "{ev:#}");
+    assert!(
+        clinic.messages().is_empty(),
+        "the DSN did not go in plaintext"
+    );
+    assert_eq!(clinic.transactions(), 0);
+    assert_eq!(mx.messages().len(), 0);
 }

@@ -33,6 +33,7 @@ pub struct GatewayOptions {
     /// Extra tables appended at the end.
     pub extra: String,
     pub retry_base: String,
+    pub retry_max: String,
     pub max_age: String,
     /// The policy file (the mail-path tests relay with opportunistic TLS).
     pub policy: String,
@@ -64,6 +65,7 @@ impl Default for GatewayOptions {
             delivery_extra: String::new(),
             extra: String::new(),
             retry_base: "1s".into(),
+            retry_max: "2s".into(),
             max_age: "5d".into(),
             policy: OPPORTUNISTIC_POLICY.into(),
             spool_dir: None,
@@ -332,8 +334,9 @@ fn write_config(dir: &Path, o: &GatewayOptions) -> Result<PathBuf> {
     s.push_str(&o.delivery_extra);
     s.push('\n');
     s.push_str(&format!(
-        "[queue]\nretry_base = {}\nretry_max = \"2s\"\nmax_age = {}\n",
+        "[queue]\nretry_base = {}\nretry_max = {}\nmax_age = {}\n",
         q(&o.retry_base),
+        q(&o.retry_max),
         q(&o.max_age)
     ));
     s.push_str(&o.queue_extra);

@@ -2,12 +2,14 @@
 //! SMTP client, all on 127.0.0.1, for the integration tests.
 #![allow(dead_code, unused_imports)]
 
+pub mod aiosmtpd;
 pub mod client;
 pub mod dns;
 pub mod mx;
 pub mod pki;
 pub mod sink;
 
+pub use aiosmtpd::Aiosmtpd;
 pub use client::SmtpClient;
 pub use dns::{Behaviour, DnsServer, Zone};
 pub use mx::{MxOptions, Received, Script, TestMx, TlsInfo};

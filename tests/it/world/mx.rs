@@ -111,6 +111,9 @@ pub struct MxOptions {
     pub data_reply_delay: Option<Duration>,
     /// Idle timeout waiting for a command / data line; then `421` and close.
     pub idle_timeout: Duration,
+    /// Close the connection right after each reply to the end of DATA (as
+    /// an MTA whose idle timer fires, or that restarts, between messages).
+    pub hang_up_after_data: bool,
 }
 
 impl std::fmt::Debug for MxOptions {
@@ -150,6 +153,7 @@ impl MxOptions {
             data_reply: None,
             data_reply_delay: None,
             idle_timeout: Duration::from_secs(60),
+            hang_up_after_data: false,
         }
     }
 
@@ -263,6 +267,12 @@ impl MxOptions {
 
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
+        self
+    }
+
+    /// Sets `hang_up_after_data`.
+    pub fn hang_up_after_data(mut self) -> Self {
+        self.hang_up_after_data = true;
         self
     }
 }
@@ -940,6 +950,9 @@ async fn session(
                     shared.count_tx.send_replace(n);
                 }
                 if let Flow::Close = send_reply(&mut rd, &reply).await? {
+                    return Ok(());
+                }
+                if opts.hang_up_after_data {
                     return Ok(());
                 }
             }
