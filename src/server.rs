@@ -273,7 +273,11 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         settings: settings.clone(),
         queue: queue.clone(),
         tls,
-        users: inbound::auth::Users::new(settings.server.users.clone()),
+        users: inbound::auth::Users::new(
+            settings.server.users.clone(),
+            settings.server.auth.max_verifications,
+        ),
+        lockout: inbound::auth::Lockout::new(settings.server.auth.clone()),
     });
     let reload_policy = policy.clone();
     let reload: crate::queue::control::ReloadFn = Arc::new(move || reload_policy.reload());

@@ -239,6 +239,25 @@ pub async fn probe(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    // The same canonical form the listener gives addresses, so the probe
+    // answers for the address the policy will actually see.
+    let rules = crate::inbound::command::AddressRules {
+        allow_percent_hack: settings.relay.allow_percent_hack,
+    };
+    let canonical = |a: &str, is_sender: bool| {
+        crate::inbound::command::parse_address(a, is_sender, rules)
+            .map(|m| m.to_string())
+            .map_err(|r| CliError::Other(format!("{a}: {} {}", r.enhanced, r.text)))
+    };
+    let sender = if sender.is_empty() {
+        String::new()
+    } else {
+        canonical(sender, true)?
+    };
+    let addresses = addresses
+        .iter()
+        .map(|a| canonical(a, false))
+        .collect::<Result<Vec<String>, CliError>>()?;
     let settings = Arc::new(settings);
     let deliverer = crate::outbound::Deliverer::new(settings.clone())?;
     let keyring = crate::server::open_keyring(&settings, &deliverer).await;
@@ -261,7 +280,7 @@ pub async fn probe(
         None => (crate::policy::facts::MessageFacts::default(), 0),
     };
     let envelope = crate::policy::Envelope {
-        sender: sender.to_string(),
+        sender,
         client_ip: None,
         auth_user: None,
         size,

@@ -89,6 +89,34 @@ pub struct ServerSettings {
     pub tls: Option<TlsFiles>,
     pub users: Vec<AuthUser>,
     pub limits: Limits,
+    pub auth: AuthLimits,
+}
+
+/// Bounds on AUTH, so a flood of attempts can neither guess passwords nor
+/// exhaust memory or CPU.
+#[derive(Debug, Clone)]
+pub struct AuthLimits {
+    /// Failed attempts from one client address (an IPv6 /64) within
+    /// `lockout` before AUTH is refused to it for `lockout`.
+    pub max_failures: u32,
+    /// Failed attempts from all clients together within `lockout` before
+    /// AUTH is refused to everyone for `lockout`.
+    pub max_failures_total: u32,
+    /// The counting window and the length of a lockout.
+    pub lockout: Duration,
+    /// argon2 checks running at once.
+    pub max_verifications: usize,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            max_failures: 5,
+            max_failures_total: 100,
+            lockout: Duration::from_secs(15 * 60),
+            max_verifications: 4,
+        }
+    }
 }
 
 /// Certificate chain and key for inbound STARTTLS.
@@ -108,10 +136,18 @@ pub struct Limits {
     pub max_header_size: usize,
     pub max_received_headers: usize,
     pub command_timeout: Duration,
+    /// Idle time allowed between reads inside DATA.
     pub data_timeout: Duration,
+    /// Longest the whole DATA phase may take, however the bytes trickle.
+    pub data_phase_timeout: Duration,
+    /// Longest a session may last, whatever it does.
+    pub session_timeout: Duration,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
     pub max_errors: usize,
+    /// NOOP, RSET, HELO/EHLO, VRFY, EXPN, HELP and unknown commands
+    /// allowed since the last accepted message before the session closes.
+    pub max_junk_commands: usize,
 }
 
 impl Default for Limits {
@@ -125,9 +161,12 @@ impl Default for Limits {
             max_received_headers: 50,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            data_phase_timeout: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(1800),
             max_sessions: 500,
             max_sessions_per_ip: 100,
             max_errors: 10,
+            max_junk_commands: 30,
         }
     }
 }
@@ -136,6 +175,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default)]
 pub struct RelaySettings {
     pub allow_networks: Vec<IpNet>,
+    /// `%` and `!` in local parts are accepted (never routed).
+    pub allow_percent_hack: bool,
 }
 
 impl RelaySettings {

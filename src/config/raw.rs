@@ -126,14 +126,39 @@ pub struct RawServer {
     pub max_received_headers: Option<Spanned<i64>>,
     /// Idle time allowed between commands (`5m`).
     pub command_timeout: Option<Spanned<String>>,
-    /// Idle time allowed inside DATA (`10m`).
+    /// Idle time allowed between reads inside DATA (`10m`).
     pub data_timeout: Option<Spanned<String>>,
+    /// Longest the whole DATA phase may take, however slowly the client
+    /// sends (`10m`); then `421 4.4.2` and the session closes.
+    pub data_phase_timeout: Option<Spanned<String>>,
+    /// Longest one SMTP session may last, whatever it does (`30m`); then
+    /// `421 4.4.2` and the session closes.
+    pub session_timeout: Option<Spanned<String>>,
     /// Concurrent SMTP sessions (default 500).
     pub max_sessions: Option<Spanned<i64>>,
     /// Concurrent SMTP sessions from one IP address (default 100).
     pub max_sessions_per_ip: Option<Spanned<i64>>,
     /// Bad commands before the session is closed (default 10).
     pub max_errors: Option<Spanned<i64>>,
+    /// NOOP, RSET, HELO/EHLO, VRFY, EXPN, HELP and unknown commands allowed
+    /// since the last accepted message (default 30); one more gets
+    /// `421 4.7.0` and the session closes (like Postfix's
+    /// `smtpd_junk_command_limit`).
+    pub max_junk_commands: Option<Spanned<i64>>,
+    /// Failed AUTH attempts from one client address (an IPv6 client by its
+    /// /64) within `auth_lockout` before AUTH is refused to it with
+    /// `454 4.7.0` for `auth_lockout` (default 5).
+    pub auth_max_failures: Option<Spanned<i64>>,
+    /// Failed AUTH attempts from all clients together within
+    /// `auth_lockout` before AUTH is refused to everyone for
+    /// `auth_lockout` (default 100).
+    pub auth_max_failures_total: Option<Spanned<i64>>,
+    /// Window in which failed AUTH attempts are counted, and how long a
+    /// lockout lasts (`15m`).
+    pub auth_lockout: Option<Spanned<String>>,
+    /// argon2 password checks running at once (default 4; each takes
+    /// about 19 MiB and one core while it runs).
+    pub auth_max_verifications: Option<Spanned<i64>>,
     /// `[server.tls]`: certificate for inbound STARTTLS.
     pub tls: Option<RawServerTls>,
     /// `[[server.users]]`: accounts that may AUTH and relay.
@@ -168,6 +193,10 @@ pub struct RawRelay {
     /// Networks (CIDR or single address) that may relay without AUTH.
     #[serde(default)]
     pub allow_networks: Vec<Spanned<String>>,
+    /// Accept `%` and `!` in local parts (`user%host@gw`, `host!user@gw`)
+    /// for old systems that still write them (default false: refused with
+    /// 553). They are never routed: the address goes to its domain.
+    pub allow_percent_hack: Option<bool>,
 }
 
 /// `[delivery]`
@@ -467,7 +496,54 @@ impl RawConfig {
                 1_000_000,
             ),
             max_errors: c.count("server.max_errors", &s.max_errors, d.max_errors, 10_000),
+            data_phase_timeout: c.duration(
+                "server.data_phase_timeout",
+                &s.data_phase_timeout,
+                d.data_phase_timeout,
+            ),
+            session_timeout: c.duration(
+                "server.session_timeout",
+                &s.session_timeout,
+                d.session_timeout,
+            ),
+            max_junk_commands: c.count(
+                "server.max_junk_commands",
+                &s.max_junk_commands,
+                d.max_junk_commands,
+                100_000,
+            ),
         };
+        let da = AuthLimits::default();
+        let auth = AuthLimits {
+            max_failures: c.count(
+                "server.auth_max_failures",
+                &s.auth_max_failures,
+                da.max_failures as usize,
+                10_000,
+            ) as u32,
+            max_failures_total: c.count(
+                "server.auth_max_failures_total",
+                &s.auth_max_failures_total,
+                da.max_failures_total as usize,
+                10_000_000,
+            ) as u32,
+            lockout: c.duration("server.auth_lockout", &s.auth_lockout, da.lockout),
+            max_verifications: c.count(
+                "server.auth_max_verifications",
+                &s.auth_max_verifications,
+                da.max_verifications,
+                1024,
+            ),
+        };
+        if let Some(total) = &s.auth_max_failures_total
+            && auth.max_failures_total < auth.max_failures
+        {
+            c.problem(
+                "server.auth_max_failures_total",
+                total,
+                "must be at least server.auth_max_failures",
+            );
+        }
         if limits.max_command_line < 512 {
             if let Some(v) = &s.max_command_line {
                 c.problem(
@@ -833,8 +909,12 @@ impl RawConfig {
                 tls,
                 users,
                 limits,
+                auth,
             },
-            relay: RelaySettings { allow_networks },
+            relay: RelaySettings {
+                allow_networks,
+                allow_percent_hack: self.relay.allow_percent_hack.unwrap_or(false),
+            },
             delivery,
             queue,
             dns,

@@ -70,6 +70,7 @@ port = 70000
 fn mapped_ipv6_is_checked_as_ipv4() {
     let relay = RelaySettings {
         allow_networks: vec!["10.0.0.0/8".parse().unwrap()],
+        allow_percent_hack: false,
     };
     assert!(relay.allows("::ffff:10.1.2.3".parse().unwrap()));
     assert!(!relay.allows("::ffff:11.1.2.3".parse().unwrap()));
@@ -109,4 +110,54 @@ fn the_quickstart_config_is_valid() {
     let s = Settings::load(&path).unwrap();
     assert_eq!(s.server.listen[0].port(), 2525);
     assert!(s.audit.database_url.starts_with("sqlite://"));
+}
+
+#[test]
+fn listener_bounds_have_defaults_and_are_validated() {
+    let s = Settings::parse(Path::new("x.toml"), MINIMAL).unwrap();
+    let l = &s.server.limits;
+    assert_eq!(l.session_timeout, Duration::from_secs(1800));
+    assert_eq!(l.data_phase_timeout, Duration::from_secs(600));
+    assert_eq!(l.max_junk_commands, 30);
+    let a = &s.server.auth;
+    assert_eq!((a.max_failures, a.max_failures_total), (5, 100));
+    assert_eq!(a.lockout, Duration::from_secs(900));
+    assert_eq!(a.max_verifications, 4);
+    assert!(!s.relay.allow_percent_hack);
+
+    let text = format!(
+        "{MINIMAL}session_timeout = \"1m\"\ndata_phase_timeout = \"30s\"\nmax_junk_commands = 5\nauth_max_failures = 3\nauth_max_failures_total = 9\nauth_lockout = \"2m\"\nauth_max_verifications = 2\n[relay]\nallow_percent_hack = true\n"
+    );
+    let s = Settings::parse(Path::new("x.toml"), &text).unwrap();
+    assert_eq!(s.server.limits.session_timeout, Duration::from_secs(60));
+    assert_eq!(s.server.limits.data_phase_timeout, Duration::from_secs(30));
+    assert_eq!(s.server.limits.max_junk_commands, 5);
+    assert_eq!(s.server.auth.max_failures, 3);
+    assert_eq!(s.server.auth.max_failures_total, 9);
+    assert_eq!(s.server.auth.lockout, Duration::from_secs(120));
+    assert_eq!(s.server.auth.max_verifications, 2);
+    assert!(s.relay.allow_percent_hack);
+
+    let text = format!(
+        "{MINIMAL}session_timeout = \"0s\"\ndata_phase_timeout = \"soon\"\nmax_junk_commands = 0\nauth_max_failures = 10\nauth_max_failures_total = 3\nauth_lockout = \"x\"\nauth_max_verifications = 0\n"
+    );
+    let err = Settings::parse(Path::new("x.toml"), &text).unwrap_err();
+    let keys: Vec<_> = err
+        .0
+        .iter()
+        .map(|p| (p.key.clone().unwrap_or_default(), p.line.unwrap_or(0)))
+        .collect();
+    for (k, line) in [
+        ("server.session_timeout", 7),
+        ("server.data_phase_timeout", 8),
+        ("server.max_junk_commands", 9),
+        ("server.auth_max_failures_total", 11),
+        ("server.auth_lockout", 12),
+        ("server.auth_max_verifications", 13),
+    ] {
+        assert!(
+            keys.contains(&(k.to_string(), line)),
+            "missing {k} at {line}: {keys:?}"
+        );
+    }
 }

@@ -28,6 +28,8 @@ pub struct InboundContext {
     pub queue: Queue,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub users: auth::Users,
+    /// Failed AUTH attempts per client and overall, shared by all sessions.
+    pub lockout: auth::Lockout,
 }
 
 /// Errors starting the listener.
@@ -89,6 +91,15 @@ pub async fn bind(settings: &Settings) -> Result<Vec<TcpListener>, InboundError>
         out.push(l);
     }
     Ok(out)
+}
+
+/// `now + d`, or the far future when a configured duration is too long
+/// to add (an `Instant` overflow would panic).
+pub(crate) fn later(now: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 /// Counts sessions per client IP.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::InboundContext;
 use super::auth;
-use super::command::{self, Body, Command, MailParams, Mailbox};
+use super::command::{self, AddressRules, Body, Command, MailParams, Mailbox};
 use super::data::{DataProblem, DataReceiver, header_facts};
 use super::reply::Reply;
 use crate::queue::{ClientInfo, QueueId, QueuedMessage, Recipient};
@@ -58,7 +59,39 @@ pub struct Session {
     auth_user: Option<String>,
     tx: Option<Transaction>,
     errors: usize,
+    /// Commands that move no mail (see [`is_junk`]) since the last
+    /// accepted message.
+    junk: usize,
+    /// The session ends here whatever it is doing (`session_timeout`).
+    deadline: Instant,
     shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Which bound ended a wait for the client.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// No bytes for the per-read timeout.
+    Idle,
+    /// The whole DATA phase took too long (`data_phase_timeout`).
+    DataPhase,
+    /// The session took too long (`session_timeout`).
+    Session,
+}
+
+/// Commands that move no mail: a client may send only so many of them
+/// between messages, so it cannot hold a session slot by chatting.
+fn is_junk(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Noop
+            | Command::Rset
+            | Command::Helo(_)
+            | Command::Ehlo(_)
+            | Command::Vrfy
+            | Command::Expn
+            | Command::Help
+            | Command::NotOffered(_)
+    )
 }
 
 impl Session {
@@ -69,6 +102,7 @@ impl Session {
         peer: SocketAddr,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Session {
+        let deadline = super::later(Instant::now(), ctx.settings.server.limits.session_timeout);
         Session {
             ctx,
             peer,
@@ -82,6 +116,8 @@ impl Session {
             auth_user: None,
             tx: None,
             errors: 0,
+            junk: 0,
+            deadline,
             shutdown,
         }
     }
@@ -130,8 +166,25 @@ impl Session {
 
     /// Reads more bytes into the buffer, flushing pending replies first
     /// (this is what makes PIPELINING work: replies go out when the
-    /// client's batch is consumed).
+    /// client's batch is consumed). Waits at most `timeout`, and never past
+    /// the session's deadline.
     async fn fill(&mut self, timeout: std::time::Duration) -> Result<(), End> {
+        self.fill_within(timeout, None).await
+    }
+
+    /// [`Session::fill`], also bounded by the end of the DATA phase.
+    async fn fill_within(
+        &mut self,
+        timeout: std::time::Duration,
+        data_deadline: Option<Instant>,
+    ) -> Result<(), End> {
+        let mut bound = (super::later(Instant::now(), timeout), Bound::Idle);
+        if let Some(d) = data_deadline.filter(|d| *d < bound.0) {
+            bound = (d, Bound::DataPhase);
+        }
+        if self.deadline < bound.0 {
+            bound = (self.deadline, Bound::Session);
+        }
         self.flush().await?;
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
@@ -139,9 +192,9 @@ impl Session {
         }
         let mut chunk = [0u8; 16 * 1024];
         let n = tokio::select! {
-            r = tokio::time::timeout(timeout, self.stream.read(&mut chunk)) => match r {
+            r = tokio::time::timeout_at(bound.0, self.stream.read(&mut chunk)) => match r {
                 Err(_) => {
-                    self.reply(&Reply::new(421, "4.4.2", &format!("{} Error: timeout exceeded", self.ctx.settings.server.hostname)));
+                    self.timed_out(bound.1);
                     return Err(End::Closed);
                 }
                 Ok(r) => r?,
@@ -156,6 +209,19 @@ impl Session {
         }
         self.rbuf.extend_from_slice(&chunk[..n]);
         Ok(())
+    }
+
+    fn timed_out(&mut self, bound: Bound) {
+        let why = match bound {
+            Bound::Idle => "timeout exceeded",
+            Bound::DataPhase => "DATA took too long",
+            Bound::Session => "session lasted too long",
+        };
+        if !matches!(bound, Bound::Idle) {
+            tracing::info!(peer = %self.peer, bound = ?bound, "closing a session that took too long");
+        }
+        let host = self.ctx.settings.server.hostname.clone();
+        self.reply(&Reply::new(421, "4.4.2", &format!("{host} Error: {why}")));
     }
 
     /// One command line; an over-long line is consumed and reported.
@@ -208,7 +274,27 @@ impl Session {
                     continue;
                 }
             };
-            let cmd = match command::parse(&line) {
+            let rules = AddressRules {
+                allow_percent_hack: self.ctx.settings.relay.allow_percent_hack,
+            };
+            let parsed = command::parse_with(&line, rules);
+            let junk = match &parsed {
+                Ok(cmd) => is_junk(cmd),
+                Err(_) => true,
+            };
+            if junk {
+                self.junk += 1;
+                if self.junk > self.ctx.settings.server.limits.max_junk_commands {
+                    tracing::info!(peer = %self.peer, commands = self.junk, "closing a session that sends commands but no mail");
+                    self.reply(&Reply::new(
+                        421,
+                        "4.7.0",
+                        &format!("{host} Error: too many commands without a message"),
+                    ));
+                    return Err(End::Closed);
+                }
+            }
+            let cmd = match parsed {
                 Ok(c) => c,
                 Err(r) => {
                     self.reply(&r);
@@ -359,6 +445,11 @@ impl Session {
             ));
             return Ok(());
         }
+        // A locked-out client is told so at once, before any challenge.
+        if let Some(locked) = self.ctx.lockout.locked(self.peer.ip(), Instant::now()) {
+            self.auth_locked(locked);
+            return Ok(());
+        }
         let creds = match mechanism.as_str() {
             "PLAIN" => {
                 let resp = match initial {
@@ -400,21 +491,70 @@ impl Session {
             self.reply(&Reply::new(501, "5.5.2", "Cannot decode response"));
             return Ok(());
         };
-        if self.ctx.users.verify(user.clone(), pass).await {
-            tracing::info!(peer = %self.peer, user = %user, "authenticated");
-            self.auth_user = Some(user);
-            self.reply(&Reply::new(235, "2.7.0", "Authentication successful"));
-        } else {
-            tracing::info!(peer = %self.peer, user = %user, "authentication failed");
-            // Slow down guessing beyond what argon2 already costs.
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            self.reply(&Reply::new(
-                535,
-                "5.7.8",
-                "Authentication credentials invalid",
-            ));
-        }
+        self.check_password(user, pass).await;
         Ok(())
+    }
+
+    /// Counts the attempt against the lockout, checks the password (one
+    /// bounded argon2 slot) and replies.
+    async fn check_password(&mut self, user: String, pass: Vec<u8>) {
+        let attempt = match self.ctx.lockout.begin(self.peer.ip(), Instant::now()) {
+            Ok(a) => a,
+            Err(locked) => return self.auth_locked(locked),
+        };
+        // The name a client sent may be anything (a patient's address, a
+        // password typed in the wrong field): only its hash goes to info.
+        let tag = auth::user_tag(&user);
+        tracing::debug!(peer = %self.peer, user = %user, user_tag = %tag, "AUTH attempt");
+        match self.ctx.users.verify(user.clone(), pass).await {
+            auth::Check::Accepted => {
+                drop(attempt.finish(true, Instant::now()));
+                // The name is now a configured account, not client text.
+                tracing::info!(peer = %self.peer, user = %user, "authenticated");
+                self.auth_user = Some(user);
+                self.reply(&Reply::new(235, "2.7.0", "Authentication successful"));
+            }
+            auth::Check::Busy => {
+                drop(attempt);
+                tracing::warn!(peer = %self.peer, "AUTH refused: every password check slot stayed busy (server.auth_max_verifications)");
+                self.reply(&Reply::new(
+                    454,
+                    "4.7.0",
+                    "Temporary authentication failure",
+                ));
+            }
+            auth::Check::Refused => {
+                for l in attempt.finish(false, Instant::now()) {
+                    // No audit row: audit rows record deliveries per
+                    // recipient; this structured event is the record.
+                    tracing::warn!(
+                        event = "auth_lockout",
+                        peer_ip = %self.peer.ip(),
+                        scope = l.scope.as_str(),
+                        failures = l.failures,
+                        lockout_secs = l.period.as_secs(),
+                        "AUTH locked out after repeated failures"
+                    );
+                }
+                tracing::info!(peer = %self.peer, user_tag = %tag, "authentication failed");
+                // Slow down guessing beyond what argon2 already costs.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                self.reply(&Reply::new(
+                    535,
+                    "5.7.8",
+                    "Authentication credentials invalid",
+                ));
+            }
+        }
+    }
+
+    fn auth_locked(&mut self, locked: auth::Locked) {
+        tracing::info!(peer = %self.peer, scope = locked.scope.as_str(), "AUTH refused: locked out after repeated failures");
+        self.reply(&Reply::new(
+            454,
+            "4.7.0",
+            "Too many failed authentication attempts, try again later",
+        ));
     }
 
     /// Sends a 334 challenge and reads the answer; `None` if cancelled.
@@ -486,7 +626,7 @@ impl Session {
         if tx.rcpts.len() >= max {
             return Reply::new(452, "4.5.3", "Error: too many recipients");
         }
-        if !tx.rcpts.contains(&mb) {
+        if !tx.rcpts.iter().any(|r| r.same_address(&mb)) {
             tx.rcpts.push(mb);
         }
         Reply::new(250, "2.1.5", "Ok")
@@ -531,6 +671,7 @@ impl Session {
             limits.max_header_size,
         );
         let mut out = Vec::with_capacity(64 * 1024);
+        let data_deadline = super::later(Instant::now(), limits.data_phase_timeout);
         loop {
             if let Some(used) = rx.feed(&self.rbuf[self.rpos..], &mut out) {
                 self.rpos += used;
@@ -568,7 +709,10 @@ impl Session {
                 ));
                 return Err(End::Closed);
             }
-            if let Err(e) = self.fill(limits.data_timeout).await {
+            if let Err(e) = self
+                .fill_within(limits.data_timeout, Some(data_deadline))
+                .await
+            {
                 if writer.is_some() {
                     spool.discard_content(&id).await;
                 }
@@ -650,6 +794,7 @@ impl Session {
         match self.ctx.queue.enqueue(msg).await {
             Ok(()) => {
                 tracing::info!(queue_id = %id, peer = %self.peer, size, recipients = rcpts, "message accepted");
+                self.junk = 0;
                 self.reply(&Reply::new(250, "2.0.0", &format!("Ok: queued as {id}")));
             }
             Err(e) => {

@@ -17,6 +17,17 @@ use crate::probe::static_caps::Declared;
 
 type List = Vec<Spanned<String>>;
 
+/// What a pattern list is matched against, which decides its canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PatternKind {
+    /// Free text (content types, AUTH user names): lowercased only.
+    Plain,
+    /// Envelope addresses.
+    Address,
+    /// Domains of envelope addresses.
+    Domain,
+}
+
 /// One policy file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,11 +265,11 @@ impl Ctx<'_> {
         out
     }
 
-    fn patterns(&mut self, key: &str, v: &List, domain: bool) -> Vec<Pattern> {
+    fn patterns(&mut self, key: &str, v: &List, kind: PatternKind) -> Vec<Pattern> {
         let mut out = Vec::new();
         for p in v {
             let s = p.get_ref();
-            if domain && s.contains('@') {
+            if kind == PatternKind::Domain && s.contains('@') {
                 self.problem(
                     key,
                     p,
@@ -268,9 +279,16 @@ impl Ctx<'_> {
                 );
                 continue;
             }
-            match Pattern::new(s) {
-                Some(pat) => out.push(pat),
-                None => self.problem(key, p, "empty pattern"),
+            // Addresses and domains are compared in their canonical form
+            // (A-labels, no trailing dot), the form the listener gives them.
+            let compiled = match kind {
+                PatternKind::Plain => Pattern::new(s).ok_or_else(|| "empty pattern".to_string()),
+                PatternKind::Address => Pattern::address(s),
+                PatternKind::Domain => Pattern::domain(s),
+            };
+            match compiled {
+                Ok(pat) => out.push(pat),
+                Err(e) => self.problem(key, p, e),
             }
         }
         out
@@ -419,10 +437,18 @@ pub fn compile_file(
         }
         let m = &r.matches;
         let mut matcher = Matcher {
-            sender: c.patterns("rule.match.sender", &m.sender, false),
-            sender_domain: c.patterns("rule.match.sender_domain", &m.sender_domain, true),
-            recipient: c.patterns("rule.match.recipient", &m.recipient, false),
-            recipient_domain: c.patterns("rule.match.recipient_domain", &m.recipient_domain, true),
+            sender: c.patterns("rule.match.sender", &m.sender, PatternKind::Address),
+            sender_domain: c.patterns(
+                "rule.match.sender_domain",
+                &m.sender_domain,
+                PatternKind::Domain,
+            ),
+            recipient: c.patterns("rule.match.recipient", &m.recipient, PatternKind::Address),
+            recipient_domain: c.patterns(
+                "rule.match.recipient_domain",
+                &m.recipient_domain,
+                PatternKind::Domain,
+            ),
             header: Vec::new(),
             subject_tag: m
                 .subject_tag
@@ -432,11 +458,15 @@ pub fn compile_file(
             body: c.regexes("rule.match.body", &m.body),
             attachment_content: c.regexes("rule.match.attachment_content", &m.attachment_content),
             detectors: c.detectors("rule.match.detectors", &m.detectors),
-            attachment_type: c.patterns("rule.match.attachment_type", &m.attachment_type, false),
+            attachment_type: c.patterns(
+                "rule.match.attachment_type",
+                &m.attachment_type,
+                PatternKind::Plain,
+            ),
             size_over: c.size("rule.match.size_over", &m.size_over),
             size_under: c.size("rule.match.size_under", &m.size_under),
             client_network: Vec::new(),
-            auth_user: c.patterns("rule.match.auth_user", &m.auth_user, false),
+            auth_user: c.patterns("rule.match.auth_user", &m.auth_user, PatternKind::Plain),
             signature: String::new(),
         };
         for h in &m.header {
@@ -524,7 +554,11 @@ pub fn compile_file(
         });
     }
     for cap in &raw.capability {
-        let patterns = c.patterns("capability.recipients", cap.recipients.get_ref(), false);
+        let patterns = c.patterns(
+            "capability.recipients",
+            cap.recipients.get_ref(),
+            PatternKind::Address,
+        );
         if patterns.is_empty() {
             c.problem(
                 "capability.recipients",

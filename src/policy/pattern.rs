@@ -1,6 +1,14 @@
 //! Address and domain patterns used in rules: `*` matches any run of
 //! characters, `*.example.org` matches subdomains of example.org (not the
 //! apex), a bare domain or address matches exactly; case-insensitive.
+//!
+//! Addresses reach the policy in their canonical form (A-label domain, no
+//! trailing dot, needless quotes removed: [`crate::util::address`]), so
+//! address and domain patterns are put into the same form when a policy
+//! file is compiled: a rule written for `bücher.example` or
+//! `gmail.com.` matches `xn--bcher-kva.example` and `gmail.com`.
+
+use crate::util::address;
 
 /// A compiled pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +28,30 @@ impl Pattern {
             parts: s.split('*').map(str::to_string).collect(),
             source: s,
         })
+    }
+
+    /// Compiles a domain pattern in canonical form (A-labels, no trailing
+    /// dot); a label holding `*` stays as written and must be ASCII.
+    pub fn domain(source: &str) -> Result<Pattern, String> {
+        let canonical = canonical_domain_pattern(source.trim())?;
+        Pattern::new(&canonical).ok_or_else(|| "empty pattern".to_string())
+    }
+
+    /// Compiles an address pattern (`local@domain`, either side may hold
+    /// `*`) with its domain in canonical form and needless quotes removed
+    /// from its local part. A pattern without `@` (such as `*`) is kept.
+    pub fn address(source: &str) -> Result<Pattern, String> {
+        let s = source.trim();
+        let Some((local, domain)) = s.rsplit_once('@') else {
+            return Pattern::new(s).ok_or_else(|| "empty pattern".to_string());
+        };
+        let local = if local.starts_with('"') && !local.contains('*') {
+            address::canonical_local(local).map_err(|e| e.to_string())?
+        } else {
+            local.to_string()
+        };
+        let domain = canonical_domain_pattern(domain)?;
+        Pattern::new(&format!("{local}@{domain}")).ok_or_else(|| "empty pattern".to_string())
     }
 
     /// The pattern as written (lowercased).
@@ -52,6 +84,33 @@ impl Pattern {
     }
 }
 
+/// A domain pattern in the canonical form of the domains it is matched
+/// against. Wildcard labels cannot be converted to A-labels, so they must
+/// be ASCII already.
+fn canonical_domain_pattern(source: &str) -> Result<String, String> {
+    if source.is_empty() {
+        return Err("empty pattern".into());
+    }
+    if !source.contains('*') {
+        return address::canonical_domain(source).map_err(|e| e.to_string());
+    }
+    let s = source.strip_suffix('.').unwrap_or(source);
+    let mut labels = Vec::new();
+    for label in s.split('.') {
+        if label.contains('*') {
+            if !label.is_ascii() {
+                return Err(format!(
+                    "`{label}`: a label with `*` must be ASCII; write the A-label (xn--...) form"
+                ));
+            }
+            labels.push(label.to_ascii_lowercase());
+        } else {
+            labels.push(address::canonical_domain(label).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(labels.join("."))
+}
+
 /// Any of `patterns` matches `text` (an empty list matches nothing).
 pub fn any(patterns: &[Pattern], text: &str) -> bool {
     patterns.iter().any(|p| p.matches(text))
@@ -81,5 +140,69 @@ mod tests {
             assert_eq!(Pattern::new(p).unwrap().matches(t), want, "{p} ~ {t}");
         }
         assert!(Pattern::new("  ").is_none());
+    }
+
+    #[test]
+    fn domain_and_address_patterns_take_the_canonical_form() {
+        let cases = [
+            // (pattern, kind, canonical text it matches, what must not match)
+            ("gmail.com", "domain", "gmail.com", "gmail.com.evil"),
+            ("gmail.com.", "domain", "gmail.com", "mail.gmail.com"),
+            ("GMAIL.Com", "domain", "gmail.com", "gmail.co"),
+            (
+                "bücher.example",
+                "domain",
+                "xn--bcher-kva.example",
+                "bucher.example",
+            ),
+            (
+                "XN--BCHER-KVA.example",
+                "domain",
+                "xn--bcher-kva.example",
+                "bücher.example",
+            ),
+            (
+                "*.bücher.example",
+                "domain",
+                "a.xn--bcher-kva.example",
+                "xn--bcher-kva.example",
+            ),
+            ("*", "domain", "anything.example", ""),
+            (
+                "*@bücher.example",
+                "address",
+                "dr.a@xn--bcher-kva.example",
+                "dr.a@bucher.example",
+            ),
+            (
+                "\"ceo\"@example.org",
+                "address",
+                "ceo@example.org",
+                "\"ceo\"@example.org",
+            ),
+            ("v@gmail.com.", "address", "v@gmail.com", "v@gmail.com.evil"),
+            (
+                "*@*.bücher.example",
+                "address",
+                "a@b.xn--bcher-kva.example",
+                "a@xn--bcher-kva.example",
+            ),
+            ("*", "address", "a@b.example", ""),
+        ];
+        for (p, kind, yes, no) in cases {
+            let pat = match kind {
+                "domain" => Pattern::domain(p),
+                _ => Pattern::address(p),
+            }
+            .unwrap_or_else(|e| panic!("{p}: {e}"));
+            assert!(pat.matches(yes), "{p} ~ {yes}");
+            if !no.is_empty() {
+                assert!(!pat.matches(no), "{p} !~ {no}");
+            }
+        }
+        for bad in ["*ü.example", "a..b", "xn--a.example", "", "-a.example"] {
+            assert!(Pattern::domain(bad).is_err(), "{bad}");
+            assert!(Pattern::address(&format!("x@{bad}")).is_err(), "x@{bad}");
+        }
     }
 }

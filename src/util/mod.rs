@@ -1,5 +1,6 @@
 //! Small helpers shared by several stages: ids, sizes, durations, hashing.
 
+pub mod address;
 pub mod stream;
 
 use std::time::Duration;

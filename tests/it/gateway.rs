@@ -26,6 +26,8 @@ pub struct GatewayOptions {
     pub users: Vec<(String, String)>,
     /// Extra lines inside `[server]`.
     pub server_extra: String,
+    /// Extra lines inside `[relay]`.
+    pub relay_extra: String,
     /// Extra lines inside `[queue]`.
     pub queue_extra: String,
     /// Extra lines inside `[delivery]`.
@@ -61,6 +63,7 @@ impl Default for GatewayOptions {
             tls: None,
             users: Vec::new(),
             server_extra: String::new(),
+            relay_extra: String::new(),
             queue_extra: String::new(),
             delivery_extra: String::new(),
             extra: String::new(),
@@ -327,6 +330,8 @@ fn write_config(dir: &Path, o: &GatewayOptions) -> Result<PathBuf> {
         "[relay]\nallow_networks = [{}]\n",
         nets.join(", ")
     ));
+    s.push_str(&o.relay_extra);
+    s.push('\n');
     s.push_str(&format!("[delivery]\nport = {}\nconnect_timeout = \"5s\"\ncommand_timeout = \"10s\"\ndata_timeout = \"20s\"\n", o.delivery_port));
     if let Some(sh) = &o.smarthost {
         s.push_str(&format!("smarthost = {}\n", q(sh)));

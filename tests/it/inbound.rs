@@ -74,8 +74,8 @@ async fn relay_is_refused_outside_allow_networks_whatever_the_address_trick() {
         .unwrap();
     let tricks = [
         ("RCPT TO:<victim@elsewhere.test>", 550),
-        ("RCPT TO:<victim%elsewhere.test@gateway.example.test>", 550),
-        ("RCPT TO:<elsewhere.test!victim@gateway.example.test>", 550),
+        ("RCPT TO:<victim%elsewhere.test@gateway.example.test>", 553),
+        ("RCPT TO:<elsewhere.test!victim@gateway.example.test>", 553),
         ("RCPT TO:<@gateway.example.test:victim@elsewhere.test>", 553),
         ("RCPT TO:<@a.test,@b.test:victim@elsewhere.test>", 553),
         (
@@ -470,4 +470,368 @@ async fn invalid_config_is_refused_with_file_line_and_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sealgate keygen --out"));
     let _ = GatewayOptions::default();
     let _ = python_send;
+}
+
+/// Runs `body` (Python) with `s`, an smtplib session to `addr` that has
+/// said EHLO (and done STARTTLS against `ca`, if given), and `auth(user,
+/// pw)`, one AUTH PLAIN attempt returning its reply code. Returns stdout.
+fn smtplib(addr: std::net::SocketAddr, ca: Option<&std::path::Path>, body: &str) -> String {
+    let prelude = r#"
+import smtplib, ssl, sys, time
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = smtplib.SMTP(host, port, timeout=30)
+s.ehlo('client.example.test')
+if ca:
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    s.starttls(context=ctx)
+    s.ehlo('client.example.test')
+def auth(user, pw):
+    try:
+        code, _ = s.auth('PLAIN', lambda challenge=None: '\0%s\0%s' % (user, pw))
+    except smtplib.SMTPAuthenticationError as e:
+        code = e.smtp_code
+    return code
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("{prelude}\n{body}"))
+        .args([addr.ip().to_string(), addr.port().to_string()])
+        .arg(ca.map(|p| p.display().to_string()).unwrap_or_default())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const CANONICAL_POLICY: &str = r#"
+[defaults]
+methods = ["tls"]
+min_tls = "opportunistic"
+
+[[rule]]
+name = "freemail-hold"
+match.recipient_domain = ["freemail.example.test"]
+action = "hold"
+
+[[rule]]
+name = "idn-hold"
+match.recipient = ["*@bücher.example.test"]
+action = "hold"
+"#;
+
+/// Every spelling of an address reaches policy, queue and audit in one
+/// form: a trailing-dot recipient is decided by the rule written for its
+/// domain, a U-label by the rule written with the U-label, an A-label in
+/// capitals by the same rule, a needlessly quoted sender unquoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_an_address_meets_the_same_rule() {
+    let w = World::new().await;
+    let mut opts = w.options();
+    opts.policy = CANONICAL_POLICY.into();
+    let gw = Gateway::start(opts).unwrap();
+    let out = smtplib(
+        gw.addr,
+        None,
+        r#"
+msg = b"Subject: one form\r\n\r\nx\r\n"
+print(s.sendmail('"ceo"@Clinic.Example.TEST.', ['v@freemail.example.test.', 'v@FREEMAIL.example.test'], msg))
+print(s.sendmail('ceo@clinic.example.test', ['x@BÜCHER.example.test', 'y@XN--BCHER-KVA.example.test.'], msg, mail_options=['SMTPUTF8']))
+s.quit()
+"#,
+    );
+    assert_eq!(out, "{}\n{}\n", "every recipient accepted");
+    let rows = gw
+        .wait_audit(WAIT, |r| {
+            r.iter().filter(|r| r["outcome"] == "held").count() >= 3
+        })
+        .await
+        .unwrap();
+    let rule_of = |rcpt: &str| {
+        let found: Vec<_> = rows.iter().filter(|r| r["recipient"] == rcpt).collect();
+        assert_eq!(found.len(), 1, "{rcpt}: {rows:#?}");
+        (
+            found[0]["policy_rule"].as_str().unwrap().to_string(),
+            found[0]["outcome"].as_str().unwrap().to_string(),
+            found[0]["sender"].as_str().unwrap().to_string(),
+        )
+    };
+    let held = |rule: &str| {
+        (
+            rule.to_string(),
+            "held".to_string(),
+            "ceo@clinic.example.test".to_string(),
+        )
+    };
+    assert_eq!(rule_of("v@freemail.example.test"), held("freemail-hold"));
+    assert_eq!(rule_of("x@xn--bcher-kva.example.test"), held("idn-hold"));
+    assert_eq!(rule_of("y@xn--bcher-kva.example.test"), held("idn-hold"));
+    assert_eq!(
+        rows.len(),
+        3,
+        "the two spellings of v@ are one recipient: {rows:#?}"
+    );
+    // The queue shows the same form.
+    let q = gw.queue().unwrap();
+    let mut queued: Vec<String> = q
+        .iter()
+        .flat_map(|m| m["message"]["recipients"].as_array().unwrap().clone())
+        .map(|r| r["address"].as_str().unwrap().to_string())
+        .collect();
+    queued.sort();
+    assert_eq!(
+        queued,
+        [
+            "v@freemail.example.test",
+            "x@xn--bcher-kva.example.test",
+            "y@xn--bcher-kva.example.test"
+        ]
+    );
+    // And so does `sealgate probe`, for the operator's spelling.
+    let out = gw.cli(&[
+        "probe",
+        "--json",
+        "v@FreeMail.example.test.",
+        "z@bücher.example.test",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["recipient"], "v@freemail.example.test");
+    assert_eq!(v[0]["decision"]["rule"], "freemail-hold");
+    assert_eq!(v[1]["recipient"], "z@xn--bcher-kva.example.test");
+    assert_eq!(v[1]["decision"]["rule"], "idn-hold");
+}
+
+/// Invalid IDNA and `%`/`!` local parts are refused in MAIL and RCPT by
+/// default; `[relay] allow_percent_hack` lets `%` and `!` through, to the
+/// domain after the `@`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_idna_and_percent_hacks_are_refused_unless_configured() {
+    let w = World::new().await;
+    let gw = w.gateway().unwrap();
+    let body = r#"
+def code(f):
+    try:
+        return f()[0]
+    except smtplib.SMTPResponseException as e:
+        return e.smtp_code
+for sender in ['a%b@clinic.example.test', 'a!b@clinic.example.test', 'a@xn--a.example.test']:
+    r = s.docmd('MAIL FROM:<%s>' % sender)
+    print(r[0], r[1].decode()[:5])
+s.command_encoding = 'utf-8'
+s.docmd('MAIL FROM:<a@clinic.example.test> SMTPUTF8')
+for rcpt in ['a%b@example.test', 'example.test!b@gateway.example.test', '"a%b"@example.test', 'b@aא.example.test', 'b@example.test']:
+    r = s.docmd('RCPT TO:<%s>' % rcpt)
+    print(r[0], r[1].decode()[:5])
+s.quit()
+"#;
+    let out = smtplib(gw.addr, None, body);
+    assert_eq!(
+        out,
+        "553 5.1.7\n553 5.1.7\n553 5.1.7\n553 5.1.3\n553 5.1.3\n553 5.1.3\n553 5.1.3\n250 2.1.5\n",
+        "{}",
+        gw.log()
+    );
+    let mut opts = w.options();
+    opts.relay_extra = "allow_percent_hack = true\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    let out = smtplib(
+        gw.addr,
+        None,
+        r#"
+print(s.docmd('MAIL FROM:<a!b@clinic.example.test>')[0])
+print(s.docmd('RCPT TO:<"a%b"@Example.TEST.>')[0])
+print(s.docmd('RCPT TO:<a@xn--a.example.test>')[0])
+s.quit()
+"#,
+    );
+    assert_eq!(out, "250\n250\n553\n");
+}
+
+/// AUTH failures lock the client out: a good password is refused with 454
+/// while the lockout lasts (it is not even checked) and accepted after it.
+/// The name a client sent is never logged at info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_lock_the_client_out_until_the_lockout_ends() {
+    let w = World::new().await;
+    let cert = w.ca.issue(&["gateway.example.test"]);
+    let (cert_path, key_path) = cert.write(w.dir.path(), "gw").unwrap();
+    let mut opts = w.options();
+    opts.allow_networks = vec![];
+    opts.tls = Some((cert_path, key_path));
+    opts.users = vec![("app".into(), hash("s3cret"))];
+    opts.server_extra = "auth_max_failures = 3\nauth_lockout = \"3s\"\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    let ca = Some(w.ca_file.as_path());
+    let out = smtplib(
+        gw.addr,
+        ca,
+        r#"
+for pw in ['guess1', 'guess2', 'guess3']:
+    print(auth('patient.jane.doe', pw))
+print(auth('app', 's3cret'))
+"#,
+    );
+    assert_eq!(out, "535\n535\n535\n454\n", "{}", gw.log());
+    // A new session from the same address is still locked out, even with
+    // the right password and another mechanism.
+    let out = smtplib(
+        gw.addr,
+        ca,
+        "print(auth('app', 's3cret'))\ntry:\n    s.login('app', 's3cret')\nexcept smtplib.SMTPAuthenticationError as e:\n    print(e.smtp_code)\n",
+    );
+    assert_eq!(out, "454\n454\n");
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("auth_lockout")
+            && l.contains("peer_ip=127.0.0.1")),
+        "{log}"
+    );
+    for line in log.lines().filter(|l| l.contains(" INFO ")) {
+        assert!(
+            !line.contains("patient.jane.doe"),
+            "user name at info: {line}"
+        );
+    }
+    assert!(log.contains("user_tag="), "{log}");
+    // After the lockout the right password works again.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = smtplib(gw.addr, ca, "print(auth('app', 's3cret'))");
+        if out == "235\n" {
+            break;
+        }
+        assert_eq!(out, "454\n", "refused only as locked out");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unlocked:\n{}",
+            gw.log()
+        );
+    }
+}
+
+/// A client that only chats (NOOP, RSET...) is closed with 421 4.7.0 after
+/// `max_junk_commands`; an accepted message starts the count afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noop_flood_is_closed() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let mut opts = w.options();
+    opts.server_extra = "max_junk_commands = 20\nmax_errors = 1000\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    // EHLO is the first of the 20; a message resets the count.
+    let out = smtplib(
+        gw.addr,
+        None,
+        r#"
+for i in range(15):
+    s.noop()
+print(s.sendmail('a@clinic.example.test', ['b@example.test'], b"Subject: x\r\n\r\nx\r\n"))
+codes = [s.docmd('RSET' if i % 2 else 'NOOP')[0] for i in range(20)]
+print(codes.count(250), codes[-1])
+r = s.docmd('NOOP')
+print(r[0], r[1].decode()[:5])
+"#,
+    );
+    assert_eq!(out, "{}\n20 250\n421 4.7.0\n", "{}", gw.log());
+    mx.wait_for(1, WAIT).await.unwrap();
+    // Unknown commands count too.
+    let out = smtplib(
+        gw.addr,
+        None,
+        r#"
+codes = [s.docmd('XYZZY')[0] for i in range(19)]
+print(codes.count(500))
+print(s.docmd('HELP')[0])
+"#,
+    );
+    assert_eq!(out, "19\n421\n");
+}
+
+/// A session that never idles long enough for the read timeout is still
+/// closed when its lifetime is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_its_lifetime_is_over() {
+    let w = World::new().await;
+    let mut opts = w.options();
+    opts.server_extra = "session_timeout = \"2s\"\nmax_junk_commands = 100000\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    let out = smtplib(
+        gw.addr,
+        None,
+        r#"
+while True:
+    code, text = s.docmd('NOOP')
+    if code != 250:
+        print(code, text.decode())
+        break
+    time.sleep(0.2)
+"#,
+    );
+    assert_eq!(
+        out.trim(),
+        "421 4.4.2 gateway.example.test Error: session lasted too long",
+        "{}",
+        gw.log()
+    );
+}
+
+/// A client that trickles DATA fast enough for the per-read timeout is cut
+/// off when the DATA phase bound is over; nothing is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_data_phase_is_cut_off() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let w = World::new().await;
+    let mut opts = w.options();
+    opts.server_extra = "data_phase_timeout = \"2s\"\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (rd, mut wr) = tcp.into_split();
+    let mut rd = BufReader::new(rd);
+    wr.write_all(b"EHLO client.example.test\r\nMAIL FROM:<a@clinic.example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(rd.read_line(&mut line).await.unwrap() > 0, "closed early");
+        if line.starts_with("354") {
+            break;
+        }
+        assert!(line.starts_with("2"), "{line}");
+    }
+    // One byte every 20 ms: far inside the per-read timeout, for ever.
+    let trickle = tokio::spawn(async move {
+        let _ = wr.write_all(b"Subject: slow\r\n\r\n").await;
+        while wr.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    line.clear();
+    rd.read_line(&mut line).await.unwrap();
+    assert_eq!(
+        line.trim_end(),
+        "421 4.4.2 gateway.example.test Error: DATA took too long",
+        "{}",
+        gw.log()
+    );
+    line.clear();
+    assert_eq!(
+        rd.read_line(&mut line).await.unwrap(),
+        0,
+        "then the session closes"
+    );
+    trickle.abort();
+    assert!(gw.queue().unwrap().is_empty());
 }
