@@ -11,10 +11,11 @@ use tokio::net::TcpStream;
 use super::InboundContext;
 use super::auth;
 use super::command::{self, Body, Command, MailParams, Mailbox};
-use super::data::{DataProblem, DataReceiver, header_facts};
+use super::data::{DataProblem, DataReceiver, HeaderFacts, header_facts};
 use super::reply::Reply;
 use crate::queue::{ClientInfo, QueueId, QueuedMessage, Recipient};
 use crate::util::stream::Stream;
+use rustls_pki_types::CertificateDer;
 
 /// Why the session ends.
 #[derive(Debug)]
@@ -38,6 +39,17 @@ enum Line {
     TooLong,
 }
 
+/// What the client's connector certificate means for one message.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    /// No connector certificate: relay rests on the network or AUTH.
+    NoConnector,
+    /// This connector's tenant check passed.
+    Connector(String),
+    /// A connector certificate, but no matching tenant.
+    Refused,
+}
+
 struct Transaction {
     sender: Option<Mailbox>,
     params: MailParams,
@@ -56,6 +68,8 @@ pub struct Session {
     esmtp: bool,
     tls: Option<(String, String)>,
     auth_user: Option<String>,
+    /// Connectors (indices) the client's TLS certificate identifies.
+    cert_connectors: Vec<usize>,
     tx: Option<Transaction>,
     errors: usize,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -80,6 +94,7 @@ impl Session {
             esmtp: false,
             tls: None,
             auth_user: None,
+            cert_connectors: Vec::new(),
             tx: None,
             errors: 0,
             shutdown,
@@ -319,6 +334,7 @@ impl Session {
                     .unwrap_or("unknown")
                     .to_string();
                 self.tls = Some((version, cipher));
+                self.cert_connectors = self.identify_connectors(conn.peer_certificates());
                 self.stream = Stream::tls(tls);
                 // RFC 3207 section 4.2: forget everything learned before TLS.
                 self.helo = None;
@@ -332,6 +348,24 @@ impl Session {
             }
             Err(_) => Err(End::Closed),
         }
+    }
+
+    /// Which connectors the client certificate (if any) identifies.
+    fn identify_connectors(&self, chain: Option<&[CertificateDer<'_>]>) -> Vec<usize> {
+        let Some(chain) = chain.filter(|c| !c.is_empty()) else {
+            return Vec::new();
+        };
+        let matched = self.ctx.connectors.identify(chain);
+        if matched.is_empty() {
+            tracing::info!(peer = %self.peer, "client certificate identifies no relay connector");
+        } else {
+            let names: Vec<&str> = matched
+                .iter()
+                .map(|&i| self.ctx.connectors.name(i))
+                .collect();
+            tracing::info!(peer = %self.peer, connectors = ?names, "client certificate identifies a relay connector");
+        }
+        matched
     }
 
     async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Result<(), End> {
@@ -470,7 +504,9 @@ impl Session {
     }
 
     fn rcpt(&mut self, mb: Mailbox) -> Reply {
-        let may_relay = self.auth_user.is_some() || self.ctx.settings.relay.allows(self.peer.ip());
+        let may_relay = self.auth_user.is_some()
+            || self.ctx.settings.relay.allows(self.peer.ip())
+            || !self.cert_connectors.is_empty();
         let max = self.ctx.settings.server.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return Reply::new(503, "5.5.1", "Error: need MAIL command");
@@ -480,7 +516,7 @@ impl Session {
         }
         if !may_relay {
             // The detail goes to the log; the reply stays generic.
-            tracing::info!(peer = %self.peer, recipient_domain = %mb.domain, "relay denied: client is not in relay.allow_networks and not authenticated");
+            tracing::info!(peer = %self.peer, recipient_domain = %mb.domain, "relay denied: client is not in relay.allow_networks, not authenticated and has no connector certificate");
             return Reply::new(550, "5.7.1", "Relay access denied");
         }
         if tx.rcpts.len() >= max {
@@ -563,6 +599,7 @@ impl Session {
             }
         }
         let facts = header_facts(rx.headers());
+        let connector = self.admit_connector(&id, &facts);
         let refusal = match rx.problem() {
             Some(DataProblem::TooBig) => Some(Reply::new(
                 552,
@@ -580,6 +617,9 @@ impl Session {
             None if facts.received >= limits.max_received_headers => {
                 tracing::info!(peer = %self.peer, hops = facts.received, "mail loop: too many Received headers");
                 Some(Reply::new(554, "5.4.6", "Too many hops (mail loop?)"))
+            }
+            None if connector == Admission::Refused => {
+                Some(Reply::new(550, "5.7.1", "Relay access denied"))
             }
             None if spool_failed => Some(Reply::new(451, "4.3.0", "Error: queue file write error")),
             None => None,
@@ -629,6 +669,10 @@ impl Session {
                 helo: self.helo.clone().unwrap_or_default(),
                 auth_user: self.auth_user.clone(),
                 tls: self.tls.is_some(),
+                connector: match connector {
+                    Admission::Connector(name) => Some(name),
+                    Admission::NoConnector | Admission::Refused => None,
+                },
             },
             requiretls: tx.params.requiretls,
             local: false,
@@ -646,6 +690,23 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Whether a connector admits this message. A client whose certificate
+    /// identifies connectors is refused when the message's tenant headers
+    /// match none of them, whatever else it has: every tenant of a cloud
+    /// presents the same certificate.
+    fn admit_connector(&self, id: &QueueId, facts: &HeaderFacts) -> Admission {
+        if self.cert_connectors.is_empty() {
+            return Admission::NoConnector;
+        }
+        match self.ctx.connectors.admit(&self.cert_connectors, facts) {
+            Ok(i) => Admission::Connector(self.ctx.connectors.name(i).to_string()),
+            Err(why) => {
+                tracing::info!(queue_id = %id, peer = %self.peer, why = ?why, "relay denied: the message's tenant does not match the connector");
+                Admission::Refused
+            }
+        }
     }
 
     fn received_header(&self, id: &QueueId, tx: &Transaction) -> String {
