@@ -23,5 +23,6 @@ ensure_packages() {
 
 # What building sealgate needs beside the Rust toolchain.
 BUILD_PACKAGES=(pkg-config libssl-dev libclang-dev gcc)
-# What the test suite needs: independent SMTP clients and servers.
-TEST_PACKAGES=(swaks python3 python3-aiosmtpd gnupg)
+# What the test suite needs: independent SMTP clients and servers (swaks
+# needs Net::SSLeay for STARTTLS; it is only a recommendation of the package).
+TEST_PACKAGES=(swaks libnet-ssleay-perl python3 python3-aiosmtpd gnupg)

@@ -34,6 +34,8 @@ pub enum ServerError {
     #[error(transparent)]
     Inbound(#[from] inbound::InboundError),
     #[error(transparent)]
+    Connector(#[from] inbound::connector::ConnectorError),
+    #[error(transparent)]
     Outbound(#[from] crate::outbound::OutboundError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
@@ -257,8 +259,13 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
 
     reconcile(&queue, &auditor, &recovered.unresolved).await;
 
+    let connectors = inbound::connector::Connectors::load(&settings.relay.connectors)?;
     let tls = match &settings.server.tls {
-        Some(t) => Some(inbound::tls_acceptor(&t.cert, &t.key)?),
+        Some(t) => Some(inbound::tls_acceptor(
+            &t.cert,
+            &t.key,
+            connectors.client_verifier(),
+        )?),
         None => None,
     };
     let listeners = inbound::bind(&settings).await?;
@@ -278,6 +285,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
             settings.server.auth.max_verifications,
         ),
         lockout: inbound::auth::Lockout::new(settings.server.auth.clone()),
+        connectors,
     });
     let reload_policy = policy.clone();
     let reload: crate::queue::control::ReloadFn = Arc::new(move || reload_policy.reload());

@@ -38,8 +38,15 @@ pub fn check_config(path: &Path) -> Result<Settings, CliError> {
     if let Err(e) = SpoolKey::load(&s.server.spool_key_file) {
         problems.push(e.to_string());
     }
+    let client_certs = match crate::inbound::connector::Connectors::load(&s.relay.connectors) {
+        Ok(c) => c.client_verifier(),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
     if let Some(t) = &s.server.tls {
-        if let Err(e) = crate::inbound::tls_acceptor(&t.cert, &t.key) {
+        if let Err(e) = crate::inbound::tls_acceptor(&t.cert, &t.key, client_certs) {
             problems.push(e.to_string());
         }
     }

@@ -4,6 +4,7 @@
 //!
 //! Every key is documented here and in `config/sealgate.example.toml`.
 
+mod connector;
 mod raw;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use connector::{CertNamePattern, ConnectorSettings};
 pub use raw::{RawConfig, is_hostname};
 
 /// One problem in a configuration file.
@@ -177,6 +179,9 @@ pub struct RelaySettings {
     pub allow_networks: Vec<IpNet>,
     /// `%` and `!` in local parts are accepted (never routed).
     pub allow_percent_hack: bool,
+    /// Cloud connectors: relay for a verified client certificate with a
+    /// matching name, bound to a tenant at the end of DATA.
+    pub connectors: Vec<ConnectorSettings>,
 }
 
 impl RelaySettings {

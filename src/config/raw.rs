@@ -191,12 +191,36 @@ pub struct RawUser {
 #[serde(deny_unknown_fields)]
 pub struct RawRelay {
     /// Networks (CIDR or single address) that may relay without AUTH.
+    /// Never a shared cloud's ranges: those send for every tenant.
     #[serde(default)]
     pub allow_networks: Vec<Spanned<String>>,
     /// Accept `%` and `!` in local parts (`user%host@gw`, `host!user@gw`)
     /// for old systems that still write them (default false: refused with
     /// 553). They are never routed: the address goes to its domain.
     pub allow_percent_hack: Option<bool>,
+    /// `[[relay.connectors]]`: cloud connectors that may relay with a
+    /// verified client certificate, bound to a tenant.
+    #[serde(default)]
+    pub connectors: Vec<RawConnector>,
+}
+
+/// `[[relay.connectors]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnector {
+    /// Name in logs and in the queued message's client record (audit).
+    pub name: Spanned<String>,
+    /// Names the client certificate must carry as subject CN or DNS SAN:
+    /// `host.example.org`, or `*.example.org` for one label in front.
+    pub client_cert_names: Spanned<Vec<Spanned<String>>>,
+    /// PEM files or folders (`*.pem`, `*.crt`) of the CAs the client
+    /// certificate must chain to.
+    pub client_cert_roots: Spanned<Vec<Spanned<String>>>,
+    /// Microsoft 365 tenant id (a GUID) every message must carry in
+    /// `X-MS-Exchange-CrossTenant-Id`.
+    pub tenant_id: Option<Spanned<String>>,
+    /// Organisation domain every message must carry in `X-OriginatorOrg`.
+    pub originator_org: Option<Spanned<String>>,
 }
 
 /// `[delivery]`
@@ -619,6 +643,8 @@ impl RawConfig {
             }
         }
 
+        let connectors = connectors(&mut c, &base, &self.relay.connectors, tls.is_some());
+
         let dl = &self.delivery;
         let smarthost = dl
             .smarthost
@@ -914,6 +940,7 @@ impl RawConfig {
             relay: RelaySettings {
                 allow_networks,
                 allow_percent_hack: self.relay.allow_percent_hack.unwrap_or(false),
+                connectors,
             },
             delivery,
             queue,
@@ -925,6 +952,159 @@ impl RawConfig {
             tls_report,
             pgp,
         })
+    }
+}
+
+/// Certificate names of clouds that present one certificate for every
+/// customer: a connector naming them is bound to nobody unless a tenant
+/// check comes with it.
+const MICROSOFT_365: &[&str] = &["outlook.com", "office365.com", "outlook.office365.com"];
+
+/// Google presents one certificate for every customer and stamps no
+/// tenant header we could trust, so a certificate is never enough there.
+const GOOGLE: &[&str] = &["google.com", "gmail.com", "googlemail.com"];
+
+fn under(pattern: &CertNamePattern, domains: &[&str]) -> bool {
+    let (CertNamePattern::Exact(n) | CertNamePattern::Wildcard(n)) = pattern;
+    domains
+        .iter()
+        .any(|d| n == d || n.ends_with(&format!(".{d}")))
+}
+
+/// Validates `[[relay.connectors]]`.
+fn connectors(
+    c: &mut Check,
+    base: &Path,
+    raw: &[RawConnector],
+    has_tls: bool,
+) -> Vec<ConnectorSettings> {
+    let mut out: Vec<ConnectorSettings> = Vec::new();
+    for r in raw {
+        let name = r.name.get_ref().trim().to_string();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            c.problem(
+                "relay.connectors.name",
+                &r.name,
+                "must be a non-empty name of letters, digits, `.`, `_` and `-`",
+            );
+        }
+        if out.iter().any(|x| x.name == name) {
+            c.problem(
+                "relay.connectors.name",
+                &r.name,
+                format!("connector `{name}` is listed twice"),
+            );
+        }
+        if !has_tls && out.is_empty() {
+            c.problem(
+                "relay.connectors",
+                &r.name,
+                "needs [server.tls]: the client certificate is asked for during STARTTLS",
+            );
+        }
+        let connector = ConnectorSettings {
+            name,
+            cert_names: connector_names(c, r),
+            cert_roots: connector_roots(c, base, r),
+            tenant_id: connector_tenant(c, r),
+            originator_org: connector_org(c, r),
+        };
+        connector_is_bound(c, r, &connector);
+        out.push(connector);
+    }
+    out
+}
+
+fn connector_names(c: &mut Check, r: &RawConnector) -> Vec<CertNamePattern> {
+    const KEY: &str = "relay.connectors.client_cert_names";
+    if r.client_cert_names.get_ref().is_empty() {
+        c.problem(KEY, &r.client_cert_names, "needs at least one name");
+    }
+    let mut names = Vec::new();
+    for n in r.client_cert_names.get_ref() {
+        match CertNamePattern::parse(n.get_ref()) {
+            Ok(p) => names.push(p),
+            Err(e) => c.problem(KEY, n, e),
+        }
+    }
+    names
+}
+
+fn connector_roots(c: &mut Check, base: &Path, r: &RawConnector) -> Vec<PathBuf> {
+    const KEY: &str = "relay.connectors.client_cert_roots";
+    if r.client_cert_roots.get_ref().is_empty() {
+        c.problem(
+            KEY,
+            &r.client_cert_roots,
+            "needs at least one PEM file or folder of CA certificates",
+        );
+    }
+    let mut roots = Vec::new();
+    for f in r.client_cert_roots.get_ref() {
+        let p = c.path(base, f);
+        if !p.is_file() && !p.is_dir() {
+            c.problem(
+                KEY,
+                f,
+                format!(
+                    "{} does not exist or is not a readable file or folder",
+                    p.display()
+                ),
+            );
+        }
+        roots.push(p);
+    }
+    roots
+}
+
+fn connector_tenant(c: &mut Check, r: &RawConnector) -> Option<String> {
+    let t = r.tenant_id.as_ref()?;
+    let v = t.get_ref().trim();
+    if !super::connector::is_tenant_id(v) {
+        c.problem(
+            "relay.connectors.tenant_id",
+            t,
+            format!("`{v}` is not a tenant id such as 72f988bf-86f1-41af-91ab-2d7cd011db47"),
+        );
+    }
+    Some(v.to_ascii_lowercase())
+}
+
+fn connector_org(c: &mut Check, r: &RawConnector) -> Option<String> {
+    let o = r.originator_org.as_ref()?;
+    let v = o.get_ref().trim();
+    let v = v.strip_suffix('.').unwrap_or(v).to_ascii_lowercase();
+    if !is_hostname(&v) {
+        c.problem(
+            "relay.connectors.originator_org",
+            o,
+            format!("`{v}` is not a domain such as hospital.example.org"),
+        );
+    }
+    Some(v)
+}
+
+/// Refuses connectors that a shared cloud's other customers could pass.
+fn connector_is_bound(c: &mut Check, r: &RawConnector, connector: &ConnectorSettings) {
+    if connector.cert_names.iter().any(|p| under(p, GOOGLE)) {
+        c.problem(
+            "relay.connectors.client_cert_names",
+            &r.client_cert_names,
+            "Google presents the same certificate for every customer and no tenant header \
+             that sealgate can trust; use SMTP AUTH ([[server.users]]) for Google's SMTP relay",
+        );
+    }
+    if connector.cert_names.iter().any(|p| under(p, MICROSOFT_365)) && !connector.checks_tenant() {
+        c.problem(
+            "relay.connectors",
+            &r.name,
+            "names a Microsoft 365 certificate, which every Microsoft 365 customer presents: \
+             set tenant_id (and/or originator_org) to bind it to your organisation",
+        );
     }
 }
 

@@ -70,7 +70,7 @@ port = 70000
 fn mapped_ipv6_is_checked_as_ipv4() {
     let relay = RelaySettings {
         allow_networks: vec!["10.0.0.0/8".parse().unwrap()],
-        allow_percent_hack: false,
+        ..Default::default()
     };
     assert!(relay.allows("::ffff:10.1.2.3".parse().unwrap()));
     assert!(!relay.allows("::ffff:11.1.2.3".parse().unwrap()));
@@ -160,4 +160,92 @@ fn listener_bounds_have_defaults_and_are_validated() {
             "missing {k} at {line}: {keys:?}"
         );
     }
+}
+
+#[test]
+fn connector_mistakes_are_reported_at_once_with_their_lines() {
+    let text = format!(
+        r#"{MINIMAL}
+[[relay.connectors]]
+name = "bad name"
+client_cert_names = ["*.com", "a*.example.org"]
+client_cert_roots = ["/nonexistent/roots.pem"]
+tenant_id = "x"
+originator_org = "not a domain"
+
+[[relay.connectors]]
+name = "google"
+client_cert_names = ["*.google.com"]
+client_cert_roots = ["/"]
+
+[[relay.connectors]]
+name = "google"
+client_cert_names = []
+client_cert_roots = []
+"#
+    );
+    let err = Settings::parse(Path::new("c.toml"), &text).unwrap_err();
+    let got: Vec<_> = err
+        .0
+        .iter()
+        .map(|p| (p.key.clone().unwrap_or_default(), p.line.unwrap_or(0)))
+        .collect();
+    let want = [
+        ("relay.connectors.name", 9),
+        ("relay.connectors", 9),
+        ("relay.connectors.client_cert_names", 10),
+        ("relay.connectors.client_cert_roots", 11),
+        ("relay.connectors.tenant_id", 12),
+        ("relay.connectors.originator_org", 13),
+        ("relay.connectors.client_cert_names", 17),
+        ("relay.connectors.name", 21),
+        ("relay.connectors.client_cert_names", 22),
+        ("relay.connectors.client_cert_roots", 23),
+    ];
+    for (k, line) in want {
+        assert!(
+            got.contains(&(k.to_string(), line)),
+            "missing {k} at {line}: {got:?}"
+        );
+    }
+    // Both bad names on line 10 are reported, not just the first.
+    let names = got
+        .iter()
+        .filter(|g| **g == ("relay.connectors.client_cert_names".to_string(), 10))
+        .count();
+    assert_eq!(names, 2, "{err}");
+}
+
+#[test]
+fn a_microsoft_365_connector_needs_a_tenant() {
+    let base = env!("CARGO_MANIFEST_DIR");
+    let tls = format!("[server.tls]\ncert = \"{base}/Cargo.toml\"\nkey = \"{base}/Cargo.toml\"\n");
+    let connector = |extra: &str| {
+        format!(
+            "{MINIMAL}{tls}[[relay.connectors]]\nname = \"m365\"\nclient_cert_names = [\"*.MAIL.protection.outlook.com.\"]\nclient_cert_roots = [\"{base}/config\"]\n{extra}"
+        )
+    };
+    let err = Settings::parse(Path::new("c.toml"), &connector("")).unwrap_err();
+    assert!(err.to_string().contains("tenant_id"), "{err}");
+    let s = Settings::parse(
+        Path::new("c.toml"),
+        &connector(
+            "tenant_id = \"0B6C2A2E-1111-4222-8333-444455556666\"\noriginator_org = \"Hospital.Example.\"\n",
+        ),
+    )
+    .unwrap();
+    let c = &s.relay.connectors[0];
+    assert_eq!(c.name, "m365");
+    assert_eq!(
+        c.cert_names,
+        [CertNamePattern::Wildcard(
+            "mail.protection.outlook.com".into()
+        )]
+    );
+    assert_eq!(
+        c.tenant_id.as_deref(),
+        Some("0b6c2a2e-1111-4222-8333-444455556666")
+    );
+    assert_eq!(c.originator_org.as_deref(), Some("hospital.example"));
+    assert_eq!(c.cert_roots, [PathBuf::from(format!("{base}/config"))]);
 }

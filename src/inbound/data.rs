@@ -244,11 +244,43 @@ impl DataReceiver {
     }
 }
 
-/// Header facts the listener needs: loop count and Message-ID.
+/// Header facts the listener needs: loop count, Message-ID, and the
+/// tenant headers a cloud connector is checked against.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeaderFacts {
     pub received: usize,
     pub message_id: Option<String>,
+    /// `X-MS-Exchange-CrossTenant-Id` (the sending Microsoft 365 tenant).
+    pub cross_tenant_id: SingleHeader,
+    /// `X-OriginatorOrg` (the sending Microsoft 365 organisation's domain).
+    pub originator_org: SingleHeader,
+}
+
+/// A header that counts only with one value: a second, different value
+/// (someone added their own) makes it `Conflicting`, never either value.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum SingleHeader {
+    #[default]
+    Absent,
+    One(String),
+    Conflicting,
+}
+
+impl SingleHeader {
+    /// Adds one occurrence; values compare case-insensitively. An empty
+    /// value says nothing and is ignored.
+    fn add(&mut self, value: &str) {
+        // Longer than any domain or tenant id: kept short, still unequal.
+        let v: String = value.trim().chars().take(255).collect();
+        if v.is_empty() {
+            return;
+        }
+        *self = match std::mem::take(self) {
+            SingleHeader::Absent => SingleHeader::One(v),
+            SingleHeader::One(x) if x.eq_ignore_ascii_case(&v) => SingleHeader::One(x),
+            _ => SingleHeader::Conflicting,
+        };
+    }
 }
 
 /// Scans a header section (CRLF lines, folded lines joined).
@@ -264,6 +296,10 @@ pub fn header_facts(headers: &[u8]) -> HeaderFacts {
         let name = name.trim();
         if name.eq_ignore_ascii_case("received") {
             facts.received += 1;
+        } else if name.eq_ignore_ascii_case("x-ms-exchange-crosstenant-id") {
+            facts.cross_tenant_id.add(value);
+        } else if name.eq_ignore_ascii_case("x-originatororg") {
+            facts.originator_org.add(value);
         } else if name.eq_ignore_ascii_case("message-id") && facts.message_id.is_none() {
             let v = value.trim();
             if !v.is_empty() {

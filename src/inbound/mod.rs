@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod command;
+pub mod connector;
 pub mod data;
 pub mod reply;
 mod session;
@@ -30,6 +31,8 @@ pub struct InboundContext {
     pub users: auth::Users,
     /// Failed AUTH attempts per client and overall, shared by all sessions.
     pub lockout: auth::Lockout,
+    /// Cloud connectors a client certificate may identify.
+    pub connectors: connector::Connectors,
 }
 
 /// Errors starting the listener.
@@ -45,9 +48,12 @@ pub enum InboundError {
 }
 
 /// Builds the STARTTLS acceptor from `[server.tls]`: TLS 1.2 and 1.3 only.
+/// With `client_certs` (the connectors' verifier) a client certificate is
+/// asked for, never required.
 pub fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
+    client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<tokio_rustls::TlsAcceptor, InboundError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -67,14 +73,16 @@ pub fn tls_acceptor(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| InboundError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            InboundError::Tls(format!(
-                "certificate and key do not match or are unusable: {e}"
-            ))
-        })?;
+        .map_err(|e| InboundError::Tls(e.to_string()))?;
+    let config = match client_certs {
+        Some(v) => config.with_client_cert_verifier(v),
+        None => config.with_no_client_auth(),
+    };
+    let config = config.with_single_cert(certs, key).map_err(|e| {
+        InboundError::Tls(format!(
+            "certificate and key do not match or are unusable: {e}"
+        ))
+    })?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -12,10 +12,11 @@ use tokio::time::Instant;
 use super::InboundContext;
 use super::auth;
 use super::command::{self, AddressRules, Body, Command, MailParams, Mailbox};
-use super::data::{DataProblem, DataReceiver, header_facts};
+use super::data::{DataProblem, DataReceiver, HeaderFacts, header_facts};
 use super::reply::Reply;
 use crate::queue::{ClientInfo, QueueId, QueuedMessage, Recipient};
 use crate::util::stream::Stream;
+use rustls_pki_types::CertificateDer;
 
 /// Why the session ends.
 #[derive(Debug)]
@@ -39,6 +40,17 @@ enum Line {
     TooLong,
 }
 
+/// What the client's connector certificate means for one message.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    /// No connector certificate: relay rests on the network or AUTH.
+    NoConnector,
+    /// This connector's tenant check passed.
+    Connector(String),
+    /// A connector certificate, but no matching tenant.
+    Refused,
+}
+
 struct Transaction {
     sender: Option<Mailbox>,
     params: MailParams,
@@ -57,6 +69,8 @@ pub struct Session {
     esmtp: bool,
     tls: Option<(String, String)>,
     auth_user: Option<String>,
+    /// Connectors (indices) the client's TLS certificate identifies.
+    cert_connectors: Vec<usize>,
     tx: Option<Transaction>,
     errors: usize,
     /// Commands that move no mail (see [`is_junk`]) since the last
@@ -114,6 +128,7 @@ impl Session {
             esmtp: false,
             tls: None,
             auth_user: None,
+            cert_connectors: Vec::new(),
             tx: None,
             errors: 0,
             junk: 0,
@@ -405,6 +420,7 @@ impl Session {
                     .unwrap_or("unknown")
                     .to_string();
                 self.tls = Some((version, cipher));
+                self.cert_connectors = self.identify_connectors(conn.peer_certificates());
                 self.stream = Stream::tls(tls);
                 // RFC 3207 section 4.2: forget everything learned before TLS.
                 self.helo = None;
@@ -418,6 +434,24 @@ impl Session {
             }
             Err(_) => Err(End::Closed),
         }
+    }
+
+    /// Which connectors the client certificate (if any) identifies.
+    fn identify_connectors(&self, chain: Option<&[CertificateDer<'_>]>) -> Vec<usize> {
+        let Some(chain) = chain.filter(|c| !c.is_empty()) else {
+            return Vec::new();
+        };
+        let matched = self.ctx.connectors.identify(chain);
+        if matched.is_empty() {
+            tracing::info!(peer = %self.peer, "client certificate identifies no relay connector");
+        } else {
+            let names: Vec<&str> = matched
+                .iter()
+                .map(|&i| self.ctx.connectors.name(i))
+                .collect();
+            tracing::info!(peer = %self.peer, connectors = ?names, "client certificate identifies a relay connector");
+        }
+        matched
     }
 
     async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Result<(), End> {
@@ -610,7 +644,9 @@ impl Session {
     }
 
     fn rcpt(&mut self, mb: Mailbox) -> Reply {
-        let may_relay = self.auth_user.is_some() || self.ctx.settings.relay.allows(self.peer.ip());
+        let may_relay = self.auth_user.is_some()
+            || self.ctx.settings.relay.allows(self.peer.ip())
+            || !self.cert_connectors.is_empty();
         let max = self.ctx.settings.server.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return Reply::new(503, "5.5.1", "Error: need MAIL command");
@@ -620,7 +656,7 @@ impl Session {
         }
         if !may_relay {
             // The detail goes to the log; the reply stays generic.
-            tracing::info!(peer = %self.peer, recipient_domain = %mb.domain, "relay denied: client is not in relay.allow_networks and not authenticated");
+            tracing::info!(peer = %self.peer, recipient_domain = %mb.domain, "relay denied: client is not in relay.allow_networks, not authenticated and has no connector certificate");
             return Reply::new(550, "5.7.1", "Relay access denied");
         }
         if tx.rcpts.len() >= max {
@@ -720,6 +756,7 @@ impl Session {
             }
         }
         let facts = header_facts(rx.headers());
+        let connector = self.admit_connector(&id, &facts);
         let refusal = match rx.problem() {
             Some(DataProblem::TooBig) => Some(Reply::new(
                 552,
@@ -737,6 +774,9 @@ impl Session {
             None if facts.received >= limits.max_received_headers => {
                 tracing::info!(peer = %self.peer, hops = facts.received, "mail loop: too many Received headers");
                 Some(Reply::new(554, "5.4.6", "Too many hops (mail loop?)"))
+            }
+            None if connector == Admission::Refused => {
+                Some(Reply::new(550, "5.7.1", "Relay access denied"))
             }
             None if spool_failed.is_some() => spool_failed.as_ref().map(spool_failure),
             None => None,
@@ -786,6 +826,10 @@ impl Session {
                 helo: self.helo.clone().unwrap_or_default(),
                 auth_user: self.auth_user.clone(),
                 tls: self.tls.is_some(),
+                connector: match connector {
+                    Admission::Connector(name) => Some(name),
+                    Admission::NoConnector | Admission::Refused => None,
+                },
             },
             requiretls: tx.params.requiretls,
             local: false,
@@ -832,6 +876,23 @@ impl Session {
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool's free space; refusing new mail with 452");
                 Some(insufficient_storage())
+            }
+        }
+    }
+
+    /// Whether a connector admits this message. A client whose certificate
+    /// identifies connectors is refused when the message's tenant headers
+    /// match none of them, whatever else it has: every tenant of a cloud
+    /// presents the same certificate.
+    fn admit_connector(&self, id: &QueueId, facts: &HeaderFacts) -> Admission {
+        if self.cert_connectors.is_empty() {
+            return Admission::NoConnector;
+        }
+        match self.ctx.connectors.admit(&self.cert_connectors, facts) {
+            Ok(i) => Admission::Connector(self.ctx.connectors.name(i).to_string()),
+            Err(why) => {
+                tracing::info!(queue_id = %id, peer = %self.peer, why = ?why, "relay denied: the message's tenant does not match the connector");
+                Admission::Refused
             }
         }
     }

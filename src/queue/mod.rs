@@ -140,6 +140,10 @@ pub struct ClientInfo {
     pub auth_user: Option<String>,
     /// Whether the session used TLS.
     pub tls: bool,
+    /// The cloud connector (`[[relay.connectors]]` name) whose certificate
+    /// and tenant check authorised relay, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector: Option<String>,
 }
 
 /// A message in the queue: envelope, facts about the content, and the state

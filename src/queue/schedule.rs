@@ -510,6 +510,7 @@ impl Queue {
                 helo: self.inner.hostname.clone(),
                 auth_user: None,
                 tls: false,
+                connector: None,
             },
             local: true,
             requiretls: false,

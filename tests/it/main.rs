@@ -4,6 +4,7 @@
 
 mod audit_db;
 mod common;
+mod connectors;
 mod dane;
 mod delivery;
 mod faults;
