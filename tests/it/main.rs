@@ -4,6 +4,7 @@
 
 mod audit_db;
 mod common;
+mod config_check;
 mod dane;
 mod delivery;
 mod gateway;
