@@ -188,6 +188,12 @@ enum AuditAction {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List audit journal lines that could not be read and were set aside
+    /// (quarantined); exits 1 if there are any.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -214,6 +220,12 @@ fn load(config: &PathBuf) -> anyhow::Result<Settings> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    // Keys, nonces and salts all come from here; without it, stop now with
+    // a clear message rather than abort later in the middle of a delivery.
+    if let Err(e) = sealgate::util::check_random() {
+        eprintln!("sealgate: {e}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -237,7 +249,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
     match command {
         Command::Serve { config } => {
-            let settings = load(&config)?;
+            // The same checks as check-config, so every problem shows at once.
+            let settings = cli::check_config(&config)?;
             server::run(settings).await?;
         }
         Command::CheckConfig { config } => {
@@ -310,6 +323,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             AuditAction::Verify { config } => {
                 if !cli::audit_verify(&load(&config)?, &mut stdout).await? {
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            AuditAction::Check { config } => {
+                if !cli::audit_check(&load(&config)?, &mut stdout)? {
                     return Ok(ExitCode::from(1));
                 }
             }

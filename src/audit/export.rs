@@ -14,8 +14,11 @@ use super::verify::PAGE;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
     /// RFC 4180 CSV with a header row, CRLF line ends. An empty field is
-    /// SQL NULL; an empty string is written as `""`, so the rows can be
-    /// re-hashed exactly.
+    /// SQL NULL; an empty string is written as `""`. A value a spreadsheet
+    /// would run as a formula (first character `=`, `+`, `-`, `@`, tab or
+    /// CR, per OWASP's CSV injection advice), or that starts with `'`, is
+    /// written quoted with a `'` in front; strip one leading `'` from a
+    /// field to get the stored value back and re-hash the rows exactly.
     Csv,
     /// One JSON object: `{"format", "rows": [...], "row_count",
     /// "chain_head": {"seq", "row_hash"}}`; `evidence` stays the exact
@@ -137,7 +140,8 @@ async fn export_rows(
 }
 
 /// One CSV record: fields with a comma, quote, CR or LF, and empty
-/// strings, are quoted; `None` (NULL) is an empty unquoted field.
+/// strings, are quoted; `None` (NULL) is an empty unquoted field; a field
+/// that could run as a formula is defused with a leading `'`.
 fn write_csv_record<'a>(
     out: &mut (dyn Write + Send),
     fields: impl Iterator<Item = Option<&'a str>>,
@@ -149,6 +153,11 @@ fn write_csv_record<'a>(
         }
         match field {
             None => {}
+            Some(s) if starts_like_formula(s) => {
+                line.push_str("\"'");
+                line.push_str(&s.replace('"', "\"\""));
+                line.push('"');
+            }
             Some(s) if s.is_empty() || s.contains([',', '"', '\r', '\n']) => {
                 line.push('"');
                 line.push_str(&s.replace('"', "\"\""));
@@ -159,6 +168,14 @@ fn write_csv_record<'a>(
     }
     line.push_str("\r\n");
     out.write_all(line.as_bytes()).map_err(AuditError::Output)
+}
+
+/// Whether a spreadsheet could take the cell for a formula (or it already
+/// starts with the `'` that marks a defused one, which keeps the escape
+/// reversible). Sender addresses are chosen by whoever sends mail through
+/// the gateway, so `=HYPERLINK(...)@x.test` is a real possibility.
+fn starts_like_formula(s: &str) -> bool {
+    s.starts_with(['=', '+', '-', '@', '\t', '\r', '\''])
 }
 
 /// Every audit row for one spool id, oldest first.
@@ -192,6 +209,66 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "plain,,\"\",\"a,b\",\"say \"\"hi\"\"\",\"two\r\nlines\"\r\n"
         );
+    }
+
+    fn csv_cell(value: &str) -> String {
+        let mut out = Vec::new();
+        write_csv_record(&mut out, [Some(value)].into_iter()).unwrap();
+        let mut s = String::from_utf8(out).unwrap();
+        assert!(s.ends_with("\r\n"));
+        s.truncate(s.len() - 2);
+        s
+    }
+
+    #[test]
+    fn csv_defuses_every_formula_start() {
+        let cases = [
+            ("=1+1", "\"'=1+1\""),
+            ("+1", "\"'+1\""),
+            ("-1", "\"'-1\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+            ("\t=1", "\"'\t=1\""),
+            ("\r=1", "\"'\r=1\""),
+            ("'=1", "\"''=1\""),
+            (
+                "=HYPERLINK(\"http://evil.test\",\"x\")@x.test",
+                "\"'=HYPERLINK(\"\"http://evil.test\"\",\"\"x\"\")@x.test\"",
+            ),
+        ];
+        for (value, want) in cases {
+            let got = csv_cell(value);
+            assert_eq!(got, want, "{value:?}");
+            // Reversible: unquote, strip the one `'`, get the value back.
+            let inner = &got[1..got.len() - 1];
+            let unquoted = inner.replace("\"\"", "\"");
+            assert_eq!(unquoted.strip_prefix('\'').unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn csv_leaves_harmless_cells_alone() {
+        // Dangerous characters anywhere but first are not a formula.
+        for value in [
+            "a=b",
+            "patient@x.test",
+            "2025-03-01T12:00:00Z",
+            "12",
+            "x-y",
+            " =1",
+        ] {
+            assert_eq!(csv_cell(value), value, "{value:?}");
+        }
+        // Every other leading ASCII character is left as it is.
+        for b in 0x20u8..0x7f {
+            let value = format!("{}x", b as char);
+            let dangerous = matches!(b, b'=' | b'+' | b'-' | b'@' | b'\'');
+            let needs_quotes = matches!(b, b',' | b'"');
+            let got = csv_cell(&value);
+            assert_eq!(got.starts_with("\"'"), dangerous, "{value:?} -> {got}");
+            if !dangerous && !needs_quotes {
+                assert_eq!(got, value);
+            }
+        }
     }
 
     #[test]

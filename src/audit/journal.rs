@@ -7,6 +7,16 @@
 //! an earlier run; a segment older than the current one is finished and is
 //! deleted once every event in it is committed to the database.
 //!
+//! A line is acknowledged (`record()` returns `Ok`) only after all of it
+//! was written and fsynced, and a failed write is cut off or ends its
+//! segment. So an incomplete last line (no newline) can only be a write
+//! that was never acknowledged: a crash during `write`, or a failed write
+//! whose caller got the error. Replay drops it with a warning naming the
+//! segment and line; nothing that anyone was told is durable is lost.
+//! A *complete* line that does not parse is different (the disk or a person
+//! changed it after it was acknowledged): it is copied into the quarantine
+//! file (see `quarantine`) before the writer moves past it, never deleted.
+//!
 //! All functions here block (file I/O and fsync); callers run them on
 //! tokio's blocking pool.
 
@@ -18,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::AuditEvent;
 use super::error::AuditError;
+use super::quarantine;
 
 /// A segment is closed once it reaches this size; the next event starts a
 /// new one, so a drained segment can be deleted.
@@ -292,6 +303,19 @@ impl Journal {
 pub(crate) struct Cursor {
     pub(crate) segment: u64,
     pub(crate) offset: u64,
+    /// Lines before `offset` (so the next line is number `line + 1`).
+    pub(crate) line: u64,
+}
+
+impl Cursor {
+    /// The start of segment `segment`.
+    pub(crate) fn start_of(segment: u64) -> Cursor {
+        Cursor {
+            segment,
+            offset: 0,
+            line: 0,
+        }
+    }
 }
 
 /// Events read from one segment, not yet committed.
@@ -309,10 +333,12 @@ pub(crate) struct Chunk {
 /// Reads up to `max` event lines of segment `at.segment` from `at.offset`.
 ///
 /// `finished` says the segment will get no more writes: an incomplete last
-/// line there is a torn write from a crash and is reported once (via
-/// `torn_warned`) and ignored; in the current segment it is simply not
-/// complete yet. A missing file reads as empty. Unreadable lines are logged
-/// and skipped.
+/// line there is a torn, never acknowledged write and is reported once
+/// (via `torn_warned`) and ignored; in the current segment it is simply not
+/// complete yet. A missing file reads as empty. A complete line that does
+/// not parse is copied into the quarantine file (durably, before the
+/// cursor passes it) and logged with its segment and line number; if that
+/// copy fails, so does the read, and the line is tried again later.
 pub(crate) fn read_chunk(
     dir: &Path,
     at: Cursor,
@@ -349,32 +375,58 @@ pub(crate) fn read_chunk(
                 *torn_warned = true;
                 tracing::warn!(
                     segment = %path.display(),
+                    line = chunk.end.line + 1,
                     offset = chunk.end.offset,
                     bytes = read,
-                    "audit journal ends in an incomplete line (a crash during a write); ignoring it"
+                    "audit journal ends in an incomplete line (a write that was never acknowledged, cut short by a crash); ignoring it"
                 );
             }
             return Ok(chunk);
         }
+        let at = chunk.end;
         chunk.end.offset += read as u64;
+        chunk.end.line += 1;
         if !is_record(&line) {
             continue;
         }
-        chunk.lines += 1;
         match serde_json::from_slice::<AuditEvent>(&line) {
             Ok(event) => chunk.events.push(event),
-            Err(e) => tracing::error!(
-                segment = %path.display(),
-                offset = chunk.end.offset - read as u64,
-                error = %e,
-                "unreadable audit journal line skipped"
-            ),
+            Err(e) => set_aside(dir, &path, at, &line, &e)?,
         }
+        chunk.lines += 1;
     }
     // Stopped at `max`: there may be more.
     let mut rest = [0u8; 1];
     chunk.at_end = matches!(std::io::Read::read(&mut reader, &mut rest), Ok(0));
     Ok(chunk)
+}
+
+/// Copies an unreadable line (which starts at `at`) into the quarantine.
+fn set_aside(
+    dir: &Path,
+    segment: &Path,
+    at: Cursor,
+    line: &[u8],
+    error: &serde_json::Error,
+) -> Result<(), AuditError> {
+    let origin = quarantine::Origin {
+        segment,
+        line: at.line + 1,
+        offset: at.offset,
+    };
+    let reason = quarantine::reason(error);
+    if quarantine::keep(dir, &origin, line, &reason)? {
+        // No content here, not even the parser's message (it can quote
+        // the line): the quarantine file holds the line itself.
+        tracing::error!(
+            segment = %segment.display(),
+            line = origin.line,
+            quarantine = %dir.join(quarantine::FILE_NAME).display(),
+            reason = %reason,
+            "unreadable audit journal line moved to quarantine; see `sealgate audit check`"
+        );
+    }
+    Ok(())
 }
 
 /// Deletes a drained, finished segment.
@@ -420,10 +472,7 @@ mod tests {
         assert_eq!(existing.first_segment, Some(1));
         assert_eq!(j2.current(), 2);
         let mut warned = false;
-        let at = Cursor {
-            segment: 1,
-            offset: 0,
-        };
+        let at = Cursor::start_of(1);
         let c = read_chunk(dir.path(), at, 2, true, &mut warned).unwrap();
         assert_eq!(c.events.len(), 2);
         assert!(!c.at_end);

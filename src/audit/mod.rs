@@ -8,8 +8,9 @@
 //!
 //! Code map: `writer` holds [`Auditor`] (the handle used by the delivery
 //! path) and the writer task; `journal` the on-disk journal; `db` the SQL
-//! shared by SQLite and PostgreSQL; `chain` the row hash; `verify` and
-//! `export` the `sealgate audit` subcommands.
+//! shared by SQLite and PostgreSQL; `chain` the row hash; `quarantine` the
+//! journal lines that could not be read (kept, never deleted); `verify`,
+//! `export` and `read_quarantine` serve the `sealgate audit` subcommands.
 //!
 //! Invariants: a row's `seq` is the previous row's plus one and its
 //! `prev_hash` is the previous row's `row_hash`; rows are only ever
@@ -22,12 +23,14 @@ mod db;
 mod error;
 mod export;
 mod journal;
+mod quarantine;
 mod verify;
 mod writer;
 
 pub use chain::{COLUMNS, GENESIS_HASH, StoredRow};
 pub use error::{AuditError, redact_url};
 pub use export::{ExportFormat, ExportSummary, export, rows_for_queue_id};
+pub use quarantine::{Quarantine, QuarantinedLine, read as read_quarantine};
 pub use verify::{ChainBreak, VerifyReport, verify};
 pub use writer::{AuditSettings, Auditor};
 
@@ -84,18 +87,9 @@ impl AuditEvent {
     /// A fresh random event id: 32 lowercase hex characters from the
     /// system's secure random source, unique across nodes.
     pub fn new_id() -> String {
-        use ring::rand::{SecureRandom, SystemRandom};
-        let mut bytes = [0u8; 16];
-        if SystemRandom::new().fill(&mut bytes).is_err() {
-            // The OS RNG failing is near impossible; fall back to time and
-            // a counter, which are still unique within one node.
-            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let t = Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64;
-            bytes[..8].copy_from_slice(&t.to_be_bytes());
-            bytes[8..].copy_from_slice(&n.to_be_bytes());
-        }
-        hex::encode(bytes)
+        // No time-and-counter fallback: ids come from the same source as
+        // keys, and if it fails the process stops (see `util::random_bytes`).
+        crate::util::random_hex_id()
     }
 }
 

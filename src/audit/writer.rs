@@ -112,10 +112,7 @@ impl Auditor {
                 false
             }
         };
-        let cursor = Cursor {
-            segment: existing.first_segment.unwrap_or(journal.current()),
-            offset: 0,
-        };
+        let cursor = Cursor::start_of(existing.first_segment.unwrap_or(journal.current()));
         let (pending, _) = watch::channel(existing.lines);
         let shared = Arc::new(Shared {
             journal,
@@ -392,7 +389,7 @@ impl Writer {
             .find(|n| *n > done)
             .unwrap_or(current)
             .min(current);
-        self.cursor = Cursor { segment, offset: 0 };
+        self.cursor = Cursor::start_of(segment);
         self.torn_warned = false;
         Step::Progress
     }
@@ -588,6 +585,46 @@ pub(crate) mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!segment.exists());
+    }
+
+    /// A garbled line in a segment left by an earlier run is copied into
+    /// the quarantine, the events around it are written, and the
+    /// quarantine outlives the drained segment. (Rereading the same line
+    /// adds no second entry: see `quarantine::tests`.)
+    #[tokio::test]
+    async fn a_garbled_line_is_quarantined_before_its_segment_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(&dir.path().join("audit.db"));
+        let journal = dir.path().join("journal");
+        std::fs::create_dir_all(&journal).unwrap();
+        let mut text = String::new();
+        text.push_str(&serde_json::to_string(&sample_event(0)).unwrap());
+        text.push_str("\n{\"event_id\": garbled\n\n");
+        text.push_str(&serde_json::to_string(&sample_event(1)).unwrap());
+        text.push('\n');
+        let segment = journal::segment_path(&journal, 4);
+        std::fs::write(&segment, text).unwrap();
+
+        let auditor = Auditor::start(settings(&url, &journal)).await.unwrap();
+        assert!(auditor.flush(Duration::from_secs(10)).await);
+        assert_eq!(counts(&url, 2).await, vec![1, 1]);
+        let q = crate::audit::read_quarantine(&journal).unwrap();
+        assert_eq!(q.entries.len(), 1, "{:?}", q.entries);
+        assert_eq!(q.entries[0].segment, "000000000004.jsonl");
+        assert_eq!(q.entries[0].line, 2);
+        assert_eq!(q.entries[0].raw.as_deref(), Some("{\"event_id\": garbled"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while segment.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!segment.exists());
+        assert_eq!(
+            crate::audit::read_quarantine(&journal)
+                .unwrap()
+                .entries
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]

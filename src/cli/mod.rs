@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::audit;
-use crate::config::Settings;
+use crate::config::{ConfigProblem, Settings};
 use crate::queue::control::{self, ControlError, Reply, Request};
 use crate::queue::{QueueId, QueuedMessage, Spool, SpoolKey};
 
@@ -31,40 +31,59 @@ pub enum CliError {
     Other(String),
 }
 
-/// `check-config`: validates the config and the files it names.
+/// `check-config` (and `serve` before it starts): validates the config and
+/// every file it names, the policy files included, and reports every
+/// problem of all of them at once, each with file, line and key.
 pub fn check_config(path: &Path) -> Result<Settings, CliError> {
-    let s = Settings::load(path)?;
+    let (settings, mut problems) = Settings::load_all(path);
+    if let Some(s) = &settings {
+        problems.extend(check_named_files(s));
+        // The config file's problems in line order, then the policy files'
+        // (already in order; a stable sort keeps it).
+        problems.sort_by_key(|p| match p.file == s.source {
+            true => (false, p.line, p.column),
+            false => (true, None, None),
+        });
+    }
+    match settings {
+        Some(s) if problems.is_empty() => Ok(s),
+        _ => Err(crate::config::ConfigError(problems).into()),
+    }
+}
+
+/// What loading the settings cannot see: the contents of the files they
+/// name. A file already reported missing or unreadable is not opened again.
+fn check_named_files(s: &Settings) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
     if let Err(e) = SpoolKey::load(&s.server.spool_key_file) {
-        problems.push(e.to_string());
+        problems.push(s.origins.problem("server.spool_key_file", 0, e.to_string()));
     }
     let client_certs = match crate::inbound::connector::Connectors::load(&s.relay.connectors) {
         Ok(c) => c.client_verifier(),
         Err(e) => {
-            problems.push(e.to_string());
+            problems.push(s.origins.problem("relay.connectors", 0, e.to_string()));
             None
         }
     };
-    if let Some(t) = &s.server.tls {
-        if let Err(e) = crate::inbound::tls_acceptor(&t.cert, &t.key, client_certs) {
-            problems.push(e.to_string());
+    if let Some(t) = &s.server.tls
+        && t.cert.is_file()
+        && t.key.is_file()
+        && let Err(e) = crate::inbound::tls_acceptor(&t.cert, &t.key, client_certs)
+    {
+        problems.push(s.origins.problem("server.tls.cert", 0, e.to_string()));
+    }
+    for (i, ca) in s.tls.extra_ca.iter().enumerate() {
+        if ca.is_file()
+            && let Err(e) = crate::outbound::tls::TlsClients::new(std::slice::from_ref(ca))
+        {
+            problems.push(s.origins.problem("tls.extra_ca", i, e.to_string()));
         }
     }
-    if let Err(e) = crate::outbound::tls::TlsClients::new(&s.tls.extra_ca) {
-        problems.push(e.to_string());
+    match crate::policy::Policy::load(&s.policy.files) {
+        Ok(_) => {}
+        Err(crate::policy::PolicyError::Invalid(p)) => problems.extend(p),
     }
-    if let Err(e) = crate::policy::Policy::load(&s.policy.files) {
-        problems.push(e.to_string());
-    }
-    if problems.is_empty() {
-        Ok(s)
-    } else {
-        Err(CliError::Other(format!(
-            "{}: {}",
-            path.display(),
-            problems.join("\n  ")
-        )))
-    }
+    problems
 }
 
 /// `queue list`: from the daemon, or straight from the spool folder.
@@ -225,6 +244,44 @@ pub async fn audit_verify(settings: &Settings, out: &mut dyn Write) -> Result<bo
     let io = |e: std::io::Error| CliError::Other(e.to_string());
     writeln!(out, "{report}").map_err(io)?;
     Ok(report.is_intact())
+}
+
+/// `audit check`: lists the journal lines set aside as unreadable. Returns
+/// whether there are none.
+pub fn audit_check(settings: &Settings, out: &mut dyn Write) -> Result<bool, CliError> {
+    let io = |e: std::io::Error| CliError::Other(e.to_string());
+    let dir = &settings.audit.journal_dir;
+    let q = audit::read_quarantine(dir)?;
+    let n = q.entries.len();
+    if n == 0 && q.unreadable == 0 {
+        writeln!(out, "audit journal {}: no quarantined lines", dir.display()).map_err(io)?;
+        return Ok(true);
+    }
+    writeln!(
+        out,
+        "audit journal {}: {n} quarantined line{} in {}",
+        dir.display(),
+        if n == 1 { "" } else { "s" },
+        q.path.display()
+    )
+    .map_err(io)?;
+    for e in &q.entries {
+        writeln!(
+            out,
+            "  {} line {} (byte {}, {} bytes, sha256 {}), set aside {}: {}",
+            e.segment, e.line, e.offset, e.bytes, e.sha256, e.quarantined_at, e.reason
+        )
+        .map_err(io)?;
+    }
+    if q.unreadable > 0 {
+        writeln!(
+            out,
+            "  and {} line(s) of the quarantine file itself that cannot be read",
+            q.unreadable
+        )
+        .map_err(io)?;
+    }
+    Ok(false)
 }
 
 /// `audit export`.

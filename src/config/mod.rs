@@ -6,6 +6,7 @@
 
 mod connector;
 mod raw;
+pub(crate) mod toml_de;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -309,39 +310,87 @@ pub struct Settings {
     pub probe: ProbeSettings,
     pub tls_report: TlsReportSettings,
     pub pgp: PgpSettings,
+    /// Where each value came from in the file.
+    pub origins: Origins,
 }
 
 impl Settings {
     /// Reads, parses and validates `path`, reporting every problem at once.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(vec![ConfigProblem {
-                file: path.to_path_buf(),
-                line: None,
-                column: None,
-                key: None,
-                message: format!("cannot read the file: {e}"),
-            }])
-        })?;
-        Self::parse(path, &text)
+        match Self::load_all(path) {
+            (Some(s), problems) if problems.is_empty() => Ok(s),
+            (_, problems) => Err(ConfigError(problems)),
+        }
     }
 
     /// Parses and validates configuration text that came from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-            ConfigError(vec![ConfigProblem {
-                file: path.to_path_buf(),
-                line,
-                column,
-                key: None,
-                message: e.message().trim().to_string(),
-            }])
-        })?;
-        raw.build(path, text)
+        match Self::parse_all(path, text) {
+            (Some(s), problems) if problems.is_empty() => Ok(s),
+            (_, problems) => Err(ConfigError(problems)),
+        }
+    }
+
+    /// Like [`Settings::load`], but returns the settings even when there
+    /// are problems (each bad value replaced by its default), so that
+    /// `check-config` can go on to check the files they name.
+    pub fn load_all(path: &Path) -> (Option<Settings>, Vec<ConfigProblem>) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse_all(path, &text),
+            Err(e) => (
+                None,
+                vec![ConfigProblem {
+                    file: path.to_path_buf(),
+                    line: None,
+                    column: None,
+                    key: None,
+                    message: format!("cannot read the file: {e}"),
+                }],
+            ),
+        }
+    }
+
+    /// Like [`Settings::parse`], but returns the settings even when there
+    /// are problems; `None` only when the text is not TOML at all.
+    pub fn parse_all(path: &Path, text: &str) -> (Option<Settings>, Vec<ConfigProblem>) {
+        let mut parsed = toml_de::from_str::<RawConfig>(path, text);
+        let mut problems = std::mem::take(&mut parsed.problems);
+        let Some(raw) = parsed.value.take() else {
+            return (None, problems);
+        };
+        let (mut settings, more) = raw.build_all(path, text);
+        // A value read as a stand-in already has its problem.
+        problems.extend(more.into_iter().filter(|p| !parsed.is_follow_on(p)));
+        problems.sort_by_key(|p| (p.line, p.column));
+        settings.origins = Origins {
+            file: path.to_path_buf(),
+            places: parsed.origins,
+        };
+        (Some(settings), problems)
+    }
+}
+
+/// Where each value is in the configuration file, to place problems found
+/// after loading (a key file that cannot be read, a certificate that does
+/// not parse) at their line.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    file: PathBuf,
+    /// Dotted key, line, column; array entries one by one.
+    places: Vec<(String, usize, usize)>,
+}
+
+impl Origins {
+    /// A problem about the `nth` value (0 for a single value) of `key`.
+    pub fn problem(&self, key: &str, nth: usize, message: impl Into<String>) -> ConfigProblem {
+        let place = self.places.iter().filter(|p| p.0 == key).nth(nth);
+        ConfigProblem {
+            file: self.file.clone(),
+            line: place.map(|p| p.1),
+            column: place.map(|p| p.2),
+            key: Some(key.to_string()),
+            message: message.into(),
+        }
     }
 }
 

@@ -393,12 +393,18 @@ impl Check<'_> {
 
     fn existing_file(&mut self, key: &str, base: &Path, v: &Spanned<String>) -> PathBuf {
         let p = self.path(base, v);
-        if !p.is_file() {
-            self.problem(
-                key,
-                v,
-                format!("file {} does not exist or is not readable", p.display()),
-            );
+        // Open it, as the daemon will: a file that exists but cannot be
+        // read (permissions) is as useless as a missing one.
+        let problem = match std::fs::File::open(&p).and_then(|f| f.metadata()) {
+            Ok(meta) if meta.is_file() => None,
+            Ok(_) => Some(format!("{} is not a file", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some(format!("file {} does not exist", p.display()))
+            }
+            Err(e) => Some(format!("cannot read file {}: {e}", p.display())),
+        };
+        if let Some(message) = problem {
+            self.problem(key, v, message);
         }
         p
     }
@@ -408,6 +414,16 @@ impl RawConfig {
     /// Validates every value and turns the file into runtime [`Settings`];
     /// all problems are reported together.
     pub fn build(self, file: &Path, text: &str) -> Result<Settings, ConfigError> {
+        match self.build_all(file, text) {
+            (s, problems) if problems.is_empty() => Ok(s),
+            (_, problems) => Err(ConfigError(problems)),
+        }
+    }
+
+    /// Like [`RawConfig::build`], but always returns settings (a bad value
+    /// replaced by its default) next to the problems, so that the files
+    /// the settings name can still be checked.
+    pub fn build_all(self, file: &Path, text: &str) -> (Settings, Vec<ConfigProblem>) {
         let base = file
             .parent()
             .map(|p| {
@@ -920,10 +936,7 @@ impl RawConfig {
                 .map(|k| k.get_ref().trim().to_string()),
         };
 
-        if !c.problems.is_empty() {
-            return Err(ConfigError(c.problems));
-        }
-        Ok(Settings {
+        let settings = Settings {
             source: file.to_path_buf(),
             server: ServerSettings {
                 hostname,
@@ -951,7 +964,9 @@ impl RawConfig {
             probe,
             tls_report,
             pgp,
-        })
+            origins: Origins::default(),
+        };
+        (settings, c.problems)
     }
 }
 

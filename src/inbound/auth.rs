@@ -348,7 +348,7 @@ fn client_key(ip: IpAddr) -> IpAddr {
 /// Hashes a password for the config (`sealgate hash-password`).
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
-    let salt_bytes = crate::util::random_bytes::<16>();
+    let salt_bytes = crate::util::try_random_bytes::<16>().map_err(|e| e.to_string())?;
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

@@ -365,23 +365,27 @@ pub fn compile_file(
     out: &mut Compiled,
     problems: &mut Vec<ConfigProblem>,
 ) {
-    let raw: RawFile = match toml::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-            problems.push(ConfigProblem {
-                file: file.to_path_buf(),
-                line,
-                column,
-                key: None,
-                message: e.message().trim().to_string(),
-            });
-            return;
-        }
+    let first = problems.len();
+    let mut parsed = crate::config::toml_de::from_str::<RawFile>(file, text);
+    problems.append(&mut parsed.problems);
+    let Some(raw) = parsed.value.take() else {
+        return;
     };
+    let checked = problems.len();
+    compile_raw(file, text, &raw, out, problems);
+    // A value read as a stand-in already has its problem.
+    let more = problems.split_off(checked);
+    problems.extend(more.into_iter().filter(|p| !parsed.is_follow_on(p)));
+    problems[first..].sort_by_key(|p| (p.line, p.column));
+}
+
+fn compile_raw(
+    file: &Path,
+    text: &str,
+    raw: &RawFile,
+    out: &mut Compiled,
+    problems: &mut Vec<ConfigProblem>,
+) {
     let mut c = Ctx {
         file,
         text,

@@ -225,17 +225,25 @@ impl MtaSts {
         Some(p)
     }
 
-    fn store(&self, domain: &str, p: &StsPolicy) {
+    async fn store(&self, domain: &str, p: &StsPolicy) {
         self.mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(domain.to_string(), p.clone());
         let path = self.file(domain);
-        let tmp = path.with_extension("json.tmp");
-        if let Ok(data) = serde_json::to_vec(p) {
-            if std::fs::write(&tmp, data).is_ok() {
-                let _ = std::fs::rename(&tmp, &path);
+        // The cache only saves fetches: a failed write is logged, and the
+        // old file (or none) stays, never a half-written one.
+        let written = match serde_json::to_vec(p) {
+            Ok(data) => {
+                let at = path.clone();
+                tokio::task::spawn_blocking(move || crate::util::atomic_write(&at, &data))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
             }
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the MTA-STS policy cache");
         }
     }
 
@@ -306,7 +314,7 @@ impl MtaSts {
                 let text = String::from_utf8_lossy(&f.body);
                 match StsPolicy::parse(&text, &id) {
                     Ok(p) => {
-                        self.store(domain, &p);
+                        self.store(domain, &p).await;
                         (
                             Ok(Some(p.clone())),
                             json!({ "txt_id": id, "policy": p, "source": "fetched", "from": f.peer }),

@@ -1,11 +1,17 @@
 //! The control socket: how `sealgate queue ...` and `sealgate reload` talk
-//! to a running daemon. A Unix socket (mode 0600) in the spool folder; one
-//! JSON request line, one JSON reply line.
+//! to a running daemon. A Unix socket in the spool folder, 0600 from the
+//! moment it exists; only root and the daemon's own user are served (peer
+//! credentials); one JSON request line, one JSON reply line, both with
+//! timeouts and a size bound.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 
 use super::{Queue, QueueId, QueuedMessage};
 
@@ -65,67 +71,228 @@ pub enum ControlError {
 /// Something that can reload the policy on request (the server wires it).
 pub type ReloadFn = std::sync::Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
+/// Bounds on one control connection.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Longest wait for the request line.
+    read: Duration,
+    /// Longest wait for the client to take the reply.
+    write: Duration,
+    /// Largest request line in bytes.
+    max_request: u64,
+    /// Connections served at once; more are closed at once.
+    max_clients: usize,
+}
+
+const LIMITS: Limits = Limits {
+    read: Duration::from_secs(10),
+    write: Duration::from_secs(10),
+    max_request: 64 * 1024,
+    max_clients: 16,
+};
+
+/// Who may use the socket: root and the user the daemon runs as. The
+/// socket's 0600 mode already says so; the check makes it hold even if
+/// someone loosens the mode or the folder.
+#[derive(Debug, Clone)]
+struct Peers {
+    allowed: Vec<u32>,
+}
+
+impl Peers {
+    fn daemon() -> Peers {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let own = unsafe { libc::geteuid() };
+        Peers {
+            allowed: vec![0, own],
+        }
+    }
+
+    fn allows(&self, uid: u32) -> bool {
+        self.allowed.contains(&uid)
+    }
+}
+
 /// Serves the control socket until the task is aborted.
 pub async fn serve(path: PathBuf, queue: Queue, reload: ReloadFn) -> Result<(), ControlError> {
+    let listener = bind(&path).await?;
+    accept_loop(listener, queue, reload, Peers::daemon(), LIMITS).await;
+    Ok(())
+}
+
+/// Creates the socket at `path`, replacing one left by a dead daemon.
+async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let io = |source| ControlError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     // A socket left by a killed daemon would make bind fail; a live daemon
-    // would answer a connect, so only remove a dead one.
-    if path.exists() {
-        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+    // would answer a connect, so only replace a dead one.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; not replacing it",
+            )));
+        }
+        if UnixStream::connect(path).await.is_ok() {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 "another sealgate daemon is running on this spool",
             )));
         }
-        let _ = std::fs::remove_file(&path);
     }
-    let listener = tokio::net::UnixListener::bind(&path).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
+    bind_private(path).map_err(io)
+}
+
+/// Binds so that the socket never exists with a looser mode than 0600:
+/// bind inside a fresh folder only we can enter (0700), set the mode, then
+/// rename it to `path` (which atomically replaces a stale socket). Setting
+/// the umask instead would change it for every thread of the process.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // Short, because socket paths are limited to about 100 bytes.
+    let private = parent.join(format!(
+        ".ctl-{}",
+        hex::encode(crate::util::random_bytes::<4>())
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let inner = private.join("s");
+    let bound = (|| {
+        let listener = std::os::unix::net::UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inner, path)?;
+        listener.set_nonblocking(true)?;
+        UnixListener::from_std(listener)
+    })();
+    let cleaned = std::fs::remove_dir_all(&private);
+    let listener = bound?;
+    cleaned?;
+    Ok(listener)
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    queue: Queue,
+    reload: ReloadFn,
+    peers: Peers,
+    limits: Limits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_clients));
+    let peers = Arc::new(peers);
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let queue = queue.clone();
-        let reload = reload.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("control socket busy; connection closed");
+            continue;
+        };
+        let (queue, reload, peers) = (queue.clone(), reload.clone(), peers.clone());
         tokio::spawn(async move {
-            let (rd, mut wr) = stream.into_split();
-            let mut line = String::new();
-            let mut rd = BufReader::new(rd).take(64 * 1024);
-            let reply = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                rd.read_line(&mut line),
-            )
-            .await
-            {
-                Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                    Ok(req) => handle(&queue, &reload, req).await,
-                    Err(e) => Reply::Error {
-                        detail: format!("bad request: {e}"),
-                    },
-                },
-                _ => return,
-            };
-            if let Ok(mut text) = serde_json::to_string(&reply) {
-                text.push('\n');
-                let _ = wr.write_all(text.as_bytes()).await;
-            }
+            let _slot = slot;
+            session(stream, &queue, &reload, &peers, limits).await;
         });
     }
 }
 
-use tokio::io::AsyncReadExt;
+/// One connection: check the peer, read one request line, answer it.
+async fn session(
+    stream: UnixStream,
+    queue: &Queue,
+    reload: &ReloadFn,
+    peers: &Peers,
+    limits: Limits,
+) {
+    let refused = match stream.peer_cred() {
+        Ok(cred) if peers.allows(cred.uid()) => None,
+        Ok(cred) => {
+            tracing::warn!(
+                uid = cred.uid(),
+                pid = cred.pid(),
+                "control socket connection refused: only root and the daemon's user may use it"
+            );
+            Some(
+                "permission denied: only root and the user sealgate runs as may use the control socket",
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "control socket: cannot tell who is connecting; refused");
+            Some("permission denied: cannot tell who is connecting")
+        }
+    };
+    let (rd, mut wr) = stream.into_split();
+    let reply = match refused {
+        Some(detail) => {
+            // Take the request first, so the client reads our answer
+            // instead of failing on a closed socket; it is not acted on.
+            let _ = read_request(rd, limits).await;
+            Reply::Error {
+                detail: detail.into(),
+            }
+        }
+        None => match read_request(rd, limits).await {
+            Ok(Some(req)) => handle(queue, reload, req).await,
+            Ok(None) => return,
+            Err(detail) => Reply::Error { detail },
+        },
+    };
+    if let Err(e) = send(&mut wr, &reply, limits.write).await {
+        tracing::debug!(error = %e, "control socket reply not delivered");
+    }
+}
+
+/// The request line; `Ok(None)` if the client sent nothing in time.
+async fn read_request(
+    rd: tokio::net::unix::OwnedReadHalf,
+    limits: Limits,
+) -> Result<Option<Request>, String> {
+    let mut line = String::new();
+    let mut rd = BufReader::new(rd).take(limits.max_request);
+    match tokio::time::timeout(limits.read, rd.read_line(&mut line)).await {
+        Ok(Ok(0)) | Err(_) => return Ok(None),
+        Ok(Ok(n)) if n as u64 >= limits.max_request && !line.ends_with('\n') => {
+            return Err(format!("request longer than {} bytes", limits.max_request));
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("bad request: {e}")),
+    }
+    serde_json::from_str::<Request>(line.trim())
+        .map(Some)
+        .map_err(|e| format!("bad request: {e}"))
+}
+
+/// Writes one JSON line and closes, within `limit`.
+async fn send<W: AsyncWrite + Unpin, T: Serialize>(
+    wr: &mut W,
+    msg: &T,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(msg).map_err(std::io::Error::other)?;
+    text.push('\n');
+    tokio::time::timeout(limit, async {
+        wr.write_all(text.as_bytes()).await?;
+        wr.flush().await?;
+        wr.shutdown().await
+    })
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("not taken within {} s", limit.as_secs()),
+        )
+    })?
+}
 
 async fn handle(queue: &Queue, reload: &ReloadFn, req: Request) -> Reply {
     match req {
@@ -193,7 +360,7 @@ async fn handle(queue: &Queue, reload: &ReloadFn, req: Request) -> Reply {
 
 /// Sends one request to the daemon on `path`.
 pub async fn call(path: &Path, req: &Request) -> Result<Reply, ControlError> {
-    let stream = tokio::net::UnixStream::connect(path)
+    let stream = UnixStream::connect(path)
         .await
         .map_err(|_| ControlError::NotRunning(path.to_path_buf()))?;
     let io = |source| ControlError::Io {
@@ -201,12 +368,10 @@ pub async fn call(path: &Path, req: &Request) -> Result<Reply, ControlError> {
         source,
     };
     let (rd, mut wr) = stream.into_split();
-    let mut text = serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
-    text.push('\n');
-    wr.write_all(text.as_bytes()).await.map_err(io)?;
+    send(&mut wr, req, LIMITS.write).await.map_err(io)?;
     let mut line = String::new();
     let mut rd = BufReader::new(rd).take(512 * 1024 * 1024);
-    tokio::time::timeout(std::time::Duration::from_secs(30), rd.read_line(&mut line))
+    tokio::time::timeout(Duration::from_secs(30), rd.read_line(&mut line))
         .await
         .map_err(|_| {
             io(std::io::Error::new(
@@ -216,4 +381,170 @@ pub async fn call(path: &Path, req: &Request) -> Result<Reply, ControlError> {
         })?
         .map_err(io)?;
     serde_json::from_str(line.trim()).map_err(|e| ControlError::Protocol(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::config::QueueSettings;
+    use crate::queue::{Spool, SpoolKey};
+
+    fn test_queue(dir: &Path) -> Queue {
+        let spool = Spool::open(dir, SpoolKey::from_bytes([1; 32])).unwrap();
+        let settings = QueueSettings {
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_age: Duration::from_secs(86400),
+            max_active: 10,
+        };
+        Queue::open(spool, settings, "gw.example.test".into())
+            .unwrap()
+            .0
+    }
+
+    fn no_reload() -> ReloadFn {
+        Arc::new(|| Ok("reloaded".into()))
+    }
+
+    /// Binds at `dir/control.sock` and serves with `peers` and `limits`.
+    async fn start(
+        dir: &Path,
+        peers: Peers,
+        limits: Limits,
+    ) -> (PathBuf, tokio::task::JoinHandle<()>) {
+        let path = dir.join("control.sock");
+        let listener = bind(&path).await.unwrap();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            test_queue(&dir.join("spool")),
+            no_reload(),
+            peers,
+            limits,
+        ));
+        (path, task)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_private_from_the_start_and_answers_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        // A stale socket from a killed daemon is replaced.
+        drop(std::os::unix::net::UnixListener::bind(dir.path().join("control.sock")).unwrap());
+        let (path, task) = start(dir.path(), Peers::daemon(), LIMITS).await;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // The private folder it was bound in is gone.
+        assert_eq!(names(dir.path()), ["control.sock", "spool"]);
+        match call(&path, &Request::Reload).await.unwrap() {
+            Reply::Ok { detail, .. } => assert_eq!(detail, "reloaded"),
+            other => panic!("{other:?}"),
+        }
+        // A second daemon on the same socket is refused.
+        assert!(matches!(
+            bind(&path).await,
+            Err(ControlError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse
+        ));
+        task.abort();
+        // A file that is not a socket is never replaced.
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"keep").unwrap();
+        assert!(bind(&file).await.is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Allow only a user that is not us: our own connection is refused.
+        let stranger = Peers {
+            allowed: vec![u32::MAX - 7],
+        };
+        let (path, task) = start(dir.path(), stranger, LIMITS).await;
+        match call(&path, &Request::List).await.unwrap() {
+            Reply::Error { detail } => assert!(detail.contains("permission denied"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        task.abort();
+    }
+
+    /// With root, a real process of another user (nobody), on a socket
+    /// whose mode and folder were loosened on purpose, is still refused.
+    #[tokio::test]
+    async fn another_uid_is_refused_even_through_loose_permissions() {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!(
+                "not root: cannot run a client as another user; covered by a_peer_of_another_user_is_refused"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (path, task) = start(dir.path(), Peers::daemon(), LIMITS).await;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'{\"cmd\":\"list\"}\\n')\nprint(s.makefile().readline())";
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.args(["-c", script]).arg(&path);
+        cmd.uid(65534).gid(65534);
+        let out = cmd.output().await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("permission denied"),
+            "stdout {stdout} stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn silent_and_oversized_requests_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            read: Duration::from_millis(200),
+            max_request: 1024,
+            ..LIMITS
+        };
+        let (path, task) = start(dir.path(), Peers::daemon(), limits).await;
+        // Sends nothing: the daemon hangs up without an answer.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        assert!(buf.is_empty());
+        // A line longer than the bound gets an error, not a buffer.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(&vec![b'x'; 4096]).await.unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.contains("request longer than 1024 bytes"), "{reply}");
+        // Garbage gets an error too.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"{\"cmd\":\"format-disk\"}\n").await.unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.contains("bad request"), "{reply}");
+        task.abort();
+    }
+
+    /// A client that never reads cannot hold a writer: the write gives up.
+    #[tokio::test]
+    async fn a_reply_nobody_reads_times_out() {
+        let (mut ours, _theirs) = UnixStream::pair().unwrap();
+        let big = "x".repeat(16 * 1024 * 1024);
+        let err = send(&mut ours, &big, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
 }

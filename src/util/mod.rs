@@ -5,18 +5,66 @@ pub mod stream;
 
 use std::time::Duration;
 
-/// Random bytes from the operating system's CSPRNG.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut buf = [0u8; N];
-    // SystemRandom only fails if the OS has no entropy source, in which case
-    // nothing cryptographic can work; fall back to fastrand so ids still differ.
-    if ring::rand::SystemRandom::new().fill(&mut buf).is_err() {
-        for b in &mut buf {
-            *b = fastrand::u8(..);
-        }
+/// The operating system's random source failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the operating system's random source (getrandom / /dev/urandom) failed; \
+     sealgate needs it for keys, nonces and salts and will not run without it"
+)]
+pub struct RandomError;
+
+/// Where random bytes come from: the operating system, or in tests a
+/// source that fails.
+trait Entropy {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError>;
+}
+
+/// The operating system's CSPRNG, through ring (getrandom on Linux).
+struct Os;
+
+impl Entropy for Os {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
+        use ring::rand::SecureRandom;
+        ring::rand::SystemRandom::new()
+            .fill(buf)
+            .map_err(|_| RandomError)
     }
-    buf
+}
+
+/// Random bytes from the operating system's CSPRNG, or an error.
+pub fn try_random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut buf = [0u8; N];
+    Os.fill(&mut buf)?;
+    Ok(buf)
+}
+
+/// Checks at start-up that the random source works, so that a broken one
+/// is a clear error before anything is accepted rather than an abort later.
+pub fn check_random() -> Result<(), RandomError> {
+    try_random_bytes::<16>().map(|_| ())
+}
+
+/// Random bytes from the operating system's CSPRNG (keys, nonces, salts,
+/// ids). If the source fails the process aborts with a log line: there is
+/// no weaker fallback, because a predictable nonce or key is worse than a
+/// stopped gateway (mail already acknowledged is safe in the spool).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    bytes_or_abort(&Os)
+}
+
+fn bytes_or_abort<const N: usize>(source: &dyn Entropy) -> [u8; N] {
+    let mut buf = [0u8; N];
+    match source.fill(&mut buf) {
+        Ok(()) => buf,
+        Err(e) => random_source_failed(&e),
+    }
+}
+
+#[cold]
+fn random_source_failed(e: &RandomError) -> ! {
+    tracing::error!(error = %e, "stopping: no secure random numbers");
+    eprintln!("sealgate: {e}; stopping");
+    std::process::abort()
 }
 
 /// A new random id of 32 lowercase hex characters.
@@ -74,6 +122,48 @@ pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
+/// Replaces `path` with `data` so that a crash or a full disk leaves
+/// either the old file or the new one, never a mix: write a temporary
+/// file beside it (mode 0600), fsync it, rename it over `path`, fsync the
+/// folder. Every step's error is returned; on error the temporary file is
+/// removed and `path` is untouched.
+pub fn atomic_write(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    // Unique, so two writers of the same file never share a temporary.
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        hex::encode(random_bytes::<6>())
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    let result = write();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Constant-time equality for secrets.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -112,6 +202,86 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86400)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    struct Broken;
+
+    impl Entropy for Broken {
+        fn fill(&self, _: &mut [u8]) -> Result<(), RandomError> {
+            Err(RandomError)
+        }
+    }
+
+    #[test]
+    fn random_bytes_come_from_the_os() {
+        assert!(check_random().is_ok());
+        let (a, b) = (random_bytes::<16>(), random_bytes::<16>());
+        assert_ne!(a, b);
+        assert_ne!(a, [0u8; 16]);
+    }
+
+    /// A failing source stops the process with a clear message (run in a
+    /// child process, since the abort ends it) and never returns bytes.
+    #[test]
+    fn a_failing_random_source_aborts() {
+        const CHILD: &str = "SEALGATE_TEST_BROKEN_RANDOM";
+        if std::env::var_os(CHILD).is_some() {
+            let bytes: [u8; 16] = bytes_or_abort(&Broken);
+            // Only reached if the abort did not happen.
+            println!("GOT BYTES {bytes:?}");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "util::tests::a_failing_random_source_aborts",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stdout.contains("GOT BYTES"), "{stdout}");
+        assert!(
+            stderr.contains("random source") && stderr.contains("stopping"),
+            "{stderr}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(out.status.signal(), Some(6), "SIGABRT: {:?}", out.status);
+        }
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.json");
+        atomic_write(&path, b"first").unwrap();
+        atomic_write(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A failing step (here: the target is a folder, so rename fails)
+        // is reported, leaves no temporary file and the folder unchanged.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), b"keep").unwrap();
+        assert!(atomic_write(&blocked, b"new").is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(std::fs::read(blocked.join("x")).unwrap(), b"keep");
+        // No folder to write in: an error, not a panic.
+        assert!(atomic_write(&dir.path().join("missing/x"), b"y").is_err());
     }
 
     #[test]

@@ -26,10 +26,7 @@ struct PgDb {
 impl PgDb {
     async fn create() -> PgDb {
         let base = pg_base();
-        let name = format!(
-            "sealgate_it_{}",
-            std::process::id() as u64 * 1000 + fastrand_u16() as u64
-        );
+        let name = unique_db_name();
         let mut c = sqlx::PgConnection::connect(&base)
             .await
             .expect("PostgreSQL must be reachable at DATABASE_URL");
@@ -83,12 +80,30 @@ impl Drop for PgDb {
     }
 }
 
-fn fastrand_u16() -> u16 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    (t ^ (t >> 16)) as u16
+/// A database name no other test, here or in another process, can have:
+/// 64 random bits from the OS, the process id and a per-process counter
+/// (a clock-derived number once gave two tests the same name).
+fn unique_db_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let random = u64::from_be_bytes(sealgate::util::random_bytes::<8>());
+    format!(
+        "sealgate_it_{}_{}_{random:016x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[test]
+fn test_database_names_never_repeat() {
+    let names: std::collections::HashSet<String> = (0..10_000).map(|_| unique_db_name()).collect();
+    assert_eq!(names.len(), 10_000);
+    // PostgreSQL truncates identifiers at 63 bytes.
+    assert!(
+        names
+            .iter()
+            .all(|n| n.len() <= 63 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,4 +385,113 @@ async fn wait_count(db: &PgDb, n: i64) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// One journal line as the daemon writes it (checked against the real type).
+fn journal_line(n: u32) -> String {
+    let v = serde_json::json!({
+        "event_id": format!("{:032x}", 0xfeed_0000u64 + n as u64),
+        "timestamp": format!("2026-11-29T10:00:0{n}Z"),
+        "queue_id": format!("JOURNALQ{n}"),
+        "message_id": null,
+        "sender": "a@clinic.example.test",
+        "recipient": format!("r{n}@example.test"),
+        "outcome": "delivered",
+        "method": "tls",
+        "tls_requirement": "opportunistic",
+        "policy_rule": "default",
+        "policy_version": "0000",
+        "remote_host": "mx.example.test",
+        "remote_ip": "127.0.0.1",
+        "tls_version": null,
+        "tls_cipher": null,
+        "smtp_reply": "250 ok",
+        "body_sha256": null,
+        "evidence": {}
+    });
+    serde_json::from_value::<sealgate::audit::AuditEvent>(v.clone())
+        .expect("the test's event is a real audit event");
+    v.to_string()
+}
+
+/// A journal left with a garbled line and a torn last line: the good events
+/// reach the database, the garbled line is quarantined (not lost, not in the
+/// log), `audit check` names it and fails; the CSV export defuses a sender
+/// that a spreadsheet would run as a formula.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_journal_lines_are_quarantined_and_shown() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let mut gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "=1+1@clinic.example.test",
+        &["b@example.test"],
+        &message("s", "b"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    let out = gw.cli(&["audit", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no quarantined lines"));
+
+    let out = gw.cli(&["audit", "export", "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.contains(",\"'=1+1@clinic.example.test\","), "{csv}");
+    assert!(!csv.contains(",=1+1@"), "{csv}");
+
+    gw.stop().unwrap();
+    let journal = gw.spool_dir().join("audit-journal");
+    let torn = journal_line(3);
+    let text = format!(
+        "{}\n{{\"event_id\": \"PATIENT-NAME-SECRET\", garbled\n{}\n{}",
+        journal_line(1),
+        journal_line(2),
+        &torn[..torn.len() / 2]
+    );
+    std::fs::write(journal.join("000000000999.jsonl"), text).unwrap();
+    gw.spawn().unwrap();
+    let rows = gw
+        .wait_audit(WAIT, |r| {
+            ["JOURNALQ1", "JOURNALQ2"]
+                .iter()
+                .all(|q| r.iter().any(|row| row["queue_id"] == *q))
+        })
+        .await
+        .unwrap();
+    assert!(
+        !rows.iter().any(|r| r["queue_id"] == "JOURNALQ3"),
+        "torn line dropped"
+    );
+    assert_eq!(rows.len(), 3);
+
+    let out = gw.cli(&["audit", "check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("1 quarantined line"), "{report}");
+    assert!(report.contains("000000000999.jsonl line 2 "), "{report}");
+    assert!(!report.contains("PATIENT-NAME-SECRET"), "{report}");
+    let q = std::fs::read_to_string(journal.join("quarantine.jsonl")).unwrap();
+    assert!(
+        q.contains("PATIENT-NAME-SECRET"),
+        "the line itself is kept: {q}"
+    );
+    let log = gw.log();
+    assert!(log.contains("moved to quarantine"), "{log}");
+    assert!(
+        !log.contains("PATIENT-NAME-SECRET"),
+        "no content in the log"
+    );
+    let out = gw.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

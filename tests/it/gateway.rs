@@ -378,17 +378,41 @@ fn write_config(dir: &Path, o: &GatewayOptions) -> Result<PathBuf> {
 }
 
 /// A fresh loopback IP for a test's MX hosts, so tests running in
-/// parallel never share an address:port.
+/// parallel never share an address:port, within this process or across
+/// processes: each process holds an exclusive lock on one of 128 blocks
+/// of 127.x.0.0/16 (a lock file, released when the process ends), and
+/// counts through its block.
 pub fn fresh_ip() -> std::net::Ipv4Addr {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed) + (std::process::id() % 200) * 256;
-    std::net::Ipv4Addr::new(
-        127,
-        10 + ((n >> 16) & 0x7f) as u8,
-        ((n >> 8) & 0xff) as u8,
-        (2 + (n & 0xff) % 250) as u8,
-    )
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // 250 hosts (.2 to .251) in each of 256 /24s.
+    assert!(n < 250 * 256, "this test process used up its address block");
+    std::net::Ipv4Addr::new(127, 10 + ip_block(), (n / 250) as u8, (2 + n % 250) as u8)
+}
+
+/// This process's block number (0..128), claimed once.
+fn ip_block() -> u8 {
+    static BLOCK: std::sync::OnceLock<(u8, std::fs::File)> = std::sync::OnceLock::new();
+    BLOCK
+        .get_or_init(|| {
+            for b in 0..128u8 {
+                let path = std::env::temp_dir().join(format!("sealgate-it-ip-block-{b}.lock"));
+                let Ok(file) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                else {
+                    continue;
+                };
+                if file.try_lock().is_ok() {
+                    return (b, file);
+                }
+            }
+            panic!("all 128 loopback address blocks are taken by other test processes")
+        })
+        .0
 }
 
 /// A free TCP port on `ip`.

@@ -5,6 +5,7 @@
 mod audit_db;
 mod common;
 mod connectors;
+mod config_check;
 mod dane;
 mod delivery;
 mod faults;

@@ -283,8 +283,8 @@ fn bad_files_name_file_line_and_key() {
         ),
         (
             "[[rule]]\nname = \"a\"\nbogus = 1\n",
-            "p.toml:",
-            "unknown field `bogus`",
+            "p.toml:3",
+            "rule.bogus: unknown key `bogus`",
         ),
         (
             "[defaults]\nmin_tls = \"strong\"\n",
