@@ -361,6 +361,7 @@ mod tests {
                 helo: "client.example.test".into(),
                 auth_user: None,
                 tls: false,
+                connector: None,
             },
             local: false,
             requiretls: false,

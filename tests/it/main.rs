@@ -4,8 +4,8 @@
 
 mod audit_db;
 mod common;
-mod connectors;
 mod config_check;
+mod connectors;
 mod dane;
 mod delivery;
 mod faults;
