@@ -13,6 +13,7 @@
 //! in the envelope its attempt count has moved on, so an old line matches
 //! nothing. Segments are deleted when every attempt in them has finished.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, Write};
@@ -304,10 +305,12 @@ fn read_segment(path: &Path, out: &mut Vec<AttemptLine>) -> Result<(), SpoolErro
 
 /// The recipients whose logged attempt has no outcome in their envelope:
 /// the message is still queued, the recipient still open, and its attempt
-/// count is the one logged before the attempt.
+/// count is the one logged before the attempt. `lookup` finds a message
+/// in memory or reads it from disk (messages outside the scheduler's
+/// window), so it hands back a borrowed or an owned copy.
 pub fn unresolved<'a>(
     lines: &[AttemptLine],
-    lookup: impl Fn(&QueueId) -> Option<&'a QueuedMessage>,
+    mut lookup: impl FnMut(&QueueId) -> Option<Cow<'a, QueuedMessage>>,
 ) -> Vec<Unresolved> {
     let mut found = BTreeMap::new();
     for line in lines {
@@ -348,7 +351,7 @@ mod tests {
         msg.recipients[1].attempts = 1;
         msg.recipients[1].status = crate::queue::RecipientStatus::Deferred;
         let (log, old) = AttemptLog::open(&path).unwrap();
-        let got = unresolved(&old, |id| (id == &msg.id).then_some(&msg));
+        let got = unresolved(&old, |id| (id == &msg.id).then_some(Cow::Borrowed(&msg)));
         let idx: Vec<usize> = got.iter().map(|u| u.index).collect();
         assert_eq!(idx, vec![0, 2]);
         // A message no longer queued matches nothing.
