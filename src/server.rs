@@ -295,6 +295,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         reload.clone(),
     ));
     let inbound_task = tokio::spawn(inbound::serve(ctx, listeners, stop_rx.clone()));
+    let scanner = queue.start_scanner(stop_rx.clone());
     let scheduler = tokio::spawn(schedule(
         queue.clone(),
         deliverer.clone(),
@@ -346,6 +347,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let _ = stop_tx.send(true);
     let _ = inbound_task.await;
     let _ = scheduler.await;
+    let _ = scanner.await;
     reaper.abort();
     reporter.abort();
     deliverer.tls_reporter().flush();

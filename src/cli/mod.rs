@@ -87,84 +87,114 @@ fn check_named_files(s: &Settings) -> Vec<ConfigProblem> {
 }
 
 /// `queue list`: from the daemon, or straight from the spool folder.
+/// Streamed both ways: each message is written as it arrives, so a large
+/// queue is never held in memory.
 pub async fn queue_list(
     settings: &Settings,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let listed: Vec<(QueuedMessage, bool)> =
-        match control::call(&settings.server.control_socket, &Request::List).await {
-            Ok(Reply::Ok { messages, .. }) => messages
-                .into_iter()
-                .map(|m| (m.message, m.in_flight))
-                .collect(),
-            Ok(Reply::Error { detail }) => return Err(CliError::Other(detail)),
-            Err(ControlError::NotRunning(_)) => read_spool(settings)?
-                .into_iter()
-                .map(|m| (m, false))
-                .collect(),
-            Err(e) => return Err(e.into()),
-        };
-    let io = |e: std::io::Error| CliError::Other(e.to_string());
-    if json {
-        let v: Vec<_> = listed
-            .iter()
-            .map(|(m, f)| serde_json::json!({ "message": m, "in_flight": f }))
-            .collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| CliError::Other(e.to_string()))?
-        )
-        .map_err(io)?;
-        return Ok(());
+    let mut listing = Listing::new(out, json);
+    let asked = control::list(&settings.server.control_socket, |m| {
+        listing.item(&m.message, m.in_flight)
+    })
+    .await;
+    match asked {
+        Ok(Reply::Ok { .. }) => {}
+        Ok(Reply::Error { detail }) => return Err(CliError::Other(detail)),
+        Err(ControlError::NotRunning(_)) => list_spool(settings, &mut listing)?,
+        Err(e) => return Err(e.into()),
     }
-    if listed.is_empty() {
-        writeln!(out, "Mail queue is empty").map_err(io)?;
-        return Ok(());
-    }
-    for (m, in_flight) in &listed {
-        let sender = if m.sender.is_empty() {
-            "<>".to_string()
-        } else {
-            m.sender.clone()
-        };
-        writeln!(
+    listing.finish().map_err(|e| CliError::Other(e.to_string()))
+}
+
+/// Writes `queue list` one message at a time, as text or as the JSON
+/// array `serde_json::to_string_pretty` would make of them all.
+struct Listing<'a> {
+    out: &'a mut dyn Write,
+    json: bool,
+    count: usize,
+}
+
+impl<'a> Listing<'a> {
+    fn new(out: &'a mut dyn Write, json: bool) -> Listing<'a> {
+        Listing {
             out,
-            "{}{}  {:>9}  {}  {}",
-            m.id,
-            if *in_flight { "*" } else { " " },
-            m.size,
-            m.received_at.format("%Y-%m-%d %H:%M:%S"),
-            sender
-        )
-        .map_err(io)?;
-        for r in &m.recipients {
-            let next = r
-                .next_attempt
-                .map(|t| format!(" next attempt {}", t.format("%H:%M:%S")))
-                .unwrap_or_default();
-            writeln!(
-                out,
-                "    {:<10} {} (attempts {}){}",
-                format!("{:?}", r.status).to_lowercase(),
-                r.address,
-                r.attempts,
-                next
-            )
-            .map_err(io)?;
-            if let Some(e) = &r.last_error {
-                if !r.status.is_final() || r.status == crate::queue::RecipientStatus::Bounced {
-                    writeln!(out, "        {e}").map_err(io)?;
+            json,
+            count: 0,
+        }
+    }
+
+    fn item(&mut self, m: &QueuedMessage, in_flight: bool) -> std::io::Result<()> {
+        self.count += 1;
+        if self.json {
+            let v = serde_json::json!({ "message": m, "in_flight": in_flight });
+            let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
+            let sep = if self.count == 1 { "[\n" } else { ",\n" };
+            self.out.write_all(sep.as_bytes())?;
+            // Pretty JSON puts no raw newline inside strings, so indenting
+            // every line nests the element as the array printer would.
+            for (i, line) in text.lines().enumerate() {
+                if i > 0 {
+                    self.out.write_all(b"\n")?;
                 }
+                write!(self.out, "  {line}")?;
+            }
+            return Ok(());
+        }
+        write_text(self.out, m, in_flight)
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match (self.json, self.count) {
+            (true, 0) => writeln!(self.out, "[]"),
+            (true, _) => writeln!(self.out, "\n]"),
+            (false, 0) => writeln!(self.out, "Mail queue is empty"),
+            (false, n) => writeln!(self.out, "-- {n} message(s)"),
+        }
+    }
+}
+
+fn write_text(out: &mut dyn Write, m: &QueuedMessage, in_flight: bool) -> std::io::Result<()> {
+    let sender = if m.sender.is_empty() {
+        "<>".to_string()
+    } else {
+        m.sender.clone()
+    };
+    writeln!(
+        out,
+        "{}{}  {:>9}  {}  {}",
+        m.id,
+        if in_flight { "*" } else { " " },
+        m.size,
+        m.received_at.format("%Y-%m-%d %H:%M:%S"),
+        sender
+    )?;
+    for r in &m.recipients {
+        let next = r
+            .next_attempt
+            .map(|t| format!(" next attempt {}", t.format("%H:%M:%S")))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "    {:<10} {} (attempts {}){}",
+            format!("{:?}", r.status).to_lowercase(),
+            r.address,
+            r.attempts,
+            next
+        )?;
+        if let Some(e) = &r.last_error {
+            if !r.status.is_final() || r.status == crate::queue::RecipientStatus::Bounced {
+                writeln!(out, "        {e}")?;
             }
         }
     }
-    writeln!(out, "-- {} message(s)", listed.len()).map_err(io)?;
     Ok(())
 }
 
-fn read_spool(settings: &Settings) -> Result<Vec<QueuedMessage>, CliError> {
+/// Lists the spool folder itself (no daemon running), one envelope at a
+/// time.
+fn list_spool(settings: &Settings, listing: &mut Listing<'_>) -> Result<(), CliError> {
     if !settings.server.spool_dir.is_dir() {
         return Err(CliError::Other(format!(
             "no sealgate daemon is listening on {} and the spool folder {} does not exist",
@@ -174,11 +204,25 @@ fn read_spool(settings: &Settings) -> Result<Vec<QueuedMessage>, CliError> {
     }
     let key = SpoolKey::load(&settings.server.spool_key_file)?;
     let spool = Spool::open(&settings.server.spool_dir, key)?;
-    let mut out = Vec::new();
-    for id in spool.list_ids()? {
-        out.push(spool.read_envelope(&id)?);
-    }
-    Ok(out)
+    let mut failed: Option<CliError> = None;
+    spool.walk_envelopes(|id, _| {
+        let written = spool
+            .read_envelope(&id)
+            .map_err(CliError::from)
+            .and_then(|m| {
+                listing
+                    .item(&m, false)
+                    .map_err(|e| CliError::Other(e.to_string()))
+            });
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// `queue flush`.
@@ -212,7 +256,7 @@ pub async fn queue_remove(settings: &Settings, ids: &[String]) -> Result<String,
                 // No daemon: nobody else touches the spool, edit it directly.
                 let key = SpoolKey::load(&settings.server.spool_key_file)?;
                 let spool = Spool::open(&settings.server.spool_dir, key)?;
-                if !spool.list_ids()?.contains(&qid) {
+                if !spool.has_envelope(&qid) {
                     return Err(CliError::Other(format!("no message {qid} in the queue")));
                 }
                 spool_remove(&spool, &qid).await?;
@@ -579,4 +623,51 @@ pub enum KeysAction {
     List,
     Remove(String),
     Trust(String, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_json_listing_is_the_array_printed_at_once() {
+        let mut msgs = vec![
+            QueuedMessage::for_test("a@example.test", &["b@example.test"]),
+            QueuedMessage::for_test("", &["c@example.test", "d@example.test"]),
+            QueuedMessage::for_test("e@example.test", &[]),
+        ];
+        msgs[1].recipients[0].last_error = Some("451 4.3.0 \"later\"\nagain".into());
+        for n in 0..=msgs.len() {
+            let mut out = Vec::new();
+            let mut l = Listing::new(&mut out, true);
+            for (i, m) in msgs[..n].iter().enumerate() {
+                l.item(m, i == 1).unwrap();
+            }
+            l.finish().unwrap();
+            let whole: Vec<_> = msgs[..n]
+                .iter()
+                .enumerate()
+                .map(|(i, m)| serde_json::json!({ "message": m, "in_flight": i == 1 }))
+                .collect();
+            let want = format!("{}\n", serde_json::to_string_pretty(&whole).unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{n} message(s)");
+        }
+    }
+
+    #[test]
+    fn a_text_listing_counts_what_it_wrote() {
+        let m = QueuedMessage::for_test("", &["b@example.test"]);
+        let mut out = Vec::new();
+        Listing::new(&mut out, false).finish().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), "Mail queue is empty\n");
+        let mut out = Vec::new();
+        let mut l = Listing::new(&mut out, false);
+        l.item(&m, true).unwrap();
+        l.item(&m, false).unwrap();
+        l.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(&format!("{}*", m.id)), "{text}");
+        assert!(text.contains("  <>\n"), "{text}");
+        assert!(text.ends_with("-- 2 message(s)\n"), "{text}");
+    }
 }

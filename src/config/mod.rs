@@ -228,13 +228,17 @@ pub struct DeliverySettings {
     pub idle_timeout: Duration,
 }
 
-/// Queue retry behaviour.
+/// Queue retry behaviour and memory bounds.
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub max_age: Duration,
     pub max_active: usize,
+    /// Messages kept in memory at most; the rest wait on disk.
+    pub max_window: usize,
+    /// Shortest time between two walks of the spool folder.
+    pub scan_interval: Duration,
 }
 
 /// Resolver settings.

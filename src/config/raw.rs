@@ -271,6 +271,16 @@ pub struct RawQueue {
     pub max_age: Option<Spanned<String>>,
     /// Messages in delivery at once (default 200).
     pub max_active: Option<Spanned<i64>>,
+    /// Messages kept in memory at most (default 10000): the active window
+    /// the scheduler hands out from. The rest of the queue waits on disk,
+    /// indexed by due time, and costs no memory; a backlog larger than
+    /// this is loaded as room frees up. Messages in delivery count too, so
+    /// a window smaller than `max_active` also caps deliveries at once.
+    pub max_window: Option<Spanned<i64>>,
+    /// Shortest time between two walks of the spool folder for due
+    /// messages that are on disk only (`5s`). The folder is walked only
+    /// when the window has room and such a message may be due.
+    pub scan_interval: Option<Spanned<String>>,
 }
 
 /// `[dns]`
@@ -755,6 +765,12 @@ impl RawConfig {
             retry_max: c.duration("queue.retry_max", &q.retry_max, Duration::from_secs(3600)),
             max_age: c.duration("queue.max_age", &q.max_age, Duration::from_secs(5 * 86400)),
             max_active: c.count("queue.max_active", &q.max_active, 200, 100_000),
+            max_window: c.count("queue.max_window", &q.max_window, 10_000, 10_000_000),
+            scan_interval: c.duration(
+                "queue.scan_interval",
+                &q.scan_interval,
+                Duration::from_secs(5),
+            ),
         };
 
         let mut nameservers = Vec::new();

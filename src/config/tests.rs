@@ -14,6 +14,8 @@ fn minimal_config_gets_safe_defaults() {
     assert_eq!(s.server.limits.max_message_size, 50_000_000);
     assert_eq!(s.delivery.port, 25);
     assert_eq!(s.queue.max_age, Duration::from_secs(5 * 86400));
+    assert_eq!(s.queue.max_window, 10_000);
+    assert_eq!(s.queue.scan_interval, Duration::from_secs(5));
     assert!(s.relay.allow_networks.is_empty());
     assert!(s.audit.database_url.starts_with("sqlite://"));
 }
@@ -43,6 +45,10 @@ allow_networks = ["10.0.0.0/33"]
 
 [delivery]
 port = 70000
+
+[queue]
+max_window = 0
+scan_interval = "0s"
 "#;
     let err = Settings::parse(Path::new("bad.toml"), text).unwrap_err();
     let keys: Vec<_> = err
@@ -57,6 +63,8 @@ port = 70000
         ("server.command_timeout", 8),
         ("relay.allow_networks", 11),
         ("delivery.port", 14),
+        ("queue.max_window", 17),
+        ("queue.scan_interval", 18),
     ];
     for (k, line) in want {
         assert!(

@@ -2,7 +2,10 @@
 //! to a running daemon. A Unix socket in the spool folder, 0600 from the
 //! moment it exists; only root and the daemon's own user are served (peer
 //! credentials); one JSON request line, one JSON reply line, both with
-//! timeouts and a size bound.
+//! timeouts and a size bound. `list` is streamed: one
+//! `{"status":"message",...}` line per message as it is read, then the
+//! final `ok` or `error` line, so a large queue is never held in memory
+//! on either side.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +35,7 @@ pub enum Request {
 }
 
 /// One message as `queue list` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListedMessage {
     pub message: QueuedMessage,
     /// Being delivered right now.
@@ -44,7 +47,8 @@ pub struct ListedMessage {
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum Reply {
     Ok {
-        #[serde(default)]
+        /// Filled by daemons from before streamed listings; read for them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         messages: Vec<ListedMessage>,
         #[serde(default)]
         detail: String,
@@ -53,6 +57,19 @@ pub enum Reply {
         detail: String,
     },
 }
+
+/// A line of a streamed listing before its final [`Reply`]: one message;
+/// `{"status":"message","message":{...},"in_flight":false}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum ListLine {
+    Message(ListedMessage),
+}
+
+/// Longest line of a streamed listing (one message with every recipient).
+const MAX_LINE: u64 = 64 * 1024 * 1024;
+/// How long one read or write on the socket may take.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Errors talking to the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +83,8 @@ pub enum ControlError {
     },
     #[error("the daemon sent an answer this version does not understand: {0}")]
     Protocol(String),
+    #[error("cannot write the listing: {0}")]
+    Output(std::io::Error),
 }
 
 /// Something that can reload the policy on request (the server wires it).
@@ -242,6 +261,12 @@ async fn session(
             }
         }
         None => match read_request(rd, limits).await {
+            Ok(Some(Request::List)) => {
+                if let Err(e) = stream_list(queue, &mut wr).await {
+                    tracing::debug!(error = %e, "queue listing not finished (the client went away?)");
+                }
+                return;
+            }
             Ok(Some(req)) => handle(queue, reload, req).await,
             Ok(None) => return,
             Err(detail) => Reply::Error { detail },
@@ -294,15 +319,65 @@ async fn send<W: AsyncWrite + Unpin, T: Serialize>(
     })?
 }
 
+/// Writes one reply line, within [`IO_TIMEOUT`].
+async fn write_reply<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    reply: &impl Serialize,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    tokio::time::timeout(IO_TIMEOUT, wr.write_all(&text))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
+}
+
+/// Streams `queue list`: the folder is walked on a blocking thread and each
+/// message written as it is read; a client that stops reading stops the
+/// walk (the channel between them is bounded).
+async fn stream_list(
+    queue: &Queue,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ListedMessage>(64);
+    let q = queue.clone();
+    let walk = tokio::task::spawn_blocking(move || {
+        q.list_each(|message, in_flight| {
+            tx.blocking_send(ListedMessage { message, in_flight })
+                .is_ok()
+        })
+    });
+    let mut out = tokio::io::BufWriter::new(wr);
+    while let Some(item) = rx.recv().await {
+        write_reply(&mut out, &ListLine::Message(item)).await?;
+    }
+    let end = match walk.await {
+        Ok(Ok((n, 0))) => Reply::Ok {
+            messages: vec![],
+            detail: format!("{n} message(s)"),
+        },
+        Ok(Ok((n, bad))) => Reply::Ok {
+            messages: vec![],
+            detail: format!(
+                "{n} message(s); {bad} envelope(s) could not be read and are not shown"
+            ),
+        },
+        Ok(Err(e)) => Reply::Error {
+            detail: e.to_string(),
+        },
+        Err(e) => Reply::Error {
+            detail: format!("the listing failed: {e}"),
+        },
+    };
+    write_reply(&mut out, &end).await?;
+    tokio::time::timeout(IO_TIMEOUT, out.flush())
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
+}
+
 async fn handle(queue: &Queue, reload: &ReloadFn, req: Request) -> Reply {
     match req {
-        Request::List => Reply::Ok {
-            messages: queue
-                .list()
-                .into_iter()
-                .map(|(message, in_flight)| ListedMessage { message, in_flight })
-                .collect(),
-            detail: String::new(),
+        Request::List => Reply::Error {
+            detail: "a listing is streamed, not answered in one line".into(),
         },
         Request::Flush => {
             let n = queue.flush();
@@ -383,6 +458,64 @@ pub async fn call(path: &Path, req: &Request) -> Result<Reply, ControlError> {
     serde_json::from_str(line.trim()).map_err(|e| ControlError::Protocol(e.to_string()))
 }
 
+/// Asks the daemon on `path` for the queue listing, calling `each` with
+/// every message as it arrives. Returns the final `Ok` or `Error` reply.
+pub async fn list(
+    path: &Path,
+    mut each: impl FnMut(ListedMessage) -> std::io::Result<()>,
+) -> Result<Reply, ControlError> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|_| ControlError::NotRunning(path.to_path_buf()))?;
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (rd, mut wr) = stream.into_split();
+    let mut text =
+        serde_json::to_string(&Request::List).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    text.push('\n');
+    wr.write_all(text.as_bytes()).await.map_err(io)?;
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = tokio::time::timeout(IO_TIMEOUT, (&mut rd).take(MAX_LINE).read_line(&mut line))
+            .await
+            .map_err(|_| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the daemon sent nothing for 30 s",
+                ))
+            })?
+            .map_err(io)?;
+        if n == 0 || !line.ends_with('\n') {
+            return Err(ControlError::Protocol(
+                "the listing ended early (the daemon stopped?) or a line was too long".into(),
+            ));
+        }
+        let protocol = |e: serde_json::Error| ControlError::Protocol(e.to_string());
+        let value: serde_json::Value = serde_json::from_str(line.trim()).map_err(protocol)?;
+        if value.get("status").and_then(|s| s.as_str()) == Some("message") {
+            let ListLine::Message(m) = serde_json::from_value(value).map_err(protocol)?;
+            each(m).map_err(ControlError::Output)?;
+            continue;
+        }
+        match serde_json::from_value(value).map_err(protocol)? {
+            Reply::Ok { messages, detail } => {
+                for m in messages {
+                    each(m).map_err(ControlError::Output)?;
+                }
+                return Ok(Reply::Ok {
+                    messages: vec![],
+                    detail,
+                });
+            }
+            error @ Reply::Error { .. } => return Ok(error),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -400,6 +533,8 @@ mod tests {
             retry_max: Duration::from_secs(3600),
             max_age: Duration::from_secs(86400),
             max_active: 10,
+            max_window: 10,
+            scan_interval: Duration::from_secs(5),
         };
         Queue::open(spool, settings, "gw.example.test".into())
             .unwrap()
@@ -546,5 +681,63 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+    use crate::queue::{Spool, SpoolKey};
+
+    #[tokio::test]
+    async fn a_listing_streams_the_window_and_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([3; 32])).unwrap();
+        let settings = crate::config::QueueSettings {
+            retry_base: std::time::Duration::from_secs(60),
+            retry_max: std::time::Duration::from_secs(3600),
+            max_age: std::time::Duration::from_secs(86400),
+            max_active: 10,
+            max_window: 2,
+            scan_interval: std::time::Duration::from_secs(5),
+        };
+        let (q, _) = Queue::open(spool.clone(), settings, "gw.example.test".into()).unwrap();
+        let mut ids = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            let m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+            let mut w = spool.create_content(&m.id).await.unwrap();
+            w.write(b"x").await.unwrap();
+            w.finish().await.unwrap();
+            ids.insert(m.id.clone());
+            q.enqueue(m).await.unwrap();
+        }
+        let path = dir.path().join("control.sock");
+        let reload: ReloadFn = std::sync::Arc::new(|| Ok(String::new()));
+        let server = tokio::spawn(serve(path.clone(), q.clone(), reload));
+        for _ in 0..1000 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut got = std::collections::BTreeSet::new();
+        let end = list(&path, |m| {
+            assert!(!m.in_flight);
+            got.insert(m.message.id);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, ids, "three of the five are on disk only");
+        match end {
+            Reply::Ok { detail, .. } => assert_eq!(detail, "5 message(s)"),
+            other => panic!("{other:?}"),
+        }
+        // A client that stops reading ends the listing, not the daemon.
+        let failed = list(&path, |_| Err(std::io::Error::other("stdout closed"))).await;
+        assert!(matches!(failed, Err(ControlError::Output(_))));
+        let again = list(&path, |_| Ok(())).await.unwrap();
+        assert!(matches!(again, Reply::Ok { .. }));
+        server.abort();
     }
 }

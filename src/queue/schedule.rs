@@ -1,13 +1,28 @@
 //! The in-memory schedule over the spool: which message is due when, which
 //! are being delivered, and how delivery outcomes change recipient state.
 //!
-//! A small active window over a large deferred queue (as in Postfix): the
-//! schedule is a time-ordered index, so a backlog of deferred mail costs
-//! nothing until it is due, and new mail is due at once.
+//! A bounded active window over a large deferred queue, as in Postfix's
+//! queue manager: at most `[queue] max_window` messages are in memory,
+//! indexed by due time; the others are on disk only, indexed by their
+//! envelope file's mtime (see `spool`). New mail enters the window when it
+//! has room, or pushes out a message that is not due yet; the listener
+//! never waits for the window (a message that does not fit is durable on
+//! disk already and is found by the scanner). The scanner (`scan.rs`)
+//! walks the folder when the window has room and a message on disk may be
+//! due, and loads the due ones, soonest first. A backlog of a million
+//! deferred messages costs a directory walk when one of them may be due,
+//! not a million envelopes in memory.
+//!
+//! The envelope on disk is the truth; the window is a cache of it with
+//! two kinds of in-memory-only change, neither of which ever leaves the
+//! window by eviction: a failure backoff (`failures > 0`) and `flush`
+//! (due now).
 
-use std::collections::{BTreeSet, HashMap};
+mod scan;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -16,6 +31,10 @@ use super::attempts::{AttemptLog, AttemptTicket};
 use super::spool::{Recovered, Spool, SpoolError};
 use super::{QueueId, QueuedMessage, RecipientStatus};
 use crate::config::QueueSettings;
+
+/// Longest sleep of the schedule or the scanner without a wake-up: both
+/// look at their state again at least this often.
+const IDLE: Duration = Duration::from_secs(3600);
 
 /// Errors of the queue.
 #[derive(Debug, thiserror::Error)]
@@ -76,12 +95,54 @@ struct Slot {
     persist_at: Option<DateTime<Utc>>,
     /// The key under which the message sits in `due`, if scheduled.
     due_key: Option<(DateTime<Utc>, QueueId)>,
+    /// Whether the message sits in `parked` (idle, nothing due by time).
+    parked: bool,
+}
+
+impl Slot {
+    fn new(msg: QueuedMessage) -> Slot {
+        Slot {
+            msg,
+            in_flight: false,
+            failures: 0,
+            persist_at: None,
+            due_key: None,
+            parked: false,
+        }
+    }
+
+    /// Whether the message may leave the window for the disk: its
+    /// envelope holds all of its state.
+    fn can_wait_on_disk(&self) -> bool {
+        !self.in_flight && self.failures == 0 && self.persist_at.is_none()
+    }
 }
 
 #[derive(Default)]
 struct State {
+    /// The window: messages in memory, at most `max_window`.
     messages: HashMap<QueueId, Slot>,
     due: BTreeSet<(DateTime<Utc>, QueueId)>,
+    /// Idle messages in the window with nothing due by time (held
+    /// recipients only): the first to make way for due mail.
+    parked: BTreeSet<QueueId>,
+    /// Committed messages, in the window or on disk only.
+    queued: usize,
+    /// A time from which a message on disk only may be due (a lower
+    /// bound); `None` when no such message is known, and the scanner
+    /// sleeps.
+    disk_due: Option<DateTime<Utc>>,
+    /// `queue flush` at this time: envelopes on disk last written before
+    /// it are due now, until a scan has brought them all in.
+    flush_before: Option<SystemTime>,
+    /// Messages an operator command is changing or removing outside the
+    /// window: the scanner leaves them alone.
+    busy: HashSet<QueueId>,
+    /// While a scan runs: messages deleted since it began (it may have
+    /// read their files before they went).
+    deleted_in_scan: Option<HashSet<QueueId>>,
+    /// Envelopes that cannot be read: never loaded.
+    damaged: HashSet<QueueId>,
 }
 
 impl State {
@@ -92,6 +153,9 @@ impl State {
         if let Some(key) = slot.due_key.take() {
             self.due.remove(&key);
         }
+        if std::mem::take(&mut slot.parked) {
+            self.parked.remove(id);
+        }
         if slot.in_flight {
             return;
         }
@@ -99,12 +163,122 @@ impl State {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if let Some(at) = at {
-            let key = (at, id.clone());
-            self.due.insert(key.clone());
-            slot.due_key = Some(key);
+        match at {
+            Some(at) => {
+                let key = (at, id.clone());
+                self.due.insert(key.clone());
+                slot.due_key = Some(key);
+            }
+            None => {
+                self.parked.insert(id.clone());
+                slot.parked = true;
+            }
         }
     }
+
+    /// Takes message `id` out of the window and its indexes.
+    fn take(&mut self, id: &QueueId) -> Option<Slot> {
+        let slot = self.messages.remove(id)?;
+        if let Some(key) = &slot.due_key {
+            self.due.remove(key);
+        }
+        if slot.parked {
+            self.parked.remove(id);
+        }
+        Some(slot)
+    }
+
+    /// Message `id` has left the queue for good (its files are gone).
+    fn deleted(&mut self, id: &QueueId) {
+        self.take(id);
+        self.queued = self.queued.saturating_sub(1);
+        self.damaged.remove(id);
+        if let Some(gone) = self.deleted_in_scan.as_mut() {
+            gone.insert(id.clone());
+        }
+    }
+
+    /// A message on disk only may be due from `at` on.
+    fn on_disk_due(&mut self, at: DateTime<Utc>) {
+        self.disk_due = Some(self.disk_due.map_or(at, |d| d.min(at)));
+    }
+
+    /// Messages in the window that could make way for due mail, latest
+    /// first: held-only ones, then those not due before `now`.
+    fn waiting(&self, now: DateTime<Utc>) -> impl Iterator<Item = &QueueId> {
+        let later = self
+            .due
+            .iter()
+            .rev()
+            .take_while(move |(at, _)| *at > now)
+            .map(|(_, id)| id);
+        self.parked
+            .iter()
+            .chain(later)
+            .filter(move |id| self.messages.get(*id).is_some_and(Slot::can_wait_on_disk))
+    }
+
+    /// How many due messages the window could take in now.
+    fn capacity(&self, window: usize, now: DateTime<Utc>) -> usize {
+        window.saturating_sub(self.messages.len()) + self.waiting(now).count()
+    }
+
+    /// Puts `msg` into the window if it has room, or if `msg` is due and a
+    /// message that is not makes way (back to disk only, where its
+    /// envelope already is). Otherwise `msg` stays on disk only, for the
+    /// scanner. Returns whether it is in the window.
+    fn admit(&mut self, msg: QueuedMessage, window: usize, now: DateTime<Utc>) -> bool {
+        if self.messages.contains_key(&msg.id) {
+            return true;
+        }
+        let due = msg.next_due();
+        if self.messages.len() >= window {
+            let victim = match due {
+                Some(at) if at <= now => self.waiting(now).next().cloned(),
+                _ => None,
+            };
+            let Some(victim) = victim else {
+                if let Some(at) = due {
+                    self.on_disk_due(at);
+                }
+                return false;
+            };
+            if let Some(at) = self.take(&victim).and_then(|s| s.msg.next_due()) {
+                self.on_disk_due(at);
+            }
+        }
+        let id = msg.id.clone();
+        self.messages.insert(id.clone(), Slot::new(msg));
+        self.schedule(&id);
+        true
+    }
+}
+
+/// Makes every open recipient of `msg` due now (held ones stay held).
+fn flush_recipients(msg: &mut QueuedMessage) {
+    for r in msg.recipients.iter_mut().filter(|r| !r.status.is_final()) {
+        r.next_attempt = None;
+    }
+}
+
+/// Releases the held recipients of `msg`; returns how many there were.
+fn release_recipients(msg: &mut QueuedMessage) -> usize {
+    let mut n = 0;
+    for r in msg
+        .recipients
+        .iter_mut()
+        .filter(|r| r.status == RecipientStatus::Held)
+    {
+        r.status = RecipientStatus::Pending;
+        r.released = true;
+        r.next_attempt = None;
+        n += 1;
+    }
+    n
+}
+
+fn not_found(e: &SpoolError) -> bool {
+    matches!(e, SpoolError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 struct Inner {
@@ -113,7 +287,10 @@ struct Inner {
     settings: QueueSettings,
     hostname: String,
     state: Mutex<State>,
+    /// Wakes `next_due`: something may be due sooner.
     wake: Notify,
+    /// Wakes the scanner: room in the window, or mail on disk may be due.
+    scan_wake: Notify,
 }
 
 /// The queue handle, cheap to clone.
@@ -123,42 +300,41 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Opens the queue over `spool`, recovering every complete message.
+    /// Opens the queue over `spool`: recovers the spool, reading into the
+    /// window only the messages due soonest (the others stay on disk), and
+    /// finds the attempts a crash left without an outcome.
     pub fn open(
         spool: Spool,
         settings: QueueSettings,
         hostname: String,
     ) -> Result<(Queue, Recovered), QueueError> {
-        let mut recovered = spool.recover()?;
+        let window = settings.max_window.max(1);
+        let mut recovered = spool.recover(window)?;
         let (attempts, unresolved) = AttemptLog::open(&spool.root().join("attempts"))?;
         recovered.unresolved = unresolved;
+        let mut st = State {
+            queued: recovered.queued,
+            damaged: recovered.damaged_ids.iter().cloned().collect(),
+            ..State::default()
+        };
+        if let Some(at) = recovered.on_disk_due {
+            st.on_disk_due(DateTime::<Utc>::from(at));
+        }
+        let now = Utc::now();
+        for msg in recovered.messages.drain(..) {
+            st.admit(msg, window, now);
+        }
         let queue = Queue {
             inner: Arc::new(Inner {
                 spool,
                 attempts,
                 settings,
                 hostname,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(st),
                 wake: Notify::new(),
+                scan_wake: Notify::new(),
             }),
         };
-        {
-            let mut st = queue.lock();
-            for msg in recovered.messages.drain(..) {
-                let id = msg.id.clone();
-                st.messages.insert(
-                    id.clone(),
-                    Slot {
-                        msg,
-                        in_flight: false,
-                        failures: 0,
-                        persist_at: None,
-                        due_key: None,
-                    },
-                );
-                st.schedule(&id);
-            }
-        }
         Ok((queue, recovered))
     }
 
@@ -166,6 +342,10 @@ impl Queue {
         // A panic while holding the lock cannot leave the maps half-changed
         // in a way that loses mail (the spool is the truth), so go on.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn window(&self) -> usize {
+        self.inner.settings.max_window.max(1)
     }
 
     /// The spool under this queue.
@@ -179,25 +359,18 @@ impl Queue {
     }
 
     /// Commits a received message (its content already fsynced): writes the
-    /// envelope, which makes it durable, then schedules it at once.
+    /// envelope, which makes it durable, then schedules it at once if the
+    /// window can take it; otherwise the scanner brings it in later. Never
+    /// waits for room.
     pub async fn enqueue(&self, msg: QueuedMessage) -> Result<(), QueueError> {
         self.inner.spool.write_envelope(&msg).await?;
-        let id = msg.id.clone();
         {
             let mut st = self.lock();
-            st.messages.insert(
-                id.clone(),
-                Slot {
-                    msg,
-                    in_flight: false,
-                    failures: 0,
-                    persist_at: None,
-                    due_key: None,
-                },
-            );
-            st.schedule(&id);
+            st.queued += 1;
+            st.admit(msg, self.window(), Utc::now());
         }
         self.inner.wake.notify_one();
+        self.inner.scan_wake.notify_one();
         Ok(())
     }
 
@@ -222,8 +395,8 @@ impl Queue {
                         }
                         continue;
                     }
-                    Some((at, _)) => (at - now).to_std().unwrap_or(Duration::ZERO),
-                    None => Duration::from_secs(3600),
+                    Some((at, _)) => (at - now).to_std().unwrap_or(Duration::ZERO).min(IDLE),
+                    None => IDLE,
                 }
             };
             tokio::select! {
@@ -289,7 +462,7 @@ impl Queue {
         let id = msg.id.clone();
         if msg.is_done() {
             self.inner.spool.remove(&id).await?;
-            self.lock().messages.remove(&id);
+            self.lock().deleted(&id);
         } else {
             self.inner.spool.write_envelope(msg).await?;
             let mut st = self.lock();
@@ -301,7 +474,10 @@ impl Queue {
                 st.schedule(&id);
             }
         }
+        // Room, or a message that can now wait on disk: the scanner may
+        // have due mail to bring in.
         self.inner.wake.notify_one();
+        self.inner.scan_wake.notify_one();
         Ok(())
     }
 
@@ -348,6 +524,7 @@ impl Queue {
         st.schedule(id);
         drop(st);
         self.inner.wake.notify_one();
+        self.inner.scan_wake.notify_one();
     }
 
     /// Returns a message whose attempt failed on our side (the attempt log,
@@ -405,9 +582,20 @@ impl Queue {
         Ok(self.inner.attempts.forget_before_start()?)
     }
 
-    /// A copy of message `id`, if queued.
+    /// A copy of message `id`, if queued: from the window, or read from
+    /// disk (blocking, one small file).
     pub fn get(&self, id: &QueueId) -> Option<QueuedMessage> {
-        self.lock().messages.get(id).map(|s| s.msg.clone())
+        if let Some(slot) = self.lock().messages.get(id) {
+            return Some(slot.msg.clone());
+        }
+        match self.inner.spool.read_envelope(id) {
+            Ok(m) => Some(m),
+            Err(e) if not_found(&e) => None,
+            Err(e) => {
+                tracing::warn!(queue_id = %id, error = %e, "envelope cannot be read");
+                None
+            }
+        }
     }
 
     /// Turns temporary failures of recipients older than `max_age` into
@@ -533,21 +721,45 @@ impl Queue {
         Ok(id)
     }
 
-    /// A snapshot of every message in the queue.
-    pub fn list(&self) -> Vec<(QueuedMessage, bool)> {
-        let st = self.lock();
-        let mut all: Vec<_> = st
-            .messages
-            .values()
-            .map(|s| (s.msg.clone(), s.in_flight))
-            .collect();
-        all.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        all
+    /// Calls `each` with every queued message and whether it is in flight,
+    /// in directory order: messages in the window as they are in memory,
+    /// the others as read from disk. Blocking (it walks the folder); the
+    /// schedule's lock is held for one lookup at a time, so deliveries and
+    /// new mail go on meanwhile. `each` returns `false` to stop. Returns
+    /// how many were listed and how many envelopes could not be read.
+    pub fn list_each(
+        &self,
+        mut each: impl FnMut(QueuedMessage, bool) -> bool,
+    ) -> Result<(usize, usize), QueueError> {
+        let (mut listed, mut unreadable) = (0, 0);
+        self.inner.spool.walk_envelopes(|id, _| {
+            let in_window = self
+                .lock()
+                .messages
+                .get(&id)
+                .map(|s| (s.msg.clone(), s.in_flight));
+            let (msg, in_flight) = match in_window {
+                Some(found) => found,
+                None => match self.inner.spool.read_envelope(&id) {
+                    Ok(m) => (m, false),
+                    // Delivered or removed since the walk saw it.
+                    Err(e) if not_found(&e) => return true,
+                    Err(e) => {
+                        tracing::debug!(queue_id = %id, error = %e, "envelope cannot be read; not listed");
+                        unreadable += 1;
+                        return true;
+                    }
+                },
+            };
+            listed += 1;
+            each(msg, in_flight)
+        })?;
+        Ok((listed, unreadable))
     }
 
-    /// Number of messages in the queue.
+    /// Number of messages in the queue, in the window or on disk.
     pub fn len(&self) -> usize {
-        self.lock().messages.len()
+        self.lock().queued
     }
 
     /// Whether the queue is empty.
@@ -555,56 +767,52 @@ impl Queue {
         self.len() == 0
     }
 
-    /// Makes every deferred recipient due now.
+    /// Makes every deferred recipient due now: those in the window at
+    /// once; those on disk only as the scanner brings them in (every
+    /// envelope last written before now counts as due). Returns the number
+    /// of messages queued.
     pub fn flush(&self) -> usize {
         let mut st = self.lock();
         let ids: Vec<QueueId> = st.messages.keys().cloned().collect();
-        let mut n = 0;
         for id in &ids {
             if let Some(slot) = st.messages.get_mut(id) {
-                for r in slot
-                    .msg
-                    .recipients
-                    .iter_mut()
-                    .filter(|r| !r.status.is_final())
-                {
-                    r.next_attempt = None;
-                }
-                n += 1;
+                flush_recipients(&mut slot.msg);
             }
             st.schedule(id);
         }
+        if st.queued > st.messages.len() {
+            st.flush_before = Some(SystemTime::now());
+            st.on_disk_due(Utc::now());
+        }
+        let n = st.queued;
         drop(st);
         self.inner.wake.notify_one();
+        self.inner.scan_wake.notify_one();
         n
     }
 
     /// Releases held recipients of a message (an operator's decision):
-    /// they are tried at once, and hold rules no longer apply to them.
+    /// they are tried at once, and hold rules no longer apply to them. A
+    /// message on disk only is read, changed, written and brought into the
+    /// window.
     pub async fn release_held(&self, id: &QueueId) -> Result<usize, QueueError> {
-        let msg = {
-            let mut st = self.lock();
-            let slot = match st.messages.get_mut(id) {
-                None => return Err(QueueError::NotFound(id.0.clone())),
+        let in_window = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            match st.messages.get_mut(id) {
                 Some(s) if s.in_flight => return Err(QueueError::Busy(id.0.clone())),
-                Some(s) => s,
-            };
-            let mut n = 0;
-            for r in slot
-                .msg
-                .recipients
-                .iter_mut()
-                .filter(|r| r.status == RecipientStatus::Held)
-            {
-                r.status = RecipientStatus::Pending;
-                r.released = true;
-                r.next_attempt = None;
-                n += 1;
+                Some(s) => match release_recipients(&mut s.msg) {
+                    0 => return Ok(0),
+                    _ => Some(s.msg.clone()),
+                },
+                None if !st.busy.insert(id.clone()) => {
+                    return Err(QueueError::Busy(id.0.clone()));
+                }
+                None => None,
             }
-            if n == 0 {
-                return Ok(0);
-            }
-            slot.msg.clone()
+        };
+        let Some(msg) = in_window else {
+            return self.release_on_disk(id).await;
         };
         self.inner.spool.write_envelope(&msg).await?;
         let n = msg
@@ -617,23 +825,77 @@ impl Queue {
         Ok(n)
     }
 
-    /// Deletes a message without delivering it (an operator's decision).
-    pub async fn remove(&self, id: &QueueId) -> Result<(), QueueError> {
-        {
-            let mut st = self.lock();
-            match st.messages.get(id) {
-                None => return Err(QueueError::NotFound(id.0.clone())),
-                Some(s) if s.in_flight => return Err(QueueError::Busy(id.0.clone())),
-                Some(_) => {}
+    /// `release_held` of a message outside the window, marked busy.
+    async fn release_on_disk(&self, id: &QueueId) -> Result<usize, QueueError> {
+        let changed = async {
+            let mut msg = self.load(id).await?;
+            let n = release_recipients(&mut msg);
+            if n > 0 {
+                self.inner.spool.write_envelope(&msg).await?;
             }
-            if let Some(slot) = st.messages.remove(id) {
-                if let Some(key) = slot.due_key {
-                    st.due.remove(&key);
+            Ok::<_, QueueError>((n, msg))
+        }
+        .await;
+        let mut st = self.lock();
+        st.busy.remove(id);
+        let (n, msg) = changed?;
+        if n > 0 {
+            st.admit(msg, self.window(), Utc::now());
+            drop(st);
+            self.inner.wake.notify_one();
+            self.inner.scan_wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Reads the envelope of a message outside the window.
+    async fn load(&self, id: &QueueId) -> Result<QueuedMessage, QueueError> {
+        match self.inner.spool.load_envelope(id).await {
+            Ok(m) => Ok(m),
+            Err(e) if not_found(&e) => Err(QueueError::NotFound(id.0.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a message without delivering it (an operator's decision),
+    /// in the window or on disk only.
+    pub async fn remove(&self, id: &QueueId) -> Result<(), QueueError> {
+        let taken = {
+            let mut st = self.lock();
+            if st.messages.get(id).is_some_and(|s| s.in_flight) || st.busy.contains(id) {
+                return Err(QueueError::Busy(id.0.clone()));
+            }
+            // Busy until the files are gone, so the scanner cannot bring
+            // it back in meanwhile.
+            st.busy.insert(id.clone());
+            st.take(id)
+        };
+        let removed = if taken.is_some() || self.inner.spool.has_envelope(id) {
+            self.inner.spool.remove(id).await.map_err(QueueError::from)
+        } else {
+            Err(QueueError::NotFound(id.0.clone()))
+        };
+        let mut st = self.lock();
+        st.busy.remove(id);
+        match &removed {
+            Ok(()) => st.deleted(id),
+            // Still on disk: the scanner brings it back when due.
+            Err(_) => {
+                if let Some(at) = taken.and_then(|s| s.msg.next_due()) {
+                    st.on_disk_due(at);
                 }
             }
         }
-        self.inner.spool.remove(id).await?;
-        Ok(())
+        removed
+    }
+
+    /// Starts the scanner task (see `scan.rs`); it ends when `stop`
+    /// changes.
+    pub fn start_scanner(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(scan::run(self.clone(), stop))
     }
 }
 
@@ -656,7 +918,338 @@ mod tests {
             retry_max: Duration::from_secs(3600),
             max_age: Duration::from_secs(5 * 86400),
             max_active: 10,
+            max_window: 10_000,
+            scan_interval: Duration::from_secs(5),
         }
+    }
+
+    /// A tiny window, scanned often.
+    fn small(window: usize) -> QueueSettings {
+        QueueSettings {
+            max_window: window,
+            scan_interval: Duration::from_millis(10),
+            ..settings()
+        }
+    }
+
+    impl Queue {
+        fn in_window(&self, id: &QueueId) -> bool {
+            self.lock().messages.contains_key(id)
+        }
+
+        fn window_len(&self) -> usize {
+            self.lock().messages.len()
+        }
+    }
+
+    /// Every queued message, sorted by id.
+    fn listed(q: &Queue) -> Vec<(QueuedMessage, bool)> {
+        let mut all = Vec::new();
+        q.list_each(|m, f| {
+            all.push((m, f));
+            true
+        })
+        .unwrap();
+        all.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        all
+    }
+
+    async fn with_content(spool: &Spool, msg: &QueuedMessage) {
+        let mut w = spool.create_content(&msg.id).await.unwrap();
+        w.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
+        w.finish().await.unwrap();
+    }
+
+    /// A message written to the spool directly, as a queue that stopped
+    /// would have left it.
+    async fn stored(spool: &Spool, msg: &QueuedMessage) {
+        with_content(spool, msg).await;
+        spool.write_envelope(msg).await.unwrap();
+    }
+
+    fn deferred_until(at: DateTime<Utc>) -> QueuedMessage {
+        let mut m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+        m.received_at = Utc::now() - chrono::Duration::seconds(600);
+        m.recipients[0].status = RecipientStatus::Deferred;
+        m.recipients[0].attempts = 1;
+        m.recipients[0].next_attempt = Some(at);
+        m
+    }
+
+    fn outcome(verdict: Verdict) -> RecipientOutcome {
+        RecipientOutcome {
+            verdict,
+            reply: "250 ok".into(),
+            enhanced: None,
+            remote: None,
+        }
+    }
+
+    /// Runs a scanner until the returned sender is dropped or sent `true`.
+    fn scanner(
+        q: &Queue,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = q.start_scanner(rx);
+        (tx, task)
+    }
+
+    async fn stop_scanner(
+        s: (
+            tokio::sync::watch::Sender<bool>,
+            tokio::task::JoinHandle<()>,
+        ),
+    ) {
+        s.0.send(true).unwrap();
+        s.1.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tiny_window_delivers_twenty_messages_in_due_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([1; 32])).unwrap();
+        let (q, _) = Queue::open(spool.clone(), small(3), "gw.example.test".into()).unwrap();
+        let base = Utc::now() - chrono::Duration::seconds(100);
+        let mut want = Vec::new();
+        for i in 0..20 {
+            let mut m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+            m.received_at = base + chrono::Duration::milliseconds(i * 10);
+            with_content(&spool, &m).await;
+            want.push(m.id.clone());
+            q.enqueue(m).await.unwrap();
+        }
+        assert_eq!(q.len(), 20);
+        assert_eq!(q.window_len(), 3, "the rest waits on disk");
+        let scan = scanner(&q);
+        let (_tx, mut stop) = tokio::sync::watch::channel(false);
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let m = q.next_due(&mut stop).await.unwrap();
+            assert!(q.window_len() <= 3);
+            got.push(m.id.clone());
+            q.complete(m, &[(0, outcome(Verdict::Delivered))])
+                .await
+                .unwrap();
+        }
+        assert_eq!(got, want, "due order, across the window and the disk");
+        assert!(q.is_empty());
+        stop_scanner(scan).await;
+        assert!(spool.list_ids().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_deferred_far_ahead_stays_on_disk_until_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([1; 32])).unwrap();
+        let now = Utc::now();
+        let new = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+        let soon = deferred_until(now + chrono::Duration::seconds(1));
+        let far = deferred_until(now + chrono::Duration::hours(1));
+        for m in [&new, &soon, &far] {
+            stored(&spool, m).await;
+        }
+        let (q, _) = Queue::open(spool.clone(), small(1), "gw.example.test".into()).unwrap();
+        assert_eq!(q.len(), 3);
+        assert!(q.in_window(&new.id), "the one due soonest is read at start");
+        let (_tx, mut stop) = tokio::sync::watch::channel(false);
+        let first = q.next_due(&mut stop).await.unwrap();
+        assert_eq!(first.id, new.id);
+        q.complete(first, &[(0, outcome(Verdict::Delivered))])
+            .await
+            .unwrap();
+        // Room now, but nothing on disk is due yet.
+        assert_eq!(q.scan(&stop).unwrap(), 0);
+        assert_eq!(q.window_len(), 0);
+        let scan = scanner(&q);
+        let next = q.next_due(&mut stop).await.unwrap();
+        assert_eq!(next.id, soon.id);
+        assert!(
+            Utc::now() >= soon.next_due().unwrap(),
+            "brought in when due"
+        );
+        q.complete(next, &[(0, outcome(Verdict::Delivered))])
+            .await
+            .unwrap();
+        stop_scanner(scan).await;
+        assert_eq!(q.scan(&stop).unwrap(), 0);
+        assert!(!q.in_window(&far.id), "an hour ahead: still on disk only");
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.get(&far.id).unwrap(), far, "read from disk");
+        let all = listed(&q);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, far);
+    }
+
+    #[tokio::test]
+    async fn new_mail_displaces_deferred_mail_from_a_full_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([1; 32])).unwrap();
+        let (q, _) = Queue::open(spool.clone(), small(2), "gw.example.test".into()).unwrap();
+        let (_tx, mut stop) = tokio::sync::watch::channel(false);
+        for _ in 0..2 {
+            let m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+            with_content(&spool, &m).await;
+            q.enqueue(m).await.unwrap();
+            let due = q.next_due(&mut stop).await.unwrap();
+            q.complete(due, &[(0, outcome(Verdict::Temporary))])
+                .await
+                .unwrap();
+        }
+        assert_eq!(q.window_len(), 2, "both deferred, both in memory");
+        let latest = listed(&q)
+            .into_iter()
+            .map(|(m, _)| m)
+            .max_by_key(|m| m.next_due())
+            .unwrap();
+        let new = QueuedMessage::for_test("a@example.test", &["c@example.test"]);
+        with_content(&spool, &new).await;
+        q.enqueue(new.clone()).await.unwrap();
+        assert!(q.in_window(&new.id));
+        assert!(!q.in_window(&latest.id), "the one due last made way");
+        assert_eq!(q.window_len(), 2);
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.lock().disk_due, latest.next_due());
+        let mtime = std::fs::metadata(dir.path().join(format!("queue/{}.env", latest.id)))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(mtime, SystemTime::from(latest.next_due().unwrap()));
+        // Due at once, with no scanner running.
+        assert_eq!(q.next_due(&mut stop).await.unwrap().id, new.id);
+    }
+
+    #[tokio::test]
+    async fn flush_brings_messages_on_disk_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([1; 32])).unwrap();
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let mut ids = BTreeSet::new();
+        for i in 0..5 {
+            let m = deferred_until(later + chrono::Duration::seconds(i));
+            stored(&spool, &m).await;
+            ids.insert(m.id);
+        }
+        let (q, _) = Queue::open(spool.clone(), small(2), "gw.example.test".into()).unwrap();
+        assert_eq!((q.len(), q.window_len()), (5, 2));
+        assert_eq!(q.flush(), 5);
+        let scan = scanner(&q);
+        let (_tx, mut stop) = tokio::sync::watch::channel(false);
+        let mut got = BTreeSet::new();
+        while got.len() < 5 {
+            let m = q.next_due(&mut stop).await.unwrap();
+            got.insert(m.id.clone());
+            q.complete(m, &[(0, outcome(Verdict::Delivered))])
+                .await
+                .unwrap();
+        }
+        assert_eq!(got, ids);
+        assert!(q.is_empty());
+        stop_scanner(scan).await;
+        q.scan(&stop).unwrap();
+        assert!(q.lock().flush_before.is_none(), "nothing flushed is left");
+    }
+
+    #[tokio::test]
+    async fn remove_and_release_work_on_messages_outside_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([1; 32])).unwrap();
+        let now = Utc::now();
+        let mut due = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+        due.received_at = now - chrono::Duration::seconds(60);
+        let far = deferred_until(now + chrono::Duration::hours(1));
+        let mut held = QueuedMessage::for_test("a@example.test", &["h@example.test"]);
+        held.recipients[0].status = RecipientStatus::Held;
+        for m in [&due, &far, &held] {
+            stored(&spool, m).await;
+        }
+        let (q, _) = Queue::open(spool.clone(), small(1), "gw.example.test".into()).unwrap();
+        assert!(q.in_window(&due.id) && !q.in_window(&far.id) && !q.in_window(&held.id));
+
+        q.remove(&far.id).await.unwrap();
+        assert!(!spool.has_envelope(&far.id));
+        assert_eq!(q.len(), 2);
+        assert!(matches!(
+            q.remove(&far.id).await,
+            Err(QueueError::NotFound(_))
+        ));
+        assert!(matches!(
+            q.release_held(&far.id).await,
+            Err(QueueError::NotFound(_))
+        ));
+        assert_eq!(q.release_held(&due.id).await.unwrap(), 0);
+
+        assert_eq!(q.release_held(&held.id).await.unwrap(), 1);
+        let on_disk = spool.read_envelope(&held.id).unwrap();
+        assert_eq!(on_disk.recipients[0].status, RecipientStatus::Pending);
+        assert!(on_disk.recipients[0].released);
+        assert!(!q.in_window(&held.id), "the window is full of due mail");
+
+        let (_tx, mut stop) = tokio::sync::watch::channel(false);
+        let first = q.next_due(&mut stop).await.unwrap();
+        assert_eq!(first.id, due.id);
+        assert!(matches!(q.remove(&due.id).await, Err(QueueError::Busy(_))));
+        assert!(matches!(
+            q.release_held(&due.id).await,
+            Err(QueueError::Busy(_))
+        ));
+        q.complete(first, &[(0, outcome(Verdict::Delivered))])
+            .await
+            .unwrap();
+        assert_eq!(q.scan(&stop).unwrap(), 1, "released: due now");
+        let second = q.next_due(&mut stop).await.unwrap();
+        assert_eq!(second.id, held.id);
+        assert!(second.recipients[0].released);
+    }
+
+    #[tokio::test]
+    async fn a_restart_with_more_messages_than_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([1; 32])).unwrap();
+        let base = Utc::now() - chrono::Duration::seconds(100);
+        let mut msgs = Vec::new();
+        {
+            let (q, _) = Queue::open(spool.clone(), small(3), "gw.example.test".into()).unwrap();
+            for i in 0..10 {
+                let mut m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+                m.received_at = base + chrono::Duration::milliseconds(i * 10);
+                with_content(&spool, &m).await;
+                q.enqueue(m.clone()).await.unwrap();
+                msgs.push(m);
+            }
+            // An attempt on a message outside the window that a crash cut
+            // short: nothing reached its envelope.
+            assert!(!q.in_window(&msgs[7].id));
+            let _lost = q.begin_attempt(&msgs[7], &[0]).await.unwrap();
+        }
+        let (q, rec) = Queue::open(spool.clone(), small(3), "gw.example.test".into()).unwrap();
+        assert_eq!(q.len(), 10);
+        assert_eq!(q.window_len(), 3);
+        for m in &msgs[..3] {
+            assert!(q.in_window(&m.id), "the three due soonest are read");
+        }
+        assert_eq!(rec.unresolved.len(), 1);
+        assert_eq!(
+            (&rec.unresolved[0].id, rec.unresolved[0].index),
+            (&msgs[7].id, 0)
+        );
+        assert_eq!(listed(&q).len(), 10);
+        let scan = scanner(&q);
+        let (_tx, mut stop) = tokio::sync::watch::channel(false);
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            let m = q.next_due(&mut stop).await.unwrap();
+            got.push(m.id.clone());
+            q.complete(m, &[(0, outcome(Verdict::Delivered))])
+                .await
+                .unwrap();
+        }
+        let want: Vec<QueueId> = msgs.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(got, want);
+        stop_scanner(scan).await;
+        assert!(spool.list_ids().unwrap().is_empty());
     }
 
     #[test]
@@ -707,14 +1300,14 @@ mod tests {
         q.complete(due, &[(0, ok.clone()), (1, temp)])
             .await
             .unwrap();
-        let list = q.list();
+        let list = listed(&q);
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].0.recipients[1].status, RecipientStatus::Deferred);
         // Survives a restart with its state.
         let (q2, rec) = Queue::open(spool.clone(), settings(), "gw.example.test".into()).unwrap();
         assert_eq!(rec.messages.len(), 0, "drained into the schedule");
         assert_eq!(
-            q2.list()[0].0.recipients[0].status,
+            listed(&q2)[0].0.recipients[0].status,
             RecipientStatus::Delivered
         );
         q2.flush();
@@ -784,7 +1377,7 @@ mod tests {
             let due = q.next_due(&mut stop).await.unwrap();
             q.complete(due, &[(0, perm.clone())]).await.unwrap();
         }
-        let list = q.list();
+        let list = listed(&q);
         assert_eq!(list.len(), 1, "one DSN, for the non-null sender");
         let dsn = &list[0].0;
         assert_eq!(dsn.sender, "");

@@ -25,8 +25,16 @@
 //! The `.env` file is the commit point: it is written only after the `.msg`
 //! file is complete and fsynced, so on recovery a `.msg` without `.env` is
 //! a half-received message (the client never got `250`) and is discarded.
+//!
+//! The `.env` file's mtime is the message's next due time (as Postfix does
+//! for its deferred queue), set before the fsync and rename of every
+//! envelope write; a message with nothing due (held recipients only) gets
+//! [`PARKED`]. So the folder itself is the index by due time of the
+//! messages that are not in the scheduler's window: a directory walk that
+//! stats each `.env` finds the due ones without decrypting anything.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,6 +61,59 @@ const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
 /// File in `spool_dir` naming the key id the daemon encrypts with.
 const KEY_IN_USE: &str = "key-in-use";
+
+/// Seconds since the epoch of [`parked`]: 2038-01-19T03:14:07Z.
+const PARKED_SECS: u64 = i32::MAX as u64;
+
+/// The mtime of an envelope whose message has nothing due (held
+/// recipients only, waiting for an operator): 2038-01-19T03:14:07Z, the
+/// latest time every Linux file system can store, so it is never clamped
+/// into something that looks due sooner.
+pub fn parked() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(PARKED_SECS)
+}
+
+/// When message `msg` is next due, as the mtime of its envelope.
+pub fn due_mtime(msg: &QueuedMessage) -> SystemTime {
+    match msg.next_due() {
+        None => parked(),
+        Some(at) => SystemTime::from(at).clamp(UNIX_EPOCH, parked() - Duration::from_secs(1)),
+    }
+}
+
+/// What the folder tells about one envelope without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeStat {
+    /// When its message is next due (the file's mtime); [`parked`] when
+    /// nothing is.
+    pub due: SystemTime,
+    /// When the envelope was last written (the file's ctime).
+    pub changed: SystemTime,
+}
+
+impl EnvelopeStat {
+    fn of(meta: &std::fs::Metadata) -> EnvelopeStat {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = u64::try_from(meta.ctime())
+            .ok()
+            .and_then(|s| {
+                let nanos = u32::try_from(meta.ctime_nsec())
+                    .unwrap_or(0)
+                    .min(999_999_999);
+                UNIX_EPOCH.checked_add(Duration::new(s, nanos))
+            })
+            .unwrap_or(UNIX_EPOCH);
+        EnvelopeStat {
+            due: meta.modified().unwrap_or(UNIX_EPOCH),
+            changed: ctime,
+        }
+    }
+
+    /// Nothing of the message is due by time (held recipients only).
+    pub fn parked(&self) -> bool {
+        self.due >= parked()
+    }
+}
 
 /// Errors of the spool, for a mail administrator.
 #[derive(Debug, thiserror::Error)]
@@ -383,8 +444,16 @@ impl DirSyncer {
 /// What recovery found in the spool folder.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Complete messages, to be scheduled.
+    /// Complete messages read into memory (the window due soonest), to be
+    /// scheduled.
     pub messages: Vec<QueuedMessage>,
+    /// Every complete message, in memory or on disk only.
+    pub queued: usize,
+    /// The earliest due time of the complete messages left on disk only
+    /// (held-only ones aside), if any.
+    pub on_disk_due: Option<SystemTime>,
+    /// Messages whose envelope cannot be used; never loaded.
+    pub damaged_ids: Vec<QueueId>,
     /// Half-written files removed (crash or disconnect during DATA).
     pub discarded: usize,
     /// Files that could not be read; left in place for an operator.
@@ -392,6 +461,14 @@ pub struct Recovered {
     /// Recipients whose last attempt was logged but whose outcome never
     /// reached the envelope (a crash in between): delivered or not known.
     pub unresolved: Vec<super::attempts::Unresolved>,
+}
+
+impl Recovered {
+    fn note_on_disk(&mut self, due: SystemTime) {
+        if due < parked() {
+            self.on_disk_due = Some(self.on_disk_due.map_or(due, |d| d.min(due)));
+        }
+    }
 }
 
 impl Spool {
@@ -549,17 +626,18 @@ impl Spool {
             reason: e.to_string(),
         })?;
         let sealed = seal(&self.key, &msg.id, &json)?;
+        let due = due_mtime(msg);
         // std::fs on a blocking thread: every write and fsync error is seen
         // before the rename, so a short write never replaces a good envelope.
         let written = {
             let (tmp, path) = (tmp.clone(), path.clone());
             tokio::task::spawn_blocking(move || {
-                crate::util::write_synced(&tmp, &sealed, FILE_MODE).map_err(|source| {
-                    SpoolError::Io {
+                crate::util::write_synced(&tmp, &sealed, FILE_MODE, Some(due)).map_err(
+                    |source| SpoolError::Io {
                         path: tmp.clone(),
                         source,
-                    }
-                })?;
+                    },
+                )?;
                 std::fs::rename(&tmp, &path).map_err(|source| SpoolError::Io { path, source })
             })
         }
@@ -683,41 +761,135 @@ impl Spool {
         Ok(out)
     }
 
-    /// Scans the spool after a start: complete messages are returned,
-    /// half-written ones removed, unreadable ones reported and kept.
-    pub fn recover(&self) -> Result<Recovered, SpoolError> {
-        let mut rec = Recovered::default();
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| SpoolError::Folder {
+    /// Reads the envelope of message `id` on a blocking thread.
+    pub async fn load_envelope(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
+        let (spool, id2) = (self.clone(), id.clone());
+        tokio::task::spawn_blocking(move || spool.read_envelope(&id2))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SpoolError::Io {
+                    path: self.env_path(id),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    /// Whether message `id` has a committed envelope.
+    pub fn has_envelope(&self, id: &QueueId) -> bool {
+        self.env_path(id).is_file()
+    }
+
+    /// Sets the due-time mtime of an existing envelope without rewriting
+    /// it: the mtime is only an index (the envelope inside is the truth),
+    /// so no fsync is needed; a lost update is found and made again by the
+    /// next scan.
+    pub fn set_due_hint(&self, id: &QueueId, due: SystemTime) -> Result<(), SpoolError> {
+        let path = self.env_path(id);
+        std::fs::File::open(&path)
+            .and_then(|f| f.set_modified(due))
+            .map_err(|source| SpoolError::Io { path, source })
+    }
+
+    /// Walks the queue folder, calling `each` with every committed
+    /// envelope's id and times, in directory order. Streaming: memory does
+    /// not grow with the queue. Files that vanish during the walk are
+    /// skipped; `each` returns `false` to stop early.
+    pub fn walk_envelopes(
+        &self,
+        mut each: impl FnMut(QueueId, EnvelopeStat) -> bool,
+    ) -> Result<(), SpoolError> {
+        let folder = |source| SpoolError::Folder {
             path: self.dir.clone(),
             source,
-        })?;
-        let mut msgs = std::collections::BTreeSet::new();
-        let mut envs = std::collections::BTreeSet::new();
-        for entry in entries.flatten() {
+        };
+        for entry in std::fs::read_dir(&self.dir).map_err(folder)? {
+            let entry = entry.map_err(folder)?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".env"))
+                .and_then(QueueId::parse)
+            else {
+                continue;
+            };
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(SpoolError::Io {
+                        path: entry.path(),
+                        source,
+                    });
+                }
+            };
+            if !each(id, EnvelopeStat::of(&meta)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans the spool after a start, in one streaming pass: half-written
+    /// files are removed, unreadable ones reported and kept, committed
+    /// ones counted, and the `window` of them due soonest (by the mtime
+    /// index) read into memory. The others stay on disk only.
+    pub fn recover(&self, window: usize) -> Result<Recovered, SpoolError> {
+        let mut rec = Recovered::default();
+        let folder = |source| SpoolError::Folder {
+            path: self.dir.clone(),
+            source,
+        };
+        // The `window` soonest due, as a max-heap: the latest one is
+        // pushed out first.
+        let mut soonest: std::collections::BinaryHeap<(SystemTime, QueueId)> =
+            std::collections::BinaryHeap::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(folder)? {
+            let entry = entry.map_err(folder)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
                 let _ = std::fs::remove_file(entry.path());
                 rec.discarded += 1;
             } else if let Some(id) = name.strip_suffix(".msg") {
-                msgs.insert(id.to_string());
+                // Checked one by one rather than by collecting names, so a
+                // million queued messages cost no memory here.
+                if !self.dir.join(format!("{id}.env")).exists() {
+                    let _ = std::fs::remove_file(entry.path());
+                    rec.discarded += 1;
+                }
             } else if let Some(id) = name.strip_suffix(".env") {
-                envs.insert(id.to_string());
+                let Some(qid) = QueueId::parse(id) else {
+                    rec.damaged.push(format!("{id}: not a queue id"));
+                    continue;
+                };
+                if !self.msg_path(&qid).exists() {
+                    rec.damaged.push(format!("{id}: envelope without content"));
+                    rec.damaged_ids.push(qid);
+                    continue;
+                }
+                let due = match entry.metadata() {
+                    Ok(m) => EnvelopeStat::of(&m).due,
+                    Err(e) => {
+                        rec.damaged.push(format!("{id}: {e}"));
+                        continue;
+                    }
+                };
+                rec.queued += 1;
+                soonest.push((due, qid));
+                if soonest.len() > window {
+                    if let Some((later, _)) = soonest.pop() {
+                        rec.note_on_disk(later);
+                    }
+                }
             }
         }
-        for id in &msgs {
-            if !envs.contains(id) {
-                let _ = std::fs::remove_file(self.dir.join(format!("{id}.msg")));
-                rec.discarded += 1;
-            }
-        }
-        for id in envs {
-            if !msgs.contains(&id) {
-                rec.damaged.push(format!("{id}: envelope without content"));
-                continue;
-            }
-            match self.read_envelope(&QueueId(id.clone())) {
+        for (_, id) in soonest.into_sorted_vec() {
+            match self.read_envelope(&id) {
                 Ok(m) => rec.messages.push(m),
-                Err(e) => rec.damaged.push(format!("{id}: {e}")),
+                Err(e) => {
+                    rec.damaged.push(format!("{id}: {e}"));
+                    rec.damaged_ids.push(id);
+                    rec.queued -= 1;
+                }
             }
         }
         Ok(rec)
@@ -1020,11 +1192,77 @@ mod tests {
         let mut w = s.create_content(&half).await.unwrap();
         w.write(b"Subject: half").await.unwrap();
         drop(w);
-        let rec = s.recover().unwrap();
+        let rec = s.recover(usize::MAX).unwrap();
+        assert_eq!(rec.queued, 1);
         assert_eq!(rec.messages.len(), 1);
         assert_eq!(rec.messages[0].id, done.id);
         assert_eq!(rec.discarded, 1);
         assert!(!s.msg_path(&half).exists());
+    }
+
+    async fn committed(s: &Spool, m: &QueuedMessage) {
+        let mut w = s.create_content(&m.id).await.unwrap();
+        w.write(b"Subject: x\r\n\r\nhi\r\n").await.unwrap();
+        w.finish().await.unwrap();
+        s.write_envelope(m).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_envelope_mtime_is_the_due_time_and_recovery_loads_the_soonest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spool(dir.path());
+        let now = chrono::Utc::now();
+        let mut made = Vec::new();
+        for offset in [300i64, -60, 3600, 0] {
+            let mut m = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+            m.recipients[0].status = crate::queue::RecipientStatus::Deferred;
+            m.recipients[0].next_attempt = Some(now + chrono::Duration::seconds(offset));
+            committed(&s, &m).await;
+            made.push(m);
+        }
+        let mut held = QueuedMessage::for_test("a@example.test", &["c@example.test"]);
+        held.recipients[0].status = crate::queue::RecipientStatus::Held;
+        committed(&s, &held).await;
+        let mtime = |id: &QueueId| {
+            std::fs::metadata(s.env_path(id))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        for m in &made {
+            assert_eq!(mtime(&m.id), SystemTime::from(m.next_due().unwrap()));
+        }
+        assert_eq!(mtime(&held.id), parked());
+        let mut walked = Vec::new();
+        s.walk_envelopes(|id, st| {
+            walked.push((id, st.parked()));
+            true
+        })
+        .unwrap();
+        walked.sort();
+        let mut want: Vec<(QueueId, bool)> = made.iter().map(|m| (m.id.clone(), false)).collect();
+        want.push((held.id.clone(), true));
+        want.sort();
+        assert_eq!(walked, want);
+
+        let rec = s.recover(2).unwrap();
+        assert_eq!(rec.queued, 5);
+        let ids: Vec<&QueueId> = rec.messages.iter().map(|m| &m.id).collect();
+        assert_eq!(
+            ids,
+            vec![&made[1].id, &made[3].id],
+            "the two due soonest, in due order"
+        );
+        assert_eq!(
+            rec.on_disk_due,
+            Some(SystemTime::from(made[0].next_due().unwrap())),
+            "the soonest left on disk; the held one is not due by time"
+        );
+        // A hint set by hand moves the message in the index only.
+        let later = SystemTime::from(now + chrono::Duration::seconds(7200));
+        s.set_due_hint(&made[1].id, later).unwrap();
+        assert_eq!(mtime(&made[1].id), later);
+        assert_eq!(s.read_envelope(&made[1].id).unwrap(), made[1]);
     }
 
     #[tokio::test]

@@ -318,7 +318,7 @@ pub fn replace_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = dir.join(name);
-    let written = write_synced(&tmp, data, 0o600).and_then(|()| std::fs::rename(&tmp, path));
+    let written = write_synced(&tmp, data, 0o600, None).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -326,8 +326,14 @@ pub fn replace_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Creates (or truncates) `path` with mode 0600, writes `data` and fsyncs.
-pub fn write_synced(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+/// Creates (or truncates) `path` with `mode`, writes `data`, sets the
+/// mtime when one is given, and fsyncs.
+pub fn write_synced(
+    path: &std::path::Path,
+    data: &[u8],
+    mode: u32,
+    mtime: Option<std::time::SystemTime>,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -337,5 +343,10 @@ pub fn write_synced(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::
         .mode(mode)
         .open(path)?;
     f.write_all(data)?;
+    // Before the fsync, so the time is as durable as the data (the spool
+    // uses an envelope's mtime as its due time).
+    if let Some(t) = mtime {
+        f.set_modified(t)?;
+    }
     f.sync_all()
 }
