@@ -1222,7 +1222,15 @@ mod tests {
             // An attempt on a message outside the window that a crash cut
             // short: nothing reached its envelope.
             assert!(!q.in_window(&msgs[7].id));
-            let _lost = q.begin_attempt(&msgs[7], &[0]).await.unwrap();
+            let rcpt = crate::queue::attempts::AttemptRecipient {
+                index: 0,
+                address: "b@example.test".into(),
+                method: "tls".into(),
+                tls: "verified".into(),
+                rule: "default".into(),
+                policy_version: "v".into(),
+            };
+            let _lost = q.begin_attempt(&msgs[7], vec![rcpt]).await.unwrap();
         }
         let (q, rec) = Queue::open(spool.clone(), small(3), "gw.example.test".into()).unwrap();
         assert_eq!(q.len(), 10);
@@ -1232,7 +1240,7 @@ mod tests {
         }
         assert_eq!(rec.unresolved.len(), 1);
         assert_eq!(
-            (&rec.unresolved[0].id, rec.unresolved[0].index),
+            (&rec.unresolved[0].id, rec.unresolved[0].rcpts[0].index),
             (&msgs[7].id, 0)
         );
         assert_eq!(listed(&q).len(), 10);
