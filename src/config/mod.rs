@@ -287,10 +287,20 @@ impl Settings {
                 line,
                 column,
                 key: None,
-                message: e.message().trim().to_string(),
+                message: toml_message(&e),
             }])
         })?;
         raw.build(path, text)
+    }
+}
+
+/// The message of a TOML syntax error. toml gives an empty one for some
+/// errors (a control character in a string, found by the policy-file fuzz
+/// target); the full text then still says what is wrong.
+pub(crate) fn toml_message(e: &toml::de::Error) -> String {
+    match e.message().trim() {
+        "" => e.to_string().trim().to_string(),
+        m => m.to_string(),
     }
 }
 

@@ -79,7 +79,9 @@ const DOMAIN_MAX: usize = 255;
 pub fn parse(line: &[u8]) -> Result<Command, Reply> {
     let line = std::str::from_utf8(line)
         .map_err(|_| Reply::new(500, "5.5.2", "Command line is not valid UTF-8"))?;
-    if line.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+    // C1 controls too (U+0080 to U+009F): U+009B is a terminal's CSI, and
+    // addresses and EHLO names end up in logs and `queue list`.
+    if line.chars().any(|c| c.is_control() && c != '\t') {
         return Err(Reply::new(
             500,
             "5.5.2",
@@ -221,6 +223,10 @@ fn parse_path(path: &str, is_sender: bool) -> Result<Mailbox, Reply> {
         let mut end = None;
         let mut escaped = false;
         for (i, ch) in inner.char_indices().skip(1) {
+            // RFC 5321 qtextSMTP and quoted-pairSMTP have no HTAB.
+            if ch == '\t' {
+                return Err(bad("tab in quoted local part"));
+            }
             if escaped {
                 escaped = false;
                 continue;
@@ -474,6 +480,14 @@ mod tests {
             ("XYZZY", 500, "5.5.1"),
             ("EHLO", 501, "5.5.4"),
             ("MAIL FROM:<a@example.test>\r", 500, "5.5.2"),
+            // Found by the fuzz target (tests/fuzz): a tab inside quotes is
+            // not qtextSMTP; C1 controls (U+009B is CSI) must not reach
+            // logs or `queue list` through an address or an EHLO name.
+            ("RCPT TO:<\"a\tb\"@example.test>", 553, "5.1.3"),
+            ("RCPT TO:<\"a\\\tb\"@example.test>", 553, "5.1.3"),
+            ("RCPT TO:<a\u{9b}b@example.test>", 500, "5.5.2"),
+            ("MAIL FROM:<a@ex\u{85}ample.test>", 500, "5.5.2"),
+            ("EHLO client\u{9b}31m.example.test", 500, "5.5.2"),
         ];
         for (line, code, enh) in cases {
             let err = parse(line.as_bytes()).unwrap_err();

@@ -359,7 +359,7 @@ pub fn compile_file(
                 line,
                 column,
                 key: None,
-                message: e.message().trim().to_string(),
+                message: crate::config::toml_message(&e),
             });
             return;
         }
@@ -639,4 +639,31 @@ pub fn unreachable_rules(rules: &[Rule]) -> Vec<(usize, String)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the fuzz target (tests/fuzz): toml reports some syntax
+    /// errors with an empty message, which left a bare line number.
+    #[test]
+    fn syntax_errors_say_what_is_wrong() {
+        let found = "[policy]\nmode = \"enforce\"            # or \"monitor\"me\"l\"lt, seods = [\"pgp\", \"smime\", \"tlsle only records w\"monitor\" ue, sm=om senders\n\n[[rule]]\n     # or \"monitorname = \"par;ner-opportunistic\"      = \"t\u{0}\u{11}\u{0}\u{0}\", \"pnp\", \"fax\"]\nphen\"\n[[rule]]\nn\"\nmatch.body  = true\n";
+        for text in [found, "[[rule]]\nname = \"a\u{0}\"\n"] {
+            let mut problems = Vec::new();
+            compile_file(
+                Path::new("p.toml"),
+                text,
+                &mut Compiled::default(),
+                &mut problems,
+            );
+            assert_eq!(problems.len(), 1, "{text:?}");
+            assert!(
+                !problems[0].message.is_empty(),
+                "{text:?}: {:?}",
+                problems[0]
+            );
+        }
+    }
 }
