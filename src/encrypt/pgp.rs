@@ -160,30 +160,45 @@ const TRACE: &[&str] = &[
     "authentication-results",
 ];
 
-/// Splits a message into (header lines as raw field strings, body).
+/// Splits a message into (header fields as raw lines, body). The header
+/// section ends at the empty line, or at the first line that is neither a
+/// field (`name:`) nor a continuation line: readers differ on such a line
+/// (some skip it, some start the body there), so it and all that follows
+/// count as body, and nothing a reader may show as body text is copied
+/// into the unencrypted outer header section.
 fn split(message: &[u8]) -> (Vec<&[u8]>, &[u8]) {
-    let end = message.windows(4).position(|w| w == b"\r\n\r\n");
-    let (head, body) = match end {
-        Some(p) => (&message[..p + 2], &message[p + 4..]),
-        None => (message, &b""[..]),
-    };
-    let mut fields: Vec<&[u8]> = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < head.len() {
-        if head[i] == b'\n' {
-            let next = head.get(i + 1).copied();
-            if !matches!(next, Some(b' ') | Some(b'\t')) {
-                fields.push(&head[start..=i]);
-                start = i + 1;
-            }
+    let mut fields: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut pos = 0;
+    while pos < message.len() {
+        let rest = &message[pos..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        let line = &rest[..len];
+        if line == b"\r\n" || line == b"\n" {
+            let fields = fields.into_iter().map(|r| &message[r]).collect();
+            return (fields, &message[pos + len..]);
         }
-        i += 1;
+        match fields.last_mut() {
+            Some(last) if matches!(line[0], b' ' | b'\t') => last.end = pos + len,
+            _ if is_field_start(line) => fields.push(pos..pos + len),
+            _ => break,
+        }
+        pos += len;
     }
-    if start < head.len() {
-        fields.push(&head[start..]);
-    }
-    (fields, body)
+    let fields = fields.into_iter().map(|r| &message[r]).collect();
+    (fields, &message[pos..])
+}
+
+/// `name:` with a name of printable ASCII (RFC 5322 section 2.2), blanks
+/// allowed before the colon (the obsolete syntax readers still accept).
+fn is_field_start(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = line[..colon].trim_ascii_end();
+    !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))
 }
 
 fn field_name(field: &[u8]) -> String {
@@ -459,6 +474,38 @@ mod tests {
             plain.ends_with("\r\n\r\nGr\u{fc}\u{df}e\r\n.line\r\n"),
             "{plain:?}"
         );
+    }
+
+    #[test]
+    fn header_section_ends_at_a_line_that_is_not_a_field() {
+        // Found by the fuzz target (tests/fuzz): readers differ after a
+        // line that is not a field (mail-parser starts the body at a form
+        // feed, Python's email at any such line), and the lines after it
+        // were copied into the unencrypted outer header.
+        for odd in ["\x0c\r\n", "not a field\r\n", "é: x\r\n"] {
+            let original = format!(
+                "Received: from x by y\r\nFrom: a@clinic.test\r\n{odd}To: Jane Patient <j@x.test>\r\nSubject: Jane's results\r\n\r\nbody\r\n"
+            );
+            let outer = String::from_utf8(outer_prefix(original.as_bytes(), "...", "b")).unwrap();
+            assert!(!outer.contains("Jane"), "{odd:?}: {outer}");
+            assert!(
+                outer.starts_with(
+                    "Received: from x by y\r\nFrom: a@clinic.test\r\nSubject: ...\r\n"
+                )
+            );
+            let inner = String::from_utf8(payload(original.as_bytes())).unwrap();
+            assert!(
+                inner.starts_with("From: a@clinic.test\r\nContent-Type: text/plain; charset=us-ascii;\r\n hp=\"cipher\"\r\n\r\n"),
+                "{odd:?}: {inner}"
+            );
+            assert!(inner.ends_with(&format!(
+                "{odd}To: Jane Patient <j@x.test>\r\nSubject: Jane's results\r\n\r\nbody\r\n"
+            )));
+        }
+        // Folded fields and blanks before the colon still count as fields.
+        let (fields, body) = split(b"A: 1\r\n 2\r\nB : 3\r\n\r\nbody");
+        assert_eq!(fields, vec![&b"A: 1\r\n 2\r\n"[..], &b"B : 3\r\n"[..]]);
+        assert_eq!(body, b"body");
     }
 
     #[test]
