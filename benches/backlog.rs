@@ -160,6 +160,7 @@ async fn write_deferred(spool: &Spool, i: usize) -> Res<()> {
             helo: "client.test".into(),
             auth_user: None,
             tls: false,
+            connector: None,
         },
         local: false,
         requiretls: false,
