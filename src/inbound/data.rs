@@ -211,9 +211,15 @@ impl DataReceiver {
     fn newline(&mut self, out: &mut Vec<u8>) {
         if self.blank_line && self.in_headers {
             self.in_headers = false;
-            // The blank line itself is not part of the header section.
-            self.size += 2;
-            if self.problem.is_none() {
+            // The blank line itself is not part of the header section, but
+            // it counts against the size limit like any content.
+            if self.problem.is_some() {
+                self.discarded += 2;
+            } else if self.size + 2 > self.max_size {
+                self.size += 2;
+                self.problem = Some(DataProblem::TooBig);
+            } else {
+                self.size += 2;
                 out.extend_from_slice(b"\r\n");
             }
         } else {
@@ -494,6 +500,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found by the fuzz target: the blank line after the headers went
+    /// past the size limit unchecked.
+    #[test]
+    fn the_blank_line_after_the_headers_counts_against_the_limit() {
+        let mut r = DataReceiver::new(6, 1000, 1000);
+        let mut out = Vec::new();
+        assert!(r.feed(b"a: b\r\n\r\n.\r\n", &mut out).is_some());
+        assert_eq!(r.problem(), Some(DataProblem::TooBig));
+        assert!(out.len() <= 6);
+        let mut r = DataReceiver::new(8, 1000, 1000);
+        assert!(r.feed(b"a: b\r\n\r\n.\r\n", &mut Vec::new()).is_some());
+        assert_eq!(r.problem(), None, "exactly at the limit is fine");
     }
 
     #[test]
