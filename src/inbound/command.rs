@@ -110,7 +110,9 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
 pub fn parse_with(line: &[u8], rules: AddressRules) -> Result<Command, Reply> {
     let line = std::str::from_utf8(line)
         .map_err(|_| Reply::new(500, "5.5.2", "Command line is not valid UTF-8"))?;
-    if line.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+    // C0 and C1 controls (U+0080..U+009F: U+009B is a terminal's CSI),
+    // which no address, name or parameter may carry.
+    if line.chars().any(|c| c.is_control() && c != '\t') {
         return Err(Reply::new(
             500,
             "5.5.2",
@@ -543,6 +545,18 @@ mod tests {
     /// Hostile and broken forms: refused with 553 and the enhanced code of
     /// the side they are on (5.1.7 sender, 5.1.3 recipient), except forms
     /// that could be read as a route, which are 5.1.3 on both sides.
+    #[test]
+    fn c1_controls_are_refused_like_c0_ones() {
+        for line in [
+            "RCPT TO:<a\u{9b}31m@example.test>",
+            "MAIL FROM:<\"a\u{85}b\"@example.test>",
+            "EHLO host\u{9f}.test",
+        ] {
+            let r = parse(line.as_bytes()).unwrap_err();
+            assert_eq!(r.code, 500, "{line:?}");
+        }
+    }
+
     #[test]
     fn hostile_addresses_are_refused() {
         let long_label = format!("a@{}.test", "b".repeat(64));

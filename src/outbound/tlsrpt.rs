@@ -194,7 +194,7 @@ impl TlsReporter {
     /// for operators, then removed).
     pub fn mark_sent(&self, start: i64) {
         let marker = self.dir.join(format!("{start}.sent"));
-        if let Err(e) = crate::util::replace_file(&marker, b"") {
+        if let Err(e) = crate::util::atomic_write(&marker, b"") {
             tracing::warn!(file = %marker.display(), error = %e, "cannot mark the TLS report as sent; it may be sent again");
         }
         let cutoff = Utc::now().timestamp() - 30 * 86400;
@@ -227,7 +227,7 @@ fn save(dir: &std::path::Path, st: &PeriodCounts) {
     let path = dir.join(format!("{}.json", st.start));
     let saved = serde_json::to_vec(st)
         .map_err(std::io::Error::other)
-        .and_then(|data| crate::util::replace_file(&path, &data));
+        .and_then(|data| crate::util::atomic_write(&path, &data));
     // The counts are reporting, not mail: a failed save is logged, the
     // counts stay in memory and the next save tries again.
     if let Err(e) = saved {

@@ -340,7 +340,7 @@ impl SpoolKey {
             text.push_str(&hex::encode(k));
             text.push('\n');
         }
-        crate::util::replace_file(path, text.as_bytes()).map_err(|source| SpoolError::Io {
+        crate::util::atomic_write(path, text.as_bytes()).map_err(|source| SpoolError::Io {
             path: path.to_path_buf(),
             source,
         })
@@ -566,7 +566,7 @@ impl Spool {
     pub fn record_key_in_use(&self) -> Result<(), SpoolError> {
         let path = self.root().join(KEY_IN_USE);
         let id = hex::encode(key_id(self.key.current()));
-        crate::util::replace_file(&path, id.as_bytes())
+        crate::util::atomic_write(&path, id.as_bytes())
             .map_err(|source| SpoolError::Io { path, source })
     }
 

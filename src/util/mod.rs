@@ -310,22 +310,6 @@ pub fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
-/// Writes `data` to `path` through a temporary file: written, fsynced,
-/// renamed, folder fsynced; mode 0600. Every error is returned; on error
-/// the old file, if any, is untouched.
-pub fn replace_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = dir.join(name);
-    let written = write_synced(&tmp, data, 0o600, None).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Creates (or truncates) `path` with `mode`, writes `data`, sets the
 /// mtime when one is given, and fsyncs.
 pub fn write_synced(
