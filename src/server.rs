@@ -286,6 +286,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         ),
         lockout: inbound::auth::Lockout::new(settings.server.auth.clone()),
         connectors,
+        auditor: auditor.clone(),
     });
     let reload_policy = policy.clone();
     let reload: crate::queue::control::ReloadFn = Arc::new(move || reload_policy.reload());

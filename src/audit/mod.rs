@@ -1,4 +1,5 @@
-//! Audit: one hash-chained row per delivery attempt per recipient.
+//! Audit: one hash-chained row per delivery attempt per recipient, and
+//! one per listener event that concerns no message (an AUTH lockout).
 //!
 //! Only this module writes audit rows. Every event is first appended to a
 //! local journal (fsynced) and then written to the database (SQLite by
@@ -56,7 +57,9 @@ pub struct AuditEvent {
     pub sender: String,
     /// Envelope recipient.
     pub recipient: String,
-    /// `delivered`, `deferred`, `bounced` or `held`.
+    /// `delivered`, `deferred`, `bounced`, `held` or `unknown` (delivered
+    /// or not known: a stop interrupted the attempt); for listener events
+    /// that concern no message, the event's name (`auth_lockout`).
     pub outcome: String,
     /// Protection applied: `tls`, `plaintext` (later `pgp`, `smime`, `portal`).
     pub method: String,
@@ -90,6 +93,39 @@ impl AuditEvent {
         // No time-and-counter fallback: ids come from the same source as
         // keys, and if it fails the process stops (see `util::random_bytes`).
         crate::util::random_hex_id()
+    }
+
+    /// A listener event that concerns no message (e.g. `auth_lockout`):
+    /// `outcome` names the event, queue id, sender and recipient are empty,
+    /// `method`, `tls_requirement` and `policy_rule` are `none`, and the
+    /// client's address is `remote_ip`. `reply` is what the client is
+    /// told from now on; `evidence` holds the event's details.
+    pub fn listener(
+        outcome: &str,
+        remote_ip: std::net::IpAddr,
+        reply: &str,
+        evidence: serde_json::Value,
+    ) -> AuditEvent {
+        AuditEvent {
+            event_id: AuditEvent::new_id(),
+            timestamp: Utc::now(),
+            queue_id: String::new(),
+            message_id: None,
+            sender: String::new(),
+            recipient: String::new(),
+            outcome: outcome.into(),
+            method: "none".into(),
+            tls_requirement: "none".into(),
+            policy_rule: "none".into(),
+            policy_version: String::new(),
+            remote_host: None,
+            remote_ip: Some(remote_ip.to_string()),
+            tls_version: None,
+            tls_cipher: None,
+            smtp_reply: Some(reply.into()),
+            body_sha256: None,
+            evidence,
+        }
     }
 }
 

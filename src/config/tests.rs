@@ -74,6 +74,33 @@ scan_interval = "0s"
     }
 }
 
+/// A duration so long that adding it to a clock would overflow is a
+/// config problem, not a panic at the first retry.
+#[test]
+fn absurd_durations_are_refused() {
+    for (value, ok) in [
+        ("36500d", true),
+        ("36501d", false),
+        ("500000000years", false),
+    ] {
+        let text = format!("{MINIMAL}[queue]\nretry_max = \"{value}\"\nmax_age = \"{value}\"\n");
+        match Settings::parse(Path::new("x.toml"), &text) {
+            Ok(s) => {
+                assert!(ok, "{value} accepted");
+                assert_eq!(s.queue.retry_max, Duration::from_secs(36_500 * 86_400));
+            }
+            Err(e) => {
+                assert!(!ok, "{value}: {e}");
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("queue.retry_max") && msg.contains("queue.max_age"),
+                    "{msg}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn mapped_ipv6_is_checked_as_ipv4() {
     let relay = RelaySettings {

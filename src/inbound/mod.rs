@@ -33,6 +33,8 @@ pub struct InboundContext {
     pub lockout: auth::Lockout,
     /// Cloud connectors a client certificate may identify.
     pub connectors: connector::Connectors,
+    /// Where listener events (an AUTH lockout) are recorded.
+    pub auditor: crate::audit::Auditor,
 }
 
 /// Errors starting the listener.

@@ -559,16 +559,7 @@ impl Session {
             }
             auth::Check::Refused => {
                 for l in attempt.finish(false, Instant::now()) {
-                    // No audit row: audit rows record deliveries per
-                    // recipient; this structured event is the record.
-                    tracing::warn!(
-                        event = "auth_lockout",
-                        peer_ip = %self.peer.ip(),
-                        scope = l.scope.as_str(),
-                        failures = l.failures,
-                        lockout_secs = l.period.as_secs(),
-                        "AUTH locked out after repeated failures"
-                    );
+                    self.record_lockout(&l);
                 }
                 tracing::info!(peer = %self.peer, user_tag = %tag, "authentication failed");
                 // Slow down guessing beyond what argon2 already costs.
@@ -580,6 +571,36 @@ impl Session {
                 ));
             }
         }
+    }
+
+    /// Logs a lockout that has just begun and records it as an audit row
+    /// (in the background: the journal's fsync must not hold the reply).
+    fn record_lockout(&self, l: &auth::LockoutStarted) {
+        tracing::warn!(
+            event = "auth_lockout",
+            peer_ip = %self.peer.ip(),
+            scope = l.scope.as_str(),
+            failures = l.failures,
+            lockout_secs = l.period.as_secs(),
+            "AUTH locked out after repeated failures"
+        );
+        let event = crate::audit::AuditEvent::listener(
+            "auth_lockout",
+            self.peer.ip(),
+            "454 4.7.0 Too many failed authentication attempts, try again later",
+            serde_json::json!({
+                "scope": l.scope.as_str(),
+                "failures": l.failures,
+                "lockout_secs": l.period.as_secs(),
+                "tls": self.tls.is_some(),
+            }),
+        );
+        let auditor = self.ctx.auditor.clone();
+        tokio::spawn(async move {
+            if let Err(e) = auditor.record(event).await {
+                tracing::error!(error = %e, "cannot journal an AUTH lockout; the warn log line above is its only record");
+            }
+        });
     }
 
     fn auth_locked(&mut self, locked: auth::Locked) {

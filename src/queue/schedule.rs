@@ -138,9 +138,11 @@ struct State {
     /// Messages an operator command is changing or removing outside the
     /// window: the scanner leaves them alone.
     busy: HashSet<QueueId>,
-    /// While a scan runs: messages deleted since it began (it may have
-    /// read their files before they went).
-    deleted_in_scan: Option<HashSet<QueueId>>,
+    /// While a scan runs: messages whose envelope was rewritten or
+    /// deleted since it began. The scan may have read the old file; it
+    /// must not bring that stale copy into the window (a recipient already
+    /// delivered would be tried again).
+    changed_in_scan: Option<HashSet<QueueId>>,
     /// Envelopes that cannot be read: never loaded.
     damaged: HashSet<QueueId>,
 }
@@ -193,8 +195,14 @@ impl State {
         self.take(id);
         self.queued = self.queued.saturating_sub(1);
         self.damaged.remove(id);
-        if let Some(gone) = self.deleted_in_scan.as_mut() {
-            gone.insert(id.clone());
+        self.written(id);
+    }
+
+    /// The envelope of `id` has just been written (under the lock, after
+    /// the write): a scan that read it before must not use its copy.
+    fn written(&mut self, id: &QueueId) {
+        if let Some(changed) = self.changed_in_scan.as_mut() {
+            changed.insert(id.clone());
         }
     }
 
@@ -366,6 +374,7 @@ impl Queue {
         self.inner.spool.write_envelope(&msg).await?;
         {
             let mut st = self.lock();
+            st.written(&msg.id);
             st.queued += 1;
             st.admit(msg, self.window(), Utc::now());
         }
@@ -466,6 +475,7 @@ impl Queue {
         } else {
             self.inner.spool.write_envelope(msg).await?;
             let mut st = self.lock();
+            st.written(&id);
             if let Some(slot) = st.messages.get_mut(&id) {
                 slot.msg = msg.clone();
                 slot.in_flight = false;
@@ -820,7 +830,10 @@ impl Queue {
             .iter()
             .filter(|r| r.released && r.status == RecipientStatus::Pending)
             .count();
-        self.lock().schedule(id);
+        let mut st = self.lock();
+        st.written(id);
+        st.schedule(id);
+        drop(st);
         self.inner.wake.notify_one();
         Ok(n)
     }
@@ -840,6 +853,7 @@ impl Queue {
         st.busy.remove(id);
         let (n, msg) = changed?;
         if n > 0 {
+            st.written(id);
             st.admit(msg, self.window(), Utc::now());
             drop(st);
             self.inner.wake.notify_one();

@@ -673,16 +673,31 @@ impl Spool {
 
     /// Reads the envelope of message `id`.
     pub fn read_envelope(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
+        self.read_envelope_file(id).map(|(msg, _)| msg)
+    }
+
+    /// [`Spool::read_envelope`], also returning the open file: its due
+    /// time can then be mended on exactly the version that was read
+    /// (`File::set_modified`), never on one written over it since.
+    pub fn read_envelope_file(
+        &self,
+        id: &QueueId,
+    ) -> Result<(QueuedMessage, std::fs::File), SpoolError> {
+        use std::io::Read;
         let path = self.env_path(id);
-        let data = std::fs::read(&path).map_err(|source| SpoolError::Io {
+        let io = |source| SpoolError::Io {
             path: path.clone(),
             source,
-        })?;
+        };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(io)?;
         let plain = open(&self.key, id, &data).ok_or(SpoolError::Decrypt { path: path.clone() })?;
-        serde_json::from_slice(&plain).map_err(|e| SpoolError::Corrupt {
-            path,
+        let msg = serde_json::from_slice(&plain).map_err(|e| SpoolError::Corrupt {
+            path: path.clone(),
             reason: e.to_string(),
-        })
+        })?;
+        Ok((msg, file))
     }
 
     /// Removes both files of a message (after final delivery or bounce).

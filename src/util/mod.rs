@@ -112,10 +112,21 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parses a duration such as `30s`, `5m`, `1h 30m` or `5d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
         format!("`{text}` is not a duration (expected e.g. \"30s\", \"5m\", \"5d\"): {e}")
-    })
+    })?;
+    // Every duration is added to a clock somewhere (a due time, a
+    // deadline): far beyond any sensible setting, that addition overflows.
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{text}` is too long: at most 100 years (\"36500d\")"
+        ));
+    }
+    Ok(d)
 }
+
+/// The longest duration a config or policy file may give.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
 
 /// Formats a duration for humans and for config round-trips (`1h 30m`).
 pub fn format_duration(d: Duration) -> String {

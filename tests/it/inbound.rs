@@ -703,6 +703,26 @@ print(auth('app', 's3cret'))
         );
     }
     assert!(log.contains("user_tag="), "{log}");
+    // The lockout is an audit row too: the client's address, the scope and
+    // the count, and nothing the client typed.
+    let deadline = std::time::Instant::now() + WAIT;
+    let row = loop {
+        let rows = gw.audit_rows().unwrap();
+        if let Some(r) = rows.iter().find(|r| r["outcome"] == "auth_lockout") {
+            break r.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lockout row: {rows:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(row["remote_ip"], "127.0.0.1", "{row:#}");
+    let evidence: serde_json::Value =
+        serde_json::from_str(row["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(evidence["scope"], "client", "{row:#}");
+    assert_eq!(evidence["failures"], 3, "{row:#}");
+    assert!(!row.to_string().contains("patient.jane.doe"), "{row:#}");
     // After the lockout the right password works again.
     let deadline = std::time::Instant::now() + WAIT;
     loop {

@@ -126,7 +126,7 @@ impl Queue {
     /// A scan did not finish: forget its bookkeeping and try again later.
     fn scan_failed(&self) {
         let mut st = self.lock();
-        st.deleted_in_scan = None;
+        st.changed_in_scan = None;
         st.on_disk_due(Utc::now());
     }
 
@@ -137,7 +137,7 @@ impl Queue {
         let now = Utc::now();
         let (in_window, damaged, room, flush_before) = {
             let mut st = self.lock();
-            st.deleted_in_scan = Some(HashSet::new());
+            st.changed_in_scan = Some(HashSet::new());
             // Whatever this walk misses (a message that goes to disk while
             // it runs) lowers this again.
             st.disk_due = None;
@@ -171,7 +171,7 @@ impl Queue {
             }
         }
         let mut st = self.lock();
-        st.deleted_in_scan = None;
+        st.changed_in_scan = None;
         if let Some(at) = left {
             st.on_disk_due(at);
         }
@@ -187,7 +187,7 @@ impl Queue {
 
     /// Reads one message the walk found due and puts it into the window.
     fn bring_in(&self, id: &QueueId, flushed: bool, now: DateTime<Utc>) -> Brought {
-        let mut msg = match self.inner.spool.read_envelope(id) {
+        let (mut msg, file) = match self.inner.spool.read_envelope_file(id) {
             Ok(m) => m,
             Err(e) if not_found(&e) => return Brought::Gone,
             Err(e) => {
@@ -204,16 +204,34 @@ impl Queue {
             not_yet => {
                 // The index was wrong (an envelope written before mtimes
                 // were due times, or restored from a backup): mend it, or
-                // every walk would read this one again.
-                if let Err(e) = self.inner.spool.set_due_hint(id, due_mtime(&msg)) {
+                // every walk would read this one again. On the file that
+                // was read: if it has been replaced since, the hint lands
+                // on the old file and the new one keeps its own.
+                if let Err(e) = file.set_modified(due_mtime(&msg)) {
                     tracing::debug!(queue_id = %id, error = %e, "cannot set the due time of an envelope");
                 }
                 return Brought::NotDue(not_yet);
             }
         }
+        drop(file);
+        self.take_in(msg, now)
+    }
+
+    /// Puts a due message the scan read into the window, unless its
+    /// envelope changed (or an operator took it) since the scan began.
+    fn take_in(&self, msg: crate::queue::QueuedMessage, now: DateTime<Utc>) -> Brought {
+        let id = &msg.id.clone();
         let mut st = self.lock();
-        let gone = st.deleted_in_scan.as_ref().is_some_and(|d| d.contains(id));
-        if gone || st.busy.contains(id) {
+        if st.changed_in_scan.as_ref().is_some_and(|d| d.contains(id)) {
+            // What was read may be stale. The message is in the window
+            // now, or gone, or (rewritten, then made way) on disk again:
+            // the next scan reads it afresh.
+            if !st.messages.contains_key(id) {
+                st.on_disk_due(now);
+            }
+            return Brought::Gone;
+        }
+        if st.busy.contains(id) {
             return Brought::Gone;
         }
         if st.admit(msg, self.window(), now) {
@@ -232,4 +250,92 @@ enum Brought {
     NotDue(Option<DateTime<Utc>>),
     /// The window filled up meanwhile.
     NoRoom,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QueueSettings;
+    use crate::queue::{QueuedMessage, RecipientStatus, Spool, SpoolKey};
+    use std::time::Duration;
+
+    /// A message on disk only, written behind the queue's back (as a
+    /// queue that stopped would have left it).
+    async fn on_disk(spool: &Spool, msg: &QueuedMessage) {
+        let mut w = spool.create_content(&msg.id).await.unwrap();
+        w.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
+        w.finish().await.unwrap();
+        spool.write_envelope(msg).await.unwrap();
+    }
+
+    /// The scan read an envelope; before it took the lock, the message
+    /// went through the window, was delivered to its recipient (the
+    /// envelope rewritten) and made way again. The copy read first must not
+    /// come back: its recipient would be sent the message a second time.
+    #[tokio::test]
+    async fn a_copy_read_before_a_rewrite_is_not_brought_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([2; 32])).unwrap();
+        let settings = QueueSettings {
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_age: Duration::from_secs(5 * 86400),
+            max_active: 10,
+            max_window: 4,
+            scan_interval: Duration::from_secs(5),
+        };
+        let (q, _) = Queue::open(spool.clone(), settings, "gw.example.test".into()).unwrap();
+        let msg = QueuedMessage::for_test("a@example.test", &["b@example.test", "c@example.test"]);
+        on_disk(&spool, &msg).await;
+        let now = Utc::now();
+
+        q.lock().changed_in_scan = Some(HashSet::new());
+        let stale = spool.read_envelope(&msg.id).unwrap();
+        let mut newer = stale.clone();
+        newer.recipients[0].status = RecipientStatus::Delivered;
+        newer.recipients[1].status = RecipientStatus::Deferred;
+        newer.recipients[1].next_attempt = Some(now + chrono::Duration::hours(1));
+        spool.write_envelope(&newer).await.unwrap();
+        q.lock().written(&msg.id);
+
+        assert!(matches!(q.take_in(stale, now), Brought::Gone));
+        let st = q.lock();
+        assert!(
+            !st.messages.contains_key(&msg.id),
+            "stale copy in the window"
+        );
+        assert!(
+            st.disk_due.is_some_and(|d| d <= now),
+            "rescan not asked for"
+        );
+        drop(st);
+        q.lock().changed_in_scan = None;
+        // The next scan reads the envelope as it is now: not due for an hour.
+        let (_tx, stop) = tokio::sync::watch::channel(false);
+        assert_eq!(q.scan(&stop).unwrap(), 0);
+        assert!(!q.lock().messages.contains_key(&msg.id));
+        assert_eq!(spool.read_envelope(&msg.id).unwrap(), newer);
+    }
+
+    /// Without a change, the same copy is brought in.
+    #[tokio::test]
+    async fn an_unchanged_copy_is_brought_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([3; 32])).unwrap();
+        let settings = QueueSettings {
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_age: Duration::from_secs(5 * 86400),
+            max_active: 10,
+            max_window: 4,
+            scan_interval: Duration::from_secs(5),
+        };
+        let (q, _) = Queue::open(spool.clone(), settings, "gw.example.test".into()).unwrap();
+        let msg = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
+        on_disk(&spool, &msg).await;
+        q.lock().changed_in_scan = Some(HashSet::new());
+        let copy = spool.read_envelope(&msg.id).unwrap();
+        assert!(matches!(q.take_in(copy, Utc::now()), Brought::In));
+        assert!(q.lock().messages.contains_key(&msg.id));
+    }
 }
