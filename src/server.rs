@@ -231,6 +231,8 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let settings = Arc::new(settings);
     let key = SpoolKey::load(&settings.server.spool_key_file)?;
     let spool = Spool::open(&settings.server.spool_dir, key)?;
+    // Before anything reads or cleans the spool, and held until the end.
+    let _spool_lock = spool.lock()?;
     if let Err(e) = spool.record_key_in_use() {
         tracing::error!(error = %e, "cannot record the spool key in use; do not run `sealgate spool-key prune` until this start succeeds in recording it");
     }

@@ -204,6 +204,9 @@ fn list_spool(settings: &Settings, listing: &mut Listing<'_>) -> Result<(), CliE
     }
     let key = SpoolKey::load(&settings.server.spool_key_file)?;
     let spool = Spool::open(&settings.server.spool_dir, key)?;
+    // A daemon may be running without answering on the control socket
+    // (another socket path, a permission): then it owns the spool.
+    let _lock = spool.lock()?;
     let mut failed: Option<CliError> = None;
     spool.walk_envelopes(|id, _| {
         let written = spool
@@ -256,6 +259,9 @@ pub async fn queue_remove(settings: &Settings, ids: &[String]) -> Result<String,
                 // No daemon: nobody else touches the spool, edit it directly.
                 let key = SpoolKey::load(&settings.server.spool_key_file)?;
                 let spool = Spool::open(&settings.server.spool_dir, key)?;
+                // Not answering on the socket is not proof that no daemon
+                // runs: the spool lock is.
+                let _lock = spool.lock()?;
                 if !spool.has_envelope(&qid) {
                     return Err(CliError::Other(format!("no message {qid} in the queue")));
                 }

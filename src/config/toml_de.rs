@@ -99,6 +99,27 @@ impl<T> Parsed<T> {
     }
 }
 
+/// The message for a TOML syntax error. The toml parser gives some (a
+/// control character in a comment) with no text at all: say what is at
+/// the spot instead of printing an empty line.
+fn syntax_message(text: &str, at: Option<usize>, message: &str) -> String {
+    let message = message.trim();
+    if !message.is_empty() {
+        return message.to_string();
+    }
+    match at
+        .and_then(|o| text.get(o..))
+        .and_then(|t| t.chars().next())
+    {
+        Some(c) if c.is_control() => format!(
+            "invalid TOML: control character U+{:04X} (TOML allows only tab as a control character, even in comments)",
+            u32::from(c)
+        ),
+        Some(c) => format!("invalid TOML at {c:?}"),
+        None => "invalid TOML: the file ends in the middle of something".to_string(),
+    }
+}
+
 /// Reads `text` (from `file`) as a `T`, collecting every problem.
 pub(crate) fn from_str<T: DeserializeOwned>(file: &Path, text: &str) -> Parsed<T> {
     let problem = |at: Option<usize>, key: Option<String>, message: String| {
@@ -117,7 +138,7 @@ pub(crate) fn from_str<T: DeserializeOwned>(file: &Path, text: &str) -> Parsed<T
             let at = e.span().map(|s| s.start);
             return Parsed {
                 value: None,
-                problems: vec![problem(at, None, e.message().trim().to_string())],
+                problems: vec![problem(at, None, syntax_message(text, at, e.message()))],
                 stand_ins: Vec::new(),
                 origins: Vec::new(),
             };
@@ -1100,5 +1121,35 @@ k = 1
         assert_eq!(edit_distance("name", "nmae"), 2);
         assert_eq!(edit_distance("listen", "listen"), 0);
         assert_eq!(edit_distance("port", ""), 4);
+    }
+}
+
+#[cfg(test)]
+mod syntax_tests {
+    use super::*;
+
+    /// From the `policy_file` fuzz target: a control character in a
+    /// comment is a TOML error that toml reports with no message.
+    #[test]
+    fn every_syntax_error_has_a_message() {
+        for text in [
+            "# a \u{1c} comment\nx = 1\n",
+            "x = \"a\u{7}b\"\n",
+            "x = [1,\n",
+            "x = \n",
+            "[a\n",
+        ] {
+            let parsed: Parsed<toml::Table> = from_str(Path::new("p.toml"), text);
+            assert_eq!(parsed.problems.len(), 1, "{text:?}");
+            let p = &parsed.problems[0];
+            assert!(!p.message.trim().is_empty(), "{text:?}: {p:?}");
+            assert!(p.line.is_some(), "{text:?}: {p:?}");
+        }
+        let parsed: Parsed<toml::Table> = from_str(Path::new("p.toml"), "# \u{1c}\n");
+        assert!(
+            parsed.problems[0].message.contains("U+001C"),
+            "{:?}",
+            parsed.problems
+        );
     }
 }

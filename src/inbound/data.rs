@@ -179,6 +179,19 @@ impl DataReceiver {
 
     /// A run of line content without CR or LF.
     fn span(&mut self, run: &[u8], out: &mut Vec<u8>) {
+        let n = run.len();
+        let limit_inside = self.problem.is_none()
+            && (self.line_len.saturating_add(n) > self.max_line
+                || self.size.saturating_add(n as u64) > self.max_size
+                || (self.in_headers && self.headers.len().saturating_add(n) > self.max_header));
+        if limit_inside {
+            // Which limit fires first must not depend on how the reads cut
+            // the line: byte by byte, exactly as a one-byte read would.
+            for &b in run {
+                self.byte(b, out);
+            }
+            return;
+        }
         self.line_len += run.len();
         if self.line_len > self.max_line && self.problem.is_none() {
             self.problem = Some(DataProblem::LineTooLong);
@@ -595,6 +608,52 @@ mod tests {
                 "split at {cut}"
             );
         }
+    }
+
+    /// From the `data` fuzz target: a line that passes the size and the
+    /// line limit reported `LineTooLong` read whole and `TooBig` read in
+    /// pieces. Whichever limit a byte-by-byte reading hits first is the
+    /// answer, however the reads cut the line, in the headers and the body.
+    #[test]
+    fn the_first_limit_hit_does_not_depend_on_the_reads() {
+        let cases: [(&[u8], u64, usize, usize); 4] = [
+            (b"aaaaaaaaaaaaaaaaaaaa\r\n.\r\n", 12, 15, 1000),
+            (b"aaaaaaaaaaaaaaaaaaaa\r\n.\r\n", 15, 12, 1000),
+            (b"aaaaaaaaaaaaaaaaaaaa\r\n.\r\n", 1000, 15, 12),
+            (b"a: b\r\n\r\nbbbbbbbbbbbbbbbbbbbbb\r\n.\r\n", 20, 15, 1000),
+        ];
+        for (input, size, line, header) in cases {
+            let mut whole = DataReceiver::new(size, line, header);
+            assert!(whole.feed(input, &mut Vec::new()).is_some());
+            let mut byte = DataReceiver::new(size, line, header);
+            for (i, b) in input.iter().enumerate() {
+                if byte
+                    .feed(std::slice::from_ref(b), &mut Vec::new())
+                    .is_some()
+                {
+                    assert_eq!(i, input.len() - 1);
+                }
+            }
+            assert!(whole.problem().is_some());
+            assert_eq!(whole.problem(), byte.problem(), "{size} {line} {header}");
+            for cut in 1..input.len() {
+                let mut r = DataReceiver::new(size, line, header);
+                let mut out = Vec::new();
+                if r.feed(&input[..cut], &mut out).is_none() {
+                    r.feed(&input[cut..], &mut out).unwrap();
+                }
+                assert_eq!(r.problem(), whole.problem(), "cut at {cut}");
+            }
+        }
+        // The fuzz target's input itself.
+        let wire = b"\r\r\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\r\r\x0c\r\rj\r\x97\xff\xffla~\n\r(\r\r\r";
+        let mut a = DataReceiver::new(13, 14, 0xab * 16);
+        a.feed(wire, &mut Vec::new());
+        let mut b = DataReceiver::new(13, 14, 0xab * 16);
+        for chunk in wire.chunks(3) {
+            b.feed(chunk, &mut Vec::new());
+        }
+        assert_eq!(a.problem(), b.problem());
     }
 
     #[test]

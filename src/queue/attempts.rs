@@ -80,6 +80,11 @@ struct LogState {
     /// first, so a `done` line (always in a segment no older than its
     /// attempt's) never goes before the attempt it closes.
     oldest: u64,
+    /// Attempts whose ticket was dropped unfinished (the delivery task
+    /// panicked): their outcome is unknown until the next start reports
+    /// them. Their begin lines are copied into each new segment, so they do
+    /// not keep every later segment on disk.
+    carried: Vec<Vec<u8>>,
 }
 
 /// The attempt log handle, cheap to clone.
@@ -98,11 +103,33 @@ struct Inner {
 }
 
 /// An attempt in progress; hand it back to [`AttemptLog::finish`] once its
-/// audit events are journaled.
-#[derive(Debug)]
+/// audit events are journaled. Dropped unfinished (a panic), the attempt
+/// stays open until the next start, which reports it as "delivered or not
+/// known".
 pub struct AttemptTicket {
     segment: u64,
     attempt: String,
+    /// The begin line, to carry into later segments if dropped unfinished.
+    line: Vec<u8>,
+    /// `None` once finished.
+    log: Option<AttemptLog>,
+}
+
+impl std::fmt::Debug for AttemptTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptTicket")
+            .field("segment", &self.segment)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl Drop for AttemptTicket {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.abandon(self.segment, std::mem::take(&mut self.line));
+        }
+    }
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> SpoolError {
@@ -177,9 +204,11 @@ impl AttemptLog {
         for n in &old {
             read_segment(&segment_path(dir, *n), &mut begun, &mut done)?;
         }
+        // A carried attempt's line is in several segments: report it once.
+        let mut seen = std::collections::HashSet::new();
         let lines: Vec<Unresolved> = begun
             .into_iter()
-            .filter(|l| !done.contains(&l.attempt))
+            .filter(|l| !done.contains(&l.attempt) && seen.insert(l.attempt.clone()))
             .collect();
         let segment = old.last().map_or(0, |n| n + 1);
         let file = create_segment(dir, segment)?;
@@ -194,6 +223,7 @@ impl AttemptLog {
                     written: 0,
                     open: BTreeMap::new(),
                     oldest: segment,
+                    carried: Vec::new(),
                 }),
                 sync_lock: Mutex::new(()),
                 synced: AtomicU64::new(0),
@@ -234,7 +264,7 @@ impl AttemptLog {
         };
         let bytes = self.encode(&Entry::Begin(line.clone()))?;
         let log = self.clone();
-        tokio::task::spawn_blocking(move || log.append_synced(&bytes, line.attempt))
+        tokio::task::spawn_blocking(move || log.append_synced(bytes, line.attempt))
             .await
             .unwrap_or_else(|e| {
                 Err(io_err(
@@ -253,14 +283,20 @@ impl AttemptLog {
         Ok(bytes)
     }
 
-    fn append_synced(&self, bytes: &[u8], attempt: String) -> Result<AttemptTicket, SpoolError> {
-        let (n, segment) = self.append(bytes)?;
+    fn append_synced(&self, bytes: Vec<u8>, attempt: String) -> Result<AttemptTicket, SpoolError> {
+        let (n, segment) = self.append(&bytes)?;
+        let ticket = AttemptTicket {
+            segment,
+            attempt,
+            line: bytes,
+            log: Some(self.clone()),
+        };
         if let Err(e) = self.sync(n) {
             // Not durable, so nothing will be sent: close it at once.
-            self.finish(AttemptTicket { segment, attempt });
+            self.finish(ticket);
             return Err(e);
         }
-        Ok(AttemptTicket { segment, attempt })
+        Ok(ticket)
     }
 
     fn append(&self, bytes: &[u8]) -> Result<(u64, u64), SpoolError> {
@@ -313,11 +349,55 @@ impl AttemptLog {
         st.file.sync_data().map_err(|e| io_err(&old, e))?;
         self.inner.synced.fetch_max(st.written, Ordering::AcqRel);
         let next = st.segment + 1;
-        st.file = Arc::new(create_segment(&self.inner.dir, next)?);
+        let file = create_segment(&self.inner.dir, next)?;
+        let carried: Vec<u8> = st.carried.concat();
+        if !carried.is_empty() {
+            // Durable in the new segment before the old ones may go.
+            let path = segment_path(&self.inner.dir, next);
+            (&file)
+                .write_all(&carried)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| io_err(&path, e))?;
+            // Every carried attempt is counted in the segment it was last
+            // copied to: the one being closed.
+            let n = st.carried.len();
+            if let Some(open) = st.open.get_mut(&st.segment) {
+                *open = open.saturating_sub(n);
+            }
+            *st.open.entry(next).or_default() += n;
+        }
+        st.file = Arc::new(file);
         st.segment = next;
-        st.size = 0;
+        st.size = carried.len() as u64;
         self.collect(st);
         Ok(())
+    }
+
+    /// A ticket was dropped unfinished: carry its attempt along so that
+    /// its segment can go like the others, and keep it open for the next
+    /// start to report. Best effort: if the copy cannot be written, the
+    /// attempt keeps its segment (and the later ones) until the next start.
+    fn abandon(&self, segment: u64, line: Vec<u8>) {
+        let mut st = self.state();
+        let current = st.segment;
+        if segment != current {
+            let path = segment_path(&self.inner.dir, current);
+            let copied = (&*st.file)
+                .write_all(&line)
+                .and_then(|()| st.file.sync_data());
+            if let Err(e) = copied {
+                let _ = st.file.set_len(st.size);
+                tracing::warn!(file = %path.display(), error = %e, "cannot carry an unfinished delivery attempt into the current attempt log segment; older segments stay until the next start");
+                return;
+            }
+            st.size += line.len() as u64;
+            if let Some(n) = st.open.get_mut(&segment) {
+                *n = n.saturating_sub(1);
+            }
+            *st.open.entry(current).or_default() += 1;
+        }
+        st.carried.push(line);
+        self.collect(&mut st);
     }
 
     /// Deletes finished segments, oldest first, up to the first one that
@@ -332,7 +412,8 @@ impl AttemptLog {
 
     /// The attempt's outcome is in the spool (or it was given up): its
     /// segment may go once nothing else in it is open.
-    pub fn finish(&self, ticket: AttemptTicket) {
+    pub fn finish(&self, mut ticket: AttemptTicket) {
+        ticket.log = None;
         let done = self.encode(&Entry::Done {
             done: ticket.attempt.clone(),
         });
@@ -421,6 +502,40 @@ mod tests {
             1,
             "the old segments are gone, this run's attempt is kept"
         );
+    }
+
+    /// A ticket dropped unfinished (its delivery task panicked) does not
+    /// keep its segment, and every later one, on disk for the rest of the
+    /// run; the next start still reports it, once.
+    #[tokio::test]
+    async fn a_dropped_ticket_is_carried_and_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attempts");
+        let msg = QueuedMessage::for_test("a@x.test", &["b@y.test", "c@y.test"]);
+        let (log, _) = AttemptLog::open(&path).unwrap();
+        let lost = log.begin(&msg, rcpts(&msg, &[1])).await.unwrap();
+        let lost_id = lost.attempt.clone();
+        let full = |log: &AttemptLog| log.state().size = SEGMENT_LIMIT + 1;
+        full(&log);
+        let t = log.begin(&msg, rcpts(&msg, &[0])).await.unwrap();
+        drop(lost);
+        log.finish(t);
+        assert_eq!(
+            segments(&path).unwrap().len(),
+            1,
+            "first segment kept by the dropped ticket"
+        );
+        for _ in 0..3 {
+            full(&log);
+            let t = log.begin(&msg, rcpts(&msg, &[0])).await.unwrap();
+            log.finish(t);
+            assert_eq!(segments(&path).unwrap().len(), 1, "segments pile up");
+        }
+        drop(log);
+        let (_, old) = AttemptLog::open(&path).unwrap();
+        assert_eq!(old.len(), 1, "{old:?}");
+        assert_eq!(old[0].attempt, lost_id);
+        assert_eq!(old[0].rcpts[0].address, "c@y.test");
     }
 
     #[tokio::test]

@@ -7,8 +7,10 @@
 //! (invariants 3 and 7). The returned headers are rebuilt from the parsed
 //! original: Message-ID, Date and the bare addresses of From, To and Cc;
 //! display names, comments, group names, the Subject and every other
-//! field stay out, and a remote reply that echoes a name or the Subject
-//! has it removed.
+//! field stay out. The remote's reply text is not copied either (a content
+//! filter may quote the body, a mailbox-full reply the owner's name): the
+//! DSN gives the reply code, the enhanced status and a fixed explanation
+//! of that status; the full reply is in the audit record.
 
 use chrono::Utc;
 use mail_parser::{HeaderName, MessageParser};
@@ -27,12 +29,6 @@ pub fn build(hostname: &str, msg: &QueuedMessage, bounced: &[&Recipient], origin
     let boundary = format!("sealgate-dsn-{}", crate::util::random_hex_id());
     let message_id = format!("<{}@{}>", crate::util::random_hex_id(), hostname);
     let now = Utc::now().to_rfc2822();
-    let phrases = sensitive_phrases(original);
-    let diagnostic = |r: &Recipient| {
-        r.last_error
-            .as_deref()
-            .map(|e| redact(&one_line(e), &phrases))
-    };
     let mut s = String::new();
     s.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
@@ -57,13 +53,13 @@ pub fn build(hostname: &str, msg: &QueuedMessage, bounced: &[&Recipient], origin
         msg.id
     ));
     for r in bounced {
-        s.push_str(&format!(
-            "<{}>: {}\r\n",
-            r.address,
-            diagnostic(r).as_deref().unwrap_or("delivery failed")
-        ));
+        s.push_str(&format!("<{}>: {}\r\n", r.address, diagnostic(r).1));
     }
-    s.push_str("\r\n");
+    s.push_str(&format!(
+        "\r\nThe full reply of the remote server is in the audit record of\r\n\
+         queue id {} at {hostname}.\r\n\r\n",
+        msg.id
+    ));
 
     s.push_str(&format!("--{boundary}\r\n"));
     s.push_str("Content-Type: message/delivery-status\r\n\r\n");
@@ -81,14 +77,8 @@ pub fn build(hostname: &str, msg: &QueuedMessage, bounced: &[&Recipient], origin
         if let Some(remote) = &r.last_remote {
             s.push_str(&format!("Remote-MTA: dns;{remote}\r\n"));
         }
-        if let Some(err) = diagnostic(r) {
-            let kind = if err.len() > 3 && err.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
-                "smtp"
-            } else {
-                "x-sealgate"
-            };
-            s.push_str(&format!("Diagnostic-Code: {kind};{err}\r\n"));
-        }
+        let (kind, text) = diagnostic(r);
+        s.push_str(&format!("Diagnostic-Code: {kind};{text}\r\n"));
         s.push_str(&format!("Last-Attempt-Date: {now}\r\n"));
     }
     s.push_str("\r\n");
@@ -121,11 +111,42 @@ fn is_enhanced(code: &str) -> bool {
             .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(900)
-        .collect()
+/// The Diagnostic-Code type and text for `r`: the remote's reply code (if
+/// the failure was a remote reply), the enhanced status and a fixed
+/// explanation of it. Nothing of the reply text itself.
+fn diagnostic(r: &Recipient) -> (&'static str, String) {
+    let status = status_of(r);
+    let code = r
+        .last_error
+        .as_deref()
+        .and_then(|e| e.get(..3))
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()) && matches!(&c[..1], "4" | "5"));
+    match code {
+        Some(code) => ("smtp", format!("{code} {status} {}", explain(&status))),
+        None => ("x-sealgate", format!("{status} {}", explain(&status))),
+    }
+}
+
+/// A fixed explanation of an enhanced status code (RFC 3463).
+fn explain(status: &str) -> &'static str {
+    let mut parts = status.splitn(3, '.').skip(1);
+    let (subject, detail) = (parts.next().unwrap_or("0"), parts.next().unwrap_or("0"));
+    match (subject, detail) {
+        ("1", "1") => "the mailbox does not exist",
+        ("1", "2") => "the destination domain does not exist or takes no mail",
+        ("1", _) => "the address was refused",
+        ("2", "2") => "the mailbox is full",
+        ("2", _) => "the mailbox cannot take mail",
+        ("3", "4") => "the message is too big for the recipient's mail system",
+        ("3", _) => "the recipient's mail system has a problem",
+        ("4", "7") => "the message could not be delivered in time and expired",
+        ("4", _) => "the recipient's mail servers could not be reached",
+        ("5", _) => "the mail protocol failed",
+        ("6", _) => "the recipient's mail system refused the message's format",
+        ("7", "1") => "delivery was refused (not authorized, or by policy)",
+        ("7", _) => "delivery was refused for security or policy reasons",
+        _ => "delivery failed",
+    }
 }
 
 /// The header section at the start of `original` (with its final CRLF).
@@ -186,87 +207,6 @@ fn is_bare_address(a: &str) -> bool {
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || "\"()<>[]\\,;:".contains(c))
         && !domain.contains('@')
-}
-
-/// What of the original names people or content: every word of the
-/// display and group names, and the Subject as a whole, decoded. A remote
-/// reply that echoes one of them has it removed before it goes into the
-/// DSN.
-fn sensitive_phrases(original: &[u8]) -> Vec<String> {
-    let Some(msg) = MessageParser::default().parse_headers(header_section(original)) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = Vec::new();
-    for addr in msg.headers().iter().filter_map(|h| h.value.as_address()) {
-        for g in addr.clone().into_group() {
-            names.extend(g.name.map(|n| n.into_owned()));
-            names.extend(
-                g.addresses
-                    .into_iter()
-                    .filter_map(|a| a.name.map(|n| n.into_owned())),
-            );
-        }
-    }
-    let mut out: Vec<String> = names
-        .iter()
-        .flat_map(|n| n.split(|c: char| !c.is_alphanumeric()))
-        .chain(msg.subject().map(str::trim))
-        .filter(|w| w.chars().count() >= 3)
-        .map(str::to_string)
-        .collect();
-    // Longest first, so a phrase is removed before a word inside it.
-    out.sort_by_key(|w| std::cmp::Reverse(w.len()));
-    out.dedup();
-    out
-}
-
-/// `text` with every occurrence of a phrase (case-insensitive) replaced
-/// by `[removed]`.
-fn redact(text: &str, phrases: &[String]) -> String {
-    let mut out = text.to_string();
-    for p in phrases {
-        let mut from = 0;
-        while let Some((start, end)) = find_caseless(&out, from, p) {
-            out.replace_range(start..end, REMOVED);
-            from = start + REMOVED.len();
-        }
-    }
-    out
-}
-
-const REMOVED: &str = "[removed]";
-
-/// The byte range of the first occurrence of `needle` as a whole word in
-/// `hay` at or after `from`, comparing characters by their lowercase
-/// forms. Whole words only, so that a short name or Subject does not eat
-/// into the words of a reply ("SSN" stays out of "SSNs").
-fn find_caseless(hay: &str, from: usize, needle: &str) -> Option<(usize, usize)> {
-    if needle.is_empty() {
-        return None;
-    }
-    let same = |a: char, b: char| a == b || a.to_lowercase().eq(b.to_lowercase());
-    let tail = hay.get(from..)?;
-    let before_ok = |i: usize| {
-        hay[..from + i]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !c.is_alphanumeric())
-    };
-    tail.char_indices().find_map(|(i, _)| {
-        let mut rest = tail[i..].char_indices();
-        for n in needle.chars() {
-            match rest.next() {
-                Some((_, h)) if same(h, n) => {}
-                _ => return None,
-            }
-        }
-        let (len, after) = match rest.next() {
-            Some((j, c)) => (j, Some(c)),
-            None => (tail.len() - i, None),
-        };
-        let after_ok = after.is_none_or(|c| !c.is_alphanumeric());
-        (before_ok(i) && after_ok).then_some((from + i, from + i + len))
-    })
 }
 
 #[cfg(test)]
@@ -413,9 +353,10 @@ mod tests {
         );
         assert!(text.contains("Final-Recipient: rfc822;p2@example.test"));
         assert!(
-            text.contains("Diagnostic-Code: smtp;550 5.2.2 mailbox of [removed]"),
+            text.contains("Diagnostic-Code: smtp;550 5.2.2 the mailbox is full\r\n"),
             "{text}"
         );
+        assert!(!text.contains("mailbox of"), "reply text copied:\n{text}");
     }
 
     #[test]
@@ -450,25 +391,51 @@ mod tests {
         }
     }
 
+    /// A reply that quotes the body, a name in an encoded word, a
+    /// two-letter name: none of it reaches the DSN, whose text is fixed
+    /// by the status; our own errors have no reply code.
     #[test]
-    fn redaction_is_caseless_by_whole_words_and_utf8_safe() {
-        let phrases = vec!["Müller".to_string(), "jane".to_string()];
-        assert_eq!(
-            redact("JANE MÜLLER müller jane-x Mülle Janet", &phrases),
-            "[removed] [removed] [removed] [removed]-x Mülle Janet"
-        );
-        assert_eq!(
-            redact("é é-É éé", &["é".to_string()]),
-            "[removed] [removed]-[removed] éé"
-        );
-        assert_eq!(
-            redact("SSNs only, not SSN", &["ssn".to_string()]),
-            "SSNs only, not [removed]"
-        );
-        assert_eq!(redact("", &phrases), "");
-        assert_eq!(find_caseless("abc", 0, "abcd"), None);
-        assert_eq!(find_caseless("x abc", 0, "ABC"), Some((2, 5)));
-        assert_eq!(find_caseless("xabc", 0, "ABC"), None);
-        assert_eq!(find_caseless("abc abc", 1, "abc"), Some((4, 7)));
+    fn the_reply_text_never_reaches_the_dsn() {
+        for (error, status, want) in [
+            (
+                "550 5.7.1 rejected: contains 'HIV positive' for Li Wu",
+                Some("5.7.1"),
+                "smtp;550 5.7.1 delivery was refused (not authorized, or by policy)",
+            ),
+            (
+                "554 5.6.0 =?utf-8?b?TGFiIHJlc3VsdHM=?=",
+                Some("5.6.0"),
+                "smtp;554 5.6.0 the recipient's mail system refused the message's format",
+            ),
+            (
+                "rejected by policy: rule patient-x",
+                Some("5.7.1"),
+                "x-sealgate;5.7.1 delivery was refused (not authorized, or by policy)",
+            ),
+            (
+                "451 4.4.7 expired after 5d (Li Wu)",
+                Some("4.4.7"),
+                "smtp;451 4.4.7 the message could not be delivered in time and expired",
+            ),
+            ("250 looks odd", None, "x-sealgate;5.0.0 delivery failed"),
+        ] {
+            let mut r = Recipient::new("p2@example.test".into());
+            r.last_error = Some(error.into());
+            r.last_status = status.map(str::to_string);
+            let dsn = build(
+                "gw.example.test",
+                &message("p1@clinic.example.test"),
+                &[&r],
+                b"Subject: x\r\n\r\n",
+            );
+            let text = String::from_utf8(dsn.content).unwrap();
+            assert!(
+                text.contains(&format!("Diagnostic-Code: {want}\r\n")),
+                "{text}"
+            );
+            for leak in ["HIV", "Li Wu", "TGFi", "patient-x", "odd"] {
+                assert!(!text.contains(leak), "{leak} in:\n{text}");
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use attempts::{AttemptTicket, Unresolved};
 pub use schedule::{Queue, QueueError, RecipientOutcome, Verdict};
-pub use spool::{ContentReader, ContentWriter, Spool, SpoolError, SpoolKey};
+pub use spool::{ContentReader, ContentWriter, Spool, SpoolError, SpoolKey, SpoolLock};
 
 /// The spool id of a message: time-ordered, unique, safe in file names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

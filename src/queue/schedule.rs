@@ -370,11 +370,31 @@ impl Queue {
     /// envelope, which makes it durable, then schedules it at once if the
     /// window can take it; otherwise the scanner brings it in later. Never
     /// waits for room.
+    ///
+    /// If the envelope cannot be written (a full disk, a failed folder
+    /// fsync after the rename) both files are removed before this returns
+    /// the error, and the scanner, which may already see the envelope,
+    /// leaves the message alone meanwhile: the client is told to try
+    /// again, so the message must not also be delivered.
     pub async fn enqueue(&self, msg: QueuedMessage) -> Result<(), QueueError> {
-        self.inner.spool.write_envelope(&msg).await?;
+        let id = msg.id.clone();
+        self.lock().busy.insert(id.clone());
+        if let Err(e) = self.inner.spool.write_envelope(&msg).await {
+            let removed = self.inner.spool.remove(&id).await;
+            let mut st = self.lock();
+            st.busy.remove(&id);
+            st.written(&id);
+            drop(st);
+            if let Err(r) = removed {
+                tracing::error!(queue_id = %id, error = %r, "cannot remove a message whose envelope could not be written; it stays on disk and may be delivered although the client was told to try again");
+                self.lock().on_disk_due(Utc::now());
+            }
+            return Err(e.into());
+        }
         {
             let mut st = self.lock();
-            st.written(&msg.id);
+            st.busy.remove(&id);
+            st.written(&id);
             st.queued += 1;
             st.admit(msg, self.window(), Utc::now());
         }

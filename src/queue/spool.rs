@@ -136,6 +136,10 @@ pub enum SpoolError {
     Decrypt { path: PathBuf },
     #[error("spool file {path} is damaged: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "the spool {path} is in use by another sealgate process (it holds {path}/lock): stop that one first, or give this one its own `[server] spool_dir`"
+    )]
+    InUse { path: PathBuf },
 }
 
 impl SpoolError {
@@ -396,6 +400,16 @@ pub struct Spool {
     syncer: DirSyncer,
 }
 
+/// The spool's lock file, `<spool_dir>/lock` (see [`Spool::lock`]).
+const LOCK_FILE: &str = "lock";
+
+/// This process's hold on the spool; released when dropped (or when the
+/// process dies: it is an `flock`, the kernel lets go).
+#[derive(Debug)]
+pub struct SpoolLock {
+    _file: std::fs::File,
+}
+
 /// Group commit of folder fsyncs: every caller waits for an fsync of the
 /// spool folder that started after its rename, and callers that arrive
 /// while one runs share the next. Under load this turns one folder fsync
@@ -489,6 +503,41 @@ impl Spool {
         folder(&dir)?;
         let syncer = DirSyncer::start(dir.clone());
         Ok(Spool { dir, key, syncer })
+    }
+
+    /// Takes the spool for this process alone, for as long as the returned
+    /// lock lives: the daemon for its whole run, an offline `queue` command
+    /// for its edit. Without it a second daemon's start-up recovery would
+    /// delete the first one's messages still streaming in (content without
+    /// an envelope yet). Fails with [`SpoolError::InUse`] at once, never
+    /// waits.
+    pub fn lock(&self) -> Result<SpoolLock, SpoolError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let root = self.root();
+        let path = root.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&path)
+            .map_err(|source| SpoolError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a descriptor we own, with constant arguments.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let source = std::io::Error::last_os_error();
+            if source.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(SpoolError::InUse {
+                    path: root.to_path_buf(),
+                });
+            }
+            return Err(SpoolError::Io { path, source });
+        }
+        Ok(SpoolLock { _file: file })
     }
 
     /// Bytes free for the daemon on the spool's file system.
@@ -1470,5 +1519,31 @@ mod tests {
             other.read_envelope(&m.id),
             Err(SpoolError::Decrypt { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    /// One process at a time: a second lock fails at once with the
+    /// "in use" error, and is free again once the first is dropped.
+    #[test]
+    fn the_spool_is_locked_for_one_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([4; 32])).unwrap();
+        let first = spool.lock().unwrap();
+        let other = Spool::open(dir.path(), SpoolKey::from_bytes([4; 32])).unwrap();
+        match other.lock() {
+            Err(e @ SpoolError::InUse { .. }) => {
+                assert!(
+                    e.to_string().contains("in use by another sealgate process"),
+                    "{e}"
+                )
+            }
+            other => panic!("second lock: {other:?}"),
+        }
+        drop(first);
+        other.lock().unwrap();
     }
 }

@@ -385,3 +385,50 @@ async fn smuggling_sequences_reach_an_independent_next_hop_as_content() {
         );
     }
 }
+
+/// A second daemon started on a spool that is in use stops at once with
+/// a clear error, and touches nothing: the first one's message still
+/// streaming in (content, no envelope yet) is not cleaned up as a leftover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_spool_refuses_to_start() {
+    let w = World::new().await;
+    let gw = w.gateway().unwrap();
+    let streaming = gw
+        .spool_dir()
+        .join("queue")
+        .join("0123456789ABCDEF0123456.msg");
+    std::fs::write(&streaming, b"half a message").unwrap();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+        .args(["serve", "--config"])
+        .arg(&gw.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("a second daemon runs on the same spool");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = second.wait_with_output().unwrap();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("in use by another sealgate process"),
+        "{stderr}"
+    );
+    assert!(
+        streaming.exists(),
+        "the running daemon's message was deleted"
+    );
+    // The first daemon still takes mail.
+    let (_, _, code) = send_raw_message(gw.addr, b"Subject: x\r\n\r\nstill here\r\n").await;
+    assert_eq!(code, 250, "{}", gw.log());
+}

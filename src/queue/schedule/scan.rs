@@ -232,6 +232,9 @@ impl Queue {
             return Brought::Gone;
         }
         if st.busy.contains(id) {
+            // An operator command or a commit has it; if it is still on
+            // disk afterwards, a later scan reads it again.
+            st.on_disk_due(now);
             return Brought::Gone;
         }
         if st.admit(msg, self.window(), now) {
