@@ -221,6 +221,9 @@ pub struct RawConnector {
     pub tenant_id: Option<Spanned<String>>,
     /// Organisation domain every message must carry in `X-OriginatorOrg`.
     pub originator_org: Option<Spanned<String>>,
+    /// The roots issue certificates to this organisation alone (a private
+    /// CA), so no tenant check is needed (default false).
+    pub private_ca: Option<Spanned<bool>>,
 }
 
 /// `[delivery]`
@@ -989,7 +992,9 @@ impl RawConfig {
 /// Certificate names of clouds that present one certificate for every
 /// customer: a connector naming them is bound to nobody unless a tenant
 /// check comes with it.
-const MICROSOFT_365: &[&str] = &["outlook.com", "office365.com", "outlook.office365.com"];
+/// (Microsoft's worldwide cloud, GCC High and DoD, and the one operated
+/// by 21Vianet in China.)
+const MICROSOFT_365: &[&str] = &["outlook.com", "office365.com", "office365.us", "outlook.cn"];
 
 /// Google presents one certificate for every customer and stamps no
 /// tenant header we could trust, so a certificate is never enough there.
@@ -1129,12 +1134,23 @@ fn connector_is_bound(c: &mut Check, r: &RawConnector, connector: &ConnectorSett
              that sealgate can trust; use SMTP AUTH ([[server.users]]) for Google's SMTP relay",
         );
     }
+    let private = r.private_ca.as_ref().is_some_and(|p| *p.get_ref());
     if connector.cert_names.iter().any(|p| under(p, MICROSOFT_365)) && !connector.checks_tenant() {
         c.problem(
             "relay.connectors",
             &r.name,
             "names a Microsoft 365 certificate, which every Microsoft 365 customer presents: \
              set tenant_id (and/or originator_org) to bind it to your organisation",
+        );
+    } else if !connector.checks_tenant() && !private {
+        // Any public CA's certificate for a shared service (a cloud mail
+        // filter, another cloud) is presented for all its customers.
+        c.problem(
+            "relay.connectors",
+            &r.name,
+            "has no tenant check: set tenant_id (and/or originator_org), or, if its \
+             client_cert_roots issue certificates to your organisation alone (a private CA), \
+             set private_ca = true",
         );
     }
 }

@@ -284,3 +284,34 @@ fn a_microsoft_365_connector_needs_a_tenant() {
     assert_eq!(c.originator_org.as_deref(), Some("hospital.example"));
     assert_eq!(c.cert_roots, [PathBuf::from(format!("{base}/config"))]);
 }
+
+/// Every connector needs a tenant check unless its roots are private to
+/// the organisation; Microsoft's other clouds count as Microsoft 365, where
+/// not even `private_ca` waives it.
+#[test]
+fn a_connector_without_a_tenant_check_needs_a_private_ca() {
+    let base = env!("CARGO_MANIFEST_DIR");
+    let tls = format!("[server.tls]\ncert = \"{base}/Cargo.toml\"\nkey = \"{base}/Cargo.toml\"\n");
+    let connector = |names: &str, extra: &str| {
+        format!(
+            "{MINIMAL}{tls}[[relay.connectors]]\nname = \"c\"\nclient_cert_names = [{names}]\nclient_cert_roots = [\"{base}/config\"]\n{extra}"
+        )
+    };
+    let filter = "\"relay.mailfilter.example\"";
+    let err = Settings::parse(Path::new("c.toml"), &connector(filter, "")).unwrap_err();
+    assert!(err.to_string().contains("private_ca = true"), "{err}");
+    let s = Settings::parse(
+        Path::new("c.toml"),
+        &connector(filter, "private_ca = true\n"),
+    )
+    .unwrap();
+    assert!(!s.relay.connectors[0].checks_tenant());
+    for ms in [
+        "\"*.mail.protection.office365.us\"",
+        "\"*.mail.protection.partner.outlook.cn\"",
+    ] {
+        let err = Settings::parse(Path::new("c.toml"), &connector(ms, "private_ca = true\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("Microsoft 365"), "{ms}: {err}");
+    }
+}

@@ -203,6 +203,22 @@ impl Counter {
 struct LockoutState {
     clients: HashMap<IpAddr, Counter>,
     all: Counter,
+    /// Clients (keys) that logged in successfully within [`PROVEN_FOR`]:
+    /// the overall lockout does not apply to them, so that addresses an
+    /// attacker can rent cannot lock out the accounts that really use
+    /// AUTH (an application server, Google's relay route).
+    proven: HashMap<IpAddr, Instant>,
+}
+
+/// How long a successful login exempts its client from the overall lockout.
+const PROVEN_FOR: Duration = Duration::from_secs(24 * 3600);
+
+impl LockoutState {
+    fn proven(&self, key: &IpAddr, now: Instant) -> bool {
+        self.proven
+            .get(key)
+            .is_some_and(|t| now.duration_since(*t) < PROVEN_FOR)
+    }
 }
 
 /// Failed AUTH attempts per client address and overall; after too many
@@ -241,7 +257,7 @@ impl Lockout {
         let period = self.limits.lockout;
         let mut st = self.lock();
         st.all.age(now, period);
-        if st.all.locked(now) {
+        if st.all.locked(now) && !st.proven(&key, now) {
             return Some(Locked { scope: Scope::All });
         }
         let c = st.clients.get_mut(&key)?;
@@ -258,7 +274,9 @@ impl Lockout {
         let period = self.limits.lockout;
         let mut st = self.lock();
         st.all.age(now, period);
-        if st.all.locked(now) || st.all.full(self.limits.max_failures_total) {
+        // Only real failures count overall: checks still waiting for an
+        // argon2 slot must not lock everyone out before any has failed.
+        if st.all.locked(now) && !st.proven(&key, now) {
             return Err(Locked { scope: Scope::All });
         }
         if !st.clients.contains_key(&key) && st.clients.len() >= MAX_TRACKED {
@@ -295,6 +313,13 @@ impl Attempt {
         if ok {
             // Successes do not reset the count: an attacker with one valid
             // account could otherwise clear its own failures between guesses.
+            let mut st = self.lockout.lock();
+            if !st.proven.contains_key(&self.key) && st.proven.len() >= MAX_TRACKED {
+                st.proven.retain(|_, t| now.duration_since(*t) < PROVEN_FOR);
+            }
+            if st.proven.len() < MAX_TRACKED || st.proven.contains_key(&self.key) {
+                st.proven.insert(self.key, now);
+            }
             return started;
         }
         let l = &self.lockout.limits;
@@ -550,6 +575,49 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// Rented addresses can lock AUTH overall, but not for a client that
+    /// logged in successfully within the last day (it still has its own
+    /// per-client limit); checks waiting for a slot lock nobody.
+    #[test]
+    fn the_overall_lockout_spares_clients_that_logged_in_recently() {
+        let l = Lockout::new(limits(3, 4));
+        let t0 = Instant::now();
+        let app: IpAddr = "198.51.100.1".parse().unwrap();
+        l.begin(app, t0).unwrap().finish(true, t0);
+        let waiting: Vec<Attempt> = (1..=8)
+            .map(|i| {
+                l.begin(format!("192.0.2.{i}").parse().unwrap(), t0)
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            l.begin("203.0.113.1".parse().unwrap(), t0).is_ok(),
+            "in-flight checks locked everyone"
+        );
+        drop(waiting);
+        for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"] {
+            fail(&l, ip, t0).unwrap();
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            l.begin("203.0.113.2".parse().unwrap(), t1).map(|_| ()),
+            Err(Locked { scope: Scope::All })
+        );
+        assert!(l.locked(app, t1).is_none());
+        assert!(
+            l.begin(app, t1).is_ok(),
+            "a proven client is locked out overall"
+        );
+        // A day later the exemption is gone.
+        let l = Lockout::new(AuthLimits {
+            lockout: Duration::from_secs(90_000),
+            ..limits(3, 1)
+        });
+        l.begin(app, t0).unwrap().finish(true, t0);
+        fail(&l, "192.0.2.9", t0 + PROVEN_FOR).unwrap();
+        assert!(l.begin(app, t0 + PROVEN_FOR).is_err());
     }
 
     #[test]
