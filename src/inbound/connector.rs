@@ -328,14 +328,18 @@ fn add_pem_file(
     Ok(())
 }
 
-/// The DNS names in the certificate's SAN extension and its subject
-/// common names; empty when the certificate cannot be parsed.
+/// The DNS names in the certificate's SAN extension; only when it has
+/// none, its subject common names (RFC 6125 section 6.4.4: a CN is not
+/// looked at when DNS SANs are present). Empty when the certificate
+/// cannot be parsed.
 fn certificate_names(leaf: &CertificateDer<'_>) -> Vec<String> {
     let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = cert.valid_dns_names().map(str::to_string).collect();
-    names.extend(common_names(cert.subject()));
+    let names: Vec<String> = cert.valid_dns_names().map(str::to_string).collect();
+    if names.is_empty() {
+        return common_names(cert.subject());
+    }
     names
 }
 
@@ -625,6 +629,34 @@ mod tests {
         }
         let from_c = leaf(&other, &["relay.hospital.example"], ClientAuth);
         assert_eq!(connectors.identify(&from_c), [2]);
+    }
+
+    /// RFC 6125: with DNS SANs present the subject CN is not a name of
+    /// the certificate; without any, the CN is.
+    #[test]
+    fn the_common_name_counts_only_without_dns_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let partner = ca(dir.path(), "partner");
+        let connectors =
+            Connectors::load(&[settings("c", "relay.hospital.example", &partner, T)]).unwrap();
+        let with_cn = |sans: &[&str]| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(
+                sans.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "relay.hospital.example");
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params.signed_by(&key, &partner.cert, &partner.key).unwrap();
+            vec![cert.der().clone()]
+        };
+        assert_eq!(
+            connectors.identify(&with_cn(&["mx.other.test"])),
+            Vec::<usize>::new()
+        );
+        assert_eq!(connectors.identify(&with_cn(&[])), [0]);
     }
 
     #[test]
