@@ -7,10 +7,16 @@
 //! and no certificate at all: an ordinary client, or an on-prem server in
 //! `allow_networks` with a self-signed certificate, must still get TLS.
 //! Trust is decided after the handshake, per connector: the chain must
-//! verify against that connector's own roots (rustls' verifier again, so
-//! validity dates and the clientAuth usage are checked) and the
-//! certificate must carry one of its names. Only then may the client
-//! relay, and only for messages whose tenant headers match.
+//! verify against that connector's own roots (webpki, with validity dates
+//! and the extended key usage checked) and the certificate must carry one
+//! of its names. Only then may the client relay, and only for messages
+//! whose tenant headers match.
+//!
+//! The usage may be clientAuth or serverAuth (or absent): a mail server
+//! presents its server certificate when it connects as a client, and
+//! most public CAs stopped putting clientAuth into TLS server certificates
+//! in 2026, so a cloud's certificate may lack it. Any other usage (code
+//! signing, e-mail protection only) is refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,8 +57,8 @@ pub enum ConnectorError {
 /// One connector, ready to check certificates.
 struct Connector {
     settings: ConnectorSettings,
-    /// Verifies a chain against this connector's roots only.
-    verifier: Arc<dyn ClientCertVerifier>,
+    /// This connector's roots only.
+    roots: RootCertStore,
 }
 
 /// Every configured connector, and the verifier the STARTTLS handshake
@@ -71,10 +77,9 @@ impl Connectors {
         for s in settings {
             let roots = load_roots(&s.name, &s.cert_roots)?;
             all.roots.extend(roots.roots.iter().cloned());
-            let verifier = verifier(&s.name, roots, provider.clone())?;
             list.push(Connector {
                 settings: s.clone(),
-                verifier,
+                roots,
             });
         }
         let handshake = match list.first() {
@@ -110,8 +115,8 @@ impl Connectors {
             if !named {
                 continue;
             }
-            match c.verifier.verify_client_cert(leaf, intermediates, now) {
-                Ok(_) => out.push(i),
+            match chain_verifies(&c.roots, leaf, intermediates, now) {
+                Ok(()) => out.push(i),
                 Err(e) => {
                     tracing::info!(connector = %c.settings.name, error = %e, "client certificate carries a connector name but does not verify against its roots")
                 }
@@ -247,6 +252,31 @@ impl ClientCertVerifier for AnyClientCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// Whether `leaf` (with `intermediates`) chains to `roots`, is valid now
+/// and may be used for clientAuth or serverAuth (see the module comment).
+fn chain_verifies(
+    roots: &RootCertStore,
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<(), webpki::Error> {
+    let cert = webpki::EndEntityCert::try_from(leaf)?;
+    let algs = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    let verify = |usage| {
+        cert.verify_for_usage(algs, &roots.roots, intermediates, now, usage, None, None)
+            .map(|_| ())
+    };
+    match verify(webpki::KeyUsage::client_auth()) {
+        #[allow(deprecated)]
+        Err(webpki::Error::RequiredEkuNotFoundContext(_) | webpki::Error::RequiredEkuNotFound) => {
+            verify(webpki::KeyUsage::server_auth())
+        }
+        other => other,
     }
 }
 
@@ -577,7 +607,7 @@ mod tests {
 
     #[test]
     fn a_certificate_identifies_a_connector_only_by_its_own_names_and_roots() {
-        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, CodeSigning, ServerAuth};
         let dir = tempfile::tempdir().unwrap();
         let partner = ca(dir.path(), "partner");
         let other = ca(dir.path(), "other");
@@ -616,8 +646,12 @@ mod tests {
                 leaf(&other, &["eur01.mail.protection.outlook.com"], ClientAuth),
             ),
             (
-                "not for client authentication",
-                leaf(&partner, &["eur01.mail.protection.outlook.com"], ServerAuth),
+                "for code signing only",
+                leaf(
+                    &partner,
+                    &["eur01.mail.protection.outlook.com"],
+                    CodeSigning,
+                ),
             ),
             ("no certificate", Vec::new()),
             (
@@ -629,6 +663,10 @@ mod tests {
         }
         let from_c = leaf(&other, &["relay.hospital.example"], ClientAuth);
         assert_eq!(connectors.identify(&from_c), [2]);
+        // A server certificate without clientAuth, as most public CAs
+        // issue them since 2026, still identifies.
+        let server_only = leaf(&partner, &["eur01.mail.protection.outlook.com"], ServerAuth);
+        assert_eq!(connectors.identify(&server_only), [0, 1]);
     }
 
     /// RFC 6125: with DNS SANs present the subject CN is not a name of
