@@ -30,4 +30,5 @@ BUILD_PACKAGES=(pkg-config libssl-dev libclang-dev gcc)
 # What the test suite needs: independent SMTP clients and servers (swaks
 # needs Net::SSLeay for STARTTLS; it is only a recommendation of the package).
 # postfix brings smtp-sink, a next hop we did not write.
-TEST_PACKAGES=(swaks libnet-ssleay-perl python3 python3-aiosmtpd gnupg postfix)
+# ca-certificates: a real public root for the private_ca check.
+TEST_PACKAGES=(swaks libnet-ssleay-perl python3 python3-aiosmtpd gnupg postfix ca-certificates)

@@ -231,8 +231,11 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let settings = Arc::new(settings);
     let key = SpoolKey::load(&settings.server.spool_key_file)?;
     let spool = Spool::open(&settings.server.spool_dir, key)?;
-    // Before anything reads or cleans the spool, and held until the end.
-    let _spool_lock = spool.lock()?;
+    // Before anything reads or cleans the spool, and held until the
+    // process exits (not only until this returns: delivery tasks and
+    // blocking writes may still run while the runtime shuts down). The
+    // kernel releases an `flock` with the process.
+    std::mem::forget(spool.lock()?);
     if let Err(e) = spool.record_key_in_use() {
         tracing::error!(error = %e, "cannot record the spool key in use; do not run `sealgate spool-key prune` until this start succeeds in recording it");
     }

@@ -204,9 +204,8 @@ fn list_spool(settings: &Settings, listing: &mut Listing<'_>) -> Result<(), CliE
     }
     let key = SpoolKey::load(&settings.server.spool_key_file)?;
     let spool = Spool::open(&settings.server.spool_dir, key)?;
-    // A daemon may be running without answering on the control socket
-    // (another socket path, a permission): then it owns the spool.
-    let _lock = spool.lock()?;
+    // No lock: listing only reads, and must never stop a daemon from
+    // starting (a listing piped into a pager can take long).
     let mut failed: Option<CliError> = None;
     spool.walk_envelopes(|id, _| {
         let written = spool

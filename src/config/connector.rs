@@ -21,6 +21,9 @@ pub struct ConnectorSettings {
     pub tenant_id: Option<String>,
     /// Required `X-OriginatorOrg` (lowercase, no trailing dot), if any.
     pub originator_org: Option<String>,
+    /// The roots are the organisation's own CA (`private_ca`): no tenant
+    /// check needed. Refused at load if a root is a public one.
+    pub private_ca: bool,
 }
 
 impl ConnectorSettings {

@@ -1048,6 +1048,7 @@ fn connectors(
             cert_roots: connector_roots(c, base, r),
             tenant_id: connector_tenant(c, r),
             originator_org: connector_org(c, r),
+            private_ca: r.private_ca.as_ref().is_some_and(|p| *p.get_ref()),
         };
         connector_is_bound(c, r, &connector);
         out.push(connector);
@@ -1134,7 +1135,7 @@ fn connector_is_bound(c: &mut Check, r: &RawConnector, connector: &ConnectorSett
              that sealgate can trust; use SMTP AUTH ([[server.users]]) for Google's SMTP relay",
         );
     }
-    let private = r.private_ca.as_ref().is_some_and(|p| *p.get_ref());
+    let private = connector.private_ca;
     if connector.cert_names.iter().any(|p| under(p, MICROSOFT_365)) && !connector.checks_tenant() {
         c.problem(
             "relay.connectors",

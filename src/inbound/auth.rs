@@ -203,21 +203,46 @@ impl Counter {
 struct LockoutState {
     clients: HashMap<IpAddr, Counter>,
     all: Counter,
-    /// Clients (keys) that logged in successfully within [`PROVEN_FOR`]:
-    /// the overall lockout does not apply to them, so that addresses an
-    /// attacker can rent cannot lock out the accounts that really use
-    /// AUTH (an application server, Google's relay route).
-    proven: HashMap<IpAddr, Instant>,
+    /// Accounts that logged in successfully from a client (key) within
+    /// [`PROVEN_FOR`]: the overall lockout does not apply when that client
+    /// tries that account again, so that addresses an attacker can rent
+    /// cannot lock out the accounts that really use AUTH (an application
+    /// server, Google's relay route). Per account, not per address: a
+    /// login to one account must not lift the overall limit for guesses
+    /// at the others.
+    proven: HashMap<IpAddr, Vec<(String, Instant)>>,
 }
 
-/// How long a successful login exempts its client from the overall lockout.
+/// How long a successful login exempts its client and account from the
+/// overall lockout.
 const PROVEN_FOR: Duration = Duration::from_secs(24 * 3600);
 
 impl LockoutState {
-    fn proven(&self, key: &IpAddr, now: Instant) -> bool {
-        self.proven
-            .get(key)
-            .is_some_and(|t| now.duration_since(*t) < PROVEN_FOR)
+    /// Whether `key` logged in as `user` (any account for `None`) lately.
+    fn proven(&self, key: &IpAddr, user: Option<&str>, now: Instant) -> bool {
+        self.proven.get(key).is_some_and(|users| {
+            users.iter().any(|(u, t)| {
+                user.is_none_or(|want| want == u) && now.duration_since(*t) < PROVEN_FOR
+            })
+        })
+    }
+
+    fn prove(&mut self, key: IpAddr, user: &str, now: Instant) {
+        if !self.proven.contains_key(&key) && self.proven.len() >= MAX_TRACKED {
+            self.proven.retain(|_, users| {
+                users.retain(|(_, t)| now.duration_since(*t) < PROVEN_FOR);
+                !users.is_empty()
+            });
+            if self.proven.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let users = self.proven.entry(key).or_default();
+        users.retain(|(u, t)| u != user && now.duration_since(*t) < PROVEN_FOR);
+        // A handful of accounts per client at most; never unbounded.
+        if users.len() < 16 {
+            users.push((user.to_string(), now));
+        }
     }
 }
 
@@ -235,6 +260,8 @@ pub struct Lockout {
 pub struct Attempt {
     lockout: Lockout,
     key: IpAddr,
+    /// The account tried (recorded as proven for `key` on success).
+    user: String,
     tracked: bool,
 }
 
@@ -257,7 +284,7 @@ impl Lockout {
         let period = self.limits.lockout;
         let mut st = self.lock();
         st.all.age(now, period);
-        if st.all.locked(now) && !st.proven(&key, now) {
+        if st.all.locked(now) && !st.proven(&key, None, now) {
             return Some(Locked { scope: Scope::All });
         }
         let c = st.clients.get_mut(&key)?;
@@ -267,16 +294,15 @@ impl Lockout {
         })
     }
 
-    /// Starts a password check for `ip`, or says AUTH is locked for it
-    /// (a lockout, or as many checks running as failures are left).
-    pub fn begin(&self, ip: IpAddr, now: Instant) -> Result<Attempt, Locked> {
+    /// Starts a password check of `user` for `ip`, or says AUTH is locked
+    /// for it (a lockout, or as many checks running as failures are left).
+    pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Locked> {
         let key = client_key(ip);
         let period = self.limits.lockout;
         let mut st = self.lock();
         st.all.age(now, period);
-        // Only real failures count overall: checks still waiting for an
-        // argon2 slot must not lock everyone out before any has failed.
-        if st.all.locked(now) && !st.proven(&key, now) {
+        let exempt = st.proven(&key, Some(user), now);
+        if !exempt && (st.all.locked(now) || st.all.full(self.limits.max_failures_total)) {
             return Err(Locked { scope: Scope::All });
         }
         if !st.clients.contains_key(&key) && st.clients.len() >= MAX_TRACKED {
@@ -300,6 +326,7 @@ impl Lockout {
         Ok(Attempt {
             lockout: self.clone(),
             key,
+            user: user.to_string(),
             tracked,
         })
     }
@@ -313,13 +340,7 @@ impl Attempt {
         if ok {
             // Successes do not reset the count: an attacker with one valid
             // account could otherwise clear its own failures between guesses.
-            let mut st = self.lockout.lock();
-            if !st.proven.contains_key(&self.key) && st.proven.len() >= MAX_TRACKED {
-                st.proven.retain(|_, t| now.duration_since(*t) < PROVEN_FOR);
-            }
-            if st.proven.len() < MAX_TRACKED || st.proven.contains_key(&self.key) {
-                st.proven.insert(self.key, now);
-            }
+            self.lockout.lock().prove(self.key, &self.user, now);
             return started;
         }
         let l = &self.lockout.limits;
@@ -486,7 +507,7 @@ mod tests {
     }
 
     fn fail(l: &Lockout, ip: &str, now: Instant) -> Result<Vec<LockoutStarted>, Locked> {
-        Ok(l.begin(ip.parse().unwrap(), now)?.finish(false, now))
+        Ok(l.begin(ip.parse().unwrap(), "u", now)?.finish(false, now))
     }
 
     #[test]
@@ -503,12 +524,12 @@ mod tests {
         let locked = Err(Locked {
             scope: Scope::Client,
         });
-        assert_eq!(l.begin(a.parse().unwrap(), t0).map(|_| ()), locked);
+        assert_eq!(l.begin(a.parse().unwrap(), "u", t0).map(|_| ()), locked);
         let later = t0 + Duration::from_secs(59);
-        assert_eq!(l.begin(a.parse().unwrap(), later).map(|_| ()), locked);
+        assert_eq!(l.begin(a.parse().unwrap(), "u", later).map(|_| ()), locked);
         assert!(l.locked(a.parse().unwrap(), later).is_some());
         // Another client is not affected.
-        assert!(l.begin("192.0.2.2".parse().unwrap(), later).is_ok());
+        assert!(l.begin("192.0.2.2".parse().unwrap(), "u", later).is_ok());
         // After the period: free again, with a fresh count.
         let after = t0 + Duration::from_secs(60);
         assert!(l.locked(a.parse().unwrap(), after).is_none());
@@ -525,7 +546,7 @@ mod tests {
         fail(&l, a, t0).unwrap();
         fail(&l, a, t0).unwrap();
         // A success in between does not clear the count.
-        let ok = l.begin(a.parse().unwrap(), t0).unwrap();
+        let ok = l.begin(a.parse().unwrap(), "u", t0).unwrap();
         assert!(ok.finish(true, t0).is_empty());
         assert_eq!(fail(&l, a, t0).unwrap().len(), 1, "third failure locks");
         // Failures older than the period are forgotten.
@@ -542,14 +563,14 @@ mod tests {
         let l = Lockout::new(limits(2, 100));
         let t0 = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let first = l.begin(ip, t0).unwrap();
-        let second = l.begin(ip, t0).unwrap();
+        let first = l.begin(ip, "u", t0).unwrap();
+        let second = l.begin(ip, "u", t0).unwrap();
         // Two guesses running: a third is refused before any argon2 work.
-        assert!(l.begin(ip, t0).is_err());
+        assert!(l.begin(ip, "u", t0).is_err());
         // A check whose session went away counts nothing.
         drop(first);
         assert!(second.finish(false, t0).is_empty());
-        assert!(l.begin(ip, t0).is_ok());
+        assert!(l.begin(ip, "u", t0).is_ok());
     }
 
     #[test]
@@ -571,53 +592,67 @@ mod tests {
         assert!(
             l.begin(
                 "198.51.100.9".parse().unwrap(),
+                "u",
                 t0 + Duration::from_secs(60)
             )
             .is_ok()
         );
     }
 
-    /// Rented addresses can lock AUTH overall, but not for a client that
-    /// logged in successfully within the last day (it still has its own
-    /// per-client limit); checks waiting for a slot lock nobody.
+    /// Rented addresses can lock AUTH overall, but not for a client trying
+    /// the account it logged in to within the last day (it keeps its own
+    /// per-client limit). The exemption is per account: a login to one
+    /// account lifts nothing for guesses at another. Checks in flight
+    /// count overall, for everyone not exempt.
     #[test]
-    fn the_overall_lockout_spares_clients_that_logged_in_recently() {
+    fn the_overall_lockout_spares_a_client_on_its_own_account_only() {
         let l = Lockout::new(limits(3, 4));
         let t0 = Instant::now();
         let app: IpAddr = "198.51.100.1".parse().unwrap();
-        l.begin(app, t0).unwrap().finish(true, t0);
-        let waiting: Vec<Attempt> = (1..=8)
+        l.begin(app, "app", t0).unwrap().finish(true, t0);
+        let waiting: Vec<Attempt> = (1..=4)
             .map(|i| {
-                l.begin(format!("192.0.2.{i}").parse().unwrap(), t0)
+                l.begin(format!("192.0.2.{i}").parse().unwrap(), "app", t0)
                     .unwrap()
             })
             .collect();
         assert!(
-            l.begin("203.0.113.1".parse().unwrap(), t0).is_ok(),
-            "in-flight checks locked everyone"
+            l.begin("203.0.113.1".parse().unwrap(), "app", t0).is_err(),
+            "checks in flight must count overall"
+        );
+        assert!(
+            l.begin(app, "app", t0).is_ok(),
+            "checks in flight must not lock out the proven account"
         );
         drop(waiting);
         for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"] {
             fail(&l, ip, t0).unwrap();
         }
         let t1 = t0 + Duration::from_secs(10);
+        let all = Err(Locked { scope: Scope::All });
         assert_eq!(
-            l.begin("203.0.113.2".parse().unwrap(), t1).map(|_| ()),
-            Err(Locked { scope: Scope::All })
+            l.begin("203.0.113.2".parse().unwrap(), "app", t1)
+                .map(|_| ()),
+            all
         );
         assert!(l.locked(app, t1).is_none());
         assert!(
-            l.begin(app, t1).is_ok(),
-            "a proven client is locked out overall"
+            l.begin(app, "app", t1).is_ok(),
+            "the proven account must not be locked out"
+        );
+        assert_eq!(
+            l.begin(app, "other", t1).map(|_| ()),
+            all,
+            "only the proven account is exempt"
         );
         // A day later the exemption is gone.
         let l = Lockout::new(AuthLimits {
             lockout: Duration::from_secs(90_000),
             ..limits(3, 1)
         });
-        l.begin(app, t0).unwrap().finish(true, t0);
+        l.begin(app, "app", t0).unwrap().finish(true, t0);
         fail(&l, "192.0.2.9", t0 + PROVEN_FOR).unwrap();
-        assert!(l.begin(app, t0 + PROVEN_FOR).is_err());
+        assert!(l.begin(app, "app", t0 + PROVEN_FOR).is_err());
     }
 
     #[test]
@@ -626,11 +661,14 @@ mod tests {
         let t0 = Instant::now();
         fail(&l, "2001:db8:1:2::1", t0).unwrap();
         assert_eq!(fail(&l, "2001:db8:1:2:ffff::9", t0).unwrap().len(), 1);
-        assert!(l.begin("2001:db8:1:2::77".parse().unwrap(), t0).is_err());
-        assert!(l.begin("2001:db8:1:3::1".parse().unwrap(), t0).is_ok());
+        assert!(
+            l.begin("2001:db8:1:2::77".parse().unwrap(), "u", t0)
+                .is_err()
+        );
+        assert!(l.begin("2001:db8:1:3::1".parse().unwrap(), "u", t0).is_ok());
         fail(&l, "192.0.2.7", t0).unwrap();
         fail(&l, "::ffff:192.0.2.7", t0).unwrap();
-        assert!(l.begin("192.0.2.7".parse().unwrap(), t0).is_err());
+        assert!(l.begin("192.0.2.7".parse().unwrap(), "u", t0).is_err());
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub enum ConnectorError {
     NoRoots { connector: String },
     #[error("relay.connectors `{connector}`: cannot build the certificate verifier: {detail}")]
     Verifier { connector: String, detail: String },
+    #[error(
+        "relay.connectors `{connector}`: private_ca = true, but client_cert_roots hold a public CA ({subject}) that issues certificates to anyone: set tenant_id or originator_org instead"
+    )]
+    PublicRoot { connector: String, subject: String },
 }
 
 /// One connector, ready to check certificates.
@@ -76,6 +80,9 @@ impl Connectors {
         let mut list = Vec::new();
         for s in settings {
             let roots = load_roots(&s.name, &s.cert_roots)?;
+            if s.private_ca {
+                refuse_public_roots(&s.name, &roots)?;
+            }
             all.roots.extend(roots.roots.iter().cloned());
             list.push(Connector {
                 settings: s.clone(),
@@ -252,6 +259,25 @@ impl ClientCertVerifier for AnyClientCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// `private_ca` promises roots that issue certificates to this
+/// organisation alone: a root of the public Web PKI (the Mozilla list
+/// sealgate ships, by subject and key) breaks that promise.
+fn refuse_public_roots(connector: &str, roots: &RootCertStore) -> Result<(), ConnectorError> {
+    let public = roots.roots.iter().find(|a| {
+        webpki_roots::TLS_SERVER_ROOTS.iter().any(|p| {
+            p.subject.as_ref() == a.subject.as_ref()
+                && p.subject_public_key_info.as_ref() == a.subject_public_key_info.as_ref()
+        })
+    });
+    match public {
+        None => Ok(()),
+        Some(a) => Err(ConnectorError::PublicRoot {
+            connector: connector.to_string(),
+            subject: common_names(a.subject.as_ref()).join(", "),
+        }),
     }
 }
 
@@ -441,6 +467,7 @@ mod tests {
             cert_roots: Vec::new(),
             tenant_id: tenant.map(str::to_string),
             originator_org: org.map(str::to_string),
+            private_ca: false,
         }
     }
 
@@ -602,6 +629,7 @@ mod tests {
             cert_roots: vec![roots.file.clone()],
             tenant_id: Some(tenant.into()),
             originator_org: None,
+            private_ca: false,
         }
     }
 
@@ -695,6 +723,26 @@ mod tests {
             Vec::<usize>::new()
         );
         assert_eq!(connectors.identify(&with_cn(&[])), [0]);
+    }
+
+    /// `private_ca` with a public root (the system's ISRG Root X1, also in
+    /// the shipped Mozilla list) is refused; with a private root it loads.
+    #[test]
+    fn private_ca_refuses_public_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = ca(dir.path(), "own");
+        let mut s = settings("c", "relay.hospital.example", &own, T);
+        s.tenant_id = None;
+        s.private_ca = true;
+        assert!(Connectors::load(std::slice::from_ref(&s)).is_ok());
+        s.cert_roots
+            .push(PathBuf::from("/etc/ssl/certs/ISRG_Root_X1.pem"));
+        match Connectors::load(&[s]) {
+            Err(e @ ConnectorError::PublicRoot { .. }) => {
+                assert!(e.to_string().contains("ISRG Root X1"), "{e}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[test]

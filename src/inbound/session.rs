@@ -532,7 +532,11 @@ impl Session {
     /// Counts the attempt against the lockout, checks the password (one
     /// bounded argon2 slot) and replies.
     async fn check_password(&mut self, user: String, pass: Vec<u8>) {
-        let attempt = match self.ctx.lockout.begin(self.peer.ip(), Instant::now()) {
+        let attempt = match self
+            .ctx
+            .lockout
+            .begin(self.peer.ip(), &user, Instant::now())
+        {
             Ok(a) => a,
             Err(locked) => return self.auth_locked(locked),
         };

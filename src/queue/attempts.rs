@@ -32,6 +32,10 @@ use super::{QueueId, QueuedMessage};
 /// A segment is closed once it holds this much.
 const SEGMENT_LIMIT: u64 = 4 * 1024 * 1024;
 
+/// Unfinished attempts carried into each new segment at most (a few
+/// hundred KiB, well below [`SEGMENT_LIMIT`]).
+const MAX_CARRIED: usize = 256;
+
 /// One recipient of an attempt, with the decision it was sent under.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecipient {
@@ -379,6 +383,15 @@ impl AttemptLog {
     /// attempt keeps its segment (and the later ones) until the next start.
     fn abandon(&self, segment: u64, line: Vec<u8>) {
         let mut st = self.state();
+        if st.carried.len() >= MAX_CARRIED {
+            // Something panics again and again: stop carrying (each new
+            // segment would start with all of it); the segment stays.
+            tracing::warn!(
+                carried = st.carried.len(),
+                "too many unfinished delivery attempts to carry; attempt log segments stay until the next start"
+            );
+            return;
+        }
         let current = st.segment;
         if segment != current {
             let path = segment_path(&self.inner.dir, current);

@@ -111,44 +111,56 @@ fn is_enhanced(code: &str) -> bool {
             .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The Diagnostic-Code type and text for `r`. A remote's reply (it starts
-/// with its code) becomes the code, the enhanced status and a fixed
+/// The Diagnostic-Code type and text for `r`. A remote's reply (three
+/// digits first) becomes its code, the enhanced status and a fixed
 /// explanation, nothing of its text; sealgate's own reasons (a policy
-/// rule's message, a routing or TLS failure) are kept, with any remote
-/// reply inside them ("last error: ...") treated the same way.
+/// rule's message, a routing or TLS failure) are kept, with every remote
+/// reply quoted inside them (`...: 535 ...`, `; last error: 452 ...`)
+/// reduced the same way.
 fn diagnostic(r: &Recipient) -> (&'static str, String) {
     let status = status_of(r);
     let Some(error) = r.last_error.as_deref().map(one_line) else {
         return ("x-sealgate", format!("{status} {}", explain(&status)));
     };
     if let Some(code) = reply_code(&error) {
-        return ("smtp", format!("{code} {status} {}", explain(&status)));
+        let kind = if matches!(&code[..1], "4" | "5") {
+            "smtp"
+        } else {
+            "x-sealgate"
+        };
+        return (kind, format!("{code} {status} {}", explain(&status)));
     }
-    let text = match error.split_once(LAST_ERROR) {
-        Some((ours, last)) => match reply_code(last) {
-            Some(code) => format!(
-                "{ours}{LAST_ERROR}{code} {}",
-                explain(&enhanced_in(last).unwrap_or(status))
-            ),
-            None => error.clone(),
-        },
-        None => error,
-    };
-    ("x-sealgate", text)
+    ("x-sealgate", without_replies(&error, &status))
 }
 
-/// How sealgate's own reasons quote an earlier failure (see
-/// `schedule::expire`).
-const LAST_ERROR: &str = "; last error: ";
+/// `text` with each remote reply after a `: ` cut down to its code and
+/// the explanation of its enhanced status (or of `status`), up to the
+/// next `; ` (where sealgate's own text may go on).
+fn without_replies(text: &str, status: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(": ") {
+        let (head, tail) = rest.split_at(at + 2);
+        out.push_str(head);
+        rest = tail;
+        if let Some(code) = reply_code(rest) {
+            let clause_end = rest.find("; ").unwrap_or(rest.len());
+            let enhanced = enhanced_in(&rest[..clause_end]).unwrap_or_else(|| status.to_string());
+            out.push_str(&format!("{code} {}", explain(&enhanced)));
+            rest = &rest[clause_end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
 
-/// The 4xx/5xx code a remote reply starts with.
+/// The code a remote reply starts with: three digits, then a space, a
+/// hyphen or nothing (any first digit: a broken next hop may send 600).
 fn reply_code(text: &str) -> Option<&str> {
     let code = text.get(..3)?;
     let next = text.as_bytes().get(3).copied();
-    (code.bytes().all(|b| b.is_ascii_digit())
-        && matches!(&code[..1], "4" | "5")
-        && matches!(next, None | Some(b' ') | Some(b'-')))
-    .then_some(code)
+    (code.bytes().all(|b| b.is_ascii_digit()) && matches!(next, None | Some(b' ') | Some(b'-')))
+        .then_some(code)
 }
 
 /// The enhanced status after a reply code (`550 5.1.1 ...`), if valid.
@@ -460,6 +472,16 @@ mod tests {
                 "smtp;451 4.4.7 delivery time expired",
             ),
             (
+                "delivery time expired; last error: smarthost relay.example refused our credentials: 535 5.7.8 user jane.doe@clinic unknown",
+                Some("4.4.7"),
+                "x-sealgate;delivery time expired; last error: smarthost relay.example refused our credentials: 535 delivery was refused for security or policy reasons",
+            ),
+            (
+                "delivery time expired; last error: 600 Patient Li Wu said hello",
+                Some("4.4.7"),
+                "x-sealgate;delivery time expired; last error: 600 delivery time expired",
+            ),
+            (
                 "rejected by policy: SSNs may not leave by e-mail",
                 Some("5.7.1"),
                 "x-sealgate;rejected by policy: SSNs may not leave by e-mail",
@@ -479,7 +501,7 @@ mod tests {
                 text.contains(&format!("Diagnostic-Code: {want}\r\n")),
                 "{text}"
             );
-            for leak in ["HIV", "Li Wu", "TGFi"] {
+            for leak in ["HIV", "Li Wu", "TGFi", "jane.doe", "Patient"] {
                 assert!(!text.contains(leak), "{leak} in:\n{text}");
             }
         }

@@ -829,33 +829,46 @@ impl Queue {
         let in_window = {
             let mut guard = self.lock();
             let st = &mut *guard;
-            match st.messages.get_mut(id) {
+            let taken = match st.messages.get_mut(id) {
                 Some(s) if s.in_flight => return Err(QueueError::Busy(id.0.clone())),
                 Some(s) => match release_recipients(&mut s.msg) {
                     0 => return Ok(0),
-                    _ => Some(s.msg.clone()),
+                    // In flight while its envelope is written: not handed
+                    // out to a delivery whose own write could land first
+                    // and then be overwritten by this older state.
+                    _ => {
+                        s.in_flight = true;
+                        Some(s.msg.clone())
+                    }
                 },
                 None if !st.busy.insert(id.clone()) => {
                     return Err(QueueError::Busy(id.0.clone()));
                 }
                 None => None,
+            };
+            if taken.is_some() {
+                st.schedule(id);
             }
+            taken
         };
         let Some(msg) = in_window else {
             return self.release_on_disk(id).await;
         };
-        self.inner.spool.write_envelope(&msg).await?;
-        let n = msg
-            .recipients
-            .iter()
-            .filter(|r| r.released && r.status == RecipientStatus::Pending)
-            .count();
+        let written = self.inner.spool.write_envelope(&msg).await;
         let mut st = self.lock();
+        if let Some(slot) = st.messages.get_mut(id) {
+            slot.in_flight = false;
+        }
         st.written(id);
         st.schedule(id);
         drop(st);
         self.inner.wake.notify_one();
-        Ok(n)
+        written?;
+        Ok(msg
+            .recipients
+            .iter()
+            .filter(|r| r.released && r.status == RecipientStatus::Pending)
+            .count())
     }
 
     /// `release_held` of a message outside the window, marked busy.

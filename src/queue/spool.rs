@@ -137,7 +137,7 @@ pub enum SpoolError {
     #[error("spool file {path} is damaged: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error(
-        "the spool {path} is in use by another sealgate process (it holds {path}/lock): stop that one first, or give this one its own `[server] spool_dir`"
+        "the spool {path} is in use by another sealgate process (it holds a lock on the folder): stop that one first, or give this one its own `[server] spool_dir`"
     )]
     InUse { path: PathBuf },
 }
@@ -400,14 +400,11 @@ pub struct Spool {
     syncer: DirSyncer,
 }
 
-/// The spool's lock file, `<spool_dir>/lock` (see [`Spool::lock`]).
-const LOCK_FILE: &str = "lock";
-
 /// This process's hold on the spool; released when dropped (or when the
 /// process dies: it is an `flock`, the kernel lets go).
 #[derive(Debug)]
 pub struct SpoolLock {
-    _file: std::fs::File,
+    _dir: std::fs::File,
 }
 
 /// Group commit of folder fsyncs: every caller waits for an fsync of the
@@ -506,38 +503,35 @@ impl Spool {
     }
 
     /// Takes the spool for this process alone, for as long as the returned
-    /// lock lives: the daemon for its whole run, an offline `queue` command
-    /// for its edit. Without it a second daemon's start-up recovery would
+    /// lock lives: the daemon for its whole run, an offline `queue remove`
+    /// for its edit (an `flock` on the spool folder). Without it a second daemon's start-up recovery would
     /// delete the first one's messages still streaming in (content without
     /// an envelope yet). Fails with [`SpoolError::InUse`] at once, never
     /// waits.
     pub fn lock(&self) -> Result<SpoolLock, SpoolError> {
         use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
+        // The folder itself, opened read-only: no lock file to create, so
+        // an offline command run as root leaves nothing the daemon's own
+        // user could not open later.
         let root = self.root();
-        let path = root.join(LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .open(&path)
-            .map_err(|source| SpoolError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let dir = std::fs::File::open(root).map_err(|source| SpoolError::Folder {
+            path: root.to_path_buf(),
+            source,
+        })?;
         // SAFETY: flock on a descriptor we own, with constant arguments.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let source = std::io::Error::last_os_error();
             if source.kind() == std::io::ErrorKind::WouldBlock {
                 return Err(SpoolError::InUse {
                     path: root.to_path_buf(),
                 });
             }
-            return Err(SpoolError::Io { path, source });
+            return Err(SpoolError::Folder {
+                path: root.to_path_buf(),
+                source,
+            });
         }
-        Ok(SpoolLock { _file: file })
+        Ok(SpoolLock { _dir: dir })
     }
 
     /// Bytes free for the daemon on the spool's file system.

@@ -41,7 +41,12 @@ impl Sink {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
         let template = format!("{}/%s.", dir.path().display());
-        let mut cmd = Command::new("smtp-sink");
+        // Debian installs it in /usr/sbin, which a user's PATH may lack.
+        let bin = ["/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("smtp-sink");
+        let mut cmd = Command::new(bin);
         if is_root() {
             cmd.args(["-u", "nobody"]);
         }
