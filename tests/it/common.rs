@@ -125,3 +125,41 @@ s.quit()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Reads `message` with Python's `email` package (a parser we did not
+/// write, `policy.default`, strict about defects) and prints its MIME
+/// tree, one line per part: depth, content type, its parameters sorted,
+/// and any parsing defects; then what `extra` (Python, with `msg` bound)
+/// prints. Fails if Python does.
+pub fn python_mime_tree(message: &[u8], extra: &str) -> String {
+    let script = format!(
+        r#"
+import sys, email, email.policy
+msg = email.message_from_bytes(sys.stdin.buffer.read(), policy=email.policy.default)
+def walk(part, depth):
+    params = sorted((k, v) for k, v in part['content-type'].params.items()) if part['content-type'] else []
+    print(depth, part.get_content_type(), params, [type(d).__name__ for d in part.defects])
+    if part.is_multipart():
+        for p in part.iter_parts():
+            walk(p, depth + 1)
+walk(msg, 0)
+{extra}
+"#
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python email failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

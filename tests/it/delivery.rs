@@ -751,6 +751,43 @@ async fn dsn_reaches_the_sender_and_names_no_one() {
     );
     assert!(text.contains("From: <a@clinic.example.test>"), "{text}");
     assert!(text.contains("To: <nobody@example.test>"), "{text}");
+    // Read by Python's email package: an RFC 3464 report whose status part
+    // holds the per-message block and one block for the recipient.
+    let tree = crate::common::python_mime_tree(
+        &dsn.data,
+        r#"
+status = list(msg.iter_parts())[1]
+blocks = status.get_payload()
+print(len(blocks), blocks[0]['Reporting-MTA'], blocks[1]['Final-Recipient'], blocks[1]['Action'], blocks[1]['Status'])
+print(msg['Auto-Submitted'], msg['To'])
+"#,
+    );
+    let lines: Vec<&str> = tree.lines().collect();
+    assert!(
+        lines[0].starts_with("0 multipart/report ")
+            && lines[0].contains("('report-type', 'delivery-status')")
+            && lines[0].ends_with("[]"),
+        "{tree}"
+    );
+    // (Python reads each block of the status part as a part of its own.)
+    let parts: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("1 "))
+        .collect();
+    assert_eq!(parts.len(), 3, "{tree}");
+    assert!(parts[0].starts_with("1 text/plain"), "{tree}");
+    assert!(parts[1].starts_with("1 message/delivery-status"), "{tree}");
+    assert!(parts[2].starts_with("1 text/rfc822-headers"), "{tree}");
+    assert!(
+        tree.contains("2 dns;gateway.example.test rfc822;nobody@example.test failed 5.1.1\n"),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("auto-replied a@clinic.example.test\n"),
+        "{tree}"
+    );
+    assert!(!tree.contains("Defect"), "{tree}");
     // The DSN was decided by the policy (its default here), not waved through.
     let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
     let row = rows

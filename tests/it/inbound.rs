@@ -437,6 +437,96 @@ async fn swaks_can_send_through_the_gateway() {
     assert!(got[0].data_str().contains("hello from swaks"));
 }
 
+/// swaks (Perl, Net::SSLeay: a client we did not write) drives STARTTLS,
+/// verifying our certificate chain against the test CA, then AUTH PLAIN and
+/// LOGIN: the right password relays, a wrong one gets 535, and AUTH
+/// before STARTTLS is not offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_relays_after_starttls_and_auth() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let cert = w.ca.issue(&["gateway.example.test"]);
+    let (cert_path, key_path) = cert.write(w.dir.path(), "gw").unwrap();
+    let mut opts = w.options();
+    opts.allow_networks = vec![];
+    opts.tls = Some((cert_path, key_path));
+    opts.users = vec![("app".into(), hash("s3cret"))];
+    let gw = Gateway::start(opts).unwrap();
+    let swaks = |extra: &[&str]| {
+        let out = std::process::Command::new("swaks")
+            .args(["--server", &gw.addr.ip().to_string()])
+            .args(["--port", &gw.addr.port().to_string()])
+            .args(["--from", "a@clinic.example.test", "--to", "b@example.test"])
+            .args([
+                "--helo",
+                "client.example.test",
+                "--body",
+                "via swaks with TLS",
+            ])
+            .args(extra)
+            .output()
+            .expect("swaks");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let ca = w.ca_file.display().to_string();
+    let tls = ["--tls", "--tls-verify", "--tls-ca-path", ca.as_str()];
+    for mech in ["PLAIN", "LOGIN"] {
+        let (code, out) = swaks(
+            &[
+                &tls[..],
+                &[
+                    "--auth",
+                    mech,
+                    "--auth-user",
+                    "app",
+                    "--auth-password",
+                    "s3cret",
+                ],
+            ]
+            .concat(),
+        );
+        assert_eq!(code, Some(0), "{mech}:\n{out}\n{}", gw.log());
+        assert!(out.contains("<~  235"), "{mech}: {out}");
+        assert!(out.contains("TLS started"), "{mech}: {out}");
+    }
+    mx.wait_for(2, WAIT).await.unwrap();
+    let (code, out) = swaks(
+        &[
+            &tls[..],
+            &[
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "app",
+                "--auth-password",
+                "wrong",
+            ],
+        ]
+        .concat(),
+    );
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("<~* 535 5.7.8"), "{out}");
+    // Without STARTTLS no AUTH is offered, and relaying is refused.
+    let (code, out) = swaks(&[
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        "s3cret",
+    ]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        !out.contains("<~  235") && !out.contains("<-  235"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_config_is_refused_with_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();

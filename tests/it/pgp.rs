@@ -191,6 +191,31 @@ async fn gnupg_decrypts_a_corpus_byte_for_byte_with_header_protection() {
             ),
             "{text}"
         );
+        // RFC 3156 as Python's email package reads it: exactly a control
+        // part with "Version: 1" and an octet-stream part with the armored
+        // message, no defects.
+        let tree = crate::common::python_mime_tree(
+            &m.data,
+            r#"
+text = lambda p: p.get_content() if isinstance(p.get_content(), str) else p.get_content().decode()
+parts = list(msg.iter_parts())
+print(text(parts[0]).strip(), text(parts[1])[:27])
+"#,
+        );
+        let lines: Vec<&str> = tree.lines().collect();
+        assert_eq!(lines.len(), 4, "{tree}");
+        assert!(
+            lines[0].starts_with("0 multipart/encrypted ")
+                && lines[0].contains("('protocol', 'application/pgp-encrypted')")
+                && lines[0].ends_with("[]"),
+            "{tree}"
+        );
+        assert_eq!(lines[1], "1 application/pgp-encrypted [] []", "{tree}");
+        assert!(
+            lines[2].starts_with("1 application/octet-stream ") && lines[2].ends_with("[]"),
+            "{tree}"
+        );
+        assert_eq!(lines[3], "Version: 1 -----BEGIN PGP MESSAGE-----", "{tree}");
         assert_eq!(m.header("Subject").unwrap().trim(), "...");
         let id = m.header("Message-ID").unwrap();
         let i: usize = id

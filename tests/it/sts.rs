@@ -509,6 +509,23 @@ async fn tls_report_is_sent_with_the_right_counts() {
     let text = m.data_str();
     assert!(text.contains("report-type=\"tlsrpt\""), "{text}");
     assert!(text.contains("TLS-Report-Domain: sts.example.test"));
+    // Python's email package reads it as RFC 8460 section 5.3 says: a
+    // multipart/report of type tlsrpt with a gzip'd JSON attachment that
+    // decodes to the same report.
+    let tree = crate::common::python_mime_tree(
+        &m.data,
+        r#"
+import gzip, json
+att = [p for p in msg.walk() if p.get_content_type() == 'application/tlsrpt+gzip'][0]
+report = json.loads(gzip.decompress(att.get_content()))
+print(att.get_filename().endswith('.json.gz'), report['policies'][0]['policy']['policy-domain'])
+"#,
+    );
+    assert!(tree.starts_with("0 multipart/report "), "{tree}");
+    assert!(tree.contains("('report-type', 'tlsrpt')"), "{tree}");
+    assert!(tree.contains("\n1 application/tlsrpt+gzip"), "{tree}");
+    assert!(tree.ends_with("True sts.example.test\n"), "{tree}");
+    assert!(!tree.contains("Defect"), "{tree}");
     // Decode the gzip attachment.
     let b64: String = text
         .split("Content-Type: application/tlsrpt+gzip")
