@@ -404,8 +404,7 @@ impl Deliverer {
         // and whatever the content method. DANE takes precedence (RFC 8461
         // section 2); an honoured `TLS-Required: No` sets it aside.
         let mut requirement = requirement;
-        let sts_enforce = if smarthost || published_ignored || requirement == TlsRequirement::Dane
-        {
+        let sts_enforce = if smarthost || published_ignored || requirement == TlsRequirement::Dane {
             None
         } else {
             self.mta_sts
@@ -610,10 +609,8 @@ impl Deliverer {
                                     // RFC 8689 section 5: no TLS-protected
                                     // session could be set up.
                                     o.enhanced = Some("4.7.10".into());
-                                    o.reply = format!(
-                                        "encryption needed (REQUIRETLS): {}",
-                                        o.reply
-                                    );
+                                    o.reply =
+                                        format!("encryption needed (REQUIRETLS): {}", o.reply);
                                 }
                             }
                             evidence.earlier_failures.push(format!(
@@ -1058,9 +1055,7 @@ impl Deliverer {
             let refused = if conn.tls.is_none() {
                 Some(RecipientOutcome {
                     verdict: Verdict::Temporary,
-                    reply: format!(
-                        "encryption needed (REQUIRETLS): no TLS session with {host}"
-                    ),
+                    reply: format!("encryption needed (REQUIRETLS): no TLS session with {host}"),
                     enhanced: Some("4.7.10".into()),
                     remote: Some(host.clone()),
                 })
@@ -1070,7 +1065,9 @@ impl Deliverer {
                 Some(classify::refuse(
                     &host,
                     "5.7.30",
-                    format!("REQUIRETLS needed: {host} does not offer REQUIRETLS, which the sender asked for"),
+                    format!(
+                        "REQUIRETLS needed: {host} does not offer REQUIRETLS, which the sender asked for"
+                    ),
                 ))
             } else {
                 None

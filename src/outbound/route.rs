@@ -292,10 +292,9 @@ pub async fn validated_mx_route(
     }
     let mut hosts = mx;
     shuffle_equal_preferences(&mut hosts);
-    let results = futures_util::future::join_all(
-        hosts.iter().map(|(_, name)| validated_addrs(name.clone())),
-    )
-    .await;
+    let results =
+        futures_util::future::join_all(hosts.iter().map(|(_, name)| validated_addrs(name.clone())))
+            .await;
     let mut hops = Vec::new();
     let mut last_err = None;
     for ((pref, _), (name, res)) in hosts.into_iter().zip(results) {

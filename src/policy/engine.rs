@@ -634,9 +634,7 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
                     Ok(transport)
                 } else {
                     match level {
-                        Some(l) if l >= o.min_tls => {
-                            Ok(meets.unwrap_or(o.min_tls).max(transport))
-                        }
+                        Some(l) if l >= o.min_tls => Ok(meets.unwrap_or(o.min_tls).max(transport)),
                         Some(l) => Err(format!(
                             "the destination supports {} TLS, the rule needs {}",
                             l.as_str(),

@@ -728,4 +728,39 @@ mod tests {
         );
         assert_eq!(spki(b"\x30\x03\x02\x01"), None, "truncated DER is refused");
     }
+
+    #[test]
+    fn tlsa_rrsets_are_usable_unusable_or_absent() {
+        let t = |usage, selector, matching| Tlsa {
+            usage,
+            selector,
+            matching,
+            data: vec![1, 2, 3],
+        };
+        assert_eq!(HostTlsa::classify(Vec::new()), HostTlsa::None);
+        // Only PKIX usages, or unknown selectors and matching types:
+        // mandatory TLS, no authentication (RFC 7672 section 2.2).
+        for only in [
+            vec![t(0, 1, 1)],
+            vec![t(1, 1, 1), t(0, 0, 1)],
+            vec![t(3, 2, 1)],
+            vec![t(2, 1, 3)],
+            vec![t(4, 1, 1)],
+        ] {
+            assert_eq!(
+                HostTlsa::classify(only.clone()),
+                HostTlsa::Unusable(only.clone()),
+                "{only:?}"
+            );
+        }
+        // Mixed: the usable records authenticate, all are evidence.
+        let mixed = vec![t(1, 1, 1), t(3, 1, 1), t(3, 9, 1)];
+        match HostTlsa::classify(mixed.clone()) {
+            HostTlsa::Usable { usable, all } => {
+                assert_eq!(usable, vec![t(3, 1, 1)]);
+                assert_eq!(all, mixed);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
