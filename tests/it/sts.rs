@@ -402,12 +402,18 @@ async fn requiretls_end_to_end() {
         .iter()
         .find(|r| r["recipient"] == "y@norequire.example.test")
         .unwrap();
-    assert_eq!(y["outcome"], "deferred");
+    // RFC 8689 section 5: a host that, inside a verified TLS session, does
+    // not offer REQUIRETLS gets 5.7.30, and with no other MX the message
+    // comes back to the sender.
+    assert_eq!(y["outcome"], "bounced", "{y}");
     assert!(
         y["smtp_reply"].as_str().unwrap().contains("REQUIRETLS"),
         "{y}"
     );
+    let y_ev: serde_json::Value = serde_json::from_str(y["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(y_ev["status"], "5.7.30", "{y}");
     assert_eq!(norequire.data_commands(), 0);
+    assert_eq!(norequire.transactions(), 0);
     let x = rows
         .iter()
         .find(|r| r["recipient"] == "x@good.example.test")
