@@ -523,3 +523,49 @@ async fn dane_wins_over_mta_sts_and_probe_shows_both() {
     .unwrap();
     mx.wait_for(1, WAIT).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_no_on_a_dane_only_domain_delivers_over_dane() {
+    let w = World::new().await;
+    let cert = crate::world::pki::self_signed(&["mx.dane.example.test"]);
+    let (mx, _) = mx_for(
+        &w,
+        "dane.example.test",
+        MxOptions::new("mx.dane.example.test").tls(&cert),
+    )
+    .await;
+    w.zone.add_tlsa(
+        &tlsa_owner(&w, "mx.dane.example.test"),
+        3,
+        1,
+        1,
+        spki_sha256(&cert),
+    );
+    let mut opts = w.options();
+    opts.policy =
+        "[defaults]\nmethods = [\"tls\"]\nmin_tls = \"mta-sts\"\nhonor_tls_required_no = true\n"
+            .into();
+    let gw = Gateway::start(opts).unwrap();
+    let msg = b"From: a@clinic.example.test\r\nTo: b@dane.example.test\r\nSubject: newsletter\r\nTLS-Required: No\r\nMessage-ID: <tlsno@clinic.example.test>\r\n\r\nx\r\n";
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@dane.example.test"],
+        msg,
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "delivered", "{}", rows[0]);
+    // The floor (mta-sts) is met by what the domain has: DANE.
+    assert_eq!(rows[0]["tls_requirement"], "dane", "{}", rows[0]);
+    let e = ev(&rows[0]);
+    assert_eq!(e["decision"]["published_ignored"], true, "{e}");
+    assert!(
+        e["attempt"]["tls"]["dane_match"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 1 1 "),
+        "{e}"
+    );
+}
