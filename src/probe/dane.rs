@@ -1,8 +1,12 @@
 //! DANE for SMTP (RFC 7672, RFC 6698, RFC 7671): MX and TLSA records
 //! validated with DNSSEC. A secure MX set whose hosts publish usable TLSA
 //! records (DANE-TA(2) or DANE-EE(3), selector 0 or 1, matching 0, 1 or 2)
-//! makes DANE the requirement; an insecure MX set means no DANE; a bogus or
-//! failed lookup is an error, so the recipient waits (never a fallback).
+//! makes DANE the requirement; a secure TLSA RRset with only unusable
+//! records makes TLS mandatory (`encrypted`, RFC 7672 section 2.2); an
+//! insecure MX set means no DANE; a bogus or failed lookup is an error, so
+//! the recipient waits (never a fallback). Delivery under a decision that
+//! rests on this probe takes its hosts and addresses from the same
+//! validating resolver (`validated_mx`, `validated_addrs`).
 
 use std::sync::{Arc, Mutex};
 
