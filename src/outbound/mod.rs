@@ -25,7 +25,7 @@ use self::route::{Hop, Route, RouteKind};
 use crate::config::Settings;
 use crate::encrypt::pgp;
 use crate::policy::{Decision, Method, TlsRequirement};
-use crate::probe::dane::{Dane, Tlsa};
+use crate::probe::dane::{Dane, HostTlsa, Tlsa};
 use crate::probe::mta_sts::{MtaSts, StsMode};
 use crate::queue::{QueuedMessage, RecipientOutcome, Spool, Verdict};
 
@@ -75,6 +75,13 @@ pub struct AttemptEvidence {
     /// The MTA-STS policy enforced on this hop.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mta_sts: Option<serde_json::Value>,
+    /// The hosts came from the DNSSEC-validated MX RRset only.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dnssec_mx: bool,
+    /// The TLS requirement enforced on the hop (the decision's, raised by
+    /// a destination's valid MTA-STS enforce policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_enforced: Option<TlsRequirement>,
     /// SHA-256 of the content sent in DATA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_sha256: Option<String>,
@@ -241,6 +248,28 @@ impl Deliverer {
         &self.resolver
     }
 
+    /// Where mail for `domain` goes when the decision rests on DNSSEC:
+    /// the validated MX set only (`require_secure`: it must be signed).
+    pub async fn validated_route_for(
+        &self,
+        domain: &str,
+        require_secure: bool,
+    ) -> Result<Route, route::RouteError> {
+        let fut = route::validated_mx_route(
+            &self.dane,
+            domain,
+            self.settings.delivery.port,
+            require_secure,
+        );
+        tokio::time::timeout(route::ROUTE_TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(route::RouteError::Temporary(format!(
+                    "validated DNS lookups for {domain} timed out"
+                )))
+            })
+    }
+
     /// Where mail for `domain` would go.
     pub async fn route_for(&self, domain: &str) -> Result<Route, route::RouteError> {
         let fut = async {
@@ -347,7 +376,21 @@ impl Deliverer {
             };
             return report(&members, &|_| o.clone(), &evidence);
         }
-        let route = match self.route_for(&domain).await {
+        // A decision that rests on DNSSEC (DANE, or the mandatory TLS of a
+        // secure but unusable TLSA RRset) is delivered to exactly the hosts
+        // of the validated MX RRset, every name through the validating
+        // resolver (RFC 7672 section 2.2.1): one forged answer from the
+        // plain resolver must not choose the host.
+        let dnssec_mx = !smarthost
+            && (requirement == TlsRequirement::Dane || members.iter().any(|m| m.1.dnssec_mx));
+        let published_ignored = members.iter().all(|m| m.1.published_ignored);
+        let route = if dnssec_mx {
+            self.validated_route_for(&domain, requirement == TlsRequirement::Dane)
+                .await
+        } else {
+            self.route_for(&domain).await
+        };
+        let mut route = match route {
             Ok(r) => r,
             Err(e) => {
                 let o = classify::route_error(&e);
@@ -355,25 +398,34 @@ impl Deliverer {
                 return report(&members, &|_| o.clone(), &evidence);
             }
         };
-        let mut route = route;
-        if requirement == TlsRequirement::MtaSts && !smarthost {
-            // RFC 8461 section 4: only MX hosts the policy names, each over
-            // TLS with a certificate valid for its name (checked below).
-            let policy = self
-                .mta_sts
+        evidence.dnssec_mx = dnssec_mx;
+        // MTA-STS (RFC 8461 section 4) binds every delivery to a domain with
+        // a valid cached enforce policy, whatever level the decision named
+        // and whatever the content method. DANE takes precedence (RFC 8461
+        // section 2); an honoured `TLS-Required: No` sets it aside.
+        let mut requirement = requirement;
+        let sts_enforce = if smarthost || published_ignored || requirement == TlsRequirement::Dane {
+            None
+        } else {
+            self.mta_sts
                 .cached(&domain)
-                .filter(|p| p.is_fresh() && p.mode == StsMode::Enforce);
-            let Some(policy) = policy else {
-                let o = RecipientOutcome {
-                    verdict: Verdict::Temporary,
-                    reply: format!(
-                        "the MTA-STS policy of {domain} is no longer available; waiting rather than delivering without it"
-                    ),
-                    enhanced: Some("4.7.5".into()),
-                    remote: None,
-                };
-                return report(&members, &|_| o.clone(), &evidence);
+                .filter(|p| p.is_fresh() && p.mode == StsMode::Enforce)
+        };
+        if requirement == TlsRequirement::MtaSts && sts_enforce.is_none() && !smarthost {
+            let o = RecipientOutcome {
+                verdict: Verdict::Temporary,
+                reply: format!(
+                    "the MTA-STS policy of {domain} is no longer available; waiting rather than delivering without it"
+                ),
+                enhanced: Some("4.7.5".into()),
+                remote: None,
             };
+            return report(&members, &|_| o.clone(), &evidence);
+        }
+        if let Some(policy) = &sts_enforce {
+            // Only MX hosts the policy names, each over TLS with a
+            // certificate valid for its name (checked when connecting).
+            requirement = requirement.max(TlsRequirement::MtaSts);
             evidence.mta_sts =
                 Some(serde_json::json!({ "id": policy.id, "mode": policy.mode, "mx": policy.mx }));
             let all: Vec<String> = route.hops.iter().map(|h| h.name.clone()).collect();
@@ -392,7 +444,7 @@ impl Deliverer {
                 for name in &all {
                     self.tlsrpt.record(
                         &domain,
-                        &tlsrpt::AppliedPolicy::Sts(&policy),
+                        &tlsrpt::AppliedPolicy::Sts(policy),
                         name,
                         "",
                         tlsrpt::SessionResult::Failure("validation-failure"),
@@ -402,27 +454,73 @@ impl Deliverer {
                 return report(&members, &|_| o.clone(), &evidence);
             }
         }
-        // DANE (RFC 7672): only hosts with usable TLSA records, each
-        // authenticated by them.
+        // DANE (RFC 7672 section 2.2): a `dane` decision goes only to hosts
+        // with usable TLSA records, each authenticated by them; under the
+        // mandatory TLS of an unusable TLSA RRset every host of the secure
+        // MX set takes TLS (never cleartext) but a host whose TLSA lookup
+        // is bogus or failed is skipped.
         let mut dane_hosts: HashMap<String, Vec<Tlsa>> = HashMap::new();
-        if requirement == TlsRequirement::Dane && !smarthost {
+        let mut tlsa_policies: HashMap<String, Vec<String>> = HashMap::new();
+        if dnssec_mx {
             let all: Vec<String> = route.hops.iter().map(|h| h.name.clone()).collect();
             let mut notes = Vec::new();
+            let mut usable_hosts: Vec<String> = Vec::new();
+            let record_failure = |host: &str, records: Vec<String>, kind: &'static str| {
+                self.tlsrpt.record(
+                    &domain,
+                    &tlsrpt::AppliedPolicy::Tlsa(records),
+                    host,
+                    "",
+                    tlsrpt::SessionResult::Failure(kind),
+                );
+            };
             for hop in &route.hops {
+                let dane_required = requirement == TlsRequirement::Dane;
                 match self.dane.tlsa(&hop.name).await {
-                    Ok((Some(tlsa), _)) => {
-                        dane_hosts.insert(hop.name.clone(), tlsa);
+                    Ok(HostTlsa::Usable { usable, all }) => {
+                        tlsa_policies.insert(hop.name.clone(), describe_all(&all));
+                        dane_hosts.insert(hop.name.clone(), usable);
+                        usable_hosts.push(hop.name.clone());
                     }
-                    Ok((None, _)) => notes.push(format!("{}: no usable TLSA records", hop.name)),
-                    Err(e) => notes.push(format!("{}: {e}", hop.name)),
+                    Ok(HostTlsa::Unusable(all)) => {
+                        let records = describe_all(&all);
+                        if dane_required {
+                            notes.push(format!(
+                                "{}: only TLSA records unusable for SMTP ({})",
+                                hop.name,
+                                records.join(", ")
+                            ));
+                            record_failure(&hop.name, records, "tlsa-invalid");
+                        } else {
+                            tlsa_policies.insert(hop.name.clone(), records);
+                            usable_hosts.push(hop.name.clone());
+                        }
+                    }
+                    Ok(HostTlsa::None) => {
+                        if dane_required {
+                            notes.push(format!("{}: no usable TLSA records", hop.name));
+                            record_failure(&hop.name, Vec::new(), "dane-required");
+                        } else {
+                            usable_hosts.push(hop.name.clone());
+                        }
+                    }
+                    Err(e) => {
+                        notes.push(format!("{}: {e}", hop.name));
+                        record_failure(&hop.name, Vec::new(), "dnssec-invalid");
+                    }
                 }
             }
-            route.hops.retain(|h| dane_hosts.contains_key(&h.name));
+            route.hops.retain(|h| usable_hosts.contains(&h.name));
             if route.hops.is_empty() {
                 let o = RecipientOutcome {
                     verdict: Verdict::Temporary,
                     reply: format!(
-                        "no MX host of {domain} can be authenticated by DANE ({})",
+                        "no MX host of {domain} can be {} ({})",
+                        if requirement == TlsRequirement::Dane {
+                            "authenticated by DANE"
+                        } else {
+                            "reached with the TLS its DNSSEC-signed records require"
+                        },
                         notes.join("; ")
                     ),
                     enhanced: Some("4.7.5".into()),
@@ -436,7 +534,9 @@ impl Deliverer {
         }
         evidence.route = Some(route.kind);
         evidence.hosts = route.hops.iter().map(|h| h.name.clone()).collect();
-        // What RFC 8460 reports count for this domain's sessions.
+        evidence.tls_enforced = Some(requirement);
+        // What RFC 8460 reports count for this domain's sessions: the TLSA
+        // records of a DANE host, else the MTA-STS policy, if any.
         let sts_policy = if smarthost {
             None
         } else {
@@ -444,9 +544,10 @@ impl Deliverer {
                 .cached(&domain)
                 .filter(|p| p.is_fresh() && p.mode != StsMode::None)
         };
-        let applied = match &sts_policy {
-            Some(p) => tlsrpt::AppliedPolicy::Sts(p),
-            None => tlsrpt::AppliedPolicy::None,
+        let applied_for = |host: &str| match (tlsa_policies.get(host), &sts_policy) {
+            (Some(records), _) => tlsrpt::AppliedPolicy::Tlsa(records.clone()),
+            (None, Some(p)) => tlsrpt::AppliedPolicy::Sts(p),
+            (None, None) => tlsrpt::AppliedPolicy::None,
         };
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
         // End-to-end encryption: one copy encrypted to every member's key.
@@ -482,23 +583,35 @@ impl Deliverer {
                     {
                         Ok(r) => {
                             if !smarthost && !r.reused {
-                                let result = session_result(&r, sts_policy.as_ref(), &hop.name);
+                                let applied = applied_for(&hop.name);
+                                let sts = match &applied {
+                                    tlsrpt::AppliedPolicy::Sts(p) => Some(*p),
+                                    _ => None,
+                                };
+                                let result = session_result(&r, sts, &hop.name);
                                 let ip = addr.ip().to_string();
                                 self.tlsrpt
                                     .record(&domain, &applied, &hop.name, &ip, result);
                             }
                             r
                         }
-                        Err(o) => {
+                        Err(mut o) => {
                             if !smarthost && o.enhanced.as_deref() == Some("4.7.5") {
                                 let kind = tlsrpt::result_type(&o.reply);
                                 self.tlsrpt.record(
                                     &domain,
-                                    &applied,
+                                    &applied_for(&hop.name),
                                     &hop.name,
                                     &addr.ip().to_string(),
                                     tlsrpt::SessionResult::Failure(kind),
                                 );
+                                if requiretls {
+                                    // RFC 8689 section 5: no TLS-protected
+                                    // session could be set up.
+                                    o.enhanced = Some("4.7.10".into());
+                                    o.reply =
+                                        format!("encryption needed (REQUIRETLS): {}", o.reply);
+                                }
                             }
                             evidence.earlier_failures.push(format!(
                                 "{} [{}]: {}",
@@ -760,7 +873,9 @@ impl Deliverer {
                         matched.clone(),
                     )
                     .map_err(|e| (classify::local(format!("DANE setup: {e}")), false))?,
-                None if requirement > TlsRequirement::Opportunistic => self.tls.verified.clone(),
+                // `encrypted`: TLS is mandatory but the certificate is not
+                // authenticated (RFC 7672 section 2.2).
+                None if requirement >= TlsRequirement::Verified => self.tls.verified.clone(),
                 None => self.tls.opportunistic.clone(),
             };
             match conn.starttls(config, host).await.map_err(fail)? {
@@ -934,16 +1049,31 @@ impl Deliverer {
             mail.push_str(" SMTPUTF8");
         }
         if requiretls {
-            // RFC 8689 section 4.2: only to a host that offers REQUIRETLS,
-            // which must pass the requirement on.
-            if !conn.ext.requiretls || conn.tls.is_none() {
-                let o = RecipientOutcome {
+            // RFC 8689 section 4.2.1: only over TLS, to a host that offers
+            // REQUIRETLS (and passes the requirement on); else QUIT and try
+            // the next MX. The codes are those of section 5.
+            let refused = if conn.tls.is_none() {
+                Some(RecipientOutcome {
                     verdict: Verdict::Temporary,
-                    reply: format!("{host} does not offer REQUIRETLS, which the sender asked for"),
+                    reply: format!("encryption needed (REQUIRETLS): no TLS session with {host}"),
                     enhanced: Some("4.7.10".into()),
                     remote: Some(host.clone()),
-                };
-                // Another MX may offer it.
+                })
+            } else if !conn.ext.requiretls {
+                // Said inside a TLS session that was authenticated for the
+                // host: a fact about the host, not a passing failure.
+                Some(classify::refuse(
+                    &host,
+                    "5.7.30",
+                    format!(
+                        "REQUIRETLS needed: {host} does not offer REQUIRETLS, which the sender asked for"
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some(o) = refused {
+                tokio::spawn(conn.quit());
                 return TxEnd::NextHost(o);
             }
             mail.push_str(" REQUIRETLS");
@@ -1279,6 +1409,11 @@ impl Deliverer {
         conn.write_all(&out).await.map_err(SendError::Client)?;
         Ok(hex::encode(digest.finish().as_ref()))
     }
+}
+
+/// The TLSA records of a host as RFC 8460 policy strings.
+fn describe_all(records: &[Tlsa]) -> Vec<String> {
+    records.iter().map(Tlsa::describe).collect()
 }
 
 /// What RFC 8460 counts for a new session on `host`.

@@ -1,6 +1,7 @@
 //! Where a recipient domain's mail goes: the smarthost, or the MX set in
 //! preference order with A/AAAA fallback (RFC 5321 section 5.1), every name
-//! looked up through the configured resolver.
+//! looked up through the configured resolver; for a decision that rests on
+//! DNSSEC (DANE), through the validating resolver only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use serde::Serialize;
 
 use crate::config::DnsSettings;
+use crate::probe::dane::{Dane, Dnssec};
 
 /// One host to try.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -209,14 +211,8 @@ pub async fn mx_route(
             "domain {domain} does not accept mail (null MX)"
         )));
     }
-    // Shuffle hosts of equal preference (RFC 5321 section 5.1) so load spreads.
     let mut hosts = mx;
-    let mut i = 0;
-    while i < hosts.len() {
-        let j = hosts[i..].iter().take_while(|h| h.0 == hosts[i].0).count() + i;
-        fastrand::shuffle(&mut hosts[i..j]);
-        i = j;
-    }
+    shuffle_equal_preferences(&mut hosts);
     let lookups = hosts
         .iter()
         .map(|(_, name)| host_addrs(resolver, name, port));
@@ -246,6 +242,95 @@ pub async fn mx_route(
         kind: RouteKind::Mx,
         hops,
     })
+}
+
+/// Resolves the MX route of `domain` for a decision that rests on DNSSEC
+/// (DANE): the hosts are exactly those of the validated MX RRset (RFC 7672
+/// section 2.2.1) and every address comes from the validating resolver.
+/// `require_secure` refuses an MX set that is not (or no longer) signed,
+/// which a `dane` decision cannot do without.
+pub async fn validated_mx_route(
+    dane: &Dane,
+    domain: &str,
+    port: u16,
+    require_secure: bool,
+) -> Result<Route, RouteError> {
+    let (status, mx) = dane
+        .validated_mx(domain)
+        .await
+        .map_err(RouteError::Temporary)?;
+    if require_secure && status != Dnssec::Secure {
+        return Err(RouteError::Temporary(format!(
+            "the MX records of {domain} are no longer DNSSEC-signed, but the decision rests on DANE; waiting for a new decision"
+        )));
+    }
+    let validated_addrs = |name: String| async move {
+        let r = dane.validated_addrs(&name, port).await;
+        (name, r)
+    };
+    if mx.is_empty() {
+        let (_, addrs) = validated_addrs(domain.to_string()).await;
+        let addrs = addrs.map_err(RouteError::Temporary)?;
+        if addrs.is_empty() {
+            return Err(RouteError::Permanent(format!(
+                "domain {domain} has no MX and no address records"
+            )));
+        }
+        return Ok(Route {
+            kind: RouteKind::ImplicitMx,
+            hops: vec![Hop {
+                name: domain.to_string(),
+                preference: 0,
+                addrs,
+            }],
+        });
+    }
+    if mx.len() == 1 && (mx[0].1.is_empty() || mx[0].1 == ".") {
+        return Err(RouteError::Permanent(format!(
+            "domain {domain} does not accept mail (null MX)"
+        )));
+    }
+    let mut hosts = mx;
+    shuffle_equal_preferences(&mut hosts);
+    let results =
+        futures_util::future::join_all(hosts.iter().map(|(_, name)| validated_addrs(name.clone())))
+            .await;
+    let mut hops = Vec::new();
+    let mut last_err = None;
+    for ((pref, _), (name, res)) in hosts.into_iter().zip(results) {
+        match res {
+            Ok(addrs) if !addrs.is_empty() => hops.push(Hop {
+                name,
+                preference: pref,
+                addrs,
+            }),
+            Ok(_) => {
+                last_err = Some(RouteError::Temporary(format!(
+                    "MX host {name} has no address records"
+                )))
+            }
+            Err(e) => last_err = Some(RouteError::Temporary(e)),
+        }
+    }
+    if hops.is_empty() {
+        return Err(last_err
+            .unwrap_or_else(|| RouteError::Temporary(format!("no usable MX host for {domain}"))));
+    }
+    Ok(Route {
+        kind: RouteKind::Mx,
+        hops,
+    })
+}
+
+/// Shuffles hosts of equal preference (RFC 5321 section 5.1) so load
+/// spreads; `hosts` is sorted by preference.
+fn shuffle_equal_preferences(hosts: &mut [(u16, String)]) {
+    let mut i = 0;
+    while i < hosts.len() {
+        let j = hosts[i..].iter().take_while(|h| h.0 == hosts[i].0).count() + i;
+        fastrand::shuffle(&mut hosts[i..j]);
+        i = j;
+    }
 }
 
 /// Resolves the smarthost.

@@ -121,17 +121,20 @@ impl TlsReporter {
         match result {
             SessionResult::Success => entry.success += 1,
             SessionResult::Failure(kind) => {
+                // A failure before connecting (no TLSA, an MX the policy
+                // does not name) has no address to report.
+                let ip = (!ip.is_empty()).then_some(ip);
                 let found = entry.failures.iter_mut().find(|f| {
                     f.result_type == kind
                         && f.receiving_mx_hostname.as_deref() == Some(mx)
-                        && f.receiving_ip.as_deref() == Some(ip)
+                        && f.receiving_ip.as_deref() == ip
                 });
                 match found {
                     Some(f) => f.count += 1,
                     None => entry.failures.push(Failure {
                         result_type: kind.into(),
                         receiving_mx_hostname: Some(mx.into()),
-                        receiving_ip: Some(ip.into()),
+                        receiving_ip: ip.map(str::to_string),
                         count: 1,
                     }),
                 }
@@ -243,10 +246,14 @@ fn mode_name(m: StsMode) -> &'static str {
     }
 }
 
-/// The RFC 8460 result type for a TLS problem described by `error`.
+/// The RFC 8460 result type (section 4.3) for a TLS problem described by
+/// `error`. A certificate that no TLSA record of the host's DANE policy
+/// matches is `tlsa-invalid` (section 4.3.2.1), not a PKIX failure.
 pub fn result_type(error: &str) -> &'static str {
     let e = error.to_ascii_lowercase();
-    if e.contains("starttls") {
+    if e.contains("tlsa mismatch") {
+        "tlsa-invalid"
+    } else if e.contains("starttls") {
         "starttls-not-supported"
     } else if e.contains("notvalidforname") || e.contains("not valid for") {
         "certificate-host-mismatch"
@@ -441,6 +448,46 @@ mod tests {
         assert_eq!(
             result_type("invalid peer certificate: Expired"),
             "certificate-expired"
+        );
+        assert_eq!(
+            result_type(
+                "TLS handshake with mx failed: TLSA mismatch: no DANE-TA or DANE-EE record matches the presented certificate chain"
+            ),
+            "tlsa-invalid"
+        );
+    }
+
+    #[test]
+    fn dane_sessions_are_counted_under_tlsa() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = TlsReporter::new(dir.path().to_path_buf(), 86400);
+        let records = vec!["3 1 1 abcd".to_string()];
+        r.record(
+            "dane.example",
+            &AppliedPolicy::Tlsa(records.clone()),
+            "mx.dane.example",
+            "127.0.0.2",
+            SessionResult::Success,
+        );
+        r.record(
+            "dane.example",
+            &AppliedPolicy::Tlsa(records.clone()),
+            "mx.dane.example",
+            "",
+            SessionResult::Failure("tlsa-invalid"),
+        );
+        let cur = r.current();
+        let counts = &cur.domains["dane.example"];
+        let report = report_json("dane.example", counts, cur.start, 86400, "org", "c@org");
+        let policy = &report["policies"][0];
+        assert_eq!(policy["policy"]["policy-type"], "tlsa");
+        assert_eq!(policy["policy"]["policy-string"], json!(records));
+        assert_eq!(policy["summary"]["total-successful-session-count"], 1);
+        let failure = &policy["failure-details"][0];
+        assert_eq!(failure["result-type"], "tlsa-invalid");
+        assert!(
+            failure.get("receiving-ip").is_none(),
+            "no address is reported for a failure before connecting: {failure}"
         );
     }
 }

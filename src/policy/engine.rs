@@ -118,6 +118,15 @@ pub struct Decision {
     /// The recipient key (OpenPGP fingerprint) for an end-to-end method.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The TLS requirement rests on DNSSEC (DANE, or the mandatory TLS of
+    /// a secure but unusable TLSA RRset): delivery uses only the hosts of
+    /// the validated MX RRset, every name through the validating resolver.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dnssec_mx: bool,
+    /// `TLS-Required: No` was honoured: what the destination publishes
+    /// (DANE, MTA-STS) is not enforced for this message (RFC 8689 section 5).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub published_ignored: bool,
     pub explanation: Explanation,
 }
 
@@ -138,6 +147,8 @@ impl Decision {
             reason: String::new(),
             requiretls: false,
             key: None,
+            dnssec_mx: false,
+            published_ignored: false,
             explanation: Explanation::default(),
         }
     }
@@ -392,7 +403,7 @@ impl Evaluation {
             "tls-offered" => {
                 o.action == RuleAction::Deliver
                     && o.methods.contains(&Method::Tls)
-                    && o.min_tls >= TlsRequirement::Verified
+                    && o.min_tls >= TlsRequirement::Encrypted
             }
             // Key discovery costs lookups per recipient: only when OpenPGP
             // is in the method order.
@@ -489,20 +500,38 @@ impl Prepared<'_> {
     }
 }
 
-/// The strongest TLS requirement the destination publishes (DANE or
-/// MTA-STS), which is enforced whatever the rule's floor: never a downgrade.
+/// The strongest TLS requirement the destination publishes (DANE, the
+/// mandatory TLS of a secure but unusable TLSA RRset, MTA-STS), which is
+/// enforced whatever the rule's floor and the content method: never a
+/// downgrade.
 fn published_level(probes: &[ProbeReport]) -> TlsRequirement {
     probes
         .iter()
         .filter(|p| p.probe != "tls-offered")
-        .filter_map(|p| p.result.as_ref().ok())
-        .flatten()
-        .filter_map(|c| match c {
+        .filter_map(|p| p.result.as_ref().ok().map(|r| (p.probe, r)))
+        .flat_map(|(probe, caps)| caps.iter().map(move |c| (probe, c)))
+        .filter_map(|(probe, c)| match c {
             Capability::Tls { level } if *level >= TlsRequirement::MtaSts => Some(*level),
+            Capability::Tls {
+                level: TlsRequirement::Encrypted,
+            } if probe == "dane" => Some(TlsRequirement::Encrypted),
             _ => None,
         })
         .max()
         .unwrap_or(TlsRequirement::Opportunistic)
+}
+
+/// Whether the DANE probe is what asks for `level` (so delivery must use
+/// the DNSSEC-validated MX set).
+fn from_dane(probes: &[ProbeReport], level: TlsRequirement) -> bool {
+    level >= TlsRequirement::Encrypted
+        && (level == TlsRequirement::Dane
+            || probes
+                .iter()
+                .filter(|p| p.probe == "dane")
+                .filter_map(|p| p.result.as_ref().ok())
+                .flatten()
+                .any(|c| *c == Capability::Tls { level }))
 }
 
 fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
@@ -517,6 +546,8 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         reason: String::new(),
         requiretls: o.requiretls,
         key: None,
+        dnssec_mx: false,
+        published_ignored: o.ignore_published,
         explanation: Explanation {
             matched: o.matched.clone(),
             methods: o.methods.clone(),
@@ -543,6 +574,14 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
     } else {
         published_level(probes)
     };
+    // What binds every method, whatever it does to the content: what the
+    // destination publishes, and what the message demands (REQUIRETLS:
+    // verified TLS at least, RFC 8689 section 4.2.1).
+    let transport = if o.requiretls {
+        published.max(TlsRequirement::Verified)
+    } else {
+        published
+    };
     d.requiretls = o.requiretls;
     let caps: Vec<&Capability> = probes
         .iter()
@@ -568,12 +607,14 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
             continue;
         }
         let ok = match m {
-            Method::Tls if dane_error.is_some() => Err(format!(
+            // Whatever the method, the message travels over a hop to the
+            // destination: with its DNSSEC answers bogus, none can be trusted.
+            _ if dane_error.is_some() && m != Method::Reject => Err(format!(
                 "the destination's DNSSEC answers failed validation, so no TLS hop can be trusted: {}",
                 dane_error.map(String::as_str).unwrap_or("")
             )),
             Method::Tls => {
-                let level = caps
+                let levels: Vec<TlsRequirement> = caps
                     .iter()
                     .filter_map(|c| {
                         if let Capability::Tls { level } = c {
@@ -582,12 +623,18 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
                             None
                         }
                     })
-                    .max();
+                    .collect();
+                let level = levels.iter().copied().max();
+                // The floor is met by the weakest mechanism the destination
+                // has that reaches it: a floor of mta-sts at a DANE-only
+                // destination is delivered over DANE, which exists, not
+                // over an MTA-STS policy that does not.
+                let meets = levels.iter().copied().filter(|l| *l >= o.min_tls).min();
                 if o.min_tls == TlsRequirement::Opportunistic {
-                    Ok(published)
+                    Ok(transport)
                 } else {
                     match level {
-                        Some(l) if l >= o.min_tls => Ok(o.min_tls.max(published)),
+                        Some(l) if l >= o.min_tls => Ok(meets.unwrap_or(o.min_tls).max(transport)),
                         Some(l) => Err(format!(
                             "the destination supports {} TLS, the rule needs {}",
                             l.as_str(),
@@ -609,19 +656,19 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
             }) {
                 Some(fpr) => {
                     d.key = Some(fpr);
-                    Ok(published)
+                    Ok(transport)
                 }
                 None => Err("no usable OpenPGP key".to_string()),
             },
             Method::Smime => caps
                 .iter()
                 .any(|c| matches!(c, Capability::Smime { .. }))
-                .then_some(published)
+                .then_some(transport)
                 .ok_or_else(|| "no S/MIME certificate".to_string()),
             Method::Portal => caps
                 .iter()
                 .any(|c| matches!(c, Capability::Portal))
-                .then_some(published)
+                .then_some(transport)
                 .ok_or_else(|| "the portal is not configured".to_string()),
             Method::Reject => Err("not a delivery method".into()),
         };
@@ -630,6 +677,7 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
                 d.action = Action::Deliver;
                 d.method = m;
                 d.tls = tls;
+                d.dnssec_mx = from_dane(probes, tls);
                 return d;
             }
             Err(reason) => d.explanation.skipped.push(Skip { method: m, reason }),

@@ -233,7 +233,7 @@ impl Ctx<'_> {
                 key,
                 v,
                 format!(
-                    "`{}` is not a TLS requirement (opportunistic, verified, mta-sts, dane)",
+                    "`{}` is not a TLS requirement (opportunistic, encrypted, verified, mta-sts, dane)",
                     v.get_ref()
                 ),
             );
@@ -407,8 +407,8 @@ fn compile_raw(
         }
         if let Some(t) = &d.phi_min_tls {
             if let Some(req) = c.tls("defaults.phi_min_tls", t) {
-                if req == TlsRequirement::Opportunistic {
-                    c.problem("defaults.phi_min_tls", t, "content with PHI never goes out on opportunistic TLS: use verified, mta-sts or dane");
+                if req < TlsRequirement::Verified {
+                    c.problem("defaults.phi_min_tls", t, "content with PHI never goes out on opportunistic or unauthenticated TLS: use verified, mta-sts or dane");
                 } else {
                     out.defaults.phi_min_tls = req;
                 }

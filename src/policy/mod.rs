@@ -65,6 +65,10 @@ impl Method {
 pub enum TlsRequirement {
     /// TLS when offered, plaintext otherwise (RFC 7435).
     Opportunistic,
+    /// TLS required, the certificate not authenticated: never plaintext.
+    /// What a DNSSEC-secure TLSA RRset with only unusable records asks for
+    /// (RFC 7672 section 2.2).
+    Encrypted,
     /// TLS with a certificate valid for the MX name under the configured roots.
     Verified,
     /// MTA-STS enforce (RFC 8461).
@@ -78,6 +82,7 @@ impl TlsRequirement {
     pub fn parse(s: &str) -> Option<TlsRequirement> {
         Some(match s.trim().to_ascii_lowercase().as_str() {
             "opportunistic" => TlsRequirement::Opportunistic,
+            "encrypted" => TlsRequirement::Encrypted,
             "verified" => TlsRequirement::Verified,
             "mta-sts" => TlsRequirement::MtaSts,
             "dane" => TlsRequirement::Dane,
@@ -89,6 +94,7 @@ impl TlsRequirement {
     pub fn as_str(self) -> &'static str {
         match self {
             TlsRequirement::Opportunistic => "opportunistic",
+            TlsRequirement::Encrypted => "encrypted",
             TlsRequirement::Verified => "verified",
             TlsRequirement::MtaSts => "mta-sts",
             TlsRequirement::Dane => "dane",
@@ -104,6 +110,16 @@ mod tests {
     fn requirements_are_ordered() {
         assert!(TlsRequirement::Dane > TlsRequirement::MtaSts);
         assert!(TlsRequirement::MtaSts > TlsRequirement::Verified);
-        assert!(TlsRequirement::Verified > TlsRequirement::Opportunistic);
+        assert!(TlsRequirement::Verified > TlsRequirement::Encrypted);
+        assert!(TlsRequirement::Encrypted > TlsRequirement::Opportunistic);
+        for t in [
+            TlsRequirement::Opportunistic,
+            TlsRequirement::Encrypted,
+            TlsRequirement::Verified,
+            TlsRequirement::MtaSts,
+            TlsRequirement::Dane,
+        ] {
+            assert_eq!(TlsRequirement::parse(t.as_str()), Some(t));
+        }
     }
 }

@@ -1,8 +1,12 @@
 //! DANE for SMTP (RFC 7672, RFC 6698, RFC 7671): MX and TLSA records
 //! validated with DNSSEC. A secure MX set whose hosts publish usable TLSA
 //! records (DANE-TA(2) or DANE-EE(3), selector 0 or 1, matching 0, 1 or 2)
-//! makes DANE the requirement; an insecure MX set means no DANE; a bogus or
-//! failed lookup is an error, so the recipient waits (never a fallback).
+//! makes DANE the requirement; a secure TLSA RRset with only unusable
+//! records makes TLS mandatory (`encrypted`, RFC 7672 section 2.2); an
+//! insecure MX set means no DANE; a bogus or failed lookup is an error, so
+//! the recipient waits (never a fallback). Delivery under a decision that
+//! rests on this probe takes its hosts and addresses from the same
+//! validating resolver (`validated_mx`, `validated_addrs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -77,6 +81,43 @@ impl Tlsa {
             self.matching,
             hex::encode(&self.data)
         )
+    }
+}
+
+/// What the TLSA RRset of one MX host means (RFC 7672 section 2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostTlsa {
+    /// No secure TLSA RRset (insecure address or TLSA records, or none
+    /// published): DANE does not apply to this host.
+    None,
+    /// A secure RRset whose records are all unusable for SMTP (PKIX
+    /// usages, unknown selectors or matching types): TLS is mandatory,
+    /// but the certificate cannot be authenticated.
+    Unusable(Vec<Tlsa>),
+    /// A secure RRset with usable records: the server must match one.
+    Usable { usable: Vec<Tlsa>, all: Vec<Tlsa> },
+}
+
+impl HostTlsa {
+    /// Sorts a secure, non-empty RRset into usable or unusable.
+    pub fn classify(all: Vec<Tlsa>) -> HostTlsa {
+        if all.is_empty() {
+            return HostTlsa::None;
+        }
+        let usable: Vec<Tlsa> = all.iter().filter(|t| t.usable()).cloned().collect();
+        if usable.is_empty() {
+            HostTlsa::Unusable(all)
+        } else {
+            HostTlsa::Usable { usable, all }
+        }
+    }
+
+    /// Every record of the RRset, for the evidence.
+    pub fn all(&self) -> &[Tlsa] {
+        match self {
+            HostTlsa::None => &[],
+            HostTlsa::Unusable(all) | HostTlsa::Usable { all, .. } => all,
+        }
     }
 }
 
@@ -262,20 +303,19 @@ impl Dane {
         }
     }
 
-    /// Usable TLSA records of an MX host: `Ok(None)` when the host has no
-    /// secure TLSA RRset (insecure, or proven absent), `Err` when the
-    /// answer is bogus or the lookup failed.
-    pub async fn tlsa(&self, host: &str) -> Result<(Option<Vec<Tlsa>>, Vec<Tlsa>), String> {
+    /// What the TLSA records of an MX host say (RFC 7672 section 2.2):
+    /// `Err` when the answer is bogus or the lookup failed.
+    pub async fn tlsa(&self, host: &str) -> Result<HostTlsa, String> {
         // RFC 7672 section 2.2.2: the host's address records must be
         // secure for its TLSA records to be used.
         let (addr_status, _) = self.validated(host, RecordType::A).await?;
         if addr_status != Dnssec::Secure {
-            return Ok((None, Vec::new()));
+            return Ok(HostTlsa::None);
         }
         let name = format!("_{}._tcp.{}", self.port, host.trim_end_matches('.'));
         let (status, data) = self.validated(&name, RecordType::TLSA).await?;
         if status != Dnssec::Secure || data.is_empty() {
-            return Ok((None, Vec::new()));
+            return Ok(HostTlsa::None);
         }
         let all: Vec<Tlsa> = data
             .iter()
@@ -289,8 +329,56 @@ impl Dane {
                 _ => None,
             })
             .collect();
-        let usable: Vec<Tlsa> = all.iter().filter(|t| t.usable()).cloned().collect();
-        Ok(((!usable.is_empty()).then_some(usable), all))
+        Ok(HostTlsa::classify(all))
+    }
+
+    /// The MX RRset of `domain` from the validating resolver, in
+    /// preference order: `(status, [(preference, host)])`, empty for a
+    /// proven NODATA or NXDOMAIN; `Err` for bogus or failed lookups.
+    pub async fn validated_mx(&self, domain: &str) -> Result<(Dnssec, Vec<(u16, String)>), String> {
+        let (status, mx) = self.validated(domain, RecordType::MX).await?;
+        let mut hosts: Vec<(u16, String)> = mx
+            .iter()
+            .filter_map(|d| match d {
+                RData::MX(m) => Some((
+                    m.preference(),
+                    m.exchange()
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase(),
+                )),
+                _ => None,
+            })
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        Ok((status, hosts))
+    }
+
+    /// The addresses (AAAA and A) of `host` from the validating resolver,
+    /// secure or provably insecure; `Err` for bogus or failed lookups, so
+    /// no forged address is ever used for a decision that rests on DNSSEC.
+    pub async fn validated_addrs(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<std::net::SocketAddr>, String> {
+        let mut out = Vec::new();
+        for rtype in [RecordType::AAAA, RecordType::A] {
+            let (_, data) = self.validated(host, rtype).await?;
+            for d in data {
+                let ip = match d {
+                    RData::A(a) => std::net::IpAddr::V4(a.0),
+                    RData::AAAA(a) => std::net::IpAddr::V6(a.0),
+                    _ => continue,
+                };
+                let addr = std::net::SocketAddr::new(ip, port);
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// OpenPGP keys published for `address` in DNS (RFC 7929), accepted
@@ -318,9 +406,13 @@ impl Dane {
         ))
     }
 
-    /// The DANE status of a destination domain, with evidence.
+    /// The DANE status of a destination domain, with evidence: `dane`
+    /// when a host of the secure MX set has usable TLSA records,
+    /// `encrypted` (mandatory TLS, RFC 7672 section 2.2) when the only
+    /// secure TLSA records there are unusable, nothing when no host has a
+    /// secure TLSA RRset or the MX set is insecure.
     pub async fn check(&self, domain: &str) -> ProbeAnswer {
-        let (status, mx) = match self.validated(domain, RecordType::MX).await {
+        let (status, mut hosts) = match self.validated_mx(domain).await {
             Ok(v) => v,
             Err(e) => {
                 return ProbeAnswer {
@@ -335,34 +427,30 @@ impl Dane {
                 evidence: json!({ "domain": domain, "dnssec": "insecure", "dane": false }),
             };
         }
-        let mut hosts: Vec<(u16, String)> = mx
-            .iter()
-            .filter_map(|d| match d {
-                RData::MX(m) => Some((
-                    m.preference(),
-                    m.exchange()
-                        .to_ascii()
-                        .trim_end_matches('.')
-                        .to_ascii_lowercase(),
-                )),
-                _ => None,
-            })
-            .collect();
-        hosts.sort();
+        // RFC 7505 null MX: the domain takes no mail; route.rs says so.
+        if hosts.len() == 1 && hosts[0].1.is_empty() {
+            return ProbeAnswer {
+                result: Ok(Vec::new()),
+                evidence: json!({ "domain": domain, "dnssec": "secure", "null_mx": true, "dane": false }),
+            };
+        }
         if hosts.is_empty() {
             hosts.push((0, domain.to_string()));
         }
         let mut per_host = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         let mut any_usable = false;
+        let mut any_unusable = false;
         for (pref, host) in &hosts {
             match self.tlsa(host).await {
-                Ok((usable, all)) => {
-                    any_usable |= usable.is_some();
+                Ok(t) => {
+                    any_usable |= matches!(t, HostTlsa::Usable { .. });
+                    any_unusable |= matches!(t, HostTlsa::Unusable(_));
                     per_host.push(json!({
                         "host": host, "preference": pref,
-                        "tlsa": all.iter().map(Tlsa::describe).collect::<Vec<_>>(),
-                        "usable": usable.is_some(),
+                        "tlsa": t.all().iter().map(Tlsa::describe).collect::<Vec<_>>(),
+                        "usable": matches!(t, HostTlsa::Usable { .. }),
+                        "tls_required": !matches!(t, HostTlsa::None),
                     }));
                 }
                 Err(e) => {
@@ -384,6 +472,12 @@ impl Dane {
         let caps = if any_usable {
             vec![Capability::Tls {
                 level: TlsRequirement::Dane,
+            }]
+        } else if any_unusable {
+            // Secure but unusable TLSA is not "no DANE": TLS is mandatory,
+            // unauthenticated allowed, never cleartext.
+            vec![Capability::Tls {
+                level: TlsRequirement::Encrypted,
             }]
         } else {
             Vec::new()
@@ -637,5 +731,40 @@ mod tests {
             .usable()
         );
         assert_eq!(spki(b"\x30\x03\x02\x01"), None, "truncated DER is refused");
+    }
+
+    #[test]
+    fn tlsa_rrsets_are_usable_unusable_or_absent() {
+        let t = |usage, selector, matching| Tlsa {
+            usage,
+            selector,
+            matching,
+            data: vec![1, 2, 3],
+        };
+        assert_eq!(HostTlsa::classify(Vec::new()), HostTlsa::None);
+        // Only PKIX usages, or unknown selectors and matching types:
+        // mandatory TLS, no authentication (RFC 7672 section 2.2).
+        for only in [
+            vec![t(0, 1, 1)],
+            vec![t(1, 1, 1), t(0, 0, 1)],
+            vec![t(3, 2, 1)],
+            vec![t(2, 1, 3)],
+            vec![t(4, 1, 1)],
+        ] {
+            assert_eq!(
+                HostTlsa::classify(only.clone()),
+                HostTlsa::Unusable(only.clone()),
+                "{only:?}"
+            );
+        }
+        // Mixed: the usable records authenticate, all are evidence.
+        let mixed = vec![t(1, 1, 1), t(3, 1, 1), t(3, 9, 1)];
+        match HostTlsa::classify(mixed.clone()) {
+            HostTlsa::Usable { usable, all } => {
+                assert_eq!(usable, vec![t(3, 1, 1)]);
+                assert_eq!(all, mixed);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

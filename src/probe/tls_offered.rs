@@ -75,9 +75,12 @@ impl TlsOffered {
                 tokio::spawn(conn.quit());
                 return match answer {
                     Ok(evidence) => {
-                        let verified = evidence["tls"]["cert_verified"] == true;
-                        let level = if verified {
+                        // A TLS session whose certificate does not verify
+                        // still meets an `encrypted` floor.
+                        let level = if evidence["tls"]["cert_verified"] == true {
                             TlsRequirement::Verified
+                        } else if evidence["tls"].is_object() {
+                            TlsRequirement::Encrypted
                         } else {
                             TlsRequirement::Opportunistic
                         };

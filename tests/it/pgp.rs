@@ -912,3 +912,101 @@ async fn wkd_direct_method_when_there_is_no_openpgpkey_host() {
             .any(|l| l.contains("/.well-known/openpgpkey/hu/") && l.contains("?l=fay"))
     );
 }
+
+/// A world for the transport requirements of OpenPGP mail: bob@example.test
+/// has a key in the store and an MX built with `mx_opts`; the gateway
+/// listens with STARTTLS (so senders can ask for REQUIRETLS).
+async fn pgp_transport_world(
+    mx_opts: impl FnOnce(&World) -> MxOptions,
+) -> (World, crate::world::TestMx, Gateway) {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(mx_opts(&w)).await;
+    let gpg = Gpg::new("Bob <bob@example.test>");
+    let key = gpg.export("bob@example.test", w.dir.path());
+    let gw_cert = w.ca.issue(&["gateway.example.test"]);
+    let (c, k) = gw_cert.write(w.dir.path(), "gw").unwrap();
+    let mut opts = w.options();
+    opts.tls = Some((c, k));
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"local\"]\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    let out = gw.cli(&["keys", "import", key.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (w, mx, gw)
+}
+
+fn ev(row: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(row["evidence"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openpgp_mail_honours_a_secure_but_unusable_tlsa_record() {
+    // The MX does not offer STARTTLS; its secure TLSA RRset holds only a
+    // PKIX-EE record: TLS is mandatory (RFC 7672 section 2.2), so even the
+    // encrypted copy must not go in the clear.
+    let (w, mx, gw) = pgp_transport_world(|_| MxOptions::new("mx.example.test")).await;
+    w.zone.add_tlsa(
+        &format!("_{}._tcp.mx.example.test", w.port),
+        1,
+        1,
+        1,
+        vec![7; 32],
+    );
+    let mut c = SmtpClient::connect(gw.addr).await.unwrap();
+    c.ehlo("client.example.test").await.unwrap();
+    c.expect("MAIL FROM:<a@clinic.example.test>", 250)
+        .await
+        .unwrap();
+    c.expect("RCPT TO:<bob@example.test>", 250).await.unwrap();
+    let msg =
+        b"From: a@clinic.example.test\r\nTo: bob@example.test\r\nSubject: x\r\n\r\nresults\r\n";
+    assert_eq!(c.data(msg).await.unwrap().0, 250);
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(rows[0]["method"], "pgp", "{}", rows[0]);
+    assert_eq!(rows[0]["tls_requirement"], "encrypted", "{}", rows[0]);
+    assert_eq!(rows[0]["outcome"], "deferred", "{}", rows[0]);
+    assert!(
+        rows[0]["smtp_reply"].as_str().unwrap().contains("STARTTLS"),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(mx.transactions(), 0, "nothing went in the clear");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openpgp_mail_honours_requiretls() {
+    // The MX offers STARTTLS and REQUIRETLS, but its certificate is not
+    // trusted: REQUIRETLS needs verified TLS (RFC 8689 section 4.2.1)
+    // whatever the content method.
+    let (_w, mx, gw) = pgp_transport_world(|_| {
+        let cert = crate::world::pki::self_signed(&["mx.example.test"]);
+        MxOptions::new("mx.example.test")
+            .tls(&cert)
+            .ehlo_keyword("REQUIRETLS")
+    })
+    .await;
+    let c = SmtpClient::connect(gw.addr).await.unwrap();
+    let w_ca = _w.ca.client_config();
+    let mut c = c.starttls(w_ca, "gateway.example.test").await.unwrap();
+    c.ehlo("client.example.test").await.unwrap();
+    c.expect("MAIL FROM:<a@clinic.example.test> REQUIRETLS", 250)
+        .await
+        .unwrap();
+    c.expect("RCPT TO:<bob@example.test>", 250).await.unwrap();
+    let msg =
+        b"From: a@clinic.example.test\r\nTo: bob@example.test\r\nSubject: x\r\n\r\nresults\r\n";
+    assert_eq!(c.data(msg).await.unwrap().0, 250);
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(rows[0]["method"], "pgp", "{}", rows[0]);
+    assert_eq!(rows[0]["tls_requirement"], "verified", "{}", rows[0]);
+    assert_eq!(rows[0]["outcome"], "deferred", "{}", rows[0]);
+    // RFC 8689 section 5: no TLS-protected session could be set up.
+    assert_eq!(ev(&rows[0])["status"], "4.7.10", "{}", rows[0]);
+    assert_eq!(mx.transactions(), 0);
+    assert_eq!(mx.data_commands(), 0);
+}

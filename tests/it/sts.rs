@@ -402,12 +402,18 @@ async fn requiretls_end_to_end() {
         .iter()
         .find(|r| r["recipient"] == "y@norequire.example.test")
         .unwrap();
-    assert_eq!(y["outcome"], "deferred");
+    // RFC 8689 section 5: a host that, inside a verified TLS session, does
+    // not offer REQUIRETLS gets 5.7.30, and with no other MX the message
+    // comes back to the sender.
+    assert_eq!(y["outcome"], "bounced", "{y}");
     assert!(
         y["smtp_reply"].as_str().unwrap().contains("REQUIRETLS"),
         "{y}"
     );
+    let y_ev: serde_json::Value = serde_json::from_str(y["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(y_ev["status"], "5.7.30", "{y}");
     assert_eq!(norequire.data_commands(), 0);
+    assert_eq!(norequire.transactions(), 0);
     let x = rows
         .iter()
         .find(|r| r["recipient"] == "x@good.example.test")
@@ -684,4 +690,70 @@ async fn tls_report_is_posted_to_an_https_rua() {
         "starttls-not-supported"
     );
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_enforce_policy_binds_delivery_when_the_probe_fails() {
+    let (w, _web, mx, gw) = setup("enforce", "mx.sts.example.test", |w| {
+        let cert = w.ca.issue(&["mx.sts.example.test"]);
+        MxOptions::new("mx.sts.example.test").tls(&cert)
+    })
+    .await;
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    // Now a preferred MX the policy does not name (a forged MX answer),
+    // and the MTA-STS probe cannot finish: its TXT lookup hangs past the
+    // probe timeout, so the decision falls to opportunistic.
+    let rogue_ip = gateway::fresh_ip();
+    w.zone
+        .add_mx("sts.example.test", 5, "mx.rogue.example.test");
+    w.zone.add_a("mx.rogue.example.test", rogue_ip);
+    let rogue = TestMx::start(
+        MxOptions::new("mx.rogue.example.test")
+            .ip(rogue_ip)
+            .port(w.port),
+    )
+    .await;
+    w.zone.set_behaviour(
+        "_mta-sts.sts.example.test",
+        crate::world::Behaviour::Timeout,
+    );
+    let mut gw = gw;
+    gw.stop().unwrap();
+    gw.spawn().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["c@sts.example.test"],
+        &message("sts2", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(2, WAIT).await.unwrap();
+    assert!(got[1].tls.is_some());
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    let r = rows
+        .iter()
+        .find(|r| r["recipient"] == "c@sts.example.test")
+        .unwrap();
+    assert_eq!(r["outcome"], "delivered", "{r}");
+    assert_eq!(r["remote_host"], "mx.sts.example.test", "{r}");
+    let e = ev(r);
+    let probe = e["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "mta-sts")
+        .unwrap()
+        .clone();
+    assert!(probe["result"]["error"].is_string(), "{probe}");
+    assert_eq!(e["attempt"]["mta_sts"]["id"], "first1", "{e}");
+    assert_eq!(e["attempt"]["tls_enforced"], "mta-sts", "{e}");
+    assert_eq!(e["attempt"]["tls"]["cert_verified"], true, "{e}");
+    assert_eq!(rogue.connections(), 0, "the MX the policy does not name");
 }

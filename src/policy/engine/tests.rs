@@ -380,3 +380,168 @@ fn explanation_holds_no_content() {
         assert!(!json.contains(secret), "{secret} leaked into {json}");
     }
 }
+
+fn probe(name: &'static str, result: Result<Vec<Capability>, String>) -> ProbeReport {
+    ProbeReport {
+        probe: name,
+        result,
+        evidence: serde_json::Value::Null,
+        cached: false,
+    }
+}
+
+fn dane_level(level: TlsRequirement) -> ProbeReport {
+    probe("dane", Ok(vec![Capability::Tls { level }]))
+}
+
+fn pgp_key() -> ProbeReport {
+    probe(
+        "pgp",
+        Ok(vec![Capability::Pgp {
+            fingerprint: "AB12".into(),
+            source: "wkd".into(),
+        }]),
+    )
+}
+
+const EVERY_METHOD: &str = r#"
+[defaults]
+methods = ["pgp", "tls"]
+min_tls = "opportunistic"
+honor_tls_required_no = true
+
+[[rule]]
+name = "floor-mta-sts"
+match.recipient_domain = ["strict.example"]
+methods = ["tls"]
+min_tls = "mta-sts"
+"#;
+
+#[test]
+fn secure_but_unusable_tlsa_means_mandatory_tls_for_every_method() {
+    let p = policy(EVERY_METHOD);
+    let prep = p.prepare(env("a@clinic.example"), msg("hi", "hello"));
+    let e = prep.evaluate("x@pkix.example", false);
+    // The tls method under an opportunistic rule: never cleartext.
+    let d = prep.decide(&e, vec![dane_level(TlsRequirement::Encrypted)]);
+    assert_eq!(
+        (d.action, d.method, d.tls, d.dnssec_mx),
+        (
+            Action::Deliver,
+            Method::Tls,
+            TlsRequirement::Encrypted,
+            true
+        )
+    );
+    // OpenPGP as well: the destination's requirement binds the hop.
+    let d = prep.decide(&e, vec![pgp_key(), dane_level(TlsRequirement::Encrypted)]);
+    assert_eq!(
+        (d.method, d.tls, d.dnssec_mx),
+        (Method::Pgp, TlsRequirement::Encrypted, true)
+    );
+    // Only the DANE probe publishes `encrypted`; a static or tls-offered
+    // answer of that level is a capability, not a requirement.
+    let d = prep.decide(
+        &e,
+        vec![probe(
+            "tls-offered",
+            Ok(vec![Capability::Tls {
+                level: TlsRequirement::Encrypted,
+            }]),
+        )],
+    );
+    assert_eq!(
+        (d.method, d.tls, d.dnssec_mx),
+        (Method::Tls, TlsRequirement::Opportunistic, false)
+    );
+    // DANE usable: dane, from the validated MX set.
+    let d = prep.decide(&e, vec![pgp_key(), dane_level(TlsRequirement::Dane)]);
+    assert_eq!((d.tls, d.dnssec_mx), (TlsRequirement::Dane, true));
+    // MTA-STS published: binds OpenPGP too, not DNSSEC-dependent.
+    let d = prep.decide(
+        &e,
+        vec![
+            pgp_key(),
+            probe(
+                "mta-sts",
+                Ok(vec![Capability::Tls {
+                    level: TlsRequirement::MtaSts,
+                }]),
+            ),
+        ],
+    );
+    assert_eq!(
+        (d.method, d.tls, d.dnssec_mx),
+        (Method::Pgp, TlsRequirement::MtaSts, false)
+    );
+}
+
+#[test]
+fn requiretls_binds_openpgp_mail_too() {
+    let p = policy(EVERY_METHOD);
+    let mut envelope = env("a@clinic.example");
+    envelope.requiretls = true;
+    let prep = p.prepare(envelope, msg("hi", "hello"));
+    let e = prep.evaluate("x@other.example", false);
+    let d = prep.decide(&e, vec![pgp_key()]);
+    assert_eq!(
+        (d.method, d.tls, d.requiretls),
+        (Method::Pgp, TlsRequirement::Verified, true)
+    );
+    let d = prep.decide(&e, vec![pgp_key(), dane_level(TlsRequirement::Dane)]);
+    assert_eq!((d.method, d.tls), (Method::Pgp, TlsRequirement::Dane));
+}
+
+#[test]
+fn bogus_dnssec_holds_every_method() {
+    let p = policy(EVERY_METHOD);
+    let prep = p.prepare(env("a@clinic.example"), msg("hi", "hello"));
+    let e = prep.evaluate("x@bogus.example", false);
+    let d = prep.decide(
+        &e,
+        vec![pgp_key(), probe("dane", Err("bogus MX answer".into()))],
+    );
+    assert_eq!(d.action, Action::Wait);
+    assert!(
+        d.explanation
+            .skipped
+            .iter()
+            .any(|s| s.method == Method::Pgp && s.reason.contains("DNSSEC")),
+        "{:?}",
+        d.explanation.skipped
+    );
+}
+
+#[test]
+fn tls_required_no_on_a_dane_only_domain_delivers_over_dane() {
+    let p = policy(EVERY_METHOD);
+    let facts = MessageFacts::parse(b"Subject: hi\r\nTLS-Required: No\r\n\r\nhello\r\n", false);
+    let prep = p.prepare(env("a@clinic.example"), facts);
+    let e = prep.evaluate("x@strict.example", false);
+    assert!(e.outcome.ignore_published);
+    // The rule's floor (mta-sts) stays; the only mechanism that meets it
+    // at this destination is DANE, so that is what is used.
+    let d = prep.decide(
+        &e,
+        vec![
+            probe(
+                "tls-offered",
+                Ok(vec![Capability::Tls {
+                    level: TlsRequirement::Encrypted,
+                }]),
+            ),
+            dane_level(TlsRequirement::Dane),
+        ],
+    );
+    assert_eq!(
+        (d.action, d.tls, d.dnssec_mx, d.published_ignored),
+        (Action::Deliver, TlsRequirement::Dane, true, true)
+    );
+    // An opportunistic rule with TLS-Required: No: DANE is not enforced.
+    let e = prep.evaluate("x@other.example", false);
+    let d = prep.decide(&e, vec![dane_level(TlsRequirement::Dane)]);
+    assert_eq!(
+        (d.method, d.tls, d.dnssec_mx),
+        (Method::Tls, TlsRequirement::Opportunistic, false)
+    );
+}

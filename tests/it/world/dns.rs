@@ -73,6 +73,10 @@ struct ZoneData {
     bogus: BTreeSet<Name>,
     /// Subtrees whose signatures have expired.
     expired: BTreeSet<Name>,
+    /// Forged RRsets served instead of the real ones to queries without the
+    /// DO bit (a resolver that does not validate), as an attacker on the
+    /// path could: validating queries still get the signed truth.
+    lies: HashMap<(Name, RecordType), Vec<Record>>,
 }
 
 impl ZoneData {
@@ -387,6 +391,22 @@ impl Zone {
         self
     }
 
+    /// Answers queries for `owner` without the DO bit (non-validating
+    /// resolvers) with `rdata` instead of the real RRset; queries asking for
+    /// DNSSEC records still get the real, signed answer.
+    pub fn lie_to_plain_queries(&self, owner: &str, rdata: RData) -> &Self {
+        let n = name(owner);
+        let rtype = rdata.record_type();
+        let mut z = self.lock();
+        let ttl = z.default_ttl;
+        z.lies
+            .entry((n.clone(), rtype))
+            .or_default()
+            .push(Record::from_rdata(n, ttl, rdata));
+        drop(z);
+        self
+    }
+
     /// Failure mode for every query type at `owner`.
     pub fn set_behaviour(&self, owner: &str, b: Behaviour) -> &Self {
         self.set_behaviour_inner(name(owner), None, b)
@@ -448,6 +468,9 @@ impl Zone {
         let keys = &*self.keys;
         let sign = dnssec_ok && !z.unsigned;
         let qname = qname.to_lowercase();
+        if !dnssec_ok && let Some(forged) = z.lies.get(&(qname.clone(), qtype)) {
+            return (ResponseCode::NoError, forged.clone(), Vec::new());
+        }
 
         // DS at an insecure delegation point: answered by the parent (the root), which
         // proves with NSEC that there is no DS.
