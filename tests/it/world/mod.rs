@@ -6,6 +6,7 @@ pub mod aiosmtpd;
 pub mod client;
 pub mod dns;
 pub mod mx;
+pub mod pyhttps;
 pub mod pki;
 pub mod sink;
 
