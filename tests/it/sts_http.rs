@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::World;
 use crate::gateway::{self, Gateway};
+use crate::world::Behaviour;
 use crate::world::pyhttps::{Mode, PyHttps};
 
 const ENFORCE: &str =
@@ -160,19 +161,26 @@ async fn policies_from_an_independent_https_server() {
 async fn a_cached_enforce_policy_outlives_a_slow_or_failing_refresh() {
     let w = World::new().await;
     let web = policy_host(&w, "slow.example.test", "one1", Mode::Plain, ENFORCE).await;
+    web.close_after_each().unwrap();
     let gw = w.gateway().unwrap();
     let p = &probe(&gw, &["b@slow.example.test"])[0];
     assert_eq!(p["evidence"]["source"], "fetched", "{p}");
     assert!(enforces(p));
 
-    // A new id makes sealgate fetch again, and the server now hangs: the
-    // fetch gives up before the probe does, and the cached policy applies.
+    // A new id makes sealgate fetch again, the TXT answer is slow and the
+    // server now hangs: discovery gives up before the probe does, and the
+    // cached policy applies.
     w.zone.remove_rrset(
         "_mta-sts.slow.example.test",
         hickory_proto::rr::RecordType::TXT,
     );
     w.zone
         .add_txt("_mta-sts.slow.example.test", "v=STSv1; id=two2;");
+    w.zone.set_behaviour_for(
+        "_mta-sts.slow.example.test",
+        hickory_proto::rr::RecordType::TXT,
+        Behaviour::Delay(Duration::from_secs(1)),
+    );
     web.set(Mode::Slow, ENFORCE).unwrap();
     let started = Instant::now();
     let p = &probe(&gw, &["b@slow.example.test"])[0];
@@ -182,7 +190,22 @@ async fn a_cached_enforce_policy_outlives_a_slow_or_failing_refresh() {
     assert!(error_of(p).contains("timed out"), "{p}");
     assert_eq!(p["evidence"]["policy"]["id"], "one1");
 
-    // The same when the refresh fails outright.
+    // The same when the TXT lookup never answers...
+    w.zone.set_behaviour_for(
+        "_mta-sts.slow.example.test",
+        hickory_proto::rr::RecordType::TXT,
+        Behaviour::Timeout,
+    );
+    let p = &probe(&gw, &["b@slow.example.test"])[0];
+    assert!(enforces(p), "{p}");
+    assert_eq!(p["evidence"]["source"], "cache", "{p}");
+    w.zone.set_behaviour_for(
+        "_mta-sts.slow.example.test",
+        hickory_proto::rr::RecordType::TXT,
+        Behaviour::Normal,
+    );
+
+    // ... and when the refresh fails outright.
     web.set(Mode::WrongType, ENFORCE).unwrap();
     let p = &probe(&gw, &["b@slow.example.test"])[0];
     assert!(enforces(p), "{p}");
@@ -201,6 +224,7 @@ async fn policies_are_refreshed_before_they_expire() {
     let w = World::new().await;
     let short = "version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmax_age: 4\r\n";
     let web = policy_host(&w, "fresh.example.test", "one1", Mode::Chunked, short).await;
+    web.close_after_each().unwrap();
     let gw = w.gateway().unwrap();
     let p = &probe(&gw, &["b@fresh.example.test"])[0];
     assert_eq!(p["evidence"]["source"], "fetched", "{p}");

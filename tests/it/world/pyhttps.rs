@@ -3,8 +3,9 @@
 //! at any path ending in `/.well-known/mta-sts.txt` (or any path, for key
 //! directories), and misbehaves on request. Its behaviour is read from
 //! files at every request, so a test can change it while it runs:
-//! `mode` (one of [`Mode`]), `body` (the document), and it appends each
-//! request's path to `requests`.
+//! `mode` (one of [`Mode`]), `body` (the document), `close` (present:
+//! close after each response), and it appends each request's path to
+//! `requests`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # Keep-alive whatever the client asked for: the body's framing,
         # not the end of the connection, must end the response.
         self.close_connection = False
+        if read("close"):
+            self.close_connection = True
         if mode == "slow":
             time.sleep(20)
         if mode == "info":
@@ -88,6 +91,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         self.send_response(200)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         ctype = "text/html" if mode == "wrongtype" else "text/plain; charset=utf-8"
         self.send_header("Content-Type", ctype)
         if mode in ("chunked", "hugechunk", "big"):
@@ -177,6 +182,13 @@ impl PyHttps {
     pub fn set(&self, mode: Mode, body: &str) -> Result<()> {
         std::fs::write(self.state.join("body"), body)?;
         std::fs::write(self.state.join("mode"), mode.name())?;
+        Ok(())
+    }
+
+    /// Closes each connection after its response (`Connection: close`)
+    /// instead of keeping it open.
+    pub fn close_after_each(&self) -> Result<()> {
+        std::fs::write(self.state.join("close"), "1")?;
         Ok(())
     }
 
