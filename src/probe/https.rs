@@ -131,13 +131,12 @@ pub async fn fetch(
             path: path.to_string(),
             reason,
         })?;
-        let request = build_request(authority, path, post).map_err(|reason| {
-            HttpsError::BadUrl {
+        let request =
+            build_request(authority, path, post).map_err(|reason| HttpsError::BadUrl {
                 authority: authority.to_string(),
                 path: path.to_string(),
                 reason,
-            }
-        })?;
+            })?;
         let addrs = crate::outbound::route::host_addrs(resolver, &host, port)
             .await
             .map_err(|e| HttpsError::Resolve {
@@ -471,7 +470,15 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         tokio::time::timeout_at(
             deadline,
-            fetch_from(addrs, "127.0.0.1", s.client.clone(), req, max, deadline, "u"),
+            fetch_from(
+                addrs,
+                "127.0.0.1",
+                s.client.clone(),
+                req,
+                max,
+                deadline,
+                "u",
+            ),
         )
         .await
         .unwrap_or(Err(HttpsError::Timeout {
@@ -526,8 +533,9 @@ mod tests {
         let s = raw_server(declared.into_bytes(), true).await;
         let e = ask(&s, &[s.addr], 1024).await.unwrap_err();
         assert!(matches!(e, HttpsError::TooLarge { .. }), "{e}");
-        let chunked =
-            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{big}\r\n0\r\n\r\n");
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{big}\r\n0\r\n\r\n"
+        );
         let s = raw_server(chunked.into_bytes(), true).await;
         let e = ask(&s, &[s.addr], 1024).await.unwrap_err();
         assert!(matches!(e, HttpsError::TooLarge { .. }), "{e}");

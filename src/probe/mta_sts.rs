@@ -302,8 +302,11 @@ impl MtaSts {
         domain: &str,
     ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
         let cached = self.cached(domain).filter(StsPolicy::is_fresh);
-        match tokio::time::timeout(self.discovery_timeout, self.discover(domain, cached.clone()))
-            .await
+        match tokio::time::timeout(
+            self.discovery_timeout,
+            self.discover(domain, cached.clone()),
+        )
+        .await
         {
             Ok(answer) => answer,
             Err(_) => {

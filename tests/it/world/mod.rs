@@ -6,8 +6,8 @@ pub mod aiosmtpd;
 pub mod client;
 pub mod dns;
 pub mod mx;
-pub mod pyhttps;
 pub mod pki;
+pub mod pyhttps;
 pub mod sink;
 
 pub use aiosmtpd::Aiosmtpd;

@@ -1,7 +1,7 @@
 //! Python's `http.server` over `ssl` (the standard library, Debian's
 //! `python3`) as an HTTPS server we did not write: it serves one document
-//! at any path ending in `/.well-known/mta-sts.txt` (or any path, for key
-//! directories), and misbehaves on request. Its behaviour is read from
+//! at every path (an MTA-STS policy, a key for a key directory), and
+//! misbehaves on request. Its behaviour is read from
 //! files at every request, so a test can change it while it runs:
 //! `mode` (one of [`Mode`]), `body` (the document), `close` (present:
 //! close after each response), and it appends each request's path to
