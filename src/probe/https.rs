@@ -293,6 +293,9 @@ where
     };
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(MAX_HEAD.max(8192))
+        // Names are case-insensitive, but small servers (report
+        // collectors, key directories) do not all know it.
+        .title_case_headers(true)
         .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| protocol(e.to_string()))?;
