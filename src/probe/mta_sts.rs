@@ -138,25 +138,52 @@ impl StsPolicy {
     }
 }
 
-/// Parses the `_mta-sts` TXT records: exactly one must start with
-/// `v=STSv1`; its `id` (1–32 alphanumerics) is returned.
+/// Parses the `_mta-sts` TXT records (RFC 8461 section 3.1): records
+/// whose first field is not exactly `v=STSv1` are not MTA-STS records and
+/// are ignored (`v=STSv10` is not `v=STSv1`); exactly one may remain, and
+/// its `id` (1–32 letters and digits) is returned. Spaces around `=` and
+/// `;` are tolerated, empty fields (`;;`, a trailing `;`) skipped, other
+/// fields (extensions) ignored.
 pub fn parse_txt(records: &[String]) -> Result<Option<String>, String> {
-    let sts: Vec<&String> = records
+    /// `key = value` with the spaces around both taken off.
+    fn field(f: &str) -> Option<(&str, &str)> {
+        f.split_once('=').map(|(k, v)| (k.trim(), v.trim()))
+    }
+    let fields = |r: &'_ String| -> Vec<String> {
+        r.split(';')
+            .map(|f| f.trim().to_string())
+            .filter(|f| !f.is_empty())
+            .collect()
+    };
+    let sts: Vec<Vec<String>> = records
         .iter()
-        .filter(|r| r.starts_with("v=STSv1"))
+        .map(fields)
+        .filter(|f| f.first().and_then(|v| field(v)) == Some(("v", "STSv1")))
         .collect();
-    match sts.len() {
-        0 => Ok(None),
-        1 => {
+    match sts.as_slice() {
+        [] => Ok(None),
+        [one] => {
             let mut id = None;
-            for field in sts[0].split(';').map(str::trim).skip(1) {
-                if let Some(v) = field.strip_prefix("id=") {
-                    id = Some(v.trim().to_string());
+            for f in &one[1..] {
+                let Some((k, v)) = field(f) else {
+                    return Err(format!(
+                        "_mta-sts record field `{}` is not key=value",
+                        f.chars().take(40).collect::<String>()
+                    ));
+                };
+                if k == "id" {
+                    if id.is_some() {
+                        return Err("_mta-sts record has two ids".into());
+                    }
+                    id = Some(v.to_string());
                 }
             }
             let id = id.ok_or("_mta-sts record has no id")?;
             if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return Err(format!("_mta-sts id `{id}` is not 1-32 letters and digits"));
+                return Err(format!(
+                    "_mta-sts id `{}` is not 1-32 letters and digits",
+                    id.chars().take(40).collect::<String>()
+                ));
             }
             Ok(Some(id))
         }
@@ -169,24 +196,42 @@ pub struct MtaSts {
     resolver: hickory_resolver::TokioResolver,
     tls: Arc<rustls::ClientConfig>,
     dir: PathBuf,
-    timeout: Duration,
+    /// Bounds the TXT lookup and policy fetch together: shorter than the
+    /// probe's timeout, so that when they hang a valid cached policy still
+    /// answers before the probe gives up (a probe timeout would drop the
+    /// policy's protection for that attempt).
+    discovery_timeout: Duration,
     mem: Mutex<HashMap<String, StsPolicy>>,
 }
 
+/// The share of the probe timeout given to discovery.
+fn discovery_timeout(probe_timeout: Duration) -> Duration {
+    probe_timeout * 2 / 3
+}
+
+/// A cached policy is fetched again, even when its id has not changed,
+/// once it is this old: half its `max_age`, and at least daily (RFC 8461
+/// sections 3.3 and 10.2: refresh before it expires, so that a policy in
+/// use never lapses while an attacker hides the TXT record).
+fn refresh_after(max_age: u64) -> u64 {
+    (max_age / 2).min(86_400)
+}
+
 impl MtaSts {
-    /// A cache persisted in `dir` (created if missing).
+    /// A cache persisted in `dir` (created if missing); `probe_timeout` is
+    /// the probe's, of which discovery gets two thirds.
     pub fn new(
         resolver: hickory_resolver::TokioResolver,
         tls: Arc<rustls::ClientConfig>,
         dir: PathBuf,
-        timeout: Duration,
+        probe_timeout: Duration,
     ) -> MtaSts {
         let _ = std::fs::create_dir_all(&dir);
         MtaSts {
             resolver,
             tls,
             dir,
-            timeout,
+            discovery_timeout: discovery_timeout(probe_timeout),
             mem: Mutex::new(HashMap::new()),
         }
     }
@@ -248,11 +293,42 @@ impl MtaSts {
     }
 
     /// The policy that applies to `domain` now, with evidence: the TXT
-    /// record decides whether to refresh; a fetch failure falls back to a
-    /// fresh cached policy (RFC 8461 section 5.1).
+    /// record decides whether to fetch; a cached policy past half its life
+    /// is fetched again; a failed or timed-out lookup or fetch falls back
+    /// to a still-valid cached policy (RFC 8461 section 5.1), so an
+    /// enforce policy keeps applying while its refresh fails.
     pub async fn policy(
         &self,
         domain: &str,
+    ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
+        let cached = self.cached(domain).filter(StsPolicy::is_fresh);
+        match tokio::time::timeout(
+            self.discovery_timeout,
+            self.discover(domain, cached.clone()),
+        )
+        .await
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                let error = format!(
+                    "MTA-STS discovery for {domain} timed out after {}",
+                    crate::util::format_duration(self.discovery_timeout)
+                );
+                match cached {
+                    Some(p) => (
+                        Ok(Some(p.clone())),
+                        json!({ "discovery_error": error, "policy": p, "source": "cache" }),
+                    ),
+                    None => (Err(error.clone()), json!({ "discovery_error": error })),
+                }
+            }
+        }
+    }
+
+    async fn discover(
+        &self,
+        domain: &str,
+        cached: Option<StsPolicy>,
     ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
         let name = format!("_mta-sts.{domain}.");
         let txt: Result<Vec<String>, String> = match self.resolver.txt_lookup(name.clone()).await {
@@ -268,74 +344,103 @@ impl MtaSts {
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
             Err(e) => Err(format!("TXT lookup of {name} failed: {e}")),
         };
-        let cached = self.cached(domain).filter(StsPolicy::is_fresh);
+        let due = cached.as_ref().is_some_and(|p| {
+            let age = (Utc::now() - p.fetched_at).num_seconds();
+            age < 0 || age as u64 >= refresh_after(p.max_age)
+        });
         let id = match txt.and_then(|r| parse_txt(&r)) {
             Ok(Some(id)) => id,
-            Ok(None) => {
-                // No record: a still-valid cached policy keeps applying.
-                return match cached {
-                    Some(p) => (
-                        Ok(Some(p.clone())),
-                        json!({ "txt": null, "policy": p, "source": "cache" }),
-                    ),
-                    None => (Ok(None), json!({ "txt": null })),
+            // No record, or no answer: a still-valid cached policy keeps
+            // applying (an attacker can hide a TXT record), and is
+            // refreshed under its own id when due.
+            other => {
+                let (key, note) = match &other {
+                    Ok(_) => ("txt", serde_json::Value::Null),
+                    Err(e) => ("txt_error", json!(e)),
                 };
-            }
-            Err(e) => {
-                return match cached {
-                    Some(p) => (
+                return match (cached, other) {
+                    (Some(p), _) if due => {
+                        let id = p.id.clone();
+                        self.fetch(domain, Some(p), &id).await
+                    }
+                    (Some(p), _) => (
                         Ok(Some(p.clone())),
-                        json!({ "txt_error": e, "policy": p, "source": "cache" }),
+                        json!({ key: note, "policy": p, "source": "cache" }),
                     ),
-                    None => (Err(e.clone()), json!({ "txt_error": e })),
+                    (None, Ok(_)) => (Ok(None), json!({ "txt": null })),
+                    (None, Err(e)) => (Err(e.clone()), json!({ "txt_error": e })),
                 };
             }
         };
         if let Some(p) = &cached {
-            if p.id == id {
+            if p.id == id && !due {
                 return (
                     Ok(Some(p.clone())),
                     json!({ "txt_id": id, "policy": p, "source": "cache" }),
                 );
             }
         }
+        self.fetch(domain, cached, &id).await
+    }
+
+    /// Fetches the policy (RFC 8461 section 3.3: HTTP 200 only, redirects
+    /// not followed, `text/plain`), stores it under `id`, or falls back to
+    /// `cached`.
+    async fn fetch(
+        &self,
+        domain: &str,
+        cached: Option<StsPolicy>,
+        id: &str,
+    ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
         let host = format!("mta-sts.{domain}");
-        match super::https::get(
+        let url = format!("https://{host}/.well-known/mta-sts.txt");
+        let refresh = cached.is_some();
+        match super::https::fetch(
             &self.resolver,
             self.tls.clone(),
             &host,
             "/.well-known/mta-sts.txt",
-            self.timeout,
+            None,
+            self.discovery_timeout,
             MAX_POLICY,
         )
         .await
         {
-            Ok(f) if f.status == 200 => {
+            Ok(f) if f.status != 200 => {
+                self.fallback(cached, format!("{url} answered HTTP {}", f.status), id)
+            }
+            Ok(f) if !f.is_text_plain() => self.fallback(
+                cached,
+                format!(
+                    "{url} is not text/plain (Content-Type: {})",
+                    f.content_type
+                        .as_deref()
+                        .map(|c| c.chars().take(80).collect::<String>())
+                        .unwrap_or_else(|| "none".into())
+                ),
+                id,
+            ),
+            Ok(f) => {
                 let text = String::from_utf8_lossy(&f.body);
-                match StsPolicy::parse(&text, &id) {
+                match StsPolicy::parse(&text, id) {
                     Ok(p) => {
                         self.store(domain, &p).await;
                         (
                             Ok(Some(p.clone())),
-                            json!({ "txt_id": id, "policy": p, "source": "fetched", "from": f.peer }),
+                            json!({
+                                "txt_id": id, "policy": p, "source": "fetched",
+                                "refresh": refresh, "from": f.peer,
+                            }),
                         )
                     }
                     Err(e) => self.fallback(
                         cached,
                         format!("policy from https://{host} is invalid: {e}"),
-                        &id,
+                        id,
                     ),
                 }
             }
-            Ok(f) => self.fallback(
-                cached,
-                format!(
-                    "https://{host}/.well-known/mta-sts.txt answered HTTP {}",
-                    f.status
-                ),
-                &id,
-            ),
-            Err(e) => self.fallback(cached, e, &id),
+            Err(e) => self.fallback(cached, e.to_string(), id),
         }
     }
 
@@ -445,6 +550,45 @@ mod tests {
         )
         .unwrap();
         assert_eq!(none.mode, StsMode::None);
+    }
+
+    #[test]
+    fn txt_record_edge_cases() {
+        let id = |r: &str| parse_txt(&[r.to_string()]);
+        let ok = |r: &str| assert_eq!(id(r), Ok(Some("abc123".into())), "{r:?}");
+        ok("v=STSv1; id=abc123");
+        ok("v=STSv1;id=abc123");
+        ok("v=STSv1; id=abc123;");
+        ok("v = STSv1 ; id = abc123 ;");
+        ok("  v=STSv1 ;; id=abc123");
+        ok("v=STSv1; ext=value; id=abc123");
+        // Not MTA-STS records at all: ignored.
+        for other in [
+            "v=STSv10; id=abc123",
+            "v=STSv1x; id=abc123",
+            "v=stsv1; id=abc123",
+            "id=abc123; v=STSv1",
+            "xv=STSv1; id=abc123",
+            "",
+        ] {
+            assert_eq!(id(other), Ok(None), "{other:?}");
+        }
+        // `v=STSv10` beside a real record does not make two.
+        assert_eq!(
+            parse_txt(&["v=STSv10; id=zzz".into(), "v=STSv1; id=abc123".into()]),
+            Ok(Some("abc123".into()))
+        );
+        for bad in [
+            "v=STSv1",
+            "v=STSv1; id=",
+            "v=STSv1; id=abc; id=def",
+            "v=STSv1; garbage; id=abc123",
+            "v=STSv1; id=abc 123",
+            "v=STSv1; ID=abc123",
+            "v=STSv1; id=123456789012345678901234567890123",
+        ] {
+            assert!(id(bad).is_err(), "{bad:?}: {:?}", id(bad));
+        }
     }
 
     #[test]

@@ -14,5 +14,6 @@ mod inbound;
 mod pgp;
 mod policy;
 mod sts;
+mod sts_http;
 mod world;
 mod world_selftest;

@@ -7,6 +7,7 @@ pub mod client;
 pub mod dns;
 pub mod mx;
 pub mod pki;
+pub mod pyhttps;
 pub mod sink;
 
 pub use aiosmtpd::Aiosmtpd;
