@@ -47,7 +47,7 @@ fn run_case(key: &str, size: usize, iterations: u32, sign: bool) {
         };
         // Streamed like the delivery path: the body is never whole in memory.
         let mut w = pgp::writer(std::io::sink(), &opts).expect("writer");
-        w.write_all(&pgp::payload(header)).expect("write");
+        w.write_all(&pgp::payload(header, "[...]")).expect("write");
         let mut left = size;
         while left > 0 {
             let n = left.min(block.len());

@@ -593,8 +593,16 @@ pub async fn keys(
         KeysAction::Import(path) => {
             let data = std::fs::read(&path)
                 .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
-            for (fpr, addr) in keyring.import(&data).await.map_err(err)? {
-                writeln!(out, "imported {fpr} for {addr}").map_err(io)?;
+            for k in keyring.import(&data).await.map_err(err)? {
+                match &k.unusable {
+                    None => writeln!(out, "imported {} for {}", k.fingerprint, k.address),
+                    Some(why) => writeln!(
+                        out,
+                        "imported {} for {}, but it cannot be used to encrypt: {why} (stored, never used; import a valid key for {})",
+                        k.fingerprint, k.address, k.address
+                    ),
+                }
+                .map_err(io)?;
             }
         }
         KeysAction::List => {

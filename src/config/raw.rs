@@ -54,7 +54,7 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPgp {
-    /// Outer Subject of encrypted mail (RFC 9788; default "...").
+    /// Outer Subject of encrypted mail (RFC 9788; default "[...]").
     pub subject_placeholder: Option<Spanned<String>>,
     /// Key sources in order: `local`, `wkd` (default both).
     pub sources: Option<Vec<Spanned<String>>>,
@@ -944,7 +944,7 @@ impl RawConfig {
                 .subject_placeholder
                 .as_ref()
                 .map(|s| s.get_ref().clone())
-                .unwrap_or_else(|| "...".into()),
+                .unwrap_or_else(|| "[...]".into()),
             sources,
             hold_changed,
             signing_keys,

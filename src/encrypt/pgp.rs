@@ -215,11 +215,32 @@ fn with_hp(field: &[u8]) -> Vec<u8> {
     format!("{trimmed};\r\n hp=\"cipher\"\r\n").into_bytes()
 }
 
+/// The fields of the original that also go outside, besides trace fields
+/// and the placeholder Subject: what transport needs.
+fn outer_fields<'m>(fields: &[&'m [u8]]) -> Vec<&'m [u8]> {
+    fields
+        .iter()
+        .copied()
+        .filter(|f| {
+            let name = field_name(f);
+            OUTER.contains(&name.as_str()) && name != "mime-version"
+        })
+        .collect()
+}
+
+/// The outer Subject, without control characters.
+fn clean_placeholder(placeholder: &str) -> String {
+    placeholder.chars().filter(|c| !c.is_control()).collect()
+}
+
 /// Builds the cryptographic payload: the original entity with its
-/// protected headers, and `hp="cipher"` on its Content-Type.
-pub fn payload(original: &[u8]) -> Vec<u8> {
+/// protected headers, `hp="cipher"` on its Content-Type, and an
+/// `HP-Outer` field for each non-structural field the outer message
+/// carries, the placeholder Subject included (RFC 9788 section 2.2), so
+/// that a reader can tell what was visible in transit.
+pub fn payload(original: &[u8], placeholder: &str) -> Vec<u8> {
     let (fields, body) = split(original);
-    let mut out = Vec::with_capacity(original.len() + 256);
+    let mut out = Vec::with_capacity(original.len() + 512);
     let mut has_ct = false;
     for f in &fields {
         let name = field_name(f);
@@ -236,6 +257,13 @@ pub fn payload(original: &[u8]) -> Vec<u8> {
     if !has_ct {
         out.extend_from_slice(b"Content-Type: text/plain; charset=us-ascii;\r\n hp=\"cipher\"\r\n");
     }
+    for f in outer_fields(&fields) {
+        out.extend_from_slice(b"HP-Outer: ");
+        out.extend_from_slice(f);
+    }
+    out.extend_from_slice(
+        format!("HP-Outer: Subject: {}\r\n", clean_placeholder(placeholder)).as_bytes(),
+    );
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
@@ -247,7 +275,7 @@ pub struct PgpOptions<'a> {
     pub recipients: &'a [Cert],
     /// Organisation key to sign with (sign-then-encrypt).
     pub signer: Option<&'a Cert>,
-    /// The outer Subject (RFC 9788 "..." by default).
+    /// The outer Subject (RFC 9788's obscured Subject `[...]` by default).
     pub subject_placeholder: &'a str,
 }
 
@@ -313,7 +341,7 @@ pub fn writer<'a, W: Write + Send + Sync + 'a>(
 
 /// Encrypts `original` (a whole RFC 5322 message) to PGP/MIME in memory.
 pub fn encrypt(original: &[u8], opts: &PgpOptions<'_>) -> Result<Vec<u8>, String> {
-    let payload = payload(original);
+    let payload = payload(original, opts.subject_placeholder);
     let mut armored = Vec::with_capacity(payload.len() * 4 / 3 + 1024);
     {
         let mut w = writer(&mut armored, opts)?;
@@ -351,16 +379,15 @@ pub fn armor_to_crlf(armored: &[u8]) -> Vec<u8> {
 pub fn outer_prefix(original_head: &[u8], placeholder: &str, boundary: &str) -> Vec<u8> {
     let (fields, _) = split(original_head);
     let mut out = Vec::with_capacity(2048);
+    // In the original's order: trace fields and what transport needs.
+    let outer = outer_fields(&fields);
     for f in &fields {
         let name = field_name(f);
-        if name == "received"
-            || name == "return-path"
-            || (OUTER.contains(&name.as_str()) && name != "mime-version")
-        {
+        if name == "received" || name == "return-path" || outer.contains(f) {
             out.extend_from_slice(f);
         }
     }
-    let placeholder: String = placeholder.chars().filter(|c| !c.is_control()).collect();
+    let placeholder = clean_placeholder(placeholder);
     out.extend_from_slice(format!("Subject: {placeholder}\r\n").as_bytes());
     out.extend_from_slice(b"MIME-Version: 1.0\r\n");
     out.extend_from_slice(
@@ -493,9 +520,9 @@ mod tests {
                     "Received: from x by y\r\nFrom: a@clinic.test\r\nSubject: ...\r\n"
                 )
             );
-            let inner = String::from_utf8(payload(original.as_bytes())).unwrap();
+            let inner = String::from_utf8(payload(original.as_bytes(), "[...]")).unwrap();
             assert!(
-                inner.starts_with("From: a@clinic.test\r\nContent-Type: text/plain; charset=us-ascii;\r\n hp=\"cipher\"\r\n\r\n"),
+                inner.starts_with("From: a@clinic.test\r\nContent-Type: text/plain; charset=us-ascii;\r\n hp=\"cipher\"\r\nHP-Outer: From: a@clinic.test\r\nHP-Outer: Subject: [...]\r\n\r\n"),
                 "{odd:?}: {inner}"
             );
             assert!(inner.ends_with(&format!(

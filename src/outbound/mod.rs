@@ -552,6 +552,9 @@ impl Deliverer {
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
         // End-to-end encryption: one copy encrypted to every member's key.
         let pgp_job = if members.iter().any(|m| m.1.method == Method::Pgp) {
+            if let Some(o) = self.missing_signing_key(msg, &members) {
+                return report(&members, &|_| o.clone(), &evidence);
+            }
             match self.pgp_job(msg, &members) {
                 Ok(p) => {
                     evidence.encryption = Some(p.1);
@@ -1212,6 +1215,28 @@ impl Deliverer {
         }
     }
 
+    /// `sign = true` but no signing key for the sender's domain: the
+    /// recipients are held (never sent unsigned) until one is configured
+    /// and an operator releases them.
+    fn missing_signing_key(
+        &self,
+        msg: &QueuedMessage,
+        members: &[(usize, Decision)],
+    ) -> Option<crate::queue::RecipientOutcome> {
+        let domain = crate::queue::domain_of(&msg.sender);
+        let wants = members
+            .iter()
+            .any(|(_, d)| d.method == Method::Pgp && d.sign);
+        (wants && !self.signing_keys.contains_key(&domain)).then(|| crate::queue::RecipientOutcome {
+            verdict: crate::queue::Verdict::Held,
+            reply: format!(
+                "the policy asks for a signature (sign = true), but [pgp] signing_keys has no key for the sender's domain {domain:?}; held, never sent unsigned: configure one, then `sealgate queue release`"
+            ),
+            enhanced: Some("4.7.0".into()),
+            remote: None,
+        })
+    }
+
     /// What encryption for the members needs: their keys (one copy for
     /// all of them), the archive key, the signing key.
     fn pgp_job(
@@ -1292,7 +1317,7 @@ impl Deliverer {
         }
         let boundary = pgp::new_boundary();
         let prefix = pgp::outer_prefix(&head, &job.placeholder, &boundary);
-        let payload_head = pgp::payload(&head);
+        let payload_head = pgp::payload(&head, &job.placeholder);
         let (ptx, mut prx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let (ctx, mut crx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let (certs, signer) = (job.certs.clone(), job.signer.clone());

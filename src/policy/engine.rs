@@ -521,6 +521,46 @@ fn published_level(probes: &[ProbeReport]) -> TlsRequirement {
         .unwrap_or(TlsRequirement::Opportunistic)
 }
 
+/// What the probes say about an OpenPGP key for the recipient.
+enum PgpKey {
+    /// A real key (by fingerprint).
+    Found(String),
+    /// A key that must not be used until an operator decides.
+    Held(String),
+    /// Only `[[capability]] pgp = true`: a declaration, no key to encrypt to.
+    DeclaredOnly,
+    None,
+}
+
+/// A real key wins over a policy declaration (which names no key), and a
+/// held key holds the recipient rather than letting a weaker method send.
+fn pgp_key(caps: &[&Capability]) -> PgpKey {
+    let mut declared = false;
+    for c in caps {
+        match c {
+            Capability::Pgp {
+                fingerprint,
+                source,
+            } if source != "policy" => {
+                return PgpKey::Found(fingerprint.clone());
+            }
+            Capability::Pgp { .. } => declared = true,
+            _ => {}
+        }
+    }
+    if let Some(reason) = caps.iter().find_map(|c| match c {
+        Capability::PgpHeld { reason } => Some(reason.clone()),
+        _ => None,
+    }) {
+        return PgpKey::Held(reason);
+    }
+    if declared {
+        PgpKey::DeclaredOnly
+    } else {
+        PgpKey::None
+    }
+}
+
 /// Whether the DANE probe is what asks for `level` (so delivery must use
 /// the DNSSEC-validated MX set).
 fn from_dane(probes: &[ProbeReport], level: TlsRequirement) -> bool {
@@ -650,15 +690,21 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
                     }
                 }
             }
-            Method::Pgp => match caps.iter().find_map(|c| match c {
-                Capability::Pgp { fingerprint, .. } => Some(fingerprint.clone()),
-                _ => None,
-            }) {
-                Some(fpr) => {
+            Method::Pgp => match pgp_key(&caps) {
+                PgpKey::Found(fpr) => {
                     d.key = Some(fpr);
                     Ok(transport)
                 }
-                None => Err("no usable OpenPGP key".to_string()),
+                PgpKey::Held(reason) => {
+                    d.action = Action::Hold;
+                    d.method = Method::Pgp;
+                    d.reason = reason;
+                    return d;
+                }
+                PgpKey::DeclaredOnly => Err(
+                    "the policy declares an OpenPGP key, but no usable key was found".to_string(),
+                ),
+                PgpKey::None => Err("no usable OpenPGP key".to_string()),
             },
             Method::Smime => caps
                 .iter()

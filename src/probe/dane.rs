@@ -386,6 +386,7 @@ impl Dane {
     /// the zone is unsigned, `Err` for a bogus or failed lookup.
     pub async fn openpgpkey(&self, address: &str) -> Result<Option<Vec<Vec<u8>>>, String> {
         let (local, domain) = address.rsplit_once('@').ok_or("not an address")?;
+        let local = openpgpkey_local(local);
         let hash = ring::digest::digest(&ring::digest::SHA256, local.as_bytes());
         let name = format!(
             "{}._openpgpkey.{}",
@@ -766,5 +767,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// The local part as RFC 7929 section 3 hashes it: without the enclosing
+/// quotes and quoting backslashes of a quoted local part, in Unicode NFC.
+/// (Case is kept: the RFC hashes the local part as given.)
+fn openpgpkey_local(local: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let unquoted = match local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => out.extend(chars.next()),
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+        None => local.to_string(),
+    };
+    unquoted.nfc().collect()
+}
+
+#[cfg(test)]
+mod openpgpkey_tests {
+    use super::openpgpkey_local;
+
+    #[test]
+    fn the_local_part_is_unquoted_and_nfc() {
+        assert_eq!(openpgpkey_local("hugh"), "hugh");
+        assert_eq!(openpgpkey_local("Hugh"), "Hugh");
+        assert_eq!(openpgpkey_local("\"john smith\""), "john smith");
+        assert_eq!(openpgpkey_local("\"a\\\"b\""), "a\"b");
+        // e + combining acute (U+0301) is hashed as precomposed é.
+        assert_eq!(openpgpkey_local("jose\u{301}"), "jos\u{e9}");
+        // RFC 7929 section 3's example: hugh@example.com.
+        let h = ring::digest::digest(&ring::digest::SHA256, openpgpkey_local("hugh").as_bytes());
+        assert_eq!(
+            hex::encode(&h.as_ref()[..28]),
+            "c93f1e400f26708f98cb19d936620da35eec8f72e57f9eec01c1afd6"
+        );
     }
 }

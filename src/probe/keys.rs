@@ -94,9 +94,9 @@ impl Keyring {
         KeyError::Database(self.url.clone(), e.to_string())
     }
 
-    /// Imports certificates (armored or binary); returns (fingerprint,
-    /// address) pairs stored. Keys are stored for each address they carry.
-    pub async fn import(&self, data: &[u8]) -> Result<Vec<(String, String)>, KeyError> {
+    /// Imports certificates (armored or binary); returns what was stored,
+    /// for each address a certificate carries.
+    pub async fn import(&self, data: &[u8]) -> Result<Vec<Imported>, KeyError> {
         let certs = pgp::parse_certs(data)
             .map_err(|e| KeyError::Invalid(format!("not an OpenPGP certificate: {e}")))?;
         if certs.is_empty() {
@@ -116,6 +116,12 @@ impl Keyring {
                     "certificate {fpr} has no user ID with an e-mail address"
                 )));
             }
+            // Stored all the same (an update that revokes a stored key must
+            // replace it), but the operator is told that nobody can
+            // encrypt to it, rather than finding out at the first message.
+            let unusable = addresses
+                .iter()
+                .find_map(|a| pgp::check_key(&cert, a).err().map(|p| p.to_string()));
             for addr in addresses {
                 sqlx::query("DELETE FROM pgp_keys WHERE fingerprint = $1 AND address = $2")
                     .bind(&fpr)
@@ -132,7 +138,11 @@ impl Keyring {
                     .execute(&self.pool)
                     .await
                     .map_err(|e| self.db(e))?;
-                stored.push((fpr.clone(), addr));
+                stored.push(Imported {
+                    fingerprint: fpr.clone(),
+                    address: addr,
+                    unusable: unusable.clone(),
+                });
             }
         }
         Ok(stored)
@@ -276,7 +286,10 @@ impl Keyring {
             return Ok(Vec::new());
         };
         let (local, domain) = address.rsplit_once('@').ok_or("not an address")?;
-        let hash = zbase32(ring_sha1(local.to_lowercase().as_bytes()).as_slice());
+        // The hash is of the local part with ASCII letters lowercased (and
+        // nothing else: `É` stays `É`); `?l=` carries it as given, so a
+        // server that keys by the exact name can still find it.
+        let hash = zbase32(ring_sha1(local.to_ascii_lowercase().as_bytes()).as_slice());
         let l = percent(local);
         let tries = [
             (
@@ -371,6 +384,16 @@ pub struct PgpProbe {
     pub hold_changed: bool,
 }
 
+/// One certificate stored for one address by `import`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub fingerprint: String,
+    pub address: String,
+    /// Why nobody can encrypt to it (revoked, expired, no encryption
+    /// subkey...), if so: it is stored, and never used.
+    pub unusable: Option<String>,
+}
+
 impl PgpProbe {
     async fn find(&self, address: &str) -> ProbeAnswer {
         let mut tried = Vec::new();
@@ -393,11 +416,21 @@ impl PgpProbe {
             for cert in certs {
                 match pgp::check_key(&cert, address) {
                     Ok(facts) => {
-                        let previous = self.keyring.trusted(address).await.ok().flatten();
+                        let previous = match self.keyring.trusted(address).await {
+                            Ok(p) => p,
+                            // Not "first use": which key was used before is
+                            // unknown, so this one is not trusted blindly.
+                            Err(e) => {
+                                let reason = format!("OpenPGP key {} found by {source}, but the key store cannot say which key was used before ({e}); held", facts.fingerprint);
+                                tried.push(json!({ "source": source, "fingerprint": facts.fingerprint, "held": reason }));
+                                return held(reason, tried);
+                            }
+                        };
                         let changed = previous.as_ref().is_some_and(|p| *p != facts.fingerprint);
                         if changed && self.hold_changed && source != "local" {
-                            tried.push(json!({ "source": source, "fingerprint": facts.fingerprint, "previous": previous, "held": "the key differs from the one last used; confirm it with `sealgate keys trust`" }));
-                            continue;
+                            let reason = format!("the OpenPGP key found by {source} ({}) differs from the one last used ({}); confirm it with `sealgate keys trust`", facts.fingerprint, previous.as_deref().unwrap_or(""));
+                            tried.push(json!({ "source": source, "fingerprint": facts.fingerprint, "previous": previous, "held": reason }));
+                            return held(reason, tried);
                         }
                         if previous.is_none() || (changed && source == "local") {
                             let _ = self.keyring.trust(address, &facts.fingerprint, source).await;
@@ -418,6 +451,14 @@ impl PgpProbe {
     }
 }
 
+/// The answer for a key that must wait for an operator.
+fn held(reason: String, tried: Vec<serde_json::Value>) -> ProbeAnswer {
+    ProbeAnswer {
+        result: Ok(vec![Capability::PgpHeld { reason }]),
+        evidence: json!({ "tried": tried }),
+    }
+}
+
 impl Probe for PgpProbe {
     fn name(&self) -> &'static str {
         "pgp"
@@ -428,13 +469,33 @@ impl Probe for PgpProbe {
     }
 
     fn probe<'a>(&'a self, recipient: &'a str) -> ProbeFuture<'a> {
-        Box::pin(async move { self.find(&recipient.to_lowercase()).await })
+        // The address as canonicalised at parse time (domain lowercase, the
+        // local part as the sender wrote it): WKD and OPENPGPKEY hash the
+        // local part by their own rules, the key store compares ASCII
+        // case-insensitively.
+        Box::pin(async move { self.find(recipient).await })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The WKD hash lowercases ASCII only; the `?l=` part is the local
+    /// part as given.
+    #[test]
+    fn wkd_lowercases_ascii_only() {
+        assert_eq!(
+            zbase32(&ring_sha1("Joe.Doe".to_ascii_lowercase().as_bytes())),
+            "iy9q119eutrkn8s1mk4r39qejnbu3n5q"
+        );
+        // `É` (U+00C9) is not folded: its hash differs from `é`'s.
+        assert_ne!(
+            zbase32(&ring_sha1("JOSÉ".to_ascii_lowercase().as_bytes())),
+            zbase32(&ring_sha1("josé".as_bytes()))
+        );
+        assert_eq!(percent("José"), "Jos%C3%A9");
+    }
 
     #[test]
     fn wkd_hash() {

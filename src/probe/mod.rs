@@ -32,6 +32,11 @@ pub enum Capability {
     Tls { level: TlsRequirement },
     /// An OpenPGP key for the address.
     Pgp { fingerprint: String, source: String },
+    /// A key was found but must not be used yet (it changed since the one
+    /// last used, or the key store could not say which one that was): the
+    /// recipient is held with `reason` until an operator decides, never
+    /// sent with a weaker method meanwhile.
+    PgpHeld { reason: String },
     /// An S/MIME certificate for the address.
     Smime { serial: String, source: String },
     /// The secure portal can serve the address.

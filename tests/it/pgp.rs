@@ -216,7 +216,7 @@ print(text(parts[0]).strip(), text(parts[1])[:27])
             "{tree}"
         );
         assert_eq!(lines[3], "Version: 1 -----BEGIN PGP MESSAGE-----", "{tree}");
-        assert_eq!(m.header("Subject").unwrap().trim(), "...");
+        assert_eq!(m.header("Subject").unwrap().trim(), "[...]");
         let id = m.header("Message-ID").unwrap();
         let i: usize = id
             .trim()
@@ -235,6 +235,16 @@ print(text(parts[0]).strip(), text(parts[1])[:27])
             "protected Subject inside: {inner_head}"
         );
         assert!(inner_head.contains("hp=\"cipher\""), "{inner_head}");
+        // RFC 9788 section 2.2: what was visible outside is recorded inside.
+        assert!(
+            inner_head.contains("\r\nHP-Outer: Subject: [...]"),
+            "{inner_head}"
+        );
+        let outer_from = m.header("From").unwrap();
+        assert!(
+            inner_head.contains(&format!("HP-Outer: From: {outer_from}")),
+            "{inner_head}"
+        );
         // The body is preserved byte for byte (the test MX drops the final CRLF of DATA).
         let want = body.trim_end_matches("\r\n");
         assert_eq!(inner_body.trim_end_matches("\r\n"), want, "message {i}");
@@ -552,6 +562,13 @@ async fn expired_and_revoked_keys_are_not_used() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Stored (a revocation must replace a stored key), and said so.
+        let said = String::from_utf8_lossy(&out.stdout);
+        let why = if expired { "expired" } else { "revoked" };
+        assert!(
+            said.contains("cannot be used to encrypt") && said.contains(why),
+            "{said}"
+        );
     }
     let list = String::from_utf8_lossy(&gw.cli(&["keys", "list"]).stdout).into_owned();
     assert!(
@@ -630,19 +647,20 @@ async fn a_changed_wkd_key_is_held_until_an_operator_confirms_it() {
         &crate::common::message("two", "x"),
     )
     .unwrap();
-    let got = mx.wait_for(2, WAIT).await.unwrap();
-    assert!(
-        !got[1].data_str().contains("multipart/encrypted"),
-        "held key: falls to TLS"
-    );
+    // The recipient is held with the reason, never sent by the next
+    // method (TLS here) meanwhile.
     let rows = gw.wait_audit(WAIT, |r| r.len() == 2).await.unwrap();
+    assert_eq!(rows[1]["outcome"], "held", "{:#?}", rows[1]);
+    assert!(
+        rows[1]["smtp_reply"]
+            .as_str()
+            .unwrap_or("")
+            .contains("confirm it with `sealgate keys trust`"),
+        "{:#?}",
+        rows[1]
+    );
     let ev: serde_json::Value =
         serde_json::from_str(rows[1]["evidence"].as_str().unwrap()).unwrap();
-    assert!(
-        ev.to_string()
-            .contains("confirm it with `sealgate keys trust`"),
-        "{ev}"
-    );
     let new_fpr = ev["decision"]["explanation"]["probes"]
         .as_array()
         .unwrap()
@@ -652,6 +670,11 @@ async fn a_changed_wkd_key_is_held_until_an_operator_confirms_it() {
         .as_str()
         .unwrap()
         .to_string();
+    let queued = gw.queue().unwrap();
+    assert_eq!(queued.len(), 1, "{queued:#?}");
+    let held_id = queued[0]["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(mx.messages().len(), 1, "held mail was sent");
     assert!(
         gw.cli(&["keys", "trust", "carol@example.test", &new_fpr])
             .status
@@ -659,6 +682,19 @@ async fn a_changed_wkd_key_is_held_until_an_operator_confirms_it() {
     );
     gw.stop().unwrap();
     gw.spawn().unwrap();
+    // Released by the operator: now encrypted to the confirmed key.
+    let out = gw.cli(&["queue", "release", &held_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = mx.wait_for(2, WAIT).await.unwrap();
+    assert!(
+        second
+            .decrypt_mime(&got[1].data_str())
+            .contains("Subject: two")
+    );
     crate::common::python_send(
         gw.addr,
         "a@clinic.example.test",

@@ -545,3 +545,48 @@ fn tls_required_no_on_a_dane_only_domain_delivers_over_dane() {
         (Method::Tls, TlsRequirement::Opportunistic, false)
     );
 }
+
+/// A real key wins over `[[capability]] pgp = true` (a declaration names
+/// no key, so alone it is not a key: the next method is tried); a held key
+/// change holds the recipient instead of falling to TLS.
+#[test]
+fn declared_pgp_never_shadows_a_key_and_a_held_key_holds() {
+    let p = policy(EVERY_METHOD);
+    let prep = p.prepare(env("a@clinic.example"), msg("hi", "hello"));
+    let e = prep.evaluate("x@other.example", false);
+    let declared = probe(
+        "static",
+        Ok(vec![Capability::Pgp {
+            fingerprint: "declared".into(),
+            source: "policy".into(),
+        }]),
+    );
+    let d = prep.decide(&e, vec![declared.clone(), pgp_key()]);
+    assert_eq!(
+        (d.action, d.method, d.key.as_deref()),
+        (Action::Deliver, Method::Pgp, Some("AB12"))
+    );
+    let d = prep.decide(&e, vec![declared.clone()]);
+    assert_eq!((d.action, d.method), (Action::Deliver, Method::Tls));
+    assert!(
+        d.explanation
+            .skipped
+            .iter()
+            .any(|s| s.method == Method::Pgp && s.reason.contains("declares")),
+        "{:?}",
+        d.explanation.skipped
+    );
+    let held = probe(
+        "pgp",
+        Ok(vec![Capability::PgpHeld {
+            reason: "the OpenPGP key found by wkd differs from the one last used".into(),
+        }]),
+    );
+    let d = prep.decide(&e, vec![declared, held]);
+    assert_eq!((d.action, d.method), (Action::Hold, Method::Pgp));
+    assert!(
+        d.reason.contains("differs from the one last used"),
+        "{}",
+        d.reason
+    );
+}

@@ -162,7 +162,7 @@ fuzz_target!(|input: &[u8]| {
     );
 
     // The payload: every non-trace field, and the hp marker.
-    let mut payload = pgp::payload(&stripped);
+    let mut payload = pgp::payload(&stripped, "[...]");
     payload.extend_from_slice(rest);
     let inner = names(&payload);
     for n in &inner {
