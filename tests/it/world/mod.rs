@@ -5,6 +5,7 @@
 pub mod aiosmtpd;
 pub mod client;
 pub mod dns;
+pub mod knot;
 pub mod mx;
 pub mod pki;
 pub mod sink;
