@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use crate::common::{WAIT, message, python_send};
 use crate::gateway::{self, Gateway, GatewayOptions};
 use crate::world::knot::{
-    Alg, Denial, DelvStatus, KnotWorld, Signing, ZoneSpec, spki_sha256_openssl,
+    Alg, DelvStatus, Denial, KnotWorld, Signing, ZoneSpec, spki_sha256_openssl,
 };
 use crate::world::{MxOptions, TestCert, TestMx, pki};
 
@@ -37,7 +37,13 @@ struct Dest {
 
 impl Dest {
     fn new(domain: &str, tls: bool) -> Dest {
-        let host = format!("mx.{domain}");
+        Self::with_host(domain, &format!("mx.{domain}"), tls)
+    }
+
+    /// A destination whose MX host lives in another zone (its address and
+    /// TLSA records go there: [`Dest::host_records`]).
+    fn with_host(domain: &str, host: &str, tls: bool) -> Dest {
+        let host = host.to_string();
         Dest {
             domain: domain.to_string(),
             cert: tls.then(|| pki::self_signed(&[&host])),
@@ -59,9 +65,13 @@ impl Dest {
     /// The zone: MX and address of the host, and TLSA 3 1 1 for its
     /// certificate (or `tlsa` instead, when given).
     fn zone(&self, port: u16, tlsa: Option<Vec<u8>>) -> ZoneSpec {
-        let z = ZoneSpec::new(&self.domain)
-            .mx(10, &self.host)
-            .a(&self.host, self.ip);
+        let z = ZoneSpec::new(&self.domain).mx(10, &self.host);
+        self.host_records(z, port, tlsa)
+    }
+
+    /// The host's address and TLSA records, added to `z`.
+    fn host_records(&self, z: ZoneSpec, port: u16, tlsa: Option<Vec<u8>>) -> ZoneSpec {
+        let z = z.a(&self.host, self.ip);
         match (tlsa, &self.cert) {
             (Some(data), _) => z.tlsa(&self.tlsa_owner(port), 3, 1, 1, &data),
             (None, Some(_)) => {
@@ -170,7 +180,10 @@ async fn dane_delivers(alg: Alg, denial: Denial, domain: &str) {
     let probe = dane_probe(row);
     assert_eq!(probe["evidence"]["dnssec"], "secure", "{probe}");
     assert_eq!(probe["evidence"]["mx"][0]["usable"], true, "{probe}");
-    eprintln!("dane over knot ({alg:?}, {denial:?}): {:?}", started.elapsed());
+    eprintln!(
+        "dane over knot ({alg:?}, {denial:?}): {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,32 +204,61 @@ async fn knot_bogus_domains_wait_and_are_never_contacted() {
     let started = std::time::Instant::now();
     // Mixed algorithms across the chain: root 13 with NSEC3, test. 8 with NSEC.
     let cases = [
-        ("wrong-key.test", Signing::WrongKey, Alg::EcdsaP256Sha256, Denial::Nsec),
-        ("expired.test", Signing::Expired, Alg::RsaSha256, Denial::Nsec3),
-        ("stripped.test", Signing::Stripped, Alg::EcdsaP256Sha256, Denial::Nsec),
+        (
+            "wrong-key.test",
+            Signing::WrongKey,
+            Alg::EcdsaP256Sha256,
+            Denial::Nsec,
+        ),
+        (
+            "expired.test",
+            Signing::Expired,
+            Alg::RsaSha256,
+            Denial::Nsec3,
+        ),
+        (
+            "stripped.test",
+            Signing::Stripped,
+            Alg::EcdsaP256Sha256,
+            Denial::Nsec,
+        ),
     ];
-    let dests: Vec<Dest> = cases.iter().map(|c| Dest::new(c.0, true)).collect();
+    let mut dests: Vec<Dest> = cases.iter().map(|c| Dest::new(c.0, true)).collect();
     let port = gateway::free_port(dests[0].ip);
+    let mut zones: Vec<ZoneSpec> = dests
+        .iter()
+        .zip(&cases)
+        .map(|(d, (_, signing, alg, denial))| {
+            d.zone(port, None)
+                .signing(*signing)
+                .alg(*alg)
+                .denial(*denial)
+        })
+        .collect();
+    // A secure MX RRset whose only host's address and TLSA records are in
+    // the expired zone.
+    let split = Dest::with_host("secure-mx.test", "mx-elsewhere.expired.test", true);
+    zones.push(ZoneSpec::new("secure-mx.test").mx(10, &split.host));
+    zones[1] = split.host_records(zones[1].clone(), port, None);
+    dests.push(split);
     let mut builder = KnotWorld::builder(gateway::fresh_ip(), Alg::EcdsaP256Sha256, Denial::Nsec3)
         .zone(
             ZoneSpec::new("test.")
                 .alg(Alg::RsaSha256)
                 .denial(Denial::Nsec),
         );
-    for (d, (_, signing, alg, denial)) in dests.iter().zip(&cases) {
-        builder = builder.zone(
-            d.zone(port, None)
-                .signing(*signing)
-                .alg(*alg)
-                .denial(*denial),
-        );
+    for z in zones {
+        builder = builder.zone(z);
     }
     let world = builder.start().unwrap();
+    world
+        .expect_delv("secure-mx.test", "MX", &DelvStatus::Secure)
+        .unwrap();
     world
         .expect_delv("test.", "SOA", &DelvStatus::Secure)
         .unwrap();
     for d in &dests {
-        for (name, rtype) in [(d.domain.clone(), "MX"), (d.tlsa_owner(port), "TLSA")] {
+        for (name, rtype) in [(d.host.clone(), "A"), (d.tlsa_owner(port), "TLSA")] {
             world
                 .expect_delv(&name, rtype, &DelvStatus::Failed(String::new()))
                 .unwrap();
@@ -239,9 +281,12 @@ async fn knot_bogus_domains_wait_and_are_never_contacted() {
     // Two attempts each: the first deferral was not the last word.
     let rows = gw
         .wait_audit(WAIT, |rows| {
-            rcpts
-                .iter()
-                .all(|r| rows.iter().filter(|row| row["recipient"] == r.as_str()).count() >= 2)
+            rcpts.iter().all(|r| {
+                rows.iter()
+                    .filter(|row| row["recipient"] == r.as_str())
+                    .count()
+                    >= 2
+            })
         })
         .await
         .unwrap();
@@ -251,8 +296,8 @@ async fn knot_bogus_domains_wait_and_are_never_contacted() {
         assert!(row["tls_version"].is_null(), "{row}");
         let reply = row["smtp_reply"].as_str().unwrap_or_default();
         assert!(
-            reply.contains("DNSSEC") || reply.contains("bogus"),
-            "a bogus domain's deferral names DNSSEC: {row}"
+            reply.contains("DNSSEC") && reply.contains("bogus"),
+            "a bogus domain's deferral says why: {row}"
         );
     }
     for (mx, d) in mxs.iter().zip(&dests) {
@@ -260,8 +305,11 @@ async fn knot_bogus_domains_wait_and_are_never_contacted() {
     }
     let queue = gw.queue().unwrap();
     assert_eq!(queue.len(), 1, "{queue:?}");
-    let recipients = queue[0]["message"]["recipients"].as_array().cloned().unwrap_or_default();
-    assert_eq!(recipients.len(), 3, "{queue:?}");
+    let recipients = queue[0]["message"]["recipients"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(recipients.len(), dests.len(), "{queue:?}");
     for r in &recipients {
         assert_eq!(r["status"], "deferred", "{r}");
     }
@@ -289,7 +337,10 @@ async fn knot_insecure_domains_are_no_dane() {
         // A TLSA record that matches nothing: used, it would defer the mail.
         builder = builder
             .zone(ZoneSpec::new(parent).alg(*alg).denial(*denial))
-            .zone(d.zone(port, Some(vec![0xab; 32])).signing(Signing::Unsigned));
+            .zone(
+                d.zone(port, Some(vec![0xab; 32]))
+                    .signing(Signing::Unsigned),
+            );
     }
     let world = builder.start().unwrap();
     for ((parent, _, _), d) in parents.iter().zip(&dests) {
@@ -329,4 +380,54 @@ async fn knot_insecure_domains_are_no_dane() {
         assert_eq!(probe["evidence"]["dane"], false, "{row}");
     }
     eprintln!("insecure over knot: {:?}", started.elapsed());
+}
+
+/// RFC 7672 section 2.2.2: in a secure MX RRset, a host whose address or
+/// TLSA records are bogus is unusable and skipped; the mail goes over DANE
+/// to the next host, and the bogus one is never contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knot_bogus_mx_host_is_skipped_for_the_next_dane_host() {
+    let good = Dest::with_host("two-mx.test", "mx2.two-mx.test", true);
+    let bogus = Dest::with_host("two-mx.test", "mx1.broken.test", true);
+    let port = gateway::free_port(good.ip);
+    let world = KnotWorld::builder(gateway::fresh_ip(), Alg::EcdsaP256Sha256, Denial::Nsec)
+        .zone(
+            good.host_records(
+                ZoneSpec::new("two-mx.test")
+                    .mx(10, &bogus.host)
+                    .mx(20, &good.host),
+                port,
+                None,
+            ),
+        )
+        .zone(bogus.host_records(
+            ZoneSpec::new("broken.test").signing(Signing::WrongKey),
+            port,
+            None,
+        ))
+        .start()
+        .unwrap();
+    world
+        .expect_delv("two-mx.test", "MX", &DelvStatus::Secure)
+        .unwrap();
+    world
+        .expect_delv(&bogus.host, "A", &DelvStatus::Failed(String::new()))
+        .unwrap();
+    let bogus_mx = bogus.mx(port).await;
+    let good_mx = good.mx(port).await;
+    let gw = gateway_for(&world, port);
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@two-mx.test"],
+        &message("knot two mx", "x"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(bogus_mx.connections(), 0, "the bogus host was contacted");
+    let row = &rows[0];
+    assert_eq!(row["outcome"], "delivered", "{row}");
+    assert_eq!(row["tls_requirement"], "dane", "{row}");
+    assert_eq!(row["remote_host"], good.host.as_str(), "{row}");
+    assert_eq!(good_mx.transactions(), 1);
 }

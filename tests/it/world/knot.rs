@@ -96,11 +96,19 @@ pub struct ZoneSpec {
 
 fn fqdn(name: &str) -> String {
     let n = name.trim_end_matches('.').to_ascii_lowercase();
-    if n.is_empty() { ".".into() } else { format!("{n}.") }
+    if n.is_empty() {
+        ".".into()
+    } else {
+        format!("{n}.")
+    }
 }
 
 fn labels(origin: &str) -> usize {
-    origin.trim_end_matches('.').split('.').filter(|l| !l.is_empty()).count()
+    origin
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .count()
 }
 
 /// Whether `name` is `zone` or below it (both fully qualified).
@@ -216,8 +224,8 @@ impl KnotWorldBuilder {
                 root_ksk = signed.ksk.clone();
                 continue;
             }
-            let parent = parent_of(&z.origin)
-                .with_context(|| format!("no parent zone for {}", z.origin))?;
+            let parent =
+                parent_of(&z.origin).with_context(|| format!("no parent zone for {}", z.origin))?;
             let mut lines = format!(
                 "{} NS {}\n{} A {}\n",
                 z.origin,
@@ -462,7 +470,11 @@ zone:
         } else {
             z.origin.trim_end_matches('.').to_string()
         };
-        let _ = writeln!(c, "  - domain: \"{}\"\n    file: \"{stem}.signed\"", z.origin);
+        let _ = writeln!(
+            c,
+            "  - domain: \"{}\"\n    file: \"{stem}.signed\"",
+            z.origin
+        );
     }
     c
 }
