@@ -431,3 +431,79 @@ async fn knot_bogus_mx_host_is_skipped_for_the_next_dane_host() {
     assert_eq!(row["remote_host"], good.host.as_str(), "{row}");
     assert_eq!(good_mx.transactions(), 1);
 }
+
+/// The same world behind a validating recursive resolver (unbound), as a
+/// deployment would configure `[dns] nameservers`: DANE still delivers
+/// over DANE, a bogus domain still waits without a connection, an
+/// insecure domain is still no DANE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knot_world_through_unbound() {
+    let started = std::time::Instant::now();
+    let dane = Dest::new("dane.test", true);
+    let bogus = Dest::new("bogus.test", true);
+    let plain = Dest::new("plain.test", false);
+    let port = gateway::free_port(dane.ip);
+    let world = KnotWorld::builder(gateway::fresh_ip(), Alg::RsaSha256, Denial::Nsec3)
+        .zone(dane.zone(port, None))
+        .zone(
+            bogus
+                .zone(port, None)
+                .alg(Alg::RsaSha256)
+                .signing(Signing::Expired),
+        )
+        .zone(plain.zone(port, None).signing(Signing::Unsigned))
+        .start()
+        .unwrap();
+    let unbound = crate::world::unbound::Unbound::start(
+        gateway::fresh_ip(),
+        world.addr,
+        world.origins(),
+        &world.trust_anchor,
+    )
+    .unwrap();
+    let answer = unbound.kdig("dane.test", "MX");
+    assert!(answer.contains(" ad"), "unbound validates: {answer}");
+    let answer = unbound.kdig("bogus.test", "MX");
+    assert!(
+        answer.contains("SERVFAIL"),
+        "unbound finds it bogus: {answer}"
+    );
+
+    let dane_mx = dane.mx(port).await;
+    let bogus_mx = bogus.mx(port).await;
+    let plain_mx = plain.mx(port).await;
+    let gw = Gateway::start(GatewayOptions {
+        dns: Some(unbound.addr),
+        trust_anchor: Some(world.trust_anchor.clone()),
+        delivery_port: port,
+        ..Default::default()
+    })
+    .unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@dane.test", "b@bogus.test", "b@plain.test"],
+        &message("knot unbound", "x"),
+    )
+    .unwrap();
+    dane_mx.wait_for(1, WAIT).await.unwrap();
+    plain_mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() >= 3).await.unwrap();
+    let row = |rcpt: &str| {
+        rows.iter()
+            .find(|r| r["recipient"] == rcpt)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let d = row("b@dane.test");
+    assert_eq!(d["outcome"], "delivered", "{d}");
+    assert_eq!(d["tls_requirement"], "dane", "{d}");
+    let b = row("b@bogus.test");
+    assert_eq!(b["outcome"], "deferred", "{b}");
+    let p = row("b@plain.test");
+    assert_eq!(p["outcome"], "delivered", "{p}");
+    assert_eq!(p["tls_requirement"], "opportunistic", "{p}");
+    assert_eq!(dane_probe(&p)["evidence"]["dnssec"], "insecure", "{p}");
+    assert_eq!(bogus_mx.connections(), 0);
+    eprintln!("knot behind unbound: {:?}", started.elapsed());
+}

@@ -425,7 +425,8 @@ fn delv_anchor_text(key_file: &Path) -> Result<String> {
     ))
 }
 
-fn free_udp_tcp_port(ip: Ipv4Addr) -> Result<u16> {
+/// A port free for both UDP and TCP on `ip`.
+pub fn free_udp_tcp_port(ip: Ipv4Addr) -> Result<u16> {
     for _ in 0..50 {
         let tcp = std::net::TcpListener::bind((ip, 0))?;
         let port = tcp.local_addr()?.port();
@@ -523,6 +524,11 @@ impl KnotWorld {
                 ZoneSpec::new("test.").alg(alg).denial(denial),
             ],
         }
+    }
+
+    /// The zones served (fully qualified).
+    pub fn origins(&self) -> &[String] {
+        &self.origins
     }
 
     /// knotd's log so far.

@@ -9,6 +9,7 @@ pub mod knot;
 pub mod mx;
 pub mod pki;
 pub mod sink;
+pub mod unbound;
 
 pub use aiosmtpd::Aiosmtpd;
 pub use client::SmtpClient;
