@@ -347,7 +347,8 @@ impl KnotWorldBuilder {
             text.push_str(&std::fs::read_to_string(format!("{k}.key"))?);
         }
         std::fs::write(&unsigned, &text)?;
-        let mut args: Vec<String> = vec!["-q".into()];
+        // -d: its dsset files go to the key folder, not the working folder.
+        let mut args: Vec<String> = vec!["-q".into(), "-d".into(), keys.display().to_string()];
         match z.denial {
             Denial::Nsec => {}
             Denial::Nsec3 => args.extend(["-3".into(), "-".into()]),
