@@ -313,6 +313,91 @@ pub(crate) mod tests {
         assert_ne!(a.compute_hash(), b.compute_hash());
     }
 
+    /// Golden vectors: row hashes computed outside sealgate (Python's
+    /// `hashlib`, from the byte string in the module docs), so any change
+    /// to the hashing (field order, length prefix, absent versus empty,
+    /// `ts` format, evidence serialisation) fails here instead of
+    /// silently breaking `audit verify` on existing databases.
+    ///
+    /// ```text
+    /// import hashlib, struct
+    /// def field(v):
+    ///     if v is None: return b"\x00"
+    ///     b = v.encode("utf-8"); return b"\x01" + struct.pack(">Q", len(b)) + b
+    /// def row_hash(prev, seq, cols):
+    ///     h = hashlib.sha256(b"sealgate-audit-row-v1" + field(prev) + struct.pack(">q", seq))
+    ///     for c in cols: h.update(field(c))
+    ///     return h.hexdigest()
+    /// ```
+    #[test]
+    fn golden_row_hashes() {
+        const ROW1: &str = "36909f22a8ba8eb84f278b0d0873b84a5ac08a29ddb627e72421bac07c8202f2";
+        const ROW2: &str = "d79cf46e5def3ac221828f424d9f6009277120a302cee5112796d79cc04a1652";
+        let at = |h: u32, m: u32, ms: i64| {
+            Utc.with_ymd_and_hms(2026, 11, 29, h, m, 0)
+                .single()
+                .unwrap_or_default()
+                + chrono::Duration::milliseconds(ms)
+        };
+        let first = AuditEvent {
+            event_id: "0123456789abcdef0123456789abcdef".into(),
+            timestamp: at(10, 0, 123),
+            queue_id: "Q0001".into(),
+            message_id: Some("<golden@clinic.example.test>".into()),
+            sender: "dr.a@clinic.example.test".into(),
+            recipient: "b@dane.example.test".into(),
+            outcome: "delivered".into(),
+            method: "tls".into(),
+            tls_requirement: "dane".into(),
+            policy_rule: "phi-dane".into(),
+            policy_version: "0f1e2d3c".into(),
+            remote_host: Some("mx.dane.example.test".into()),
+            remote_ip: Some("127.0.0.1".into()),
+            tls_version: Some("TLSv1.3".into()),
+            tls_cipher: Some("TLS13_AES_128_GCM_SHA256".into()),
+            smtp_reply: Some("250 2.0.0 Ok: queued as 1A2B".into()),
+            body_sha256: Some(
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+            ),
+            evidence: serde_json::json!({
+                "dane_match": "3 1 1 ab",
+                "mx": ["mx.dane.example.test"],
+            }),
+        };
+        let row1 = StoredRow::from_event(1, GENESIS_HASH, &first);
+        assert_eq!(
+            row1.evidence,
+            r#"{"dane_match":"3 1 1 ab","mx":["mx.dane.example.test"]}"#
+        );
+        assert_eq!(row1.row_hash, ROW1);
+
+        // Absent versus empty, UTF-8 lengths in bytes, chained to the first.
+        let second = AuditEvent {
+            event_id: "fedcba9876543210fedcba9876543210".into(),
+            timestamp: at(10, 5, 0),
+            queue_id: "Q0002".into(),
+            message_id: None,
+            sender: String::new(),
+            recipient: "j\u{fc}rgen@b\u{fc}cher.example.test".into(),
+            outcome: "deferred".into(),
+            method: "tls".into(),
+            tls_requirement: "dane".into(),
+            policy_rule: "default".into(),
+            policy_version: "0f1e2d3c".into(),
+            remote_host: None,
+            remote_ip: None,
+            tls_version: None,
+            tls_cipher: None,
+            smtp_reply: Some("DNSSEC validation failed (bogus)".into()),
+            body_sha256: None,
+            evidence: serde_json::json!({}),
+        };
+        let row2 = StoredRow::from_event(2, &row1.row_hash, &second);
+        assert_eq!(row2.ts, "2026-11-29T10:05:00.000Z");
+        assert_eq!(row2.row_hash, ROW2);
+        assert_eq!(row2.compute_hash(), ROW2);
+    }
+
     #[test]
     fn nul_is_replaced() {
         let mut ev = sample_event(2);

@@ -5,10 +5,12 @@
 pub mod aiosmtpd;
 pub mod client;
 pub mod dns;
+pub mod knot;
 pub mod mx;
 pub mod pki;
 pub mod pyhttps;
 pub mod sink;
+pub mod unbound;
 
 pub use aiosmtpd::Aiosmtpd;
 pub use client::SmtpClient;
