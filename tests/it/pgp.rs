@@ -672,7 +672,7 @@ async fn a_changed_wkd_key_is_held_until_an_operator_confirms_it() {
         .to_string();
     let queued = gw.queue().unwrap();
     assert_eq!(queued.len(), 1, "{queued:#?}");
-    let held_id = queued[0]["id"].as_str().unwrap().to_string();
+    let held_id = queued[0]["message"]["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(mx.messages().len(), 1, "held mail was sent");
     assert!(

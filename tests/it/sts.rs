@@ -751,7 +751,14 @@ async fn a_cached_enforce_policy_binds_delivery_when_the_probe_fails() {
         .find(|p| p["probe"] == "mta-sts")
         .unwrap()
         .clone();
-    assert!(probe["result"]["error"].is_string(), "{probe}");
+    // The probe timed out refreshing; the cached policy still answered
+    // (or, failing that, delivery applied it by itself).
+    assert!(
+        probe["result"]["error"].is_string()
+            || (probe["evidence"]["source"] == "cache"
+                && probe["evidence"]["discovery_error"].is_string()),
+        "{probe}"
+    );
     assert_eq!(e["attempt"]["mta_sts"]["id"], "first1", "{e}");
     assert_eq!(e["attempt"]["tls_enforced"], "mta-sts", "{e}");
     assert_eq!(e["attempt"]["tls"]["cert_verified"], true, "{e}");
