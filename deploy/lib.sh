@@ -29,5 +29,6 @@ ensure_packages() {
 BUILD_PACKAGES=(pkg-config libssl-dev libclang-dev gcc)
 # What the test suite needs: independent SMTP clients and servers (swaks
 # needs Net::SSLeay for STARTTLS; it is only a recommendation of the package).
-# postfix brings smtp-sink, a next hop we did not write.
-TEST_PACKAGES=(swaks libnet-ssleay-perl python3 python3-aiosmtpd gnupg postfix)
+# postfix brings smtp-sink, a next hop we did not write. qpdf rewrites and
+# encrypts the PDFs the PHI extraction tests read (a PDF writer we did not write).
+TEST_PACKAGES=(swaks libnet-ssleay-perl python3 python3-aiosmtpd gnupg postfix qpdf)

@@ -1,13 +1,24 @@
 //! What the rules can look at in a message: envelope, client, headers,
-//! subject, text of the bodies and text attachments, attachment types and
-//! sizes. Built once per delivery attempt, never logged.
+//! subject, text of the bodies and of the attachments that can be read
+//! (text, PDF, DOCX, attached messages), attachment types and sizes, and
+//! what could not be read. Built once per delivery attempt, never logged.
+//!
+//! "Could not read it" is not "clean": a part the scan could not read (cut
+//! at `max_scan_size`, an encrypted or broken document, an image, a
+//! message nested too deep, a damaged transfer encoding, the deadline) is
+//! listed in [`MessageFacts::unscannable`], and the policy counts it as PHI.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::{Message, MessageParser, MimeHeaders};
+use tokio::sync::Semaphore;
 
 use super::detectors::{Detector, Detectors};
+use super::extract::{Kind, Limits};
+use super::html::{self, normalize};
 
 /// An attachment as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,88 +42,170 @@ pub struct MessageFacts {
     pub headers: HashMap<String, Vec<String>>,
     /// Text of the text/plain and text/html bodies.
     pub body_text: String,
-    /// Text of text-like attachments.
+    /// Text of the attachments that could be read: text parts, PDF and
+    /// DOCX documents, and attached messages (their subject, bodies and
+    /// attachments), at any depth up to [`ScanLimits::max_depth`].
     pub attachment_text: String,
+    /// Attachments at every depth (inside attached messages too).
     pub attachments: Vec<Attachment>,
     /// Whether the content was cut at the scan limit.
     pub truncated: bool,
+    /// What the detectors could not read, and why, one entry each
+    /// (`attachment 2 (application/pdf): encrypted`). Names positions and
+    /// types only, never content or file names (a file name can name the
+    /// patient). The policy counts a message with any entry as PHI unless
+    /// `[defaults] unscannable_is_phi = false`.
+    pub unscannable: Vec<String>,
 }
 
+/// Bounds of one message's content scan.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanLimits {
+    /// How deep attached messages (`message/rfc822` inside `message/rfc822`
+    /// ...) are opened; a deeper one is unscannable.
+    pub max_depth: usize,
+    /// Time for the whole content scan, extraction included; what is not
+    /// read by then is unscannable.
+    pub timeout: Duration,
+    /// Decompressed bytes one PDF stream or one DOCX may produce.
+    pub max_inflated: usize,
+    /// Characters of text one document may yield.
+    pub max_text: usize,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        ScanLimits {
+            max_depth: 5,
+            timeout: Duration::from_secs(10),
+            max_inflated: 32 << 20,
+            max_text: 16 << 20,
+        }
+    }
+}
+
+/// Content scans running at once. Extraction is CPU-bound and a scan that
+/// overran its timeout keeps its thread until it ends: this bounds how
+/// many such threads (and their memory) there can be.
+static SCAN_SLOTS: Semaphore = Semaphore::const_new(2);
+
+/// Types that carry no text of their own: signatures and public keys.
+const NO_TEXT_TYPES: &[&str] = &[
+    "application/pgp-signature",
+    "application/pkcs7-signature",
+    "application/x-pkcs7-signature",
+    "application/pgp-keys",
+];
+
 impl MessageFacts {
-    /// Parses `content` (at most the scan limit of the stored message).
+    /// Parses `content` (at most the scan limit of the stored message) on
+    /// this thread, with the default limits.
     pub fn parse(content: &[u8], truncated: bool) -> MessageFacts {
+        let limits = ScanLimits::default();
+        MessageFacts::parse_with(content, truncated, &limits, Instant::now() + limits.timeout)
+    }
+
+    /// Parses `content` on a blocking thread, bounded by `limits`: at
+    /// most a few scans run at once, and a scan that does not end within
+    /// the timeout (plus a grace second) is abandoned; the message then
+    /// has its headers only and counts as unscannable.
+    pub async fn scan(content: Vec<u8>, truncated: bool, limits: ScanLimits) -> MessageFacts {
+        let content = Arc::new(content);
+        let deadline = Instant::now() + limits.timeout;
+        let work = {
+            let content = content.clone();
+            async move {
+                let permit = SCAN_SLOTS.acquire().await.ok()?;
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    MessageFacts::parse_with(&content, truncated, &limits, deadline)
+                })
+                .await
+                .ok()
+            }
+        };
+        let backstop = tokio::time::Instant::from_std(deadline + Duration::from_secs(1));
+        match tokio::time::timeout_at(backstop, work).await {
+            Ok(Some(facts)) => facts,
+            Ok(None) => {
+                tracing::warn!("the content scan failed; the message counts as unscannable");
+                MessageFacts::headers_only(&content, truncated, "the content scan failed")
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?limits.timeout, "the content scan did not finish in time; the message counts as unscannable");
+                MessageFacts::headers_only(
+                    &content,
+                    truncated,
+                    "the content scan did not finish in time",
+                )
+            }
+        }
+    }
+
+    /// The headers of `content` and one unscannable entry: for a scan that
+    /// did not complete.
+    fn headers_only(content: &[u8], truncated: bool, why: &str) -> MessageFacts {
         let mut f = MessageFacts {
             truncated,
             ..Default::default()
         };
-        let Some(msg) = MessageParser::default().parse(content) else {
-            // Not MIME at all: scan it as text so detectors still see it.
-            f.body_text = String::from_utf8_lossy(content).into_owned();
-            return f;
-        };
-        f.subject = msg.subject().unwrap_or("").to_string();
+        if let Some(msg) = MessageParser::default().parse_headers(content) {
+            f.read_headers(&msg);
+        }
+        f.unscannable.push(format!("message: {why}"));
+        f
+    }
+
+    fn read_headers(&mut self, msg: &Message<'_>) {
+        self.subject = msg.subject().unwrap_or("").to_string();
         for (name, value) in msg.headers_raw() {
             let v = value
                 .replace("\r\n", "")
                 .replace('\n', "")
                 .trim()
                 .to_string();
-            f.headers
+            self.headers
                 .entry(name.to_ascii_lowercase())
                 .or_default()
                 .push(v);
         }
         // Decoded subject replaces the raw (RFC 2047) one.
         if let Some(s) = msg.subject() {
-            f.headers.insert("subject".into(), vec![s.to_string()]);
+            self.headers.insert("subject".into(), vec![s.to_string()]);
         }
-        // mail-parser lists a text/plain part among the HTML bodies too (and
-        // the other way round) when there is no alternative: scan each part once.
+    }
+
+    /// Parses `content` on this thread, bounded by `limits` and `deadline`.
+    pub fn parse_with(
+        content: &[u8],
+        truncated: bool,
+        limits: &ScanLimits,
+        deadline: Instant,
+    ) -> MessageFacts {
+        let mut f = MessageFacts {
+            truncated,
+            ..Default::default()
+        };
+        if truncated {
+            f.unscannable
+                .push("message: longer than max_scan_size, only its start was scanned".to_string());
+        }
+        let Some(msg) = MessageParser::default().parse(content) else {
+            // Not MIME at all: scan it as text so detectors still see it.
+            f.body_text = normalize(&String::from_utf8_lossy(content));
+            return f;
+        };
+        f.read_headers(&msg);
+        let mut scan = Scan {
+            facts: &mut f,
+            limits,
+            deadline,
+        };
         let mut body = String::new();
-        let mut ids: Vec<u32> = msg
-            .text_body
-            .iter()
-            .chain(msg.html_body.iter())
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            let Some(part) = msg.part(id) else { continue };
-            let Some(text) = part.text_contents() else {
-                continue;
-            };
-            if part.is_text_html() {
-                body.push_str(&strip_tags(text));
-            } else {
-                body.push_str(text);
-            }
-            body.push('\n');
-        }
-        f.body_text = body;
+        scan.bodies(&msg, "message", &mut body);
         let mut att_text = String::new();
-        for part in msg.attachments() {
-            let ct = part
-                .content_type()
-                .map(|c| {
-                    format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase()
-                })
-                .unwrap_or_else(|| "application/octet-stream".into());
-            let name = part.attachment_name().map(str::to_string);
-            f.attachments.push(Attachment {
-                content_type: ct.clone(),
-                name,
-                size: part.len(),
-            });
-            if let Some(t) = part.text_contents() {
-                att_text.push_str(t);
-                att_text.push('\n');
-            } else if ct.starts_with("text/") || ct == "application/json" || ct == "application/xml"
-            {
-                att_text.push_str(&String::from_utf8_lossy(part.contents()));
-                att_text.push('\n');
-            }
-        }
+        scan.attachments(&msg, "", 0, &mut att_text);
+        f.body_text = body;
         f.attachment_text = att_text;
         f
     }
@@ -134,22 +227,139 @@ impl MessageFacts {
     }
 }
 
-/// Crude HTML-to-text for scanning: drops tags, keeps text.
-fn strip_tags(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => {
-                in_tag = true;
-                out.push(' ');
+/// One content scan in progress.
+struct Scan<'a> {
+    facts: &'a mut MessageFacts,
+    limits: &'a ScanLimits,
+    deadline: Instant,
+}
+
+impl Scan<'_> {
+    fn unscannable(&mut self, what: &str, why: impl std::fmt::Display) {
+        self.facts.unscannable.push(format!("{what}: {why}"));
+    }
+
+    /// The text and HTML bodies of `msg` into `out`; `what` names the
+    /// message in unscannable entries.
+    fn bodies(&mut self, msg: &Message<'_>, what: &str, out: &mut String) {
+        // mail-parser lists a text/plain part among the HTML bodies too (and
+        // the other way round) when there is no alternative: scan each part once.
+        let mut ids: Vec<u32> = msg
+            .text_body
+            .iter()
+            .chain(msg.html_body.iter())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let Some(part) = msg.part(id) else { continue };
+            if part.is_encoding_problem {
+                self.unscannable(&format!("{what} body"), "its transfer encoding is damaged");
             }
-            '>' => in_tag = false,
-            _ if !in_tag => out.push(c),
-            _ => {}
+            let Some(text) = part.text_contents() else {
+                continue;
+            };
+            if part.is_text_html() {
+                out.push_str(&html::to_text(text));
+            } else {
+                out.push_str(&normalize(text));
+            }
+            out.push('\n');
         }
     }
-    out
+
+    /// The attachments of `msg` into `out`, attached messages opened up to
+    /// the depth limit. `path` is the position of `msg` ("" for the
+    /// message itself, "2/" for its second attachment, ...).
+    fn attachments(&mut self, msg: &Message<'_>, path: &str, depth: usize, out: &mut String) {
+        for (i, part) in msg.attachments().enumerate() {
+            let ct = part
+                .content_type()
+                .map(|c| {
+                    format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase()
+                })
+                .unwrap_or_else(|| "application/octet-stream".into());
+            let name = part.attachment_name().map(str::to_string);
+            let what = format!("attachment {path}{} ({ct})", i + 1);
+            self.facts.attachments.push(Attachment {
+                content_type: ct.clone(),
+                name: name.clone(),
+                size: part.len(),
+            });
+            if Instant::now() >= self.deadline {
+                self.unscannable(&what, "not read before the scan deadline");
+                continue;
+            }
+            if part.is_encoding_problem && !part.is_message() {
+                self.unscannable(&what, "its transfer encoding is damaged");
+                continue;
+            }
+            // An attached message: parsed by mail-parser already, or (past
+            // its own nesting limit, or when it failed) kept as bytes.
+            let nested_raw = (ct == "message/rfc822" || ct == "message/global")
+                .then(|| part.contents())
+                .filter(|_| !part.is_message());
+            let reparsed = nested_raw.and_then(|raw| MessageParser::default().parse(raw));
+            if let Some(nested) = part.message().or(reparsed.as_ref()) {
+                if depth + 1 > self.limits.max_depth {
+                    self.unscannable(
+                        &what,
+                        format_args!(
+                            "attached messages nest deeper than {}",
+                            self.limits.max_depth
+                        ),
+                    );
+                    continue;
+                }
+                out.push_str(&normalize(nested.subject().unwrap_or("")));
+                out.push('\n');
+                self.bodies(nested, &what, out);
+                let inner = format!("{path}{}/", i + 1);
+                self.attachments(nested, &inner, depth + 1, out);
+                continue;
+            }
+            if nested_raw.is_some() {
+                self.unscannable(&what, "the attached message cannot be parsed");
+                continue;
+            }
+            if let Some(t) = part.text_contents() {
+                if part.is_text_html() {
+                    out.push_str(&html::to_text(t));
+                } else {
+                    out.push_str(&normalize(t));
+                }
+                out.push('\n');
+                continue;
+            }
+            if ct.starts_with("text/") || ct == "application/json" || ct == "application/xml" {
+                out.push_str(&normalize(&String::from_utf8_lossy(part.contents())));
+                out.push('\n');
+                continue;
+            }
+            let data = part.contents();
+            if data.is_empty() || NO_TEXT_TYPES.contains(&ct.as_str()) {
+                continue;
+            }
+            match Kind::of(&ct, name.as_deref(), data) {
+                Some(kind) => {
+                    let limits = Limits {
+                        max_inflated: self.limits.max_inflated,
+                        max_text: self.limits.max_text,
+                        deadline: self.deadline,
+                    };
+                    match kind.extract(data, &limits) {
+                        Ok(text) => {
+                            out.push_str(&normalize(&text));
+                            out.push('\n');
+                        }
+                        Err(e) => self.unscannable(&what, e),
+                    }
+                }
+                None => self.unscannable(&what, "its text is not extracted"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
