@@ -291,16 +291,19 @@ impl Scan<'_> {
                 self.unscannable(&what, "not read before the scan deadline");
                 continue;
             }
-            if part.is_encoding_problem && !part.is_message() {
-                self.unscannable(&what, "its transfer encoding is damaged");
-                continue;
-            }
             // An attached message: parsed by mail-parser already, or (past
-            // its own nesting limit, or when it failed) kept as bytes.
+            // its own nesting limit of encoded messages, flagged as an
+            // encoding problem) kept as decoded bytes, which we parse here:
+            // our own depth limit decides. Bytes in which no header can be
+            // found were not a message, or not decoded.
             let nested_raw = (ct == "message/rfc822" || ct == "message/global")
                 .then(|| part.contents())
                 .filter(|_| !part.is_message());
             let reparsed = nested_raw.and_then(|raw| MessageParser::default().parse(raw));
+            if part.is_encoding_problem && !part.is_message() && reparsed.is_none() {
+                self.unscannable(&what, "its transfer encoding is damaged");
+                continue;
+            }
             if let Some(nested) = part.message().or(reparsed.as_ref()) {
                 if depth + 1 > self.limits.max_depth {
                     self.unscannable(
@@ -378,5 +381,220 @@ mod tests {
         assert_eq!(f.attachments[0].content_type, "application/pdf");
         assert_eq!(f.attachments[0].name.as_deref(), Some("report.pdf"));
         assert!(f.attachment_text.contains("123-45-6789"));
+    }
+
+    use crate::policy::fixtures;
+
+    fn ssns(f: &MessageFacts) -> usize {
+        f.detect(&Detectors::new(), &[Detector::UsSsn])
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// `inner` attached as a message/rfc822 part of a multipart/mixed.
+    fn attach_message(inner: &[u8], encoding: &str) -> Vec<u8> {
+        let body = if encoding == "base64" {
+            fixtures::base64_mime(inner)
+        } else {
+            format!("{}\r\n", String::from_utf8_lossy(inner))
+        };
+        format!(
+            "From: a@clinic.example\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"outer{0}\"\r\n\r\n--outer{0}\r\n\
+             Content-Type: text/plain\r\n\r\nsee attached\r\n--outer{0}\r\n\
+             Content-Type: message/rfc822\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n\
+             {body}--outer{0}--\r\n",
+            inner.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn ssn_in_an_attached_message_is_found() {
+        let inner = b"From: lab@x.example\r\nSubject: result\r\n\r\nSSN 123-45-6789\r\n";
+        for encoding in ["7bit", "base64"] {
+            let f = MessageFacts::parse(&attach_message(inner, encoding), false);
+            assert_eq!(ssns(&f), 1, "{encoding}: {:?}", f.attachment_text);
+            assert_eq!(f.unscannable, Vec::<String>::new(), "{encoding}");
+            assert_eq!(f.attachments[0].content_type, "message/rfc822");
+        }
+        // The attached message's own PDF attachment, inside a multipart.
+        let pdf = fixtures::pdf("SSN 123-45-6789", None);
+        let inner = fixtures::with_attachment("hello", "application/pdf", "r.pdf", &pdf);
+        let f = MessageFacts::parse(&attach_message(&inner, "base64"), false);
+        assert_eq!(ssns(&f), 1, "{:?} {:?}", f.attachment_text, f.unscannable);
+        assert_eq!(f.attachments.len(), 2, "{:?}", f.attachments);
+    }
+
+    #[test]
+    fn attached_messages_nest_only_to_the_depth_limit() {
+        let mut msg = b"From: lab@x.example\r\nSubject: deep\r\n\r\nSSN 123-45-6789\r\n".to_vec();
+        for _ in 0..ScanLimits::default().max_depth {
+            msg = attach_message(&msg, "base64");
+        }
+        let f = MessageFacts::parse(&msg, false);
+        assert_eq!(ssns(&f), 1, "{:?}", f.unscannable);
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+        let f = MessageFacts::parse(&attach_message(&msg, "base64"), false);
+        assert_eq!(
+            f.unscannable,
+            vec!["attachment 1/1/1/1/1/1 (message/rfc822): attached messages nest deeper than 5"]
+        );
+    }
+
+    #[test]
+    fn pdf_and_docx_attachments_are_read_and_unreadable_ones_are_listed() {
+        let pdf = fixtures::pdf_object_streams("Lab report. SSN 123-45-6789");
+        let f = MessageFacts::parse(
+            &fixtures::with_attachment("see attached", "application/pdf", "Jane Roe.pdf", &pdf),
+            false,
+        );
+        assert_eq!(ssns(&f), 1);
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+        // Declared as octet-stream, recognised by its bytes.
+        let f = MessageFacts::parse(
+            &fixtures::with_attachment("x", "application/octet-stream", "scan", &pdf),
+            false,
+        );
+        assert_eq!(ssns(&f), 1);
+
+        let docx = fixtures::docx(
+            "<w:p><w:r><w:t>SSN 123-</w:t></w:r><w:r><w:t>45-6789</w:t></w:r></w:p>",
+            &[],
+        );
+        let f = MessageFacts::parse(
+            &fixtures::with_attachment(
+                "letter",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "letter.docx",
+                &docx,
+            ),
+            false,
+        );
+        assert_eq!(ssns(&f), 1);
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+
+        let encrypted = fixtures::qpdf(&pdf, &["--encrypt", "u", "o", "256", "--"]);
+        let f = MessageFacts::parse(
+            &fixtures::with_attachment("x", "application/pdf", "Jane Roe.pdf", &encrypted),
+            false,
+        );
+        assert_eq!(
+            f.unscannable,
+            vec!["attachment 1 (application/pdf): encrypted"]
+        );
+        let f = MessageFacts::parse(
+            &fixtures::with_attachment(
+                "x",
+                "application/octet-stream",
+                "b.docx",
+                &fixtures::docx_bomb(64),
+            ),
+            false,
+        );
+        assert_eq!(
+            f.unscannable,
+            vec![
+                "attachment 1 (application/octet-stream): expands beyond the scan limit of 33554432 bytes"
+            ]
+        );
+        let f = MessageFacts::parse(
+            &fixtures::with_attachment("x", "image/png", "xray.png", b"\x89PNG\r\n\x1a\nrest"),
+            false,
+        );
+        assert_eq!(
+            f.unscannable,
+            vec!["attachment 1 (image/png): its text is not extracted"]
+        );
+        // A signature holds no text of its own.
+        let f = MessageFacts::parse(
+            &fixtures::with_attachment(
+                "x",
+                "application/pgp-signature",
+                "sig.asc",
+                b"-----BEGIN PGP SIGNATURE-----",
+            ),
+            false,
+        );
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+    }
+
+    #[test]
+    fn transfer_encodings_are_decoded_before_scanning() {
+        let qp = b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nSSN 123=2D45=\r\n=2D6789\r\n";
+        assert_eq!(ssns(&MessageFacts::parse(qp, false)), 1);
+        let b64 = fixtures::with_attachment("x", "text/plain", "notes.txt", b"SSN 123-45-6789");
+        assert_eq!(ssns(&MessageFacts::parse(&b64, false)), 1);
+        let html = format!(
+            "Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n{}",
+            fixtures::base64_mime(b"<p>SSN 123-<span>45</span>-6789</p>")
+        );
+        assert_eq!(ssns(&MessageFacts::parse(html.as_bytes(), false)), 1);
+    }
+
+    #[test]
+    fn html_markup_inside_a_number_does_not_hide_it() {
+        for part in ["text/html", "text/html; charset=utf-8"] {
+            let raw = format!(
+                "Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=a\r\n\r\n\
+                 --a\r\nContent-Type: text/plain\r\n\r\nsee the HTML\r\n--a\r\nContent-Type: {part}\r\n\r\n\
+                 <p>123-<span style=\"x\">45</span>-6789</p>\r\n--a--\r\n"
+            );
+            assert_eq!(
+                ssns(&MessageFacts::parse(raw.as_bytes(), false)),
+                1,
+                "{part}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_transfer_encoding_is_unscannable() {
+        let raw = b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n%%%% not base64 %%%%\r\n--b--\r\n";
+        let f = MessageFacts::parse(raw, false);
+        assert_eq!(f.unscannable.len(), 1, "{:?}", f.unscannable);
+        assert!(
+            f.unscannable[0].starts_with("attachment 1 (application/pdf): "),
+            "{:?}",
+            f.unscannable
+        );
+    }
+
+    #[test]
+    fn a_message_cut_at_the_scan_limit_is_unscannable() {
+        let f = MessageFacts::parse(b"Subject: x\r\n\r\nhello\r\n", true);
+        assert_eq!(
+            f.unscannable,
+            vec!["message: longer than max_scan_size, only its start was scanned"]
+        );
+        assert!(
+            MessageFacts::parse(b"Subject: x\r\n\r\nhello\r\n", false)
+                .unscannable
+                .is_empty()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scan_past_its_deadline_is_unscannable_and_keeps_the_headers() {
+        let pdf = fixtures::pdf("SSN 123-45-6789", None);
+        let raw = fixtures::with_attachment("x", "application/pdf", "r.pdf", &pdf);
+        let f = MessageFacts::scan(raw.clone(), false, ScanLimits::default()).await;
+        assert_eq!(ssns(&f), 1);
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+        let limits = ScanLimits {
+            timeout: Duration::ZERO,
+            ..ScanLimits::default()
+        };
+        let f = MessageFacts::scan(raw, false, limits).await;
+        assert_eq!(f.subject, "results");
+        assert!(!f.unscannable.is_empty());
+        assert!(
+            f.unscannable
+                .iter()
+                .all(|u| u.contains("deadline") || u.contains("in time")),
+            "{:?}",
+            f.unscannable
+        );
     }
 }
