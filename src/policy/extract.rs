@@ -55,6 +55,9 @@ pub enum ExtractError {
 pub enum Kind {
     Pdf,
     Docx,
+    /// gzip (`application/gzip`, `application/tlsrpt+gzip`): its content,
+    /// decompressed within the budget, is text or one of the above.
+    Gzip,
 }
 
 const DOCX_TYPE: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
@@ -66,6 +69,9 @@ impl Kind {
         let head = &data[..data.len().min(1024)];
         if head.windows(5).any(|w| w == b"%PDF-") {
             return Some(Kind::Pdf);
+        }
+        if data.starts_with(&[0x1f, 0x8b]) {
+            return Some(Kind::Gzip);
         }
         let name = name.unwrap_or("").to_ascii_lowercase();
         if content_type == "application/pdf" || name.ends_with(".pdf") {
@@ -86,6 +92,7 @@ impl Kind {
         match self {
             Kind::Pdf => pdf_text(data, limits),
             Kind::Docx => docx_text(data, limits),
+            Kind::Gzip => gzip_text(data, limits),
         }
     }
 }
@@ -228,6 +235,26 @@ fn pdf_string(bytes: &[u8]) -> String {
         return String::from_utf8_lossy(utf8).into_owned();
     }
     bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// The content of a gzip file (every member), decompressed against the
+/// budget: text as it is, a PDF or DOCX through its extractor. A gzip
+/// inside it, or binary content, is not read.
+pub fn gzip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
+    let mut inner = Vec::new();
+    flate2::read::MultiGzDecoder::new(data)
+        .take(limits.max_inflated as u64 + 1)
+        .read_to_end(&mut inner)
+        .map_err(|_| ExtractError::Unparseable("not valid gzip"))?;
+    if inner.len() > limits.max_inflated {
+        return Err(ExtractError::TooLarge(limits.max_inflated));
+    }
+    check_deadline(limits)?;
+    match Kind::of("application/octet-stream", None, &inner) {
+        Some(Kind::Gzip) => Err(ExtractError::Unsupported("nested compression")),
+        Some(kind) => kind.extract(&inner, limits),
+        None => String::from_utf8(inner).map_err(|_| ExtractError::Unsupported("binary content")),
+    }
 }
 
 /// Members of a DOCX archive: more than this is not a document.
@@ -447,6 +474,30 @@ mod tests {
         let pdf = fixtures::qpdf(&edited, &[]);
         let text = pdf_text(&pdf, &limits()).unwrap();
         assert_eq!(ssns(&text), 1, "{text:?}");
+    }
+
+    #[test]
+    fn gzip_content_is_read_within_the_budget() {
+        let gz = |script: &str| {
+            fixtures::python(
+                &format!("import gzip,sys\nsys.stdout.buffer.write(gzip.compress({script}))"),
+                &[],
+            )
+        };
+        let text = gzip_text(&gz("b'{\"note\": \"SSN 123-45-6789\"}'"), &limits()).unwrap();
+        assert_eq!(ssns(&text), 1);
+        assert_eq!(
+            gzip_text(&gz("b' ' * (8 << 20)"), &limits()),
+            Err(ExtractError::TooLarge(1 << 20))
+        );
+        assert_eq!(
+            gzip_text(&gz("gzip.compress(b'x')"), &limits()),
+            Err(ExtractError::Unsupported("nested compression"))
+        );
+        assert_eq!(
+            gzip_text(&gz("b'\\xff\\xfe binary'"), &limits()),
+            Err(ExtractError::Unsupported("binary content"))
+        );
     }
 
     #[test]

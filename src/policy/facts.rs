@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mail_parser::{Message, MessageParser, MimeHeaders};
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 use tokio::sync::Semaphore;
 
 use super::detectors::{Detector, Detectors};
@@ -96,6 +96,18 @@ const NO_TEXT_TYPES: &[&str] = &[
     "application/x-pkcs7-signature",
     "application/pgp-keys",
 ];
+
+/// Types whose bytes are text, though mail-parser does not decode them as
+/// text: structured text (JSON, XML) and the report formats (RFC 3464
+/// delivery status, RFC 8098 dispositions, RFC 5965 feedback, returned
+/// headers).
+fn is_text_like(ct: &str) -> bool {
+    ct.starts_with("text/")
+        || ct.starts_with("message/")
+        || matches!(ct, "application/json" | "application/xml")
+        || ct.ends_with("+json")
+        || ct.ends_with("+xml")
+}
 
 impl MessageFacts {
     /// Parses `content` (at most the scan limit of the stored message) on
@@ -326,7 +338,9 @@ impl Scan<'_> {
                 self.unscannable(&what, "the attached message cannot be parsed");
                 continue;
             }
-            if let Some(t) = part.text_contents() {
+            // Text parts as mail-parser decoded them (charset included).
+            if matches!(part.body, PartType::Text(_) | PartType::Html(_)) {
+                let t = part.text_contents().unwrap_or("");
                 if part.is_text_html() {
                     out.push_str(&html::to_text(t));
                 } else {
@@ -335,11 +349,8 @@ impl Scan<'_> {
                 out.push('\n');
                 continue;
             }
-            if ct.starts_with("text/") || ct == "application/json" || ct == "application/xml" {
-                out.push_str(&normalize(&String::from_utf8_lossy(part.contents())));
-                out.push('\n');
-                continue;
-            }
+            // Anything else by what it is, never by whether its bytes
+            // happen to be UTF-8 (an uncompressed PDF is ASCII).
             let data = part.contents();
             if data.is_empty() || NO_TEXT_TYPES.contains(&ct.as_str()) {
                 continue;
@@ -358,6 +369,10 @@ impl Scan<'_> {
                         }
                         Err(e) => self.unscannable(&what, e),
                     }
+                }
+                None if is_text_like(&ct) => {
+                    out.push_str(&normalize(&String::from_utf8_lossy(data)));
+                    out.push('\n');
                 }
                 None => self.unscannable(&what, "its text is not extracted"),
             }
@@ -547,6 +562,37 @@ mod tests {
                 "{part}"
             );
         }
+    }
+
+    #[test]
+    fn reports_and_uncompressed_pdfs_are_read_by_what_they_are() {
+        // A DSN as sealgate writes it: every part is text.
+        let dsn = b"From: MAILER-DAEMON@gw.example\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n\
+            Content-Type: multipart/report; report-type=delivery-status; boundary=\"r\"\r\n\r\n\
+            --r\r\nContent-Type: text/plain\r\n\r\nCould not deliver.\r\n\
+            --r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; gw.example\r\n\r\n\
+            Final-Recipient: rfc822; b@x.example\r\nAction: failed\r\nStatus: 5.7.1\r\n\r\n\
+            --r\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <1@x>\r\n\r\n--r--\r\n";
+        let f = MessageFacts::parse(dsn, false);
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+        // An uncompressed PDF is ASCII, but read as a PDF: text in a hex
+        // string is found, which raw text would miss.
+        let pdf = fixtures::pdf(
+            "",
+            Some("BT /F1 12 Tf 72 720 Td <3132332d34352d36373839> Tj ET"),
+        );
+        let mut pdf = fixtures::qpdf(&pdf, &["--stream-data=uncompress"]);
+        // Only the binary-marker comment is not ASCII; same length keeps
+        // the offsets.
+        for b in pdf.iter_mut().filter(|b| !b.is_ascii()) {
+            *b = b'A';
+        }
+        assert!(std::str::from_utf8(&pdf).is_ok(), "the PDF is plain ASCII");
+        let f = MessageFacts::parse(
+            &fixtures::with_attachment("x", "application/pdf", "r.pdf", &pdf),
+            false,
+        );
+        assert_eq!(ssns(&f), 1, "{:?} {:?}", f.attachment_text, f.unscannable);
     }
 
     #[test]
