@@ -42,4 +42,6 @@ BUILD_PACKAGES=(pkg-config libssl-dev libclang-dev gcc)
 # ca-certificates: a real public root for the private_ca check.
 # knot (knotd), knot-dnsutils (kdig), bind9-utils (dnssec-signzone),
 # bind9-dnsutils (delv) and unbound make the DNSSEC world we did not write.
-TEST_PACKAGES=(swaks libnet-ssleay-perl python3 python3-aiosmtpd gnupg postfix ca-certificates openssl knot knot-dnsutils bind9-utils bind9-dnsutils unbound)
+# qpdf rewrites and encrypts the PDFs the PHI extraction tests read (a PDF
+# writer we did not write).
+TEST_PACKAGES=(swaks libnet-ssleay-perl python3 python3-aiosmtpd gnupg postfix ca-certificates openssl knot knot-dnsutils bind9-utils bind9-dnsutils unbound qpdf)

@@ -14,7 +14,7 @@ use crate::audit::{AuditEvent, AuditSettings, Auditor};
 use crate::config::Settings;
 use crate::inbound::{self, InboundContext};
 use crate::outbound::{Deliverer, RecipientReport};
-use crate::policy::facts::MessageFacts;
+use crate::policy::facts::{MessageFacts, ScanLimits};
 use crate::policy::{Action, Decision, Envelope, Policy};
 use crate::probe::keys::{Keyring, PgpProbe};
 use crate::probe::static_caps::StaticCaps;
@@ -143,7 +143,7 @@ impl Engine {
             match spool.read_content(&msg.id, limit).await {
                 Ok(content) => {
                     let truncated = msg.size > limit as u64;
-                    tokio::task::block_in_place(|| MessageFacts::parse(&content, truncated))
+                    MessageFacts::scan(content, truncated, ScanLimits::default()).await
                 }
                 Err(e) => {
                     tracing::error!(queue_id = %msg.id, error = %e, "cannot read the message to apply the policy");

@@ -382,12 +382,17 @@ pub async fn probe(
                 .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
             let limit = policy.max_scan_size() as usize;
             let truncated = content.len() > limit;
+            let size = content.len() as u64;
+            let mut content = content;
+            content.truncate(limit);
             (
-                crate::policy::facts::MessageFacts::parse(
-                    &content[..content.len().min(limit)],
+                crate::policy::facts::MessageFacts::scan(
+                    content,
                     truncated,
-                ),
-                content.len() as u64,
+                    crate::policy::facts::ScanLimits::default(),
+                )
+                .await,
+                size,
             )
         }
         None => (crate::policy::facts::MessageFacts::default(), 0),

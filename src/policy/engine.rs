@@ -91,6 +91,14 @@ pub struct Explanation {
     /// The content was longer than `max_scan_size`; only its start was scanned.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub scan_truncated: bool,
+    /// What the detectors could not read, and why (positions and types,
+    /// never content): `attachment 2 (application/pdf): encrypted`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unscannable: Vec<String>,
+    /// Why the content counts as PHI: `detector us-ssn`, or
+    /// `unscannable attachment 2 (application/pdf): encrypted`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phi_reasons: Vec<String>,
 }
 
 /// The decision for one recipient.
@@ -332,9 +340,18 @@ impl Policy {
         } else {
             Vec::new()
         };
-        let phi = findings
+        let defaults = &self.compiled.defaults;
+        let mut phi_reasons: Vec<String> = findings
             .iter()
-            .any(|(d, _)| self.compiled.defaults.phi_detectors.contains(d));
+            .filter(|(d, _)| defaults.phi_detectors.contains(d))
+            .map(|(d, _)| format!("detector {}", d.name()))
+            .collect();
+        // Fail closed: what no detector could read may hold PHI. Only where
+        // PHI detection is on at all (an empty `phi_detectors` turns it off).
+        if defaults.unscannable_is_phi && !defaults.phi_detectors.is_empty() {
+            phi_reasons.extend(facts.unscannable.iter().map(|u| format!("unscannable {u}")));
+        }
+        let phi = !phi_reasons.is_empty();
         let message_matches = self
             .compiled
             .rules
@@ -350,6 +367,8 @@ impl Policy {
             policy: self,
             envelope,
             truncated: facts.truncated,
+            unscannable: facts.unscannable.clone(),
+            phi_reasons,
             findings,
             phi,
             tls_required_no,
@@ -363,6 +382,8 @@ pub struct Prepared<'p> {
     policy: &'p Policy,
     envelope: Envelope,
     truncated: bool,
+    unscannable: Vec<String>,
+    phi_reasons: Vec<String>,
     findings: Vec<(Detector, usize)>,
     phi: bool,
     tls_required_no: bool,
@@ -495,6 +516,15 @@ impl Prepared<'_> {
             .collect();
         decision.explanation.phi = self.phi;
         decision.explanation.scan_truncated = self.truncated;
+        decision.explanation.unscannable = self.unscannable.clone();
+        decision.explanation.phi_reasons = self.phi_reasons.clone();
+        if decision.action == Action::Wait && self.phi {
+            decision.reason = format!(
+                "{}; the content counts as PHI ({})",
+                decision.reason,
+                self.phi_reasons.join("; ")
+            );
+        }
         decision.explanation.probes = probes;
         decision
     }

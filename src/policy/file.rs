@@ -61,6 +61,7 @@ struct RawDefaults {
     sign: Option<bool>,
     max_scan_size: Option<Spanned<String>>,
     honor_tls_required_no: Option<bool>,
+    unscannable_is_phi: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +185,12 @@ pub struct Defaults {
     pub max_scan_size: u64,
     /// Honour `TLS-Required: No` (RFC 8689 section 5) from senders.
     pub honor_tls_required_no: bool,
+    /// Content the detectors could not read (past `max_scan_size`, an
+    /// encrypted or unparseable document, an image, a message nested too
+    /// deep) counts as PHI. `false` is weaker: such content is treated as
+    /// clean, so PHI in an encrypted PDF or a scan can leave on the
+    /// non-PHI floor.
+    pub unscannable_is_phi: bool,
 }
 
 impl Default for Defaults {
@@ -196,6 +203,7 @@ impl Default for Defaults {
             sign: false,
             max_scan_size: 10 * 1000 * 1000,
             honor_tls_required_no: false,
+            unscannable_is_phi: true,
         }
     }
 }
@@ -422,6 +430,9 @@ fn compile_raw(
         }
         if let Some(h) = d.honor_tls_required_no {
             out.defaults.honor_tls_required_no = h;
+        }
+        if let Some(u) = d.unscannable_is_phi {
+            out.defaults.unscannable_is_phi = u;
         }
         if let Some(n) = c.size("defaults.max_scan_size", &d.max_scan_size) {
             out.defaults.max_scan_size = n;

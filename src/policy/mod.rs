@@ -9,8 +9,12 @@
 
 pub mod detectors;
 mod engine;
+pub mod extract;
 pub mod facts;
 pub mod file;
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub mod html;
 pub mod pattern;
 
 use serde::{Deserialize, Serialize};

@@ -425,3 +425,90 @@ async fn check_config_validates_policy_files() {
         "{err}"
     );
 }
+
+/// The documents of the unit tests, made by Python and qpdf.
+#[path = "../../src/policy/fixtures.rs"]
+#[allow(dead_code)]
+mod fixtures;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phi_only_in_a_pdf_attachment_never_goes_out_on_opportunistic_tls() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    w.domain("clinic.example.test", "mx.example.test");
+    // No STARTTLS at the MX: only opportunistic TLS (here, none) reaches it.
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let mut opts = w.options();
+    opts.policy = r#"
+[defaults]
+methods = ["tls"]
+min_tls = "opportunistic"
+phi_min_tls = "verified"
+"#
+    .into();
+    let gw = Gateway::start(opts).unwrap();
+    let send = |to: &str, body: &[u8]| {
+        python_send(gw.addr, "a@clinic.example.test", &[to], body).unwrap();
+    };
+    let with_pdf = |pdf: &[u8]| {
+        fixtures::with_attachment(
+            "Please see the attached report.",
+            "application/pdf",
+            "report.pdf",
+            pdf,
+        )
+    };
+    // PHI only inside the PDF's compressed content stream.
+    let phi_pdf = fixtures::pdf_object_streams("Patient SSN 123-45-6789");
+    send("phi@example.test", &with_pdf(&phi_pdf));
+    // The same PDF, encrypted: nothing can be read, so it counts as PHI.
+    let encrypted = fixtures::qpdf(&phi_pdf, &["--encrypt", "u", "o", "256", "--"]);
+    send("locked@example.test", &with_pdf(&encrypted));
+    // A PDF without PHI goes out on the opportunistic floor.
+    send(
+        "clean@example.test",
+        &with_pdf(&fixtures::pdf_object_streams("Clinic opening hours")),
+    );
+
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(got[0].rcpt_to, vec!["clean@example.test"]);
+    let rows = gw
+        .wait_audit(WAIT, |r| {
+            ["phi@example.test", "locked@example.test"]
+                .iter()
+                .all(|a| r.iter().any(|r| r["recipient"] == *a))
+        })
+        .await
+        .unwrap();
+    let row = |rcpt: &str| {
+        rows.iter()
+            .find(|r| r["recipient"] == rcpt)
+            .unwrap()
+            .clone()
+    };
+    for (rcpt, reason) in [
+        ("phi@example.test", "detector us-ssn"),
+        (
+            "locked@example.test",
+            "unscannable attachment 1 (application/pdf): encrypted",
+        ),
+    ] {
+        let r = row(rcpt);
+        assert_eq!(r["outcome"], "deferred", "{r}");
+        let ev = evidence(&r);
+        assert_eq!(ev["decision"]["action"], "wait", "{ev}");
+        assert_eq!(ev["decision"]["tls"], "verified", "{ev}");
+        assert_eq!(ev["decision"]["explanation"]["phi"], true, "{ev}");
+        assert_eq!(
+            ev["decision"]["explanation"]["phi_reasons"][0], reason,
+            "{ev}"
+        );
+        let text = r.to_string();
+        assert!(
+            !text.contains("123-45-6789") && !text.contains("report.pdf"),
+            "{text}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mx.messages().len(), 1, "nothing with PHI went out");
+}

@@ -590,3 +590,86 @@ fn declared_pgp_never_shadows_a_key_and_a_held_key_holds() {
         d.reason
     );
 }
+
+/// An encrypted PDF attachment (qpdf) with nothing else in the message.
+fn encrypted_pdf_message() -> MessageFacts {
+    use crate::policy::fixtures;
+    let pdf = fixtures::qpdf(
+        &fixtures::pdf("SSN 123-45-6789", None),
+        &["--encrypt", "u", "o", "256", "--"],
+    );
+    MessageFacts::parse(
+        &fixtures::with_attachment("see attached", "application/pdf", "Jane Roe labs.pdf", &pdf),
+        false,
+    )
+}
+
+#[test]
+fn unscannable_content_counts_as_phi() {
+    let p = policy(RULES);
+    for (what, facts) in [
+        ("encrypted PDF", encrypted_pdf_message()),
+        (
+            "cut at max_scan_size",
+            MessageFacts::parse(b"Subject: x\r\n\r\nhello\r\n", true),
+        ),
+    ] {
+        let prep = p.prepare(env("a@clinic.example"), facts);
+        let e = prep.evaluate("x@partner.example", false);
+        assert_eq!(e.outcome.rule, "partner");
+        assert_eq!(
+            e.outcome.min_tls,
+            TlsRequirement::MtaSts,
+            "{what}: the PHI floor"
+        );
+        let d = prep.decide(&e, vec![tls(TlsRequirement::Verified)]);
+        assert_eq!(d.action, Action::Wait, "{what}");
+        assert!(d.explanation.phi, "{what}");
+        assert!(
+            d.explanation.detectors.is_empty(),
+            "{what}: no detector fired"
+        );
+        assert_eq!(d.explanation.phi_reasons.len(), 1, "{what}");
+        assert!(
+            d.reason.contains("the content counts as PHI (unscannable "),
+            "{}",
+            d.reason
+        );
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(!json.contains("Jane") && !json.contains("123-45"), "{json}");
+    }
+    let prep = p.prepare(env("a@clinic.example"), encrypted_pdf_message());
+    let d = prep.decide(
+        &prep.evaluate("x@partner.example", false),
+        vec![tls(TlsRequirement::Verified)],
+    );
+    assert_eq!(
+        d.explanation.phi_reasons,
+        vec!["unscannable attachment 1 (application/pdf): encrypted"]
+    );
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(
+        json["explanation"]["unscannable"][0],
+        "attachment 1 (application/pdf): encrypted"
+    );
+}
+
+#[test]
+fn unscannable_is_phi_can_be_turned_off_and_needs_phi_detectors() {
+    for extra in ["unscannable_is_phi = false\n", "phi_detectors = []\n"] {
+        let text = RULES.replacen("[defaults]\n", &format!("[defaults]\n{extra}"), 1);
+        let p = policy(&text);
+        let prep = p.prepare(env("a@clinic.example"), encrypted_pdf_message());
+        let e = prep.evaluate("x@partner.example", false);
+        assert_eq!(e.outcome.min_tls, TlsRequirement::Opportunistic, "{extra}");
+        let d = prep.decide(&e, vec![tls(TlsRequirement::Verified)]);
+        assert_eq!(d.action, Action::Deliver, "{extra}");
+        assert!(!d.explanation.phi);
+        // What could not be read is still recorded.
+        assert_eq!(d.explanation.unscannable.len(), 1, "{extra}");
+    }
+    // The key is checked like every other.
+    assert!(
+        policy_err("[defaults]\nunscannable_is_phi = \"yes\"\n").contains("unscannable_is_phi")
+    );
+}

@@ -1,0 +1,566 @@
+//! Text of binary attachments (PDF, DOCX) for the PHI detectors.
+//!
+//! Attachments come from senders we do not control, so every extraction is
+//! bounded: the input is at most the scanned part of the message
+//! (`max_scan_size`), every stream or archive member is decompressed
+//! against a budget ([`Limits::max_inflated`]: lopdf's own per-stream
+//! limit for PDF, a counted reader for DOCX, so a zip or flate bomb stops
+//! at the budget instead of exhausting memory), the extracted text has a
+//! cap, and the work checks a deadline between pages and archive members.
+//! The caller runs it on a blocking thread with a timeout as the last
+//! backstop (see `facts::MessageFacts::scan`).
+//!
+//! Whatever cannot be read completely is an error, never an empty text:
+//! the caller counts it as unscannable, which the policy treats as PHI.
+//! Errors name a category only, never a library's message, which could
+//! quote the document (a file name inside an archive, a string).
+
+use std::io::Read;
+use std::time::Instant;
+
+/// Bounds of one extraction.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Decompressed bytes one document may produce (for PDF, per stream;
+    /// for DOCX, all members together).
+    pub max_inflated: usize,
+    /// Characters of text one document may yield.
+    pub max_text: usize,
+    /// When to give up.
+    pub deadline: Instant,
+}
+
+/// Why a document's text could not be read. The messages are shown in
+/// decisions and audit rows: categories only, no content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    #[error("encrypted")]
+    Encrypted,
+    #[error("cannot be parsed ({0})")]
+    Unparseable(&'static str),
+    #[error("expands beyond the scan limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("has no extractable text (an image or scan?)")]
+    NoText,
+    #[error("holds {0}, which are not read")]
+    Unsupported(&'static str),
+    #[error("not read before the scan deadline")]
+    Deadline,
+}
+
+/// Which extractor reads a part, from its bytes first (a PDF sent as
+/// `application/octet-stream` is still a PDF), then its declared type and
+/// file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pdf,
+    Docx,
+    /// gzip (`application/gzip`, `application/tlsrpt+gzip`): its content,
+    /// decompressed within the budget, is text or one of the above.
+    Gzip,
+}
+
+const DOCX_TYPE: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+
+impl Kind {
+    /// The extractor for a part, if there is one.
+    pub fn of(content_type: &str, name: Option<&str>, data: &[u8]) -> Option<Kind> {
+        // PDF readers accept the header anywhere in the first 1024 bytes.
+        let head = &data[..data.len().min(1024)];
+        if head.windows(5).any(|w| w == b"%PDF-") {
+            return Some(Kind::Pdf);
+        }
+        if data.starts_with(&[0x1f, 0x8b]) {
+            return Some(Kind::Gzip);
+        }
+        let name = name.unwrap_or("").to_ascii_lowercase();
+        if content_type == "application/pdf" || name.ends_with(".pdf") {
+            return Some(Kind::Pdf);
+        }
+        if content_type == DOCX_TYPE
+            || name.ends_with(".docx")
+            || name.ends_with(".docm")
+            || (data.starts_with(b"PK\x03\x04") && content_type == "application/octet-stream")
+        {
+            return Some(Kind::Docx);
+        }
+        None
+    }
+
+    /// The text of `data`, or why it cannot be had.
+    pub fn extract(self, data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
+        match self {
+            Kind::Pdf => pdf_text(data, limits),
+            Kind::Docx => docx_text(data, limits),
+            Kind::Gzip => gzip_text(data, limits),
+        }
+    }
+}
+
+fn check_deadline(limits: &Limits) -> Result<(), ExtractError> {
+    if Instant::now() >= limits.deadline {
+        Err(ExtractError::Deadline)
+    } else {
+        Ok(())
+    }
+}
+
+fn push_bounded(out: &mut String, text: &str, limits: &Limits) -> Result<(), ExtractError> {
+    if out.len() + text.len() > limits.max_text {
+        return Err(ExtractError::TooLarge(limits.max_text));
+    }
+    out.push_str(text);
+    Ok(())
+}
+
+fn pdf_error(e: &lopdf::Error, limits: &Limits) -> ExtractError {
+    match e {
+        lopdf::Error::Decompress(lopdf::DecompressError::MemoryLimitExceeded { .. }) => {
+            ExtractError::TooLarge(limits.max_inflated)
+        }
+        lopdf::Error::Decryption(_) | lopdf::Error::InvalidPassword => ExtractError::Encrypted,
+        _ => ExtractError::Unparseable("not a readable PDF"),
+    }
+}
+
+/// The text of a PDF: the text shown on its pages, then every string
+/// object (form field values, annotations, bookmarks, document info),
+/// which travel in the clear as much as the pages do.
+///
+/// Encrypted PDFs are unscannable even when they open without a password:
+/// we do not rely on decrypting them right. Embedded files and text drawn
+/// inside form XObjects are not read, so a PDF holding them is unscannable
+/// too, as is one whose pages show no text at all (a scan).
+pub fn pdf_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
+    let options = lopdf::LoadOptions {
+        max_decompressed_size: Some(limits.max_inflated),
+        ..Default::default()
+    };
+    let doc = match lopdf::Document::load_mem_with_options(data, options) {
+        Ok(doc) => doc,
+        Err(e) => {
+            // A document we cannot open that declares encryption is
+            // encrypted; say so rather than "cannot be parsed".
+            if data.windows(8).any(|w| w == b"/Encrypt") {
+                return Err(ExtractError::Encrypted);
+            }
+            return Err(pdf_error(&e, limits));
+        }
+    };
+    if doc.is_encrypted() || doc.was_encrypted() {
+        return Err(ExtractError::Encrypted);
+    }
+    check_deadline(limits)?;
+    let mut strings = String::new();
+    for object in doc.objects.values() {
+        if let lopdf::Object::Stream(stream) = object {
+            let kind = |key: &[u8]| {
+                stream
+                    .dict
+                    .get(key)
+                    .and_then(lopdf::Object::as_name)
+                    .unwrap_or(b"")
+                    .to_vec()
+            };
+            if kind(b"Type") == b"EmbeddedFile" {
+                return Err(ExtractError::Unsupported("embedded files"));
+            }
+            if kind(b"Subtype") == b"Form" {
+                let content = stream
+                    .decompressed_content_with_limit(limits.max_inflated)
+                    .map_err(|e| pdf_error(&e, limits))?;
+                let shows_text = lopdf::content::Content::decode(&content)
+                    .map_err(|e| pdf_error(&e, limits))?
+                    .operations
+                    .iter()
+                    .any(|op| matches!(op.operator.as_str(), "Tj" | "TJ" | "'" | "\""));
+                if shows_text {
+                    return Err(ExtractError::Unsupported("text in form XObjects"));
+                }
+            }
+        }
+        collect_strings(object, &mut strings, limits)?;
+    }
+    let mut text = String::new();
+    for (number, _) in doc.get_pages() {
+        check_deadline(limits)?;
+        for chunk in doc.extract_text_chunks_with_limit(&[number], limits.max_inflated) {
+            let chunk = chunk.map_err(|e| pdf_error(&e, limits))?;
+            push_bounded(&mut text, &chunk, limits)?;
+        }
+        text.push('\n');
+    }
+    if text.trim().is_empty() {
+        return Err(ExtractError::NoText);
+    }
+    push_bounded(&mut text, &strings, limits)?;
+    Ok(text)
+}
+
+/// Every string in `object` (dictionaries and arrays walked with an
+/// explicit stack, so nesting cannot overflow ours), one per line.
+fn collect_strings(
+    object: &lopdf::Object,
+    out: &mut String,
+    limits: &Limits,
+) -> Result<(), ExtractError> {
+    let mut stack = vec![object];
+    while let Some(o) = stack.pop() {
+        match o {
+            lopdf::Object::String(bytes, _) => {
+                let s = pdf_string(bytes);
+                push_bounded(out, &s, limits)?;
+                out.push('\n');
+            }
+            lopdf::Object::Array(items) => stack.extend(items.iter()),
+            lopdf::Object::Dictionary(d) => stack.extend(d.iter().map(|(_, v)| v)),
+            lopdf::Object::Stream(s) => stack.extend(s.dict.iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A PDF text string: UTF-16BE or UTF-8 with a byte-order mark, else
+/// PDFDocEncoding, read as Latin-1 (they agree on digits and letters).
+fn pdf_string(bytes: &[u8]) -> String {
+    if let Some(utf16) = bytes.strip_prefix(&[0xFE, 0xFF]) {
+        let units: Vec<u16> = utf16
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))
+            .collect();
+        return String::from_utf16_lossy(&units);
+    }
+    if let Some(utf8) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
+        return String::from_utf8_lossy(utf8).into_owned();
+    }
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// The content of a gzip file (every member), decompressed against the
+/// budget: text as it is, a PDF or DOCX through its extractor. A gzip
+/// inside it, or binary content, is not read.
+pub fn gzip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
+    let mut inner = Vec::new();
+    flate2::read::MultiGzDecoder::new(data)
+        .take(limits.max_inflated as u64 + 1)
+        .read_to_end(&mut inner)
+        .map_err(|_| ExtractError::Unparseable("not valid gzip"))?;
+    if inner.len() > limits.max_inflated {
+        return Err(ExtractError::TooLarge(limits.max_inflated));
+    }
+    check_deadline(limits)?;
+    match Kind::of("application/octet-stream", None, &inner) {
+        Some(Kind::Gzip) => Err(ExtractError::Unsupported("nested compression")),
+        Some(kind) => kind.extract(&inner, limits),
+        None => String::from_utf8(inner).map_err(|_| ExtractError::Unsupported("binary content")),
+    }
+}
+
+/// Members of a DOCX archive: more than this is not a document.
+const MAX_DOCX_MEMBERS: usize = 10_000;
+
+/// The text of a DOCX (WordprocessingML in a zip): the character data of
+/// every XML member (body, headers, footers, notes, comments, tracked
+/// deletions, document properties), a paragraph per line.
+///
+/// The archive's declared sizes are not trusted: every member is read
+/// through a counter against one budget for the whole document, so a zip
+/// bomb (one member, or many members sharing one compressed stream) stops
+/// at the budget. Encrypted members, embedded objects and an archive
+/// without `word/document.xml` are unscannable. An encrypted Word file is
+/// not a zip at all (it is an OLE container), so it cannot be parsed.
+pub fn docx_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(data))
+        .map_err(|_| ExtractError::Unparseable("not a zip archive"))?;
+    if archive.len() > MAX_DOCX_MEMBERS {
+        return Err(ExtractError::Unparseable("too many archive members"));
+    }
+    let mut budget = limits.max_inflated;
+    let mut text = String::new();
+    let mut has_document = false;
+    for i in 0..archive.len() {
+        check_deadline(limits)?;
+        let (name, encrypted) = {
+            let member = archive
+                .by_index_raw(i)
+                .map_err(|_| ExtractError::Unparseable("damaged archive"))?;
+            let name = member
+                .name()
+                .map_err(|_| ExtractError::Unparseable("damaged archive"))?
+                .to_string();
+            (name, member.encrypted())
+        };
+        if encrypted {
+            return Err(ExtractError::Encrypted);
+        }
+        if name.starts_with("word/embeddings/") && !name.ends_with('/') {
+            return Err(ExtractError::Unsupported("embedded objects"));
+        }
+        if !name.ends_with(".xml") {
+            continue;
+        }
+        has_document |= name == "word/document.xml";
+        let member = archive
+            .by_index(i)
+            .map_err(|_| ExtractError::Unparseable("damaged archive"))?;
+        let mut xml = Vec::new();
+        // One byte more than the budget tells "exactly at the budget" from
+        // "over it".
+        member
+            .take(budget as u64 + 1)
+            .read_to_end(&mut xml)
+            .map_err(|_| ExtractError::Unparseable("damaged archive member"))?;
+        if xml.len() > budget {
+            return Err(ExtractError::TooLarge(limits.max_inflated));
+        }
+        budget -= xml.len();
+        xml_text(&xml, &mut text, limits)?;
+        text.push('\n');
+    }
+    if !has_document {
+        return Err(ExtractError::Unparseable("no word/document.xml"));
+    }
+    Ok(text)
+}
+
+/// Appends the character data of one WordprocessingML member to `out`:
+/// runs join (a number split over runs stays one number), paragraphs and
+/// table rows end a line, tabs and breaks are white space. quick-xml
+/// expands no entities of a DTD, so there is no entity bomb.
+fn xml_text(xml: &[u8], out: &mut String, limits: &Limits) -> Result<(), ExtractError> {
+    use quick_xml::events::Event;
+    let xml = std::str::from_utf8(xml).map_err(|_| ExtractError::Unparseable("not UTF-8 XML"))?;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let bad = |_| ExtractError::Unparseable("malformed XML");
+    let mut events = 0u32;
+    loop {
+        events = events.wrapping_add(1);
+        if events % 4096 == 0 {
+            check_deadline(limits)?;
+        }
+        match reader.read_event().map_err(bad)? {
+            Event::Text(t) => push_bounded(out, &t.xml10_content(), limits)?,
+            Event::CData(t) => push_bounded(out, &t.xml10_content(), limits)?,
+            Event::GeneralRef(r) => {
+                let c = match r.resolve_char_ref().map_err(bad)? {
+                    Some(c) => c,
+                    None => match r.as_ref() {
+                        "amp" => '&',
+                        "lt" => '<',
+                        "gt" => '>',
+                        "quot" => '"',
+                        "apos" => '\'',
+                        // Not a predefined entity: a DTD would have to
+                        // define it, and we expand none.
+                        _ => return Err(ExtractError::Unparseable("undefined XML entity")),
+                    },
+                };
+                push_bounded(out, c.encode_utf8(&mut [0; 4]), limits)?;
+            }
+            Event::End(e) => {
+                if matches!(e.local_name().as_ref(), "p" | "tr") {
+                    out.push('\n');
+                }
+            }
+            Event::Empty(e) => match e.local_name().as_ref() {
+                "tab" => out.push('\t'),
+                "br" | "cr" => out.push('\n'),
+                _ => {}
+            },
+            Event::Eof => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::detectors::{Detector, Detectors};
+    use crate::policy::fixtures;
+    use std::time::Duration;
+
+    fn limits() -> Limits {
+        Limits {
+            max_inflated: 1 << 20,
+            max_text: 1 << 20,
+            deadline: Instant::now() + Duration::from_secs(30),
+        }
+    }
+
+    fn ssns(text: &str) -> usize {
+        Detectors::new().count(Detector::UsSsn, text)
+    }
+
+    #[test]
+    fn ssn_in_a_pdf_page_with_a_compressed_content_stream() {
+        let pdf = fixtures::pdf("Patient SSN 123-45-6789", None);
+        let text = pdf_text(&pdf, &limits()).unwrap();
+        assert_eq!(ssns(&text), 1, "{text:?}");
+        // Rewritten by qpdf: object streams and a cross-reference stream.
+        let pdf = fixtures::pdf_object_streams("Patient SSN 123-45-6789");
+        assert!(
+            pdf.windows(8).any(|w| w == b"/ObjStm "),
+            "qpdf made object streams"
+        );
+        let text = pdf_text(&pdf, &limits()).unwrap();
+        assert_eq!(ssns(&text), 1, "{text:?}");
+        assert_eq!(
+            Kind::of("application/octet-stream", None, &pdf),
+            Some(Kind::Pdf)
+        );
+    }
+
+    #[test]
+    fn encrypted_pdfs_are_unscannable_with_or_without_a_user_password() {
+        let plain = fixtures::pdf("Patient SSN 123-45-6789", None);
+        for args in [
+            &["--encrypt", "user", "owner", "256", "--"][..],
+            &["--allow-weak-crypto", "--encrypt", "", "owner", "128", "--"][..],
+            &["--allow-weak-crypto", "--encrypt", "u", "o", "40", "--"][..],
+        ] {
+            let pdf = fixtures::qpdf(&plain, args);
+            assert_eq!(
+                pdf_text(&pdf, &limits()),
+                Err(ExtractError::Encrypted),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pdfs_that_cannot_be_read_completely_are_errors_not_empty_text() {
+        // A page that only paints: a scan, as far as text goes.
+        let scan = fixtures::pdf("", Some("q 0 0 1 rg 0 0 100 100 re f Q"));
+        assert_eq!(pdf_text(&scan, &limits()), Err(ExtractError::NoText));
+        // Cut short, or not a PDF at all.
+        let pdf = fixtures::pdf("Patient SSN 123-45-6789", None);
+        assert!(pdf_text(&pdf[..pdf.len() / 2], &limits()).is_err());
+        assert!(matches!(
+            pdf_text(b"%PDF-1.4\nnot really", &limits()),
+            Err(ExtractError::Unparseable(_) | ExtractError::NoText)
+        ));
+        // A flate bomb in the page's content stream: 8 MiB of spaces
+        // against a 1 MiB budget.
+        let bomb = fixtures::pdf_bomb(8);
+        assert!(bomb.len() < 100_000, "the bomb is small: {}", bomb.len());
+        assert_eq!(
+            pdf_text(&bomb, &limits()),
+            Err(ExtractError::TooLarge(1 << 20))
+        );
+        // The deadline.
+        let past = Limits {
+            deadline: Instant::now(),
+            ..limits()
+        };
+        assert_eq!(pdf_text(&pdf, &past), Err(ExtractError::Deadline));
+    }
+
+    #[test]
+    fn form_field_values_in_a_pdf_are_read() {
+        // A filled-in form: the value lives in the field, not on the page.
+        let pdf = fixtures::pdf("Intake form", None);
+        let at = pdf
+            .windows(15)
+            .position(|w| w == b"/Pages 2 0 R >>")
+            .expect("the catalog");
+        let mut edited = pdf[..at + 12].to_vec();
+        edited.extend_from_slice(
+            b" /AcroForm << /Fields [<< /FT /Tx /T (ssn) /V (123-45-6789) >>] >>",
+        );
+        edited.extend_from_slice(&pdf[at + 12..]);
+        // qpdf repairs the offsets the edit moved.
+        let pdf = fixtures::qpdf(&edited, &[]);
+        let text = pdf_text(&pdf, &limits()).unwrap();
+        assert_eq!(ssns(&text), 1, "{text:?}");
+    }
+
+    #[test]
+    fn gzip_content_is_read_within_the_budget() {
+        let gz = |script: &str| {
+            fixtures::python(
+                &format!("import gzip,sys\nsys.stdout.buffer.write(gzip.compress({script}))"),
+                &[],
+            )
+        };
+        let text = gzip_text(&gz("b'{\"note\": \"SSN 123-45-6789\"}'"), &limits()).unwrap();
+        assert_eq!(ssns(&text), 1);
+        assert_eq!(
+            gzip_text(&gz("b' ' * (8 << 20)"), &limits()),
+            Err(ExtractError::TooLarge(1 << 20))
+        );
+        assert_eq!(
+            gzip_text(&gz("gzip.compress(b'x')"), &limits()),
+            Err(ExtractError::Unsupported("nested compression"))
+        );
+        assert_eq!(
+            gzip_text(&gz("b'\\xff\\xfe binary'"), &limits()),
+            Err(ExtractError::Unsupported("binary content"))
+        );
+    }
+
+    #[test]
+    fn ssn_split_over_docx_runs_and_in_headers() {
+        let body = "<w:p><w:r><w:t>SSN 123-</w:t></w:r><w:r><w:rPr><w:b/></w:rPr><w:t>45</w:t></w:r>\
+                    <w:r><w:t xml:space=\"preserve\">&#45;6789</w:t></w:r></w:p>";
+        let docx = fixtures::docx(body, &[]);
+        let text = docx_text(&docx, &limits()).unwrap();
+        assert_eq!(ssns(&text), 1, "{text:?}");
+        // Paragraphs do not join.
+        let docx = fixtures::docx(
+            "<w:p><w:r><w:t>123-45</w:t></w:r></w:p><w:p><w:r><w:t>-6789</w:t></w:r></w:p>",
+            &[],
+        );
+        assert_eq!(ssns(&docx_text(&docx, &limits()).unwrap()), 0);
+        // A header part is read too.
+        let header = "<w:hdr xmlns:w=\"http://schemas.openxmlformats.org/wordprocessingml/2006/main\"><w:p><w:r><w:t>SSN 123-45-6789</w:t></w:r></w:p></w:hdr>";
+        let docx = fixtures::docx("<w:p/>", &[("word/header1.xml", header)]);
+        assert_eq!(ssns(&docx_text(&docx, &limits()).unwrap()), 1);
+        assert_eq!(
+            Kind::of("application/octet-stream", Some("letter.docx"), &docx),
+            Some(Kind::Docx)
+        );
+    }
+
+    #[test]
+    fn docx_bombs_and_broken_archives_are_errors() {
+        // 8 MiB of XML deflated to a few kilobytes, against a 1 MiB budget.
+        let bomb = fixtures::docx_bomb(8);
+        assert!(bomb.len() < 100_000, "the bomb is small: {}", bomb.len());
+        assert_eq!(
+            docx_text(&bomb, &limits()),
+            Err(ExtractError::TooLarge(1 << 20))
+        );
+        let docx = fixtures::docx("<w:p><w:r><w:t>x</w:t></w:r></w:p>", &[]);
+        assert!(matches!(
+            docx_text(&docx[..docx.len() - 30], &limits()),
+            Err(ExtractError::Unparseable(_))
+        ));
+        // An encrypted Word file is an OLE container, not a zip.
+        assert!(matches!(
+            docx_text(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest", &limits()),
+            Err(ExtractError::Unparseable(_))
+        ));
+        // A zip that is not a Word document, and one with an embedded object.
+        let zip = fixtures::python(
+            "import io,sys,zipfile\nb=io.BytesIO()\nz=zipfile.ZipFile(b,'w')\nz.writestr('notes.txt','SSN 123-45-6789')\nz.close()\nsys.stdout.buffer.write(b.getvalue())",
+            &[],
+        );
+        assert_eq!(
+            docx_text(&zip, &limits()),
+            Err(ExtractError::Unparseable("no word/document.xml"))
+        );
+        let docx = fixtures::docx("<w:p/>", &[("word/embeddings/oleObject1.bin", "x")]);
+        assert_eq!(
+            docx_text(&docx, &limits()),
+            Err(ExtractError::Unsupported("embedded objects"))
+        );
+        // Malformed XML and an entity no DTD may define for us.
+        let docx = fixtures::docx("<w:p><w:t>&bomb;</w:t></w:p>", &[]);
+        assert!(matches!(
+            docx_text(&docx, &limits()),
+            Err(ExtractError::Unparseable(_))
+        ));
+    }
+}

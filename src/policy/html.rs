@@ -1,0 +1,294 @@
+//! HTML to text for the PHI detectors (never for display).
+//!
+//! What a reader sees must reach the detectors as they see it: markup
+//! inside a number (`123-<span>45</span>-6789`) is not a gap, so inline
+//! elements join their neighbours, and only elements that break the line
+//! for a reader (`<p>`, `<br>`, `<td>`, ...) become a line break. Character
+//! references are decoded (`123&#45;45&#45;6789` is an SSN too), and the
+//! characters that render as nothing (soft hyphen, zero-width spaces) are
+//! dropped. What a reader does not see still travels in the clear, so
+//! attribute values and comments are not thrown away: they follow the
+//! visible text, each on a line of its own, and are scanned as well.
+
+/// Elements after which a reader sees a new line (or a new cell).
+const BREAKING: &[&str] = &[
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "body",
+    "br",
+    "caption",
+    "dd",
+    "details",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "head",
+    "header",
+    "hr",
+    "html",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "option",
+    "p",
+    "pre",
+    "script",
+    "section",
+    "select",
+    "style",
+    "summary",
+    "table",
+    "tbody",
+    "td",
+    "textarea",
+    "tfoot",
+    "th",
+    "thead",
+    "title",
+    "tr",
+    "ul",
+];
+
+/// The text of `html` as the detectors should read it: the visible text
+/// first, then attribute values and comments, one per line.
+pub fn to_text(html: &str) -> String {
+    let mut visible = String::with_capacity(html.len());
+    let mut hidden = String::new();
+    let mut rest = html;
+    while let Some(lt) = rest.find('<') {
+        visible.push_str(&rest[..lt]);
+        let after = &rest[lt + 1..];
+        if let Some(comment) = after.strip_prefix("!--") {
+            // A comment joins nothing: `123-<!-- x -->45-6789` reads as one
+            // number. An unterminated comment runs to the end, as in a browser.
+            let (body, next) = match comment.find("-->") {
+                Some(end) => (&comment[..end], &comment[end + 3..]),
+                None => (comment, ""),
+            };
+            push_line(&mut hidden, body);
+            rest = next;
+            continue;
+        }
+        let is_tag = after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '/' | '!' | '?'));
+        if !is_tag {
+            // A bare `<` ("a < b") is text.
+            visible.push('<');
+            rest = after;
+            continue;
+        }
+        let end = tag_end(after);
+        let tag = &after[..end];
+        rest = after.get(end + 1..).unwrap_or("");
+        let name: String = tag
+            .trim_start_matches(['/', '!', '?'])
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if BREAKING.contains(&name.as_str()) {
+            visible.push('\n');
+        }
+        // Everything in the tag after its name: attribute values, a
+        // doctype's text.
+        let attrs = tag
+            .trim_start_matches(['/', '!', '?'])
+            .get(name.len()..)
+            .unwrap_or("");
+        push_line(&mut hidden, attrs.trim_end_matches('/'));
+    }
+    visible.push_str(rest);
+    let mut out = decode_references(&visible);
+    if !hidden.is_empty() {
+        out.push('\n');
+        out.push_str(&decode_references(&hidden));
+    }
+    out
+}
+
+/// The byte offset of the `>` that closes the tag starting at `s` (after
+/// its `<`), skipping quoted attribute values; `s.len()` when it never
+/// closes (the rest of the text is then inside the tag).
+fn tag_end(s: &str) -> usize {
+    let mut quote: Option<u8> = None;
+    for (i, b) in s.bytes().enumerate() {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'>') => return i,
+            (None, _) => {}
+        }
+    }
+    s.len()
+}
+
+fn push_line(out: &mut String, text: &str) {
+    let text = text.trim();
+    if !text.is_empty() {
+        out.push_str(text);
+        out.push('\n');
+    }
+}
+
+/// Decodes character references (`&#45;`, `&#x2D;`, `&amp;`, `&nbsp;`,
+/// and the other common names) and drops characters that render as
+/// nothing. An unknown or malformed reference stays as written.
+pub fn decode_references(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        // References are short; a `;` further away is not this one's end.
+        let semi = after.bytes().take(12).position(|b| b == b';');
+        let decoded = semi.and_then(|semi| reference(&after[..semi]).map(|c| (c, semi)));
+        match decoded {
+            Some((c, semi)) => {
+                out.push(c);
+                rest = &after[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    normalize(&out)
+}
+
+/// The character a reference names (`#45`, `#x2d`, `amp`, ...).
+fn reference(name: &str) -> Option<char> {
+    if let Some(num) = name.strip_prefix('#') {
+        let n = match num.strip_prefix(['x', 'X']) {
+            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+            None => num.parse().ok()?,
+        };
+        return char::from_u32(n).filter(|&c| c != '\0');
+    }
+    Some(match name {
+        "amp" => '&',
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" => '\'',
+        "nbsp" => ' ',
+        "shy" => '\u{AD}',
+        "ndash" => '–',
+        "mdash" => '—',
+        "hyphen" | "dash" => '‐',
+        "minus" => '−',
+        "sol" => '/',
+        "period" => '.',
+        "colon" => ':',
+        "num" => '#',
+        "zwsp" => '\u{200B}',
+        "zwj" => '\u{200D}',
+        "zwnj" => '\u{200C}',
+        _ => return None,
+    })
+}
+
+/// Text as the detectors should read it: characters that render as
+/// nothing (soft hyphen, zero-width space and joiners, word joiner, BOM)
+/// are dropped, and non-breaking spaces are spaces. Used for every text
+/// the detectors scan, not only HTML.
+pub fn normalize(s: &str) -> String {
+    s.chars()
+        .filter(|c| {
+            !matches!(
+                c,
+                '\u{AD}' | '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
+            )
+        })
+        .map(|c| match c {
+            '\u{A0}' | '\u{202F}' | '\u{2007}' => ' ',
+            c => c,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::detectors::{Detector, Detectors};
+
+    fn ssns(html: &str) -> usize {
+        Detectors::new().count(Detector::UsSsn, &to_text(html))
+    }
+
+    #[test]
+    fn markup_inside_a_number_does_not_split_it() {
+        for html in [
+            "123-<span>45</span>-6789",
+            "<p>SSN: 123-<b>45</b>-<i style=\"color:red\">6789</i></p>",
+            "123-<!-- a comment -->45-6789",
+            "1<span>2</span>3-45-6789",
+            "<font face='x>y'>123</font>-45-6789",
+            "123&#45;45&#x2d;6789",
+            "123&nbsp;45&nbsp;6789",
+            "123-4&shy;5-6789",
+            "123-45-67\u{200B}89",
+            "<a href=\"https://x.example/?ssn=123-45-6789\">link</a>",
+            "<img alt=\"123-45-6789\">",
+            "<!-- 123-45-6789 -->",
+            "<span title='123-45-6789'",
+            "<!-- 123-45-6789",
+        ] {
+            assert_eq!(ssns(html), 1, "{html:?} → {:?}", to_text(html));
+        }
+    }
+
+    #[test]
+    fn line_breaking_elements_separate_what_they_separate() {
+        for html in [
+            "<td>123-45</td><td>-6789</td>",
+            "123-45<br>-6789",
+            "<p>123-45</p><p>-6789</p>",
+            "<div>123-45-</div>6789",
+        ] {
+            assert_eq!(ssns(html), 0, "{html:?} → {:?}", to_text(html));
+        }
+        assert_eq!(
+            to_text("<p>a</p><p>b</p>")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+    }
+
+    #[test]
+    fn text_that_only_looks_like_markup_stays() {
+        assert!(to_text("a < b and c>d").contains("a < b and c>d"));
+        assert_eq!(
+            to_text("AT&T &unknown; &#xZZ; &"),
+            "AT&T &unknown; &#xZZ; &"
+        );
+        assert_eq!(to_text("&#0;"), "&#0;");
+        assert_eq!(to_text(""), "");
+        // No panic on multi-byte text at every cut.
+        let s = "é<é>&é;<!--é-->€&#233;😀<p";
+        for i in 0..s.len() {
+            if let Some(part) = s.get(..i) {
+                to_text(part);
+            }
+        }
+    }
+}
