@@ -123,6 +123,33 @@ fn pdf_error(e: &lopdf::Error, limits: &Limits) -> ExtractError {
     }
 }
 
+/// Decompressed bytes all the streams of one PDF may produce together:
+/// lopdf's limit is per stream, and it decodes every object stream while
+/// loading, so a small file with many streams could otherwise expand to
+/// gigabytes.
+const PDF_DOCUMENT_BUDGET: usize = 128 * 1024 * 1024;
+
+/// A content stream (page or form) is parsed into operations that take
+/// far more memory than its bytes: it gets less than other streams. Real
+/// pages hold a few hundred KiB at most.
+const PDF_CONTENT_STREAM_MAX: usize = 2 * 1024 * 1024;
+
+/// A per-stream budget below which a PDF is not worth loading.
+const PDF_MIN_STREAM_BUDGET: usize = 64 * 1024;
+
+/// The per-stream decompression limit for `data`: the document budget
+/// shared by its streams (counted by their `stream` keyword before
+/// anything is decoded), at most [`Limits::max_inflated`]. A PDF with so
+/// many streams that each would get almost nothing is too large to scan.
+fn pdf_stream_budget(data: &[u8], limits: &Limits) -> Result<usize, ExtractError> {
+    let streams = data.windows(6).filter(|w| w == b"stream").count() / 2 + 1;
+    let share = PDF_DOCUMENT_BUDGET / streams;
+    if share < PDF_MIN_STREAM_BUDGET {
+        return Err(ExtractError::TooLarge(PDF_DOCUMENT_BUDGET));
+    }
+    Ok(share.min(limits.max_inflated))
+}
+
 /// The text of a PDF: the text shown on its pages, then every string
 /// object (form field values, annotations, bookmarks, document info),
 /// which travel in the clear as much as the pages do.
@@ -132,8 +159,10 @@ fn pdf_error(e: &lopdf::Error, limits: &Limits) -> ExtractError {
 /// inside form XObjects are not read, so a PDF holding them is unscannable
 /// too, as is one whose pages show no text at all (a scan).
 pub fn pdf_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
+    let per_stream = pdf_stream_budget(data, limits)?;
+    let content_limit = per_stream.min(PDF_CONTENT_STREAM_MAX);
     let options = lopdf::LoadOptions {
-        max_decompressed_size: Some(limits.max_inflated),
+        max_decompressed_size: Some(per_stream),
         ..Default::default()
     };
     let doc = match lopdf::Document::load_mem_with_options(data, options) {
@@ -167,7 +196,7 @@ pub fn pdf_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
             }
             if kind(b"Subtype") == b"Form" {
                 let content = stream
-                    .decompressed_content_with_limit(limits.max_inflated)
+                    .decompressed_content_with_limit(content_limit)
                     .map_err(|e| pdf_error(&e, limits))?;
                 let shows_text = lopdf::content::Content::decode(&content)
                     .map_err(|e| pdf_error(&e, limits))?
@@ -184,7 +213,7 @@ pub fn pdf_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
     let mut text = String::new();
     for (number, _) in doc.get_pages() {
         check_deadline(limits)?;
-        for chunk in doc.extract_text_chunks_with_limit(&[number], limits.max_inflated) {
+        for chunk in doc.extract_text_chunks_with_limit(&[number], content_limit) {
             let chunk = chunk.map_err(|e| pdf_error(&e, limits))?;
             push_bounded(&mut text, &chunk, limits)?;
         }
@@ -410,6 +439,28 @@ mod tests {
             Kind::of("application/octet-stream", None, &pdf),
             Some(Kind::Pdf)
         );
+    }
+
+    /// From review: lopdf's limit is per stream and it decodes every
+    /// object stream while loading, so thousands of streams in a small
+    /// file could expand to gigabytes. They share one document budget; a
+    /// PDF whose streams would each get almost nothing is unscannable
+    /// before anything is decoded.
+    #[test]
+    fn many_streams_share_one_document_budget() {
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        for i in 1..=2100 {
+            pdf.extend_from_slice(
+                format!("{i} 0 obj<</Length 1>>stream\nx\nendstream\nendobj\n").as_bytes(),
+            );
+        }
+        assert_eq!(
+            pdf_text(&pdf, &limits()),
+            Err(ExtractError::TooLarge(PDF_DOCUMENT_BUDGET))
+        );
+        let few = b"%PDF-1.4\n1 0 obj<</Length 1>>stream\nx\nendstream\nendobj\n";
+        let budget = pdf_stream_budget(few, &limits()).unwrap();
+        assert!(budget <= limits().max_inflated && budget >= PDF_MIN_STREAM_BUDGET);
     }
 
     #[test]
