@@ -270,6 +270,11 @@ impl Deliverer {
             })
     }
 
+    /// Whether everything goes through `[delivery] smarthost`.
+    pub fn uses_smarthost(&self) -> bool {
+        self.settings.delivery.smarthost.is_some()
+    }
+
     /// Where mail for `domain` would go.
     pub async fn route_for(&self, domain: &str) -> Result<Route, route::RouteError> {
         let fut = async {

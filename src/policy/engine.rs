@@ -593,6 +593,17 @@ fn pgp_key(caps: &[&Capability]) -> PgpKey {
 
 /// Whether the DANE probe is what asks for `level` (so delivery must use
 /// the DNSSEC-validated MX set).
+/// Whether the DANE probe found the destination's MX RRset DNSSEC-secure.
+/// Then delivery takes the hosts from that validated set whatever the
+/// decision's level: with TLSA or without, a `verified` or REQUIRETLS hop
+/// must not be chosen by one forged answer from the plain resolver
+/// (RFC 8689 section 4.2.1 wants the MX list from DNSSEC or MTA-STS).
+fn mx_secure(probes: &[ProbeReport]) -> bool {
+    probes
+        .iter()
+        .any(|p| p.probe == "dane" && p.result.is_ok() && p.evidence["dnssec"] == "secure")
+}
+
 fn from_dane(probes: &[ProbeReport], level: TlsRequirement) -> bool {
     level >= TlsRequirement::Encrypted
         && (level == TlsRequirement::Dane
@@ -753,7 +764,7 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
                 d.action = Action::Deliver;
                 d.method = m;
                 d.tls = tls;
-                d.dnssec_mx = from_dane(probes, tls);
+                d.dnssec_mx = from_dane(probes, tls) || mx_secure(probes);
                 return d;
             }
             Err(reason) => d.explanation.skipped.push(Skip { method: m, reason }),

@@ -25,7 +25,20 @@ impl TlsOffered {
     }
 
     async fn check(&self, domain: &str) -> ProbeAnswer {
-        let route = match self.deliverer.route_for(domain).await {
+        // A DNSSEC-signed MX set is taken as validated, as delivery takes
+        // it: one forged answer from the plain resolver must not even get
+        // a probe connection. Otherwise (unsigned, or no validating
+        // resolver) the plain route, as before.
+        let validated = if self.deliverer.uses_smarthost() {
+            None
+        } else {
+            self.deliverer.validated_route_for(domain, true).await.ok()
+        };
+        let route = match validated {
+            Some(r) => Ok(r),
+            None => self.deliverer.route_for(domain).await,
+        };
+        let route = match route {
             Ok(r) => r,
             Err(e) => {
                 return ProbeAnswer {

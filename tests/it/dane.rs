@@ -431,6 +431,68 @@ async fn dane_delivers_only_to_the_validated_mx_set() {
     assert_eq!(forged2.connections(), 0, "the forged address was contacted");
 }
 
+/// A signed MX set without TLSA, and a REQUIRETLS message (so verified
+/// TLS): the plain resolver is told another MX whose certificate is just as
+/// valid (same CA). Delivery still takes the host from the validated MX
+/// set (RFC 8689 section 4.2.1); the forged host never sees a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requiretls_to_a_signed_mx_set_ignores_a_forged_mx_answer() {
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::MX;
+    let w = World::new().await;
+    let cert = w.ca.issue(&["mx.rt.example.test"]);
+    let (real, _) = mx_for(
+        &w,
+        "rt.example.test",
+        MxOptions::new("mx.rt.example.test")
+            .tls(&cert)
+            .ehlo_keyword("REQUIRETLS"),
+    )
+    .await;
+    let evil_cert = w.ca.issue(&["mx.evil.example.test"]);
+    let evil_ip = gateway::fresh_ip();
+    w.zone.add_a("mx.evil.example.test", evil_ip);
+    let evil = TestMx::start(
+        MxOptions::new("mx.evil.example.test")
+            .tls(&evil_cert)
+            .ehlo_keyword("REQUIRETLS")
+            .ip(evil_ip)
+            .port(w.port),
+    )
+    .await;
+    w.zone.lie_to_plain_queries(
+        "rt.example.test",
+        RData::MX(MX::new(10, crate::world::dns::name("mx.evil.example.test"))),
+    );
+    let gw_cert = w.ca.issue(&["gateway.example.test"]);
+    let (c, k) = gw_cert.write(w.dir.path(), "gw").unwrap();
+    let mut opts = w.options();
+    opts.tls = Some((c, k));
+    let gw = Gateway::start(opts).unwrap();
+    let client = crate::world::SmtpClient::connect(gw.addr).await.unwrap();
+    let mut client = client
+        .starttls(w.ca.client_config(), "gateway.example.test")
+        .await
+        .unwrap();
+    client.ehlo("client.example.test").await.unwrap();
+    client
+        .expect("MAIL FROM:<a@clinic.example.test> REQUIRETLS", 250)
+        .await
+        .unwrap();
+    client
+        .expect("RCPT TO:<x@rt.example.test>", 250)
+        .await
+        .unwrap();
+    assert_eq!(client.data(&message("rt", "x")).await.unwrap().0, 250);
+    real.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    let r = &rows[0];
+    assert_eq!(r["outcome"], "delivered", "{r}");
+    assert_eq!(r["remote_host"], "mx.rt.example.test", "{r}");
+    assert_eq!(ev(r)["attempt"]["dnssec_mx"], true, "{r}");
+    assert_eq!(evil.connections(), 0, "the forged MX was contacted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starttls_stripped_at_a_dane_host_defers() {
     let w = World::new().await;

@@ -673,3 +673,40 @@ fn unscannable_is_phi_can_be_turned_off_and_needs_phi_detectors() {
         policy_err("[defaults]\nunscannable_is_phi = \"yes\"\n").contains("unscannable_is_phi")
     );
 }
+
+/// A signed MX set without TLSA: a `verified` (here REQUIRETLS) decision
+/// still takes its hosts from the validated set, never from the plain
+/// resolver; an unsigned one does not ask for it.
+#[test]
+fn a_signed_mx_set_binds_the_route_even_without_tlsa() {
+    let p = policy(EVERY_METHOD);
+    let mut envelope = env("a@clinic.example");
+    envelope.requiretls = true;
+    let prep = p.prepare(envelope, msg("hi", "hello"));
+    let e = prep.evaluate("x@signed.example", false);
+    let signed = ProbeReport {
+        probe: "dane",
+        result: Ok(Vec::new()),
+        evidence: serde_json::json!({ "domain": "signed.example", "dnssec": "secure", "dane": false }),
+        cached: false,
+    };
+    let verified = probe(
+        "static",
+        Ok(vec![Capability::Tls {
+            level: TlsRequirement::Verified,
+        }]),
+    );
+    let d = prep.decide(&e, vec![signed, verified.clone()]);
+    assert_eq!(
+        (d.action, d.tls, d.dnssec_mx),
+        (Action::Deliver, TlsRequirement::Verified, true)
+    );
+    let unsigned = ProbeReport {
+        probe: "dane",
+        result: Ok(Vec::new()),
+        evidence: serde_json::json!({ "domain": "plain.example", "dnssec": "insecure", "dane": false }),
+        cached: false,
+    };
+    let d = prep.decide(&e, vec![unsigned, verified]);
+    assert_eq!((d.action, d.dnssec_mx), (Action::Deliver, false));
+}
