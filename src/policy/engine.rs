@@ -551,6 +551,15 @@ fn published_level(probes: &[ProbeReport]) -> TlsRequirement {
         .unwrap_or(TlsRequirement::Opportunistic)
 }
 
+/// The OpenPGP probe's failure, if it failed (it fails only when a key
+/// source failed for an address that had a key, see `probe::keys`).
+fn pgp_error(probes: &[ProbeReport]) -> Option<String> {
+    probes
+        .iter()
+        .find(|p| p.probe == "pgp")
+        .and_then(|p| p.result.as_ref().err().cloned())
+}
+
 /// What the probes say about an OpenPGP key for the recipient.
 enum PgpKey {
     /// A real key (by fingerprint).
@@ -730,6 +739,16 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
                         )),
                     }
                 }
+            }
+            // The key lookup failed for an address that had a key: wait
+            // (like a bogus DNSSEC answer), never fall to a weaker method.
+            Method::Pgp if pgp_error(probes).is_some() => {
+                d.reason = pgp_error(probes).unwrap_or_default();
+                d.explanation.skipped.push(Skip {
+                    method: m,
+                    reason: d.reason.clone(),
+                });
+                return d;
             }
             Method::Pgp => match pgp_key(&caps) {
                 PgpKey::Found(fpr) => {

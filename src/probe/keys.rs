@@ -444,6 +444,34 @@ impl PgpProbe {
             }
             tried.push(json!({ "source": source, "rejected": rejected }));
         }
+        let failed: Vec<String> = tried
+            .iter()
+            .filter_map(|t| {
+                t["error"]
+                    .as_str()
+                    .map(|e| format!("{}: {e}", t["source"].as_str().unwrap_or("")))
+            })
+            .collect();
+        if !failed.is_empty() {
+            // A source that failed may hold the key this address had: if it
+            // had one (or the store cannot say), that is not "no key", or
+            // blocking the directory would send the mail without it.
+            let pinned = match self.keyring.trusted(address).await {
+                Ok(p) => p.map(|f| format!("key {f} was used before")),
+                Err(e) => Some(format!(
+                    "the key store cannot say which key was used before ({e})"
+                )),
+            };
+            if let Some(why) = pinned {
+                return ProbeAnswer {
+                    result: Err(format!(
+                        "OpenPGP key lookup failed ({}) and {why}; waiting rather than sending without it",
+                        failed.join("; ")
+                    )),
+                    evidence: json!({ "tried": tried }),
+                };
+            }
+        }
         ProbeAnswer {
             result: Ok(Vec::new()),
             evidence: json!({ "tried": tried }),

@@ -710,3 +710,19 @@ fn a_signed_mx_set_binds_the_route_even_without_tlsa() {
     let d = prep.decide(&e, vec![unsigned, verified]);
     assert_eq!((d.action, d.dnssec_mx), (Action::Deliver, false));
 }
+
+/// The key lookup failed for an address that had a key (the probe says
+/// so by failing): the recipient waits, never falls to TLS.
+#[test]
+fn a_failed_key_lookup_for_a_known_key_holder_waits() {
+    let p = policy(EVERY_METHOD);
+    let prep = p.prepare(env("a@clinic.example"), msg("hi", "hello"));
+    let e = prep.evaluate("x@other.example", false);
+    let failed = probe(
+        "pgp",
+        Err("OpenPGP key lookup failed (wkd: timed out) and key AB12 was used before; waiting rather than sending without it".into()),
+    );
+    let d = prep.decide(&e, vec![failed]);
+    assert_eq!(d.action, Action::Wait);
+    assert!(d.reason.contains("was used before"), "{}", d.reason);
+}
