@@ -137,6 +137,7 @@ pub async fn host_addrs(
         Ok(l) => {
             let mut v: Vec<SocketAddr> = l.iter().map(|ip| SocketAddr::new(ip, port)).collect();
             v.dedup();
+            v.truncate(MAX_ADDRS_PER_HOST);
             Ok(v)
         }
         Err(e) => match no_records(&e) {
@@ -213,6 +214,7 @@ pub async fn mx_route(
     }
     let mut hosts = mx;
     shuffle_equal_preferences(&mut hosts);
+    hosts.truncate(MAX_MX_HOSTS);
     let lookups = hosts
         .iter()
         .map(|(_, name)| host_addrs(resolver, name, port));
@@ -292,6 +294,7 @@ pub async fn validated_mx_route(
     }
     let mut hosts = mx;
     shuffle_equal_preferences(&mut hosts);
+    hosts.truncate(MAX_MX_HOSTS);
     let results =
         futures_util::future::join_all(hosts.iter().map(|(_, name)| validated_addrs(name.clone())))
             .await;
@@ -324,6 +327,14 @@ pub async fn validated_mx_route(
 
 /// Shuffles hosts of equal preference (RFC 5321 section 5.1) so load
 /// spreads; `hosts` is sorted by preference.
+/// MX hosts tried per destination at most, the most preferred first: a
+/// hostile domain with hundreds of slow hosts must not hold a delivery
+/// slot for hours (Postfix stops at 5 by default).
+pub const MAX_MX_HOSTS: usize = 10;
+
+/// Addresses tried per MX host at most.
+pub const MAX_ADDRS_PER_HOST: usize = 8;
+
 fn shuffle_equal_preferences(hosts: &mut [(u16, String)]) {
     let mut i = 0;
     while i < hosts.len() {

@@ -373,7 +373,7 @@ impl Dane {
                     _ => continue,
                 };
                 let addr = std::net::SocketAddr::new(ip, port);
-                if !out.contains(&addr) {
+                if !out.contains(&addr) && out.len() < crate::outbound::route::MAX_ADDRS_PER_HOST {
                     out.push(addr);
                 }
             }
@@ -438,6 +438,9 @@ impl Dane {
         if hosts.is_empty() {
             hosts.push((0, domain.to_string()));
         }
+        // As many as delivery tries, most preferred first.
+        hosts.sort_by_key(|h| h.0);
+        hosts.truncate(crate::outbound::route::MAX_MX_HOSTS);
         let mut per_host = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         let mut any_usable = false;

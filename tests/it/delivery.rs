@@ -856,3 +856,37 @@ async fn dsn_waits_when_its_destination_cannot_meet_the_policy() {
     assert_eq!(clinic.transactions(), 0);
     assert_eq!(mx.messages().len(), 0);
 }
+
+/// A domain with fifteen MX hosts: at most ten are tried (most preferred
+/// first), so a hostile domain cannot hold a delivery slot by listing
+/// hundreds of dead hosts. Here the only live one is the fifteenth: it is
+/// never reached and the recipient is deferred after ten refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_ten_mx_hosts_are_tried() {
+    let w = World::new().await;
+    for i in 1..=14u16 {
+        let host = format!("dead{i}.many.example.test");
+        w.zone.add_mx("many.example.test", 10 + i, &host);
+        w.zone.add_a(&host, crate::gateway::fresh_ip());
+    }
+    w.zone
+        .add_mx("many.example.test", 99, "live.many.example.test");
+    w.zone.add_a("live.many.example.test", w.ip);
+    let mx = w.mx(MxOptions::new("live.many.example.test")).await;
+    let gw = w.gateway().unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@many.example.test"],
+        &message("many", "b"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "deferred", "{:#?}", rows[0]);
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[0]["evidence"].as_str().unwrap()).unwrap();
+    let hosts = ev["attempt"]["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 10, "{ev}");
+    assert_eq!(hosts[0], "dead1.many.example.test", "most preferred first");
+    assert!(mx.messages().is_empty());
+}
