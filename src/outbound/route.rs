@@ -190,8 +190,56 @@ pub async fn mx_route(
             }
         },
     };
+    route_from_mx(domain, mx, |name| async move {
+        host_addrs(resolver, &name, port).await
+    })
+    .await
+}
+
+/// Resolves the MX route of `domain` for a decision that rests on DNSSEC
+/// (DANE): the hosts are exactly those of the validated MX RRset (RFC 7672
+/// section 2.2.1) and every address comes from the validating resolver.
+/// `require_secure` refuses an MX set that is not (or no longer) signed,
+/// which a `dane` decision cannot do without.
+pub async fn validated_mx_route(
+    dane: &Dane,
+    domain: &str,
+    port: u16,
+    require_secure: bool,
+) -> Result<Route, RouteError> {
+    let (status, mx) = dane
+        .validated_mx(domain)
+        .await
+        .map_err(RouteError::Temporary)?;
+    if require_secure && status != Dnssec::Secure {
+        return Err(RouteError::Temporary(format!(
+            "the MX records of {domain} are no longer DNSSEC-signed, but the decision rests on DANE; waiting for a new decision"
+        )));
+    }
+    route_from_mx(domain, mx, |name| async move {
+        dane.validated_addrs(&name, port)
+            .await
+            .map_err(RouteError::Temporary)
+    })
+    .await
+}
+
+/// The route for an MX set (sorted by preference) however it was looked
+/// up, each host's addresses from `lookup`: no MX means the domain itself
+/// (RFC 5321 section 5.1), a null MX takes no mail (RFC 7505), hosts of
+/// equal preference are shuffled, at most [`MAX_MX_HOSTS`] are kept, and a
+/// host without addresses is skipped.
+async fn route_from_mx<F, Fut>(
+    domain: &str,
+    mx: Vec<(u16, String)>,
+    lookup: F,
+) -> Result<Route, RouteError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<SocketAddr>, RouteError>>,
+{
     if mx.is_empty() {
-        let addrs = host_addrs(resolver, domain, port).await?;
+        let addrs = lookup(domain.to_string()).await?;
         if addrs.is_empty() {
             return Err(RouteError::Permanent(format!(
                 "domain {domain} has no MX and no address records"
@@ -206,7 +254,6 @@ pub async fn mx_route(
             }],
         });
     }
-    // RFC 7505 null MX: the domain accepts no mail.
     if mx.len() == 1 && (mx[0].1.is_empty() || mx[0].1 == ".") {
         return Err(RouteError::Permanent(format!(
             "domain {domain} does not accept mail (null MX)"
@@ -215,10 +262,8 @@ pub async fn mx_route(
     let mut hosts = mx;
     shuffle_equal_preferences(&mut hosts);
     hosts.truncate(MAX_MX_HOSTS);
-    let lookups = hosts
-        .iter()
-        .map(|(_, name)| host_addrs(resolver, name, port));
-    let results = futures_util::future::join_all(lookups).await;
+    let results =
+        futures_util::future::join_all(hosts.iter().map(|(_, name)| lookup(name.clone()))).await;
     let mut hops = Vec::new();
     let mut last_err = None;
     for ((pref, name), res) in hosts.into_iter().zip(results) {
@@ -246,87 +291,6 @@ pub async fn mx_route(
     })
 }
 
-/// Resolves the MX route of `domain` for a decision that rests on DNSSEC
-/// (DANE): the hosts are exactly those of the validated MX RRset (RFC 7672
-/// section 2.2.1) and every address comes from the validating resolver.
-/// `require_secure` refuses an MX set that is not (or no longer) signed,
-/// which a `dane` decision cannot do without.
-pub async fn validated_mx_route(
-    dane: &Dane,
-    domain: &str,
-    port: u16,
-    require_secure: bool,
-) -> Result<Route, RouteError> {
-    let (status, mx) = dane
-        .validated_mx(domain)
-        .await
-        .map_err(RouteError::Temporary)?;
-    if require_secure && status != Dnssec::Secure {
-        return Err(RouteError::Temporary(format!(
-            "the MX records of {domain} are no longer DNSSEC-signed, but the decision rests on DANE; waiting for a new decision"
-        )));
-    }
-    let validated_addrs = |name: String| async move {
-        let r = dane.validated_addrs(&name, port).await;
-        (name, r)
-    };
-    if mx.is_empty() {
-        let (_, addrs) = validated_addrs(domain.to_string()).await;
-        let addrs = addrs.map_err(RouteError::Temporary)?;
-        if addrs.is_empty() {
-            return Err(RouteError::Permanent(format!(
-                "domain {domain} has no MX and no address records"
-            )));
-        }
-        return Ok(Route {
-            kind: RouteKind::ImplicitMx,
-            hops: vec![Hop {
-                name: domain.to_string(),
-                preference: 0,
-                addrs,
-            }],
-        });
-    }
-    if mx.len() == 1 && (mx[0].1.is_empty() || mx[0].1 == ".") {
-        return Err(RouteError::Permanent(format!(
-            "domain {domain} does not accept mail (null MX)"
-        )));
-    }
-    let mut hosts = mx;
-    shuffle_equal_preferences(&mut hosts);
-    hosts.truncate(MAX_MX_HOSTS);
-    let results =
-        futures_util::future::join_all(hosts.iter().map(|(_, name)| validated_addrs(name.clone())))
-            .await;
-    let mut hops = Vec::new();
-    let mut last_err = None;
-    for ((pref, _), (name, res)) in hosts.into_iter().zip(results) {
-        match res {
-            Ok(addrs) if !addrs.is_empty() => hops.push(Hop {
-                name,
-                preference: pref,
-                addrs,
-            }),
-            Ok(_) => {
-                last_err = Some(RouteError::Temporary(format!(
-                    "MX host {name} has no address records"
-                )))
-            }
-            Err(e) => last_err = Some(RouteError::Temporary(e)),
-        }
-    }
-    if hops.is_empty() {
-        return Err(last_err
-            .unwrap_or_else(|| RouteError::Temporary(format!("no usable MX host for {domain}"))));
-    }
-    Ok(Route {
-        kind: RouteKind::Mx,
-        hops,
-    })
-}
-
-/// Shuffles hosts of equal preference (RFC 5321 section 5.1) so load
-/// spreads; `hosts` is sorted by preference.
 /// MX hosts tried per destination at most, the most preferred first: a
 /// hostile domain with hundreds of slow hosts must not hold a delivery
 /// slot for hours (Postfix stops at 5 by default).
@@ -335,6 +299,8 @@ pub const MAX_MX_HOSTS: usize = 10;
 /// Addresses tried per MX host at most.
 pub const MAX_ADDRS_PER_HOST: usize = 8;
 
+/// Shuffles hosts of equal preference (RFC 5321 section 5.1) so load
+/// spreads; `hosts` is sorted by preference.
 fn shuffle_equal_preferences(hosts: &mut [(u16, String)]) {
     let mut i = 0;
     while i < hosts.len() {

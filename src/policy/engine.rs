@@ -684,6 +684,7 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         .iter()
         .find(|p| p.probe == "dane")
         .and_then(|p| p.result.as_ref().err());
+    let pgp_failed = pgp_error(probes);
     let errors: Vec<String> = probes
         .iter()
         .filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.probe)))
@@ -742,8 +743,8 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
             }
             // The key lookup failed for an address that had a key: wait
             // (like a bogus DNSSEC answer), never fall to a weaker method.
-            Method::Pgp if pgp_error(probes).is_some() => {
-                d.reason = pgp_error(probes).unwrap_or_default();
+            Method::Pgp if pgp_failed.is_some() => {
+                d.reason = pgp_failed.clone().unwrap_or_default();
                 d.explanation.skipped.push(Skip {
                     method: m,
                     reason: d.reason.clone(),

@@ -262,6 +262,21 @@ mod tests {
     use crate::queue::{QueuedMessage, RecipientStatus, Spool, SpoolKey};
     use std::time::Duration;
 
+    /// A queue with a window of 4 over a fresh spool in `dir`.
+    fn queue(dir: &std::path::Path, key: u8) -> (Queue, Spool) {
+        let spool = Spool::open(dir, SpoolKey::from_bytes([key; 32])).unwrap();
+        let settings = QueueSettings {
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_age: Duration::from_secs(5 * 86400),
+            max_active: 10,
+            max_window: 4,
+            scan_interval: Duration::from_secs(5),
+        };
+        let (q, _) = Queue::open(spool.clone(), settings, "gw.example.test".into()).unwrap();
+        (q, spool)
+    }
+
     /// A message on disk only, written behind the queue's back (as a
     /// queue that stopped would have left it).
     async fn on_disk(spool: &Spool, msg: &QueuedMessage) {
@@ -278,16 +293,7 @@ mod tests {
     #[tokio::test]
     async fn a_copy_read_before_a_rewrite_is_not_brought_in() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([2; 32])).unwrap();
-        let settings = QueueSettings {
-            retry_base: Duration::from_secs(60),
-            retry_max: Duration::from_secs(3600),
-            max_age: Duration::from_secs(5 * 86400),
-            max_active: 10,
-            max_window: 4,
-            scan_interval: Duration::from_secs(5),
-        };
-        let (q, _) = Queue::open(spool.clone(), settings, "gw.example.test".into()).unwrap();
+        let (q, spool) = queue(dir.path(), 2);
         let msg = QueuedMessage::for_test("a@example.test", &["b@example.test", "c@example.test"]);
         on_disk(&spool, &msg).await;
         let now = Utc::now();
@@ -324,16 +330,7 @@ mod tests {
     #[tokio::test]
     async fn an_unchanged_copy_is_brought_in() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), SpoolKey::from_bytes([3; 32])).unwrap();
-        let settings = QueueSettings {
-            retry_base: Duration::from_secs(60),
-            retry_max: Duration::from_secs(3600),
-            max_age: Duration::from_secs(5 * 86400),
-            max_active: 10,
-            max_window: 4,
-            scan_interval: Duration::from_secs(5),
-        };
-        let (q, _) = Queue::open(spool.clone(), settings, "gw.example.test".into()).unwrap();
+        let (q, spool) = queue(dir.path(), 3);
         let msg = QueuedMessage::for_test("a@example.test", &["b@example.test"]);
         on_disk(&spool, &msg).await;
         q.lock().changed_in_scan = Some(HashSet::new());
