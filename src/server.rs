@@ -17,6 +17,7 @@ use crate::outbound::{Deliverer, RecipientReport};
 use crate::policy::facts::{MessageFacts, ScanLimits};
 use crate::policy::{Action, Decision, Envelope, Policy};
 use crate::probe::keys::{Keyring, PgpProbe};
+use crate::probe::smarthost::SmarthostProbe;
 use crate::probe::static_caps::StaticCaps;
 use crate::probe::tls_offered::TlsOffered;
 use crate::probe::{Probe, Probes};
@@ -54,8 +55,6 @@ pub struct Engine {
     policy: Arc<RwLock<Arc<Policy>>>,
     patterns: Arc<Vec<String>>,
     probes: Arc<Probes>,
-    /// Delivery goes through a smarthost.
-    smarthost: bool,
     declared: StaticCaps,
 }
 
@@ -69,11 +68,17 @@ impl Engine {
         let policy = Policy::load(&settings.policy.files)?;
         let declared = StaticCaps::default();
         declared.set(policy.declared_capabilities());
-        let mut probes: Vec<Arc<dyn Probe>> = vec![
-            Arc::new(declared.clone()),
-            Arc::new(crate::probe::dane::DaneProbe(deliverer.dane())),
-            Arc::new(crate::probe::mta_sts::MtaStsProbe(deliverer.mta_sts())),
-        ];
+        let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(declared.clone())];
+        // Through a smarthost the recipient's MX is not our hop: its DANE
+        // and MTA-STS policies are the smarthost's business, and the TLS
+        // floor is met by the smarthost itself (see `probe::smarthost`).
+        let smarthost = settings.delivery.smarthost.is_some();
+        if !smarthost {
+            probes.push(Arc::new(crate::probe::dane::DaneProbe(deliverer.dane())));
+            probes.push(Arc::new(crate::probe::mta_sts::MtaStsProbe(
+                deliverer.mta_sts(),
+            )));
+        }
         if let Some(keyring) = keyring {
             deliverer.set_keyring(keyring.clone());
             keyring.set_dane(deliverer.dane());
@@ -86,7 +91,11 @@ impl Engine {
                 hold_changed: settings.pgp.hold_changed,
             }));
         }
-        probes.push(Arc::new(TlsOffered::new(deliverer)));
+        if smarthost {
+            probes.push(Arc::new(SmarthostProbe::new(deliverer)));
+        } else {
+            probes.push(Arc::new(TlsOffered::new(deliverer)));
+        }
         Ok(Engine {
             policy: Arc::new(RwLock::new(Arc::new(policy))),
             patterns: Arc::new(settings.policy.files.clone()),
@@ -96,7 +105,6 @@ impl Engine {
                 settings.probe.cache_ttl,
             )),
             declared,
-            smarthost: settings.delivery.smarthost.is_some(),
         })
     }
 
@@ -181,15 +189,7 @@ impl Engine {
             let prepared = &prepared;
             async move {
                 let eval = prepared.evaluate(addr, *released);
-                // Through a smarthost the recipient's MX is not our hop:
-                // its DANE and MTA-STS policies do not apply to us.
-                let smarthost = self.smarthost;
-                let reports = self
-                    .probes
-                    .run(addr, |name| {
-                        !(smarthost && matches!(name, "dane" | "mta-sts")) && eval.wants_probe(name)
-                    })
-                    .await;
+                let reports = self.probes.run(addr, |name| eval.wants_probe(name)).await;
                 (*i, prepared.decide(&eval, reports))
             }
         });

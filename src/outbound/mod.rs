@@ -275,6 +275,48 @@ impl Deliverer {
         self.settings.delivery.smarthost.is_some()
     }
 
+    /// The configured `[delivery] smarthost`, `(host, port)`.
+    pub fn smarthost(&self) -> Option<(&str, u16)> {
+        self.settings
+            .delivery
+            .smarthost
+            .as_ref()
+            .map(|(h, p)| (h.as_str(), *p))
+    }
+
+    /// Connects to the smarthost as delivery would (STARTTLS when offered,
+    /// authenticated by `tlsa` when given, AUTH when configured), then
+    /// QUITs: what the smarthost probe reports. `Ok((host, None))` means
+    /// the smarthost took the connection without TLS.
+    pub async fn check_smarthost(
+        &self,
+        tlsa: Option<&[Tlsa]>,
+    ) -> Result<(String, Option<TlsEvidence>), String> {
+        let route = self.route_for("").await.map_err(|e| e.to_string())?;
+        let requirement = if tlsa.is_some() {
+            TlsRequirement::Dane
+        } else {
+            TlsRequirement::Opportunistic
+        };
+        let mut failures = Vec::new();
+        for hop in &route.hops {
+            for addr in &hop.addrs {
+                let dane = tlsa.map(|t| (t, hop.name.as_str()));
+                match self
+                    .open(hop, *addr, requirement, route.kind, true, dane)
+                    .await
+                {
+                    Ok(r) => {
+                        tokio::spawn(r.conn.quit());
+                        return Ok((format!("{} [{}]", hop.name, addr.ip()), r.tls));
+                    }
+                    Err((o, _)) => failures.push(o.reply),
+                }
+            }
+        }
+        Err(failures.join("; "))
+    }
+
     /// Where mail for `domain` would go.
     pub async fn route_for(&self, domain: &str) -> Result<Route, route::RouteError> {
         let fut = async {
@@ -536,6 +578,25 @@ impl Deliverer {
                 return report(&members, &|_| o.clone(), &evidence);
             }
             evidence.earlier_failures.extend(notes);
+        }
+        // A `dane` decision on a smarthost route rests on the smarthost's
+        // own TLSA records (see `probe::smarthost`): look them up again,
+        // and wait if they are gone rather than deliver without them.
+        if smarthost && requirement == TlsRequirement::Dane {
+            match self.smarthost_tlsa(&domain).await {
+                Ok(usable) => {
+                    dane_hosts.insert(domain.clone(), usable);
+                }
+                Err(why) => {
+                    let o = RecipientOutcome {
+                        verdict: Verdict::Temporary,
+                        reply: why,
+                        enhanced: Some("4.7.5".into()),
+                        remote: None,
+                    };
+                    return report(&members, &|_| o.clone(), &evidence);
+                }
+            }
         }
         evidence.route = Some(route.kind);
         evidence.hosts = route.hops.iter().map(|h| h.name.clone()).collect();
@@ -945,6 +1006,21 @@ impl Deliverer {
             tls_failure: None,
             reused: false,
         })
+    }
+
+    /// The usable TLSA records of the smarthost `host`, or why there are
+    /// none.
+    async fn smarthost_tlsa(&self, host: &str) -> Result<Vec<Tlsa>, String> {
+        let port = self.smarthost().map(|(_, p)| p).unwrap_or(25);
+        match self.dane.tlsa_at(host, port).await {
+            Ok(HostTlsa::Usable { usable, .. }) => Ok(usable),
+            Ok(_) => Err(format!(
+                "the smarthost {host} no longer publishes usable TLSA records, which the decision requires; waiting"
+            )),
+            Err(e) => Err(format!(
+                "the TLSA records of the smarthost {host} cannot be validated ({e}); waiting"
+            )),
+        }
     }
 
     /// Gives delivery the key store (certificates chosen by the probes).

@@ -533,7 +533,9 @@ impl Prepared<'_> {
 /// The strongest TLS requirement the destination publishes (DANE, the
 /// mandatory TLS of a secure but unusable TLSA RRset, MTA-STS), which is
 /// enforced whatever the rule's floor and the content method: never a
-/// downgrade.
+/// downgrade. On a smarthost route, the same for what the smarthost meets
+/// (`probe::smarthost`): a hop with a verified certificate or TLS is never
+/// used with less.
 fn published_level(probes: &[ProbeReport]) -> TlsRequirement {
     probes
         .iter()
@@ -544,7 +546,7 @@ fn published_level(probes: &[ProbeReport]) -> TlsRequirement {
             Capability::Tls { level } if *level >= TlsRequirement::MtaSts => Some(*level),
             Capability::Tls {
                 level: TlsRequirement::Encrypted,
-            } if probe == "dane" => Some(TlsRequirement::Encrypted),
+            } if probe == "dane" || probe == "smarthost" => Some(TlsRequirement::Encrypted),
             _ => None,
         })
         .max()
@@ -613,6 +615,15 @@ fn mx_secure(probes: &[ProbeReport]) -> bool {
         .any(|p| p.probe == "dane" && p.result.is_ok() && p.evidence["dnssec"] == "secure")
 }
 
+/// Whether the names of the next hop come from an authenticated source:
+/// a DNSSEC-secure MX RRset, an MTA-STS enforce policy (DANE implies the
+/// first), or the configuration (a smarthost).
+fn hop_names_authenticated(probes: &[ProbeReport], published: TlsRequirement) -> bool {
+    mx_secure(probes)
+        || published >= TlsRequirement::MtaSts
+        || probes.iter().any(|p| p.probe == "smarthost")
+}
+
 fn from_dane(probes: &[ProbeReport], level: TlsRequirement) -> bool {
     level >= TlsRequirement::Encrypted
         && (level == TlsRequirement::Dane
@@ -673,6 +684,17 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         published
     };
     d.requiretls = o.requiretls;
+    if o.requiretls && !hop_names_authenticated(probes, published) {
+        // RFC 8689 section 4.2.1: the MX list must come from DNSSEC or be
+        // confirmed by MTA-STS; a name taken from an unvalidated answer
+        // could carry the message to whoever forged it, TLS or not.
+        d.reason = "the sender asked for REQUIRETLS, but the destination's MX records are neither DNSSEC-signed nor covered by an MTA-STS enforce policy (RFC 8689 section 4.2.1); waiting".into();
+        d.explanation.skipped.push(Skip {
+            method: Method::Tls,
+            reason: d.reason.clone(),
+        });
+        return d;
+    }
     let caps: Vec<&Capability> = probes
         .iter()
         .filter_map(|p| p.result.as_ref().ok())
@@ -680,10 +702,12 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         .collect();
     // RFC 7672 section 2.2: a bogus or failed DNSSEC lookup of the MX or
     // TLSA records means the destination cannot be trusted at all: wait.
-    let dane_error = probes
+    // The same when the smarthost, our only hop, could not be checked
+    // (its TLSA answers bogus, its certificate or credentials refused).
+    let hop_error = probes
         .iter()
-        .find(|p| p.probe == "dane")
-        .and_then(|p| p.result.as_ref().err());
+        .find(|p| p.probe == "dane" || p.probe == "smarthost")
+        .and_then(|p| p.result.as_ref().err().map(|e| (p.probe, e)));
     let pgp_failed = pgp_error(probes);
     let errors: Vec<String> = probes
         .iter()
@@ -700,10 +724,15 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         let ok = match m {
             // Whatever the method, the message travels over a hop to the
             // destination: with its DNSSEC answers bogus, none can be trusted.
-            _ if dane_error.is_some() && m != Method::Reject => Err(format!(
-                "the destination's DNSSEC answers failed validation, so no TLS hop can be trusted: {}",
-                dane_error.map(String::as_str).unwrap_or("")
-            )),
+            _ if hop_error.is_some() && m != Method::Reject => Err(match hop_error {
+                Some(("smarthost", e)) => {
+                    format!("the smarthost could not be checked, so it cannot be trusted: {e}")
+                }
+                _ => format!(
+                    "the destination's DNSSEC answers failed validation, so no TLS hop can be trusted: {}",
+                    hop_error.map(|(_, e)| e.as_str()).unwrap_or("")
+                ),
+            }),
             Method::Tls => {
                 let levels: Vec<TlsRequirement> = caps
                     .iter()

@@ -306,13 +306,19 @@ impl Dane {
     /// What the TLSA records of an MX host say (RFC 7672 section 2.2):
     /// `Err` when the answer is bogus or the lookup failed.
     pub async fn tlsa(&self, host: &str) -> Result<HostTlsa, String> {
+        self.tlsa_at(host, self.port).await
+    }
+
+    /// The TLSA records of `host` for SMTP on `port` (a smarthost's own
+    /// port), as [`Dane::tlsa`].
+    pub async fn tlsa_at(&self, host: &str, port: u16) -> Result<HostTlsa, String> {
         // RFC 7672 section 2.2.2: the host's address records must be
         // secure for its TLSA records to be used.
         let (addr_status, _) = self.validated(host, RecordType::A).await?;
         if addr_status != Dnssec::Secure {
             return Ok(HostTlsa::None);
         }
-        let name = format!("_{}._tcp.{}", self.port, host.trim_end_matches('.'));
+        let name = format!("_{}._tcp.{}", port, host.trim_end_matches('.'));
         let (status, data) = self.validated(&name, RecordType::TLSA).await?;
         if status != Dnssec::Secure || data.is_empty() {
             return Ok(HostTlsa::None);

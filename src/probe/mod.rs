@@ -11,6 +11,7 @@ pub mod dane;
 pub mod https;
 pub mod keys;
 pub mod mta_sts;
+pub mod smarthost;
 pub mod static_caps;
 pub mod tls_offered;
 

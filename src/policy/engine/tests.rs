@@ -483,7 +483,7 @@ fn requiretls_binds_openpgp_mail_too() {
     envelope.requiretls = true;
     let prep = p.prepare(envelope, msg("hi", "hello"));
     let e = prep.evaluate("x@other.example", false);
-    let d = prep.decide(&e, vec![pgp_key()]);
+    let d = prep.decide(&e, vec![pgp_key(), signed_mx()]);
     assert_eq!(
         (d.method, d.tls, d.requiretls),
         (Method::Pgp, TlsRequirement::Verified, true)
@@ -707,8 +707,84 @@ fn a_signed_mx_set_binds_the_route_even_without_tlsa() {
         evidence: serde_json::json!({ "domain": "plain.example", "dnssec": "insecure", "dane": false }),
         cached: false,
     };
+    let d = prep.decide(&e, vec![unsigned.clone(), verified.clone()]);
+    assert_eq!((d.action, d.dnssec_mx), (Action::Wait, false));
+    assert!(d.reason.contains("RFC 8689"), "{}", d.reason);
+    // Without REQUIRETLS the same destination gets the verified hop.
+    let prep = p.prepare(env("a@clinic.example"), msg("hi", "hello"));
+    let e = prep.evaluate("x@signed.example", false);
     let d = prep.decide(&e, vec![unsigned, verified]);
     assert_eq!((d.action, d.dnssec_mx), (Action::Deliver, false));
+}
+
+/// A DANE probe's report for a DNSSEC-secure MX set without TLSA.
+fn signed_mx() -> ProbeReport {
+    ProbeReport {
+        probe: "dane",
+        result: Ok(Vec::new()),
+        evidence: serde_json::json!({ "dnssec": "secure", "dane": false }),
+        cached: false,
+    }
+}
+
+/// RFC 8689 section 4.2.1: REQUIRETLS needs MX names from DNSSEC or an
+/// MTA-STS policy, whatever the method; a smarthost is named in the
+/// configuration.
+#[test]
+fn requiretls_needs_authenticated_hop_names() {
+    let p = policy(EVERY_METHOD);
+    let mut envelope = env("a@clinic.example");
+    envelope.requiretls = true;
+    let prep = p.prepare(envelope, msg("hi", "hello"));
+    let e = prep.evaluate("x@plain.example", false);
+    let verified = tls(TlsRequirement::Verified);
+    for caps in [
+        vec![pgp_key()],
+        vec![verified.clone()],
+        vec![pgp_key(), verified.clone()],
+    ] {
+        let d = prep.decide(&e, caps);
+        assert_eq!(d.action, Action::Wait, "{d:?}");
+    }
+    let sts = probe(
+        "mta-sts",
+        Ok(vec![Capability::Tls {
+            level: TlsRequirement::MtaSts,
+        }]),
+    );
+    let d = prep.decide(&e, vec![sts]);
+    assert_eq!((d.action, d.tls), (Action::Deliver, TlsRequirement::MtaSts));
+    let hop = probe(
+        "smarthost",
+        Ok(vec![Capability::Tls {
+            level: TlsRequirement::MtaSts,
+        }]),
+    );
+    let d = prep.decide(&e, vec![hop, pgp_key()]);
+    assert_eq!((d.action, d.method), (Action::Deliver, Method::Pgp));
+}
+
+/// On a smarthost route what the smarthost meets binds every rule: a
+/// verified smarthost is never used unverified, one with only
+/// unauthenticated TLS never in plaintext.
+#[test]
+fn what_the_smarthost_meets_binds_opportunistic_rules() {
+    let p = policy(EVERY_METHOD);
+    let prep = p.prepare(env("a@clinic.example"), msg("hi", "hello"));
+    let e = prep.evaluate("x@any.example", false);
+    for (level, want) in [
+        (TlsRequirement::Dane, TlsRequirement::Dane),
+        (TlsRequirement::MtaSts, TlsRequirement::MtaSts),
+        (TlsRequirement::Encrypted, TlsRequirement::Encrypted),
+        (TlsRequirement::Opportunistic, TlsRequirement::Opportunistic),
+    ] {
+        let hop = probe("smarthost", Ok(vec![Capability::Tls { level }]));
+        let d = prep.decide(&e, vec![hop]);
+        assert_eq!((d.action, d.tls), (Action::Deliver, want), "{level:?}");
+    }
+    // A smarthost that cannot be checked: nothing goes.
+    let d = prep.decide(&e, vec![probe("smarthost", Err("refused".into()))]);
+    assert_eq!(d.action, Action::Wait);
 }
 
 /// The key lookup failed for an address that had a key (the probe says

@@ -36,8 +36,32 @@ fn interpreter() -> Result<&'static str> {
 impl Aiosmtpd {
     /// Starts on `addr` and waits (bounded) until it accepts connections.
     pub async fn start(addr: SocketAddr, maildir: &Path) -> Result<Aiosmtpd> {
-        let mut child = Command::new(interpreter()?)
-            .args(["-m", "aiosmtpd", "-n", "-l", &addr.to_string()])
+        Aiosmtpd::start_with(addr, maildir, None).await
+    }
+
+    /// Starts with STARTTLS offered and required before MAIL (aiosmtpd's
+    /// `--tlscert`/`--tlskey`): a client that stays in plaintext gets
+    /// "530 Must issue a STARTTLS command first".
+    pub async fn start_tls(
+        addr: SocketAddr,
+        maildir: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Aiosmtpd> {
+        Aiosmtpd::start_with(addr, maildir, Some((cert, key))).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        maildir: &Path,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Aiosmtpd> {
+        let mut cmd = Command::new(interpreter()?);
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &addr.to_string()]);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+        }
+        let mut child = cmd
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(maildir)
             .stdin(Stdio::null())
