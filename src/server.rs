@@ -79,17 +79,14 @@ impl Engine {
                 deliverer.mta_sts(),
             )));
         }
-        if let Some(keyring) = keyring {
-            deliverer.set_keyring(keyring.clone());
-            keyring.set_dane(deliverer.dane());
-            if let Some(host) = &settings.pgp.keyserver {
-                keyring.set_keyserver(host.clone());
-            }
-            probes.push(Arc::new(PgpProbe {
-                keyring,
-                sources: settings.pgp.sources.clone(),
-                hold_changed: settings.pgp.hold_changed,
-            }));
+        match keyring {
+            Some(keyring) => probes.push(Arc::new(pgp_probe(settings, &deliverer, keyring))),
+            None => probes.push(Arc::new(PendingPgp {
+                settings: settings.clone(),
+                deliverer: deliverer.clone(),
+                opened: tokio::sync::OnceCell::new(),
+                next_try: std::sync::Mutex::new(None),
+            })),
         }
         if smarthost {
             probes.push(Arc::new(SmarthostProbe::new(deliverer)));
@@ -197,22 +194,121 @@ impl Engine {
     }
 }
 
-/// Opens the OpenPGP key store in the audit database; without it OpenPGP
-/// has no keys and is skipped (never replaced by something weaker).
+/// Opens the OpenPGP key store in the audit database. Without it the
+/// engine registers [`PendingPgp`], which keeps trying.
 pub async fn open_keyring(settings: &Settings, deliverer: &Deliverer) -> Option<Arc<Keyring>> {
-    match Keyring::open(
+    match try_open_keyring(settings, deliverer).await {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "OpenPGP key store unavailable; recipients whose rule names OpenPGP wait until it is reachable (tried again at most every {}s)", KEYRING_RETRY.as_secs());
+            None
+        }
+    }
+}
+
+async fn try_open_keyring(
+    settings: &Settings,
+    deliverer: &Deliverer,
+) -> Result<Arc<Keyring>, String> {
+    Keyring::open(
         &settings.audit.database_url,
         Some(deliverer.resolver().clone()),
         Some(deliverer.tls_clients().verified.clone()),
         settings.probe.timeout,
     )
     .await
-    {
-        Ok(k) => Some(Arc::new(k)),
-        Err(e) => {
-            tracing::warn!(error = %e, "OpenPGP key store unavailable; OpenPGP is skipped until it is reachable at the next start");
-            None
+    .map(Arc::new)
+    .map_err(|e| e.to_string())
+}
+
+/// The OpenPGP probe over an open key store, and delivery given the same.
+fn pgp_probe(settings: &Settings, deliverer: &Deliverer, keyring: Arc<Keyring>) -> PgpProbe {
+    deliverer.set_keyring(keyring.clone());
+    keyring.set_dane(deliverer.dane());
+    if let Some(host) = &settings.pgp.keyserver {
+        keyring.set_keyserver(host.clone());
+    }
+    PgpProbe {
+        keyring,
+        sources: settings.pgp.sources.clone(),
+        hold_changed: settings.pgp.hold_changed,
+    }
+}
+
+/// How long [`PendingPgp`] waits between attempts to open the key store.
+const KEYRING_RETRY: Duration = Duration::from_secs(30);
+
+/// The OpenPGP probe while the key store could not be opened (at start):
+/// it tries again, at most every [`KEYRING_RETRY`], and until the store
+/// opens it fails, so that a recipient whose rule names OpenPGP waits
+/// rather than losing a stored key to an outage and going with less.
+struct PendingPgp {
+    settings: Settings,
+    deliverer: Arc<Deliverer>,
+    opened: tokio::sync::OnceCell<PgpProbe>,
+    /// When the next attempt may run, and why the last one failed.
+    next_try: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl PendingPgp {
+    async fn opened(&self) -> Result<&PgpProbe, String> {
+        if let Some(p) = self.opened.get() {
+            return Ok(p);
         }
+        if let Some((when, why)) = self
+            .next_try
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if std::time::Instant::now() < *when {
+                return Err(why.clone());
+            }
+        }
+        let opened = self
+            .opened
+            .get_or_try_init(|| async {
+                // Within the probe's own timeout, so the reason is recorded.
+                let limit = self.settings.probe.timeout / 2;
+                let k =
+                    tokio::time::timeout(limit, try_open_keyring(&self.settings, &self.deliverer))
+                        .await
+                        .map_err(|_| format!("no answer within {}s", limit.as_secs_f32()))??;
+                tracing::info!("OpenPGP key store reachable again");
+                Ok::<_, String>(pgp_probe(&self.settings, &self.deliverer, k))
+            })
+            .await;
+        if let Err(e) = &opened {
+            let why = format!(
+                "the OpenPGP key store is unreachable ({e}); waiting rather than choosing a weaker method"
+            );
+            *self.next_try.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now() + KEYRING_RETRY, why.clone()));
+            return Err(why);
+        }
+        opened
+    }
+}
+
+impl Probe for PendingPgp {
+    fn name(&self) -> &'static str {
+        "pgp"
+    }
+
+    fn cache_key(&self, recipient: &str) -> String {
+        recipient.to_lowercase()
+    }
+
+    fn probe<'a>(&'a self, recipient: &'a str) -> crate::probe::ProbeFuture<'a> {
+        Box::pin(async move {
+            match self.opened().await {
+                Ok(p) => p.probe(recipient).await,
+                Err(why) => crate::probe::ProbeAnswer {
+                    result: Err(why),
+                    evidence: serde_json::json!({ "key_store": "unreachable" }),
+                },
+            }
+        })
     }
 }
 

@@ -521,9 +521,10 @@ impl Deliverer {
                     tlsrpt::SessionResult::Failure(kind),
                 );
             };
-            for hop in &route.hops {
+            let answers = self.tlsa_of_hops(&route.hops).await;
+            for (hop, answer) in route.hops.iter().zip(answers) {
                 let dane_required = requirement == TlsRequirement::Dane;
-                match self.dane.tlsa(&hop.name).await {
+                match answer {
                     Ok(HostTlsa::Usable { usable, all }) => {
                         tlsa_policies.insert(hop.name.clone(), describe_all(&all));
                         dane_hosts.insert(hop.name.clone(), usable);
@@ -1006,6 +1007,25 @@ impl Deliverer {
             tls_failure: None,
             reused: false,
         })
+    }
+
+    /// The TLSA answers for `hops`, in order, looked up concurrently and
+    /// all within one route timeout (a host whose lookup is still running
+    /// then counts as failed, so it is skipped, never used without DANE).
+    async fn tlsa_of_hops(&self, hops: &[Hop]) -> Vec<Result<HostTlsa, String>> {
+        let lookups = futures_util::future::join_all(hops.iter().map(|h| self.dane.tlsa(&h.name)));
+        match tokio::time::timeout(route::ROUTE_TIMEOUT, lookups).await {
+            Ok(answers) => answers,
+            Err(_) => hops
+                .iter()
+                .map(|_| {
+                    Err(format!(
+                        "the TLSA lookups did not finish within {}s",
+                        route::ROUTE_TIMEOUT.as_secs()
+                    ))
+                })
+                .collect(),
+        }
     }
 
     /// The usable TLSA records of the smarthost `host`, or why there are

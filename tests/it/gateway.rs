@@ -292,7 +292,7 @@ impl Drop for Gateway {
     }
 }
 
-fn write_config(dir: &Path, o: &GatewayOptions) -> Result<PathBuf> {
+pub fn write_config(dir: &Path, o: &GatewayOptions) -> Result<PathBuf> {
     let mut s = String::new();
     let listen = o
         .listen

@@ -1046,3 +1046,97 @@ async fn openpgp_mail_honours_requiretls() {
     assert_eq!(mx.transactions(), 0);
     assert_eq!(mx.data_commands(), 0);
 }
+
+/// WKD from an HTTPS server we did not write (Python's `http.server`):
+/// the key arrives chunked in small pieces on a kept-alive connection, and
+/// a second recipient's lookup reuses nothing it should not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wkd_key_from_an_independent_https_server_chunked_and_kept_alive() {
+    use crate::world::pyhttps::{Mode, PyHttps};
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mx = w.mx(MxOptions::new("mx.example.test")).await;
+    let gina = Gpg::new("Gina <gina@example.test>");
+    let key = gina.run(&["--export", "gina@example.test"], None).stdout;
+    let ip = gateway::fresh_ip();
+    let host = "openpgpkey.example.test";
+    w.zone.add_a(host, ip);
+    let (c, k) =
+        w.ca.issue(&[host])
+            .write_chain(w.dir.path(), "wkd")
+            .unwrap();
+    let server = PyHttps::start(
+        ip,
+        443,
+        &c,
+        &k,
+        &w.dir.path().join("wkd"),
+        Mode::Chunked,
+        "",
+    )
+    .await
+    .unwrap();
+    server.set_bytes(Mode::Chunked, &key).unwrap();
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    opts.extra = "[pgp]\nsources = [\"wkd\"]\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    crate::common::python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["gina@example.test"],
+        &crate::common::message("chunked wkd", "x"),
+    )
+    .unwrap();
+    let got = mx.wait_for(1, WAIT).await.unwrap();
+    assert!(
+        gina.decrypt_mime(&got[0].data_str())
+            .contains("Subject: chunked wkd")
+    );
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(
+            |p| p.starts_with("/.well-known/openpgpkey/example.test/hu/") && p.ends_with("?l=gina")
+        ),
+        "{requests:?}"
+    );
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_str(rows[0]["evidence"].as_str().unwrap()).unwrap();
+    assert_eq!(ev["decision"]["method"], "pgp", "{ev:#}");
+}
+
+/// The key store (in the audit database) unreachable at start: a
+/// recipient whose rule names OpenPGP waits with the reason, never falls
+/// to TLS as if it had no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_key_store_makes_openpgp_recipients_wait() {
+    let w = World::new().await;
+    w.domain("example.test", "mx.example.test");
+    let mut opts = w.options();
+    opts.policy = PGP_POLICY.into();
+    let closed = gateway::free_port(std::net::Ipv4Addr::LOCALHOST);
+    opts.database_url = Some(format!("postgres://postgres@127.0.0.1:{closed}/test"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = gateway::write_config(dir.path(), &opts).unwrap();
+    let out = std::process::Command::new(gateway::BIN)
+        .args(["probe", "--json", "--config"])
+        .arg(&config)
+        .arg("bob@example.test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &v[0]["decision"];
+    assert_eq!(d["action"], "wait", "{v:#}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("key store is unreachable")),
+        "{v:#}"
+    );
+}

@@ -62,6 +62,13 @@ def read(name, default=""):
     except FileNotFoundError:
         return default
 
+def read_bytes(name):
+    try:
+        with open(os.path.join(state, name), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -72,7 +79,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with open(os.path.join(state, "requests"), "a") as f:
             f.write(self.path + "\n")
         mode = read("mode", "plain").strip()
-        body = read("body").encode()
+        body = read_bytes("body")
         # Keep-alive whatever the client asked for: the body's framing,
         # not the end of the connection, must end the response.
         self.close_connection = False
@@ -180,6 +187,11 @@ impl PyHttps {
 
     /// Changes what the next requests get.
     pub fn set(&self, mode: Mode, body: &str) -> Result<()> {
+        self.set_bytes(mode, body.as_bytes())
+    }
+
+    /// Like [`PyHttps::set`] with a binary document (an OpenPGP key).
+    pub fn set_bytes(&self, mode: Mode, body: &[u8]) -> Result<()> {
         std::fs::write(self.state.join("body"), body)?;
         std::fs::write(self.state.join("mode"), mode.name())?;
         Ok(())
