@@ -213,11 +213,33 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// This binary, for the PDF reader's child: `/proc/self/exe` on Linux
+/// (still this binary after an upgrade replaced the file), else the path
+/// it was started as.
+fn worker_exe() -> PathBuf {
+    let proc = PathBuf::from("/proc/self/exe");
+    if proc.exists() {
+        return proc;
+    }
+    std::env::current_exe().unwrap_or(proc)
+}
+
 fn load(config: &PathBuf) -> anyhow::Result<Settings> {
     Ok(Settings::load(config)?)
 }
 
 fn main() -> ExitCode {
+    // The PDF reader's child process (see `policy::sandbox`): before
+    // anything else, without logging, runtime or arguments parsing.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("extract-worker") {
+        let code = sealgate::policy::sandbox::worker_main(&argv[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(2));
+    }
+    sealgate::policy::sandbox::enable(sealgate::policy::sandbox::Worker {
+        exe: worker_exe(),
+        max_memory: sealgate::policy::sandbox::DEFAULT_MAX_MEMORY,
+    });
     let args = Args::parse();
     init_logging(args.log_format);
     // Keys, nonces and salts all come from here; without it, stop now with

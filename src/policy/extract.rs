@@ -90,7 +90,7 @@ impl Kind {
     /// The text of `data`, or why it cannot be had.
     pub fn extract(self, data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
         match self {
-            Kind::Pdf => pdf_text(data, limits),
+            Kind::Pdf => super::sandbox::pdf(data, limits),
             Kind::Docx => docx_text(data, limits),
             Kind::Gzip => gzip_text(data, limits),
         }
@@ -179,6 +179,11 @@ pub fn pdf_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
     if doc.is_encrypted() || doc.was_encrypted() {
         return Err(ExtractError::Encrypted);
     }
+    // lopdf's lenient loading skips objects it cannot read (logging them):
+    // what they held would go unscanned, so the document is unscannable.
+    if has_skipped_objects(&doc) {
+        return Err(ExtractError::Unparseable("objects that cannot be read"));
+    }
     check_deadline(limits)?;
     let mut strings = String::new();
     for object in doc.objects.values() {
@@ -224,6 +229,21 @@ pub fn pdf_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
     }
     push_bounded(&mut text, &strings, limits)?;
     Ok(text)
+}
+
+/// Whether an object the cross-reference table lists as in use is not in
+/// the loaded document.
+fn has_skipped_objects(doc: &lopdf::Document) -> bool {
+    doc.reference_table
+        .entries
+        .iter()
+        .any(|(id, entry)| match entry {
+            lopdf::xref::XrefEntry::Normal { generation, .. } => {
+                !doc.objects.contains_key(&(*id, *generation))
+            }
+            lopdf::xref::XrefEntry::Compressed { .. } => !doc.objects.contains_key(&(*id, 0)),
+            _ => false,
+        })
 }
 
 /// Every string in `object` (dictionaries and arrays walked with an
@@ -478,6 +498,30 @@ mod tests {
                 "{args:?}"
             );
         }
+    }
+
+    /// lopdf's lenient loading skips an object it cannot read; whatever
+    /// it held (form values, annotations) would go unscanned, so the
+    /// document is unscannable, not the text of what was left.
+    #[test]
+    fn a_pdf_with_an_object_that_cannot_be_read_is_unscannable() {
+        let pdf = fixtures::pdf("Patient SSN 123-45-6789", None);
+        assert!(pdf_text(&pdf, &limits()).is_ok());
+        let at = pdf
+            .windows(14)
+            .position(|w| w == b"/Type /Font /S" || w == b"/Type/Font/Sub")
+            .expect("a font object");
+        let start = pdf[..at]
+            .windows(3)
+            .rposition(|w| w == b"obj")
+            .expect("obj");
+        let mut broken = pdf.clone();
+        // `obj <<` becomes `obj <)`: the dictionary cannot be parsed.
+        broken[start + 5] = b')';
+        assert_eq!(
+            pdf_text(&broken, &limits()),
+            Err(ExtractError::Unparseable("objects that cannot be read"))
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod file;
 pub(crate) mod fixtures;
 pub mod html;
 pub mod pattern;
+pub mod sandbox;
 
 use serde::{Deserialize, Serialize};
 

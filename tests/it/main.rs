@@ -14,6 +14,7 @@ mod gateway;
 mod inbound;
 mod pgp;
 mod policy;
+mod sandbox;
 mod smarthost;
 mod sts;
 mod sts_http;
