@@ -18,7 +18,7 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use serde::Serialize;
 use serde_json::json;
 
@@ -51,10 +51,14 @@ impl Tlsa {
 
     /// Whether `cert` (DER) matches this record's selector and matching type.
     pub fn matches(&self, cert: &[u8]) -> bool {
-        let selected = match self.selector {
+        let key;
+        let selected: &[u8] = match self.selector {
             0 => cert,
             1 => match spki(cert) {
-                Some(s) => s,
+                Some(s) => {
+                    key = s;
+                    key.as_ref()
+                }
                 None => return false,
             },
             _ => return false,
@@ -121,53 +125,20 @@ impl HostTlsa {
     }
 }
 
-/// One DER element: (tag, header length, total length).
-fn der_element(data: &[u8]) -> Option<(u8, usize, usize)> {
-    let tag = *data.first()?;
-    let first = *data.get(1)? as usize;
-    let (len, hdr) = if first < 0x80 {
-        (first, 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *data.get(2 + i)? as usize;
-        }
-        (len, 2 + n)
-    };
-    let total = hdr.checked_add(len)?;
-    (total <= data.len()).then_some((tag, hdr, total))
-}
-
-/// The DER SubjectPublicKeyInfo of a certificate (RFC 5280 section 4.1).
-pub fn spki(cert: &[u8]) -> Option<&[u8]> {
-    let (tag, hdr, total) = der_element(cert)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let cert_body = &cert[hdr..total];
-    let (tag, hdr, total) = der_element(cert_body)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let mut tbs = &cert_body[hdr..total];
-    // version [0] is optional; then serial, signature, issuer, validity, subject, SPKI.
-    let mut index = 0;
-    loop {
-        let (tag, _, total) = der_element(tbs)?;
-        if index == 0 && tag == 0xa0 {
-            tbs = &tbs[total..];
-            continue;
-        }
-        if index == 5 {
-            return (tag == 0x30).then_some(&tbs[..total]);
-        }
-        tbs = &tbs[total..];
-        index += 1;
-    }
+/// The DER SubjectPublicKeyInfo of a certificate (RFC 5280 section 4.1),
+/// with its SEQUENCE header, as webpki (the parser rustls verifies with)
+/// reads it; `None` for anything webpki does not accept as a certificate,
+/// so a selector 1 record never matches bytes it could not parse.
+///
+/// webpki's trust anchor reading is used (it also takes v1 certificates
+/// and ignores unknown critical extensions): a DANE-TA(2) certificate
+/// becomes a trust anchor exactly that way (`RootCertStore::add`), and a
+/// DANE-EE(3) leaf is parsed again, strictly, by the handshake's signature
+/// check, so the leniency admits nothing the handshake would refuse.
+pub fn spki(cert: &[u8]) -> Option<SubjectPublicKeyInfoDer<'static>> {
+    let der = CertificateDer::from(cert);
+    let anchor = webpki::anchor_from_trusted_cert(&der).ok()?;
+    Some(webpki::spki_for_anchor(&anchor))
 }
 
 /// What DNSSEC says about an answer.
@@ -652,6 +623,7 @@ mod tests {
             .unwrap();
         let der = cert.der().to_vec();
         let spki_der = spki(&der).expect("SPKI found");
+        let spki_der = spki_der.as_ref();
         assert_eq!(spki_der, key.public_key_der().as_slice());
         let sha256 = |d: &[u8]| {
             ring::digest::digest(&ring::digest::SHA256, d)
@@ -776,6 +748,102 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod spki_tests {
+    use super::*;
+
+    fn sha256(d: &[u8]) -> Vec<u8> {
+        ring::digest::digest(&ring::digest::SHA256, d)
+            .as_ref()
+            .to_vec()
+    }
+
+    fn record(data: Vec<u8>) -> Tlsa {
+        Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data,
+        }
+    }
+
+    /// Certificates made by the openssl command line (see
+    /// tests/data/dane/README.md), with their SPKI digests as openssl
+    /// computes them: long-form lengths all the way, many extensions, a
+    /// v1 certificate without a version field.
+    const OPENSSL_CERTS: [(&[u8], &str); 2] = [
+        (
+            include_bytes!("../../tests/data/dane/rsa4096-ext.der"),
+            "e88bb202d9294fd4a09c1029187342f9a1b95f493acb011348f276df6df0ae23",
+        ),
+        (
+            include_bytes!("../../tests/data/dane/v1.der"),
+            "49fcc3fc6c0a21a21fdf67da3c2d666e428494425bd36c8af5a6c81560ec6a78",
+        ),
+    ];
+
+    #[test]
+    fn odd_but_valid_der_matches_the_spki_openssl_computed() {
+        for (der, want) in OPENSSL_CERTS {
+            let want = hex::decode(want).unwrap();
+            let got = spki(der).expect("webpki reads the certificate");
+            assert_eq!(sha256(got.as_ref()), want);
+            assert!(record(want.clone()).matches(der));
+            let mut other = want.clone();
+            other[0] ^= 1;
+            assert!(!record(other).matches(der));
+        }
+    }
+
+    #[test]
+    fn an_unknown_critical_extension_still_yields_the_spki() {
+        // A DANE-TA certificate is a trust anchor, and webpki ignores
+        // what it does not know in one (as `RootCertStore::add` does).
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["mx.example.test".into(); 1]).unwrap();
+        let mut ext =
+            rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 55555, 1], vec![5, 0]);
+        ext.set_criticality(true);
+        params.custom_extensions.push(ext);
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let got = spki(&der).expect("SPKI found");
+        assert_eq!(got.as_ref(), key.public_key_der().as_slice());
+        assert!(record(sha256(&key.public_key_der())).matches(&der));
+    }
+
+    #[test]
+    fn garbage_fails_closed() {
+        let (der, digest) = OPENSSL_CERTS[0];
+        let good = record(hex::decode(digest).unwrap());
+        assert!(good.matches(der));
+        // Every truncation, trailing bytes, a corrupted length, nothing.
+        for cut in 0..der.len() {
+            assert_eq!(spki(&der[..cut]), None, "cut at {cut}");
+            assert!(!good.matches(&der[..cut]), "cut at {cut}");
+        }
+        let mut trailing = der.to_vec();
+        trailing.push(0);
+        assert_eq!(spki(&trailing), None);
+        let mut bad_length = der.to_vec();
+        bad_length[3] ^= 0x01;
+        assert_eq!(spki(&bad_length), None);
+        for junk in [
+            &b""[..],
+            b"\x30\x03\x02\x01",
+            b"\x30\x80\x00\x00",
+            b"\x30\x84\xff\xff\xff\xff",
+            b"-----BEGIN CERTIFICATE-----",
+        ] {
+            assert_eq!(spki(junk), None, "{junk:?}");
+            assert!(!good.matches(junk));
+        }
+        // A bare SPKI is not a certificate.
+        let (v1, _) = OPENSSL_CERTS[1];
+        let bare = spki(v1).unwrap();
+        assert_eq!(spki(bare.as_ref()), None);
     }
 }
 
