@@ -349,7 +349,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     for d in &recovered.damaged {
         tracing::error!(detail = %d, "spool file could not be read; left in place for an operator");
     }
-    let deliverer = Deliverer::new(settings.clone())?;
+    let deliverer = Deliverer::new(settings.clone()).await?;
     let keyring = open_keyring(&settings, &deliverer).await;
     let policy = Engine::new(&settings, deliverer.clone(), keyring)?;
     let auditor = Auditor::start(AuditSettings::new(

@@ -79,6 +79,16 @@ fn check_named_files(s: &Settings) -> Vec<ConfigProblem> {
             problems.push(s.origins.problem("tls.extra_ca", i, e.to_string()));
         }
     }
+    // Offline: the syntax, owner names and flags; DS records are matched
+    // against the root keys only when the daemon starts.
+    if let Some(path) = &s.dns.trust_anchor
+        && path.is_file()
+        && let Err(errors) = crate::probe::dane::TrustAnchorFile::load(path)
+    {
+        for e in errors {
+            problems.push(s.origins.problem("dns.trust_anchor", 0, e));
+        }
+    }
     match crate::policy::Policy::load(&s.policy.files) {
         Ok(_) => {}
         Err(crate::policy::PolicyError::Invalid(p)) => problems.extend(p),
@@ -372,7 +382,7 @@ pub async fn probe(
         .map(|a| canonical(a, false))
         .collect::<Result<Vec<String>, CliError>>()?;
     let settings = Arc::new(settings);
-    let deliverer = crate::outbound::Deliverer::new(settings.clone())?;
+    let deliverer = crate::outbound::Deliverer::new(settings.clone()).await?;
     let keyring = crate::server::open_keyring(&settings, &deliverer).await;
     let engine = crate::server::Engine::new(&settings, deliverer.clone(), keyring)?;
     let policy = engine.current();

@@ -167,8 +167,9 @@ enum TxEnd {
 }
 
 impl Deliverer {
-    /// Builds the resolver, TLS trust and limits from the settings.
-    pub fn new(settings: Arc<Settings>) -> Result<Arc<Deliverer>, OutboundError> {
+    /// Builds the resolver, TLS trust and limits from the settings (async:
+    /// a DS trust anchor needs the root DNSKEY RRset fetched first).
+    pub async fn new(settings: Arc<Settings>) -> Result<Arc<Deliverer>, OutboundError> {
         let resolver = route::resolver(&settings.dns)?;
         let tls = tls::TlsClients::new(&settings.tls.extra_ca)?;
         let smarthost_password = match &settings.delivery.smarthost_auth {
@@ -195,7 +196,9 @@ impl Deliverer {
             settings.tls_report.period.as_secs(),
         ));
         let dane = Arc::new(
-            Dane::new(&settings.dns, settings.delivery.port).map_err(OutboundError::Dane)?,
+            Dane::new(&settings.dns, settings.delivery.port)
+                .await
+                .map_err(OutboundError::Dane)?,
         );
         let load_cert = |path: &std::path::Path,
                          secret: bool|

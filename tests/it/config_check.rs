@@ -184,3 +184,52 @@ fn a_clean_config_still_passes_and_a_broken_policy_alone_is_found() {
     }
     assert!(text.contains("(3 problems)"), "{text}");
 }
+
+/// `[dns] trust_anchor`: a zone-signing key and a key for another owner
+/// are each reported with the anchor file's line; an IANA DS line passes
+/// (offline: it is matched against the root keys only by `serve`).
+#[test]
+fn trust_anchor_mistakes_are_reported_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("spool.key");
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let anchor = dir.path().join("root.key");
+    let config = dir.path().join("sealgate.toml");
+    std::fs::write(
+        &config,
+        "[server]\nhostname = \"gateway.example.test\"\nlisten = [\"127.0.0.1:0\"]\nspool_dir = \"spool\"\nspool_key_file = \"spool.key\"\n[dns]\ntrust_anchor = \"root.key\"\n",
+    )
+    .unwrap();
+    let key =
+        "mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==";
+    std::fs::write(
+        &anchor,
+        format!("; root keys\n. IN DNSKEY 256 3 13 {key}\ntest. IN DNSKEY 257 3 13 {key}\n"),
+    )
+    .unwrap();
+    let (ok, text) = run("check-config", &config);
+    assert!(!ok, "{text}");
+    let a = anchor.display().to_string();
+    for (line, what) in [(2, "lack the SEP bit"), (3, "the owner name is `test.`")] {
+        assert!(
+            text.lines().any(|l| l.contains("dns.trust_anchor: ")
+                && l.contains(&format!("{a}:{line}: "))
+                && l.contains(what)),
+            "no {line} {what} in:\n{text}"
+        );
+    }
+    assert!(text.contains("(2 problems)"), "{text}");
+
+    std::fs::write(
+        &anchor,
+        ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n",
+    )
+    .unwrap();
+    let (ok, text) = run("check-config", &config);
+    assert!(ok, "{text}");
+}

@@ -507,3 +507,91 @@ async fn knot_world_through_unbound() {
     assert_eq!(bogus_mx.connections(), 0);
     eprintln!("knot behind unbound: {:?}", started.elapsed());
 }
+
+/// `[dns] trust_anchor` in the DS form IANA publishes (`. IN DS tag alg 2
+/// digest`), made from the root KSK by BIND's `dnssec-dsfromkey`: sealgate
+/// fetches the root DNSKEY RRset, trusts the key the DS matches and
+/// delivers over DANE (SHA-256 and SHA-384 digests). A DS that matches no
+/// root key stops the start: no fall back to the built-in IANA keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knot_ds_trust_anchor_delivers_and_a_wrong_ds_stops_the_start() {
+    let dest = Dest::new("dane-ds.test", true);
+    let port = gateway::free_port(dest.ip);
+    let world = KnotWorld::builder(gateway::fresh_ip(), Alg::RsaSha256, Denial::Nsec)
+        .zone(dest.zone(port, None))
+        .start()
+        .unwrap();
+    // `-f` reads a zone file, which needs a TTL; the `.key` file has none.
+    let key_zone = world.dir.path().join("root-ksk.zone");
+    let key = std::fs::read_to_string(&world.trust_anchor).unwrap();
+    std::fs::write(&key_zone, format!("$TTL 3600\n{key}")).unwrap();
+    let dsfromkey = |digest: &str| {
+        let out = std::process::Command::new("dnssec-dsfromkey")
+            .args(["-a", digest, "-f"])
+            .arg(&key_zone)
+            .arg(".")
+            .output()
+            .expect("running dnssec-dsfromkey (Debian package bind9-utils)");
+        assert!(out.status.success(), "{out:?}");
+        let ds = String::from_utf8(out.stdout).unwrap();
+        assert!(ds.starts_with(". IN DS "), "{ds}");
+        ds
+    };
+    let ds256 = dsfromkey("SHA-256");
+    let anchor = |name: &str, text: &str| {
+        let path = world.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let start = |path: &std::path::Path| {
+        Gateway::start(GatewayOptions {
+            dns: Some(world.addr),
+            trust_anchor: Some(path.to_path_buf()),
+            delivery_port: port,
+            ..Default::default()
+        })
+    };
+
+    let mx = dest.mx(port).await;
+    let gw = start(&anchor("root.ds", &format!("; from IANA\n{ds256}"))).unwrap();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@dane-ds.test"],
+        &message("knot ds anchor", "x"),
+    )
+    .unwrap();
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "delivered", "{}", rows[0]);
+    assert_eq!(rows[0]["tls_requirement"], "dane", "{}", rows[0]);
+    assert!(
+        gw.log()
+            .contains("the root DNSKEY matching this DS is trusted"),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
+
+    let ds384 = dsfromkey("SHA-384");
+    start(&anchor("root384.ds", &ds384)).expect("a SHA-384 DS anchor starts");
+
+    // The same DS with one digest digit changed.
+    let tokens: Vec<&str> = ds256.split_whitespace().collect();
+    let mut digest = tokens[6].to_string();
+    let first = if digest.starts_with('0') { "1" } else { "0" };
+    digest.replace_range(0..1, first);
+    let wrong = format!(
+        ". IN DS {} {} {} {digest}\n",
+        tokens[3], tokens[4], tokens[5]
+    );
+    let err = start(&anchor("wrong.ds", &wrong))
+        .err()
+        .expect("a DS that matches no root key must stop the start");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("matches the DS record at line 1")
+            && err.contains("does not fall back to its built-in root keys"),
+        "{err}"
+    );
+}

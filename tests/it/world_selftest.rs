@@ -752,7 +752,9 @@ async fn sealgate_dane_resolver_validates_the_test_world() {
         trust_anchor: Some(ta),
         timeout: std::time::Duration::from_secs(2),
     };
-    let dane = sealgate::probe::dane::Dane::new(&settings, 25).unwrap();
+    let dane = sealgate::probe::dane::Dane::new(&settings, 25)
+        .await
+        .unwrap();
     let answer = dane.check("example.test").await;
     assert!(
         answer.result.is_ok(),
