@@ -410,6 +410,16 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         deliverer.clone(),
         queue.clone(),
     ));
+    // Announced MTA-STS policies that cannot be obtained count in TLS-RPT;
+    // cached policies are refreshed before they expire (RFC 8461 10.2).
+    deliverer
+        .mta_sts()
+        .report_failures_to(deliverer.tls_reporter());
+    let sts_refresh = tokio::spawn(
+        deliverer
+            .mta_sts()
+            .refresh_loop(settings.probe.mta_sts_refresh),
+    );
     let reaper = {
         let d = deliverer.clone();
         tokio::spawn(async move {
@@ -451,6 +461,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let _ = scheduler.await;
     let _ = scanner.await;
     reaper.abort();
+    sts_refresh.abort();
     reporter.abort();
     deliverer.tls_reporter().flush();
     control.abort();
