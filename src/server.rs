@@ -350,6 +350,11 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         tracing::error!(detail = %d, "spool file could not be read; left in place for an operator");
     }
     let deliverer = Deliverer::new(settings.clone())?;
+    // Announced MTA-STS policies that cannot be obtained count in TLS-RPT
+    // (the daemon's probes only: `sealgate probe` reports nothing).
+    deliverer
+        .mta_sts()
+        .report_failures_to(deliverer.tls_reporter());
     let keyring = open_keyring(&settings, &deliverer).await;
     let policy = Engine::new(&settings, deliverer.clone(), keyring)?;
     let auditor = Auditor::start(AuditSettings::new(
@@ -410,11 +415,8 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         deliverer.clone(),
         queue.clone(),
     ));
-    // Announced MTA-STS policies that cannot be obtained count in TLS-RPT;
-    // cached policies are refreshed before they expire (RFC 8461 10.2).
-    deliverer
-        .mta_sts()
-        .report_failures_to(deliverer.tls_reporter());
+    // Cached MTA-STS policies are refreshed before they expire, also for
+    // domains nobody is mailing now (RFC 8461 section 10.2).
     let sts_refresh = tokio::spawn(
         deliverer
             .mta_sts()
