@@ -350,6 +350,11 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         tracing::error!(detail = %d, "spool file could not be read; left in place for an operator");
     }
     let deliverer = Deliverer::new(settings.clone()).await?;
+    // Announced MTA-STS policies that cannot be obtained count in TLS-RPT
+    // (the daemon's probes only: `sealgate probe` reports nothing).
+    deliverer
+        .mta_sts()
+        .report_failures_to(deliverer.tls_reporter());
     let keyring = open_keyring(&settings, &deliverer).await;
     let policy = Engine::new(&settings, deliverer.clone(), keyring)?;
     let auditor = Auditor::start(AuditSettings::new(
@@ -410,6 +415,13 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         deliverer.clone(),
         queue.clone(),
     ));
+    // Cached MTA-STS policies are refreshed before they expire, also for
+    // domains nobody is mailing now (RFC 8461 section 10.2).
+    let sts_refresh = tokio::spawn(
+        deliverer
+            .mta_sts()
+            .refresh_loop(settings.probe.mta_sts_refresh),
+    );
     let reaper = {
         let d = deliverer.clone();
         tokio::spawn(async move {
@@ -451,6 +463,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let _ = scheduler.await;
     let _ = scanner.await;
     reaper.abort();
+    sts_refresh.abort();
     reporter.abort();
     deliverer.tls_reporter().flush();
     control.abort();

@@ -273,6 +273,9 @@ pub struct PolicyFiles {
 pub struct ProbeSettings {
     pub timeout: Duration,
     pub cache_ttl: Duration,
+    /// Interval of the background MTA-STS refresh rounds (RFC 8461
+    /// section 10.2).
+    pub mta_sts_refresh: Duration,
 }
 
 /// TLS reporting (RFC 8460).

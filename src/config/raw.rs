@@ -92,6 +92,9 @@ pub struct RawProbe {
     pub timeout: Option<Spanned<String>>,
     /// How long probe answers are cached (`10m`).
     pub cache_ttl: Option<Spanned<String>>,
+    /// How often cached MTA-STS policies are checked for a refresh before
+    /// they expire (`1h`).
+    pub mta_sts_refresh: Option<Spanned<String>>,
 }
 
 /// `[server]`
@@ -876,6 +879,11 @@ impl RawConfig {
                 "probe.cache_ttl",
                 &self.probe.cache_ttl,
                 Duration::from_secs(600),
+            ),
+            mta_sts_refresh: c.duration(
+                "probe.mta_sts_refresh",
+                &self.probe.mta_sts_refresh,
+                Duration::from_secs(3600),
             ),
         };
 

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::probe::mta_sts::{StsMode, StsPolicy};
+use crate::probe::mta_sts::{PolicyFailure, PolicyFailureSink, StsMode, StsPolicy};
 
 /// One failure line of a report (RFC 8460 section 4.3).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +19,10 @@ pub struct Failure {
     pub result_type: String,
     pub receiving_mx_hostname: Option<String>,
     pub receiving_ip: Option<String>,
+    /// `failure-reason-code`: a short code of ours (for example `http-404`
+    /// for a policy fetch), never text a remote server chose.
+    #[serde(default)]
+    pub failure_reason_code: Option<String>,
     pub count: u64,
 }
 
@@ -136,9 +140,43 @@ impl TlsReporter {
                         receiving_mx_hostname: Some(mx.into()),
                         receiving_ip: ip.map(str::to_string),
                         count: 1,
+                        ..Default::default()
                     }),
                 }
             }
+        }
+    }
+
+    /// Counts one failure to obtain the MTA-STS policy that `domain`
+    /// announces (RFC 8460 section 4.3.2.2). It is reported under policy
+    /// type `sts` with the policy domain and no `policy-string` or
+    /// `mx-host` (there is no policy to show), and no MX host or address:
+    /// the failure happened before any SMTP session.
+    pub fn record_policy_failure(&self, domain: &str, failure: &PolicyFailure) {
+        let kind = failure.kind.result_type();
+        let mut st = self.lock_current();
+        let entry = st
+            .domains
+            .entry(domain.to_ascii_lowercase())
+            .or_default()
+            .entry("sts:".to_string())
+            .or_insert_with(|| PolicyCounts {
+                policy_type: "sts".into(),
+                ..Default::default()
+            });
+        let found = entry.failures.iter_mut().find(|f| {
+            f.result_type == kind
+                && f.receiving_mx_hostname.is_none()
+                && f.failure_reason_code.as_deref() == Some(failure.code.as_str())
+        });
+        match found {
+            Some(f) => f.count += 1,
+            None => entry.failures.push(Failure {
+                result_type: kind.into(),
+                failure_reason_code: Some(failure.code.clone()),
+                count: 1,
+                ..Default::default()
+            }),
         }
     }
 
@@ -223,6 +261,12 @@ impl TlsReporter {
     }
 }
 
+impl PolicyFailureSink for TlsReporter {
+    fn policy_failure(&self, domain: &str, failure: &PolicyFailure) {
+        self.record_policy_failure(domain, failure);
+    }
+}
+
 fn save(dir: &std::path::Path, st: &PeriodCounts) {
     if st.domains.is_empty() {
         return;
@@ -295,6 +339,9 @@ pub fn report_json(
                     }
                     if let Some(ip) = &f.receiving_ip {
                         v["receiving-ip"] = json!(ip);
+                    }
+                    if let Some(code) = &f.failure_reason_code {
+                        v["failure-reason-code"] = json!(code);
                     }
                     v
                 })
@@ -489,5 +536,57 @@ mod tests {
             failure.get("receiving-ip").is_none(),
             "no address is reported for a failure before connecting: {failure}"
         );
+    }
+
+    #[test]
+    fn policy_failures_are_counted_under_sts_without_a_policy_string() {
+        use crate::probe::mta_sts::{PolicyFailure, PolicyFailureKind, PolicyFailureSink};
+        let dir = tempfile::tempdir().unwrap();
+        let r = TlsReporter::new(dir.path().to_path_buf(), 86400);
+        let fetch = PolicyFailure {
+            kind: PolicyFailureKind::FetchError,
+            code: "http-404".into(),
+        };
+        let sink: &dyn PolicyFailureSink = &r;
+        sink.policy_failure("Broken.Example", &fetch);
+        sink.policy_failure("broken.example", &fetch);
+        r.record_policy_failure(
+            "broken.example",
+            &PolicyFailure {
+                kind: PolicyFailureKind::WebPkiInvalid,
+                code: "certificate".into(),
+            },
+        );
+        let cur = r.current();
+        let report = report_json(
+            "broken.example",
+            &cur.domains["broken.example"],
+            cur.start,
+            86400,
+            "org",
+            "c@org",
+        );
+        let policies = report["policies"].as_array().unwrap();
+        assert_eq!(policies.len(), 1, "{report}");
+        let p = &policies[0];
+        assert_eq!(
+            p["policy"],
+            json!({ "policy-type": "sts", "policy-domain": "broken.example" })
+        );
+        assert_eq!(p["summary"]["total-successful-session-count"], 0);
+        assert_eq!(p["summary"]["total-failure-session-count"], 3);
+        assert_eq!(
+            p["failure-details"],
+            json!([
+                { "result-type": "sts-policy-fetch-error", "failure-reason-code": "http-404", "failed-session-count": 2 },
+                { "result-type": "sts-webpki-invalid", "failure-reason-code": "certificate", "failed-session-count": 1 },
+            ])
+        );
+        // Counts written before the reason code existed still load.
+        let old: Failure = serde_json::from_str(
+            r#"{"result_type":"tlsa-invalid","receiving_mx_hostname":"mx","receiving_ip":null,"count":1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.failure_reason_code, None);
     }
 }

@@ -52,7 +52,14 @@ pub enum HttpsError {
     #[error("{url}: {host} has no address records")]
     NoAddress { url: String, host: String },
     #[error("{url}: no address of the host could be reached ({tries})")]
-    Connect { url: String, tries: String },
+    Connect {
+        url: String,
+        tries: String,
+        /// An address completed the TCP connection and refused the TLS
+        /// session because its certificate did not verify for the host
+        /// (RFC 8460's `sts-webpki-invalid` for an MTA-STS policy host).
+        bad_certificate: bool,
+    },
     #[error("{url}: the server at {peer} sent a malformed HTTP response: {reason}")]
     Protocol {
         url: String,
@@ -235,6 +242,7 @@ async fn fetch_from(
     let addrs = &addrs[..addrs.len().min(MAX_ADDRESSES)];
     let connector = tokio_rustls::TlsConnector::from(tls);
     let mut tries = Vec::new();
+    let mut bad_certificate = false;
     for (i, addr) in addrs.iter().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now());
         // `addrs` holds at most MAX_ADDRESSES entries.
@@ -242,15 +250,19 @@ async fn fetch_from(
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(addr)
                 .await
-                .map_err(|e| format!("{addr}: {e}"))?;
-            connector
-                .connect(name.clone(), tcp)
-                .await
-                .map_err(|e| format!("{addr}: TLS: {e}"))
+                .map_err(|e| (format!("{addr}: {e}"), false))?;
+            connector.connect(name.clone(), tcp).await.map_err(|e| {
+                let certificate = matches!(
+                    e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+                    Some(rustls::Error::InvalidCertificate(_))
+                );
+                (format!("{addr}: TLS: {e}"), certificate)
+            })
         };
         let stream = match tokio::time::timeout(share, connect).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+            Ok(Err((e, certificate))) => {
+                bad_certificate |= certificate;
                 tries.push(e);
                 continue;
             }
@@ -267,6 +279,7 @@ async fn fetch_from(
     Err(HttpsError::Connect {
         url: url.to_string(),
         tries: tries.join("; "),
+        bad_certificate,
     })
 }
 

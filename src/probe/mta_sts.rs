@@ -1,18 +1,23 @@
 //! MTA-STS (RFC 8461): the `_mta-sts` TXT record announces a policy id; the
 //! policy is fetched over HTTPS from `mta-sts.<domain>`, parsed strictly,
 //! and cached on disk (it survives restarts) until `max_age`, refreshed
-//! when the id changes. `enforce` means: deliver only to MX hosts matching
-//! the policy, over TLS with a certificate valid for the MX name.
+//! when the id changes or half its life has passed, and by a background
+//! task before it expires even when nobody mails the domain (RFC 8461
+//! section 10.2). `enforce` means: deliver only to MX hosts matching the
+//! policy, over TLS with a certificate valid for the MX name. A domain that
+//! announces a policy we cannot obtain is told to a [`PolicyFailureSink`]
+//! (the TLS-RPT counter) with its RFC 8460 result type.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::https::{Fetched, HttpsError};
 use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
 use crate::policy::TlsRequirement;
 
@@ -133,8 +138,146 @@ impl StsPolicy {
 
     /// Whether the cached policy is still valid.
     pub fn is_fresh(&self) -> bool {
-        Utc::now()
-            < self.fetched_at + chrono::Duration::seconds(self.max_age.min(MAX_AGE_LIMIT) as i64)
+        self.is_fresh_at(Utc::now())
+    }
+
+    /// When the policy stops applying: `max_age` after it was fetched.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.fetched_at + chrono::Duration::seconds(self.max_age.min(MAX_AGE_LIMIT) as i64)
+    }
+
+    /// Whether the policy is still valid at `now`.
+    pub fn is_fresh_at(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at()
+    }
+
+    /// Whether the policy is due to be fetched again by `now + horizon`:
+    /// once it is [`refresh_after`] old (half its `max_age`, at most a
+    /// day), or at once if it claims to come from the future (a clock set
+    /// back). The background refresh passes its interval as `horizon`, so
+    /// a policy is fetched again in the round before the one in which it
+    /// would be due, and never lapses between two rounds.
+    pub fn refresh_due(&self, now: DateTime<Utc>, horizon: Duration) -> bool {
+        let age = now - self.fetched_at;
+        if age < chrono::Duration::zero() {
+            return true;
+        }
+        let horizon = chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX);
+        let by = age.checked_add(&horizon).unwrap_or(chrono::Duration::MAX);
+        by.num_seconds() as u64 >= refresh_after(self.max_age)
+    }
+}
+
+/// Why a domain that announces MTA-STS has no policy we could use: the
+/// MTA-STS failure classes of RFC 8460 section 4.3.2.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyFailureKind {
+    /// The HTTPS fetch failed: the host has no address or cannot be
+    /// reached, the request timed out, the answer was not HTTP 200, not
+    /// `text/plain`, larger than [`MAX_POLICY`] or not HTTP at all.
+    FetchError,
+    /// The policy text, or the `_mta-sts` record announcing it, is not
+    /// valid.
+    Invalid,
+    /// The policy host's certificate is not valid for
+    /// `mta-sts.<domain>` (PKIX validation failed).
+    WebPkiInvalid,
+}
+
+impl PolicyFailureKind {
+    /// The RFC 8460 `result-type`.
+    pub fn result_type(self) -> &'static str {
+        match self {
+            PolicyFailureKind::FetchError => "sts-policy-fetch-error",
+            PolicyFailureKind::Invalid => "sts-policy-invalid",
+            PolicyFailureKind::WebPkiInvalid => "sts-webpki-invalid",
+        }
+    }
+}
+
+/// One failure to obtain a domain's policy: its class, and a short reason
+/// code of our own (`failure-reason-code` in the report) from a small
+/// fixed set, never text the remote server chose, so that a hostile
+/// server cannot grow the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFailure {
+    pub kind: PolicyFailureKind,
+    pub code: String,
+}
+
+impl PolicyFailure {
+    fn new(kind: PolicyFailureKind, code: impl Into<String>) -> PolicyFailure {
+        PolicyFailure {
+            kind,
+            code: code.into(),
+        }
+    }
+
+    /// The class of an HTTPS request that did not get an answer.
+    pub fn of_https_error(e: &HttpsError) -> PolicyFailure {
+        use PolicyFailureKind::*;
+        match e {
+            HttpsError::Connect {
+                bad_certificate: true,
+                ..
+            } => PolicyFailure::new(WebPkiInvalid, "certificate"),
+            HttpsError::Connect { .. } => PolicyFailure::new(FetchError, "connect"),
+            HttpsError::BadUrl { .. } => PolicyFailure::new(FetchError, "bad-url"),
+            HttpsError::Resolve { .. } | HttpsError::NoAddress { .. } => {
+                PolicyFailure::new(FetchError, "no-address")
+            }
+            HttpsError::Protocol { .. } => PolicyFailure::new(FetchError, "malformed-http"),
+            HttpsError::TooLarge { .. } => PolicyFailure::new(FetchError, "too-large"),
+            HttpsError::Timeout { .. } => PolicyFailure::new(FetchError, "timeout"),
+        }
+    }
+}
+
+/// Told of each failure to obtain the policy of a domain that announces
+/// one (its `_mta-sts` record exists) while no valid cached policy
+/// applies. The TLS-RPT counter implements it, so that this module does
+/// not depend on `outbound/`; only the daemon attaches one (`sealgate
+/// probe` reports nothing).
+pub trait PolicyFailureSink: Send + Sync {
+    fn policy_failure(&self, domain: &str, failure: &PolicyFailure);
+}
+
+/// Reads a fetch's answer (RFC 8461 section 3.3: HTTP 200 only, redirects
+/// not followed, `text/plain`) into the policy `id` names, or says why it
+/// is not one, with a message for the evidence.
+pub fn read_answer(
+    answer: Result<Fetched, HttpsError>,
+    host: &str,
+    id: &str,
+) -> Result<(StsPolicy, String), (PolicyFailure, String)> {
+    use PolicyFailureKind::*;
+    let url = format!("https://{host}/.well-known/mta-sts.txt");
+    let f = answer.map_err(|e| (PolicyFailure::of_https_error(&e), e.to_string()))?;
+    if f.status != 200 {
+        return Err((
+            PolicyFailure::new(FetchError, format!("http-{}", f.status)),
+            format!("{url} answered HTTP {}", f.status),
+        ));
+    }
+    if !f.is_text_plain() {
+        return Err((
+            PolicyFailure::new(FetchError, "content-type"),
+            format!(
+                "{url} is not text/plain (Content-Type: {})",
+                f.content_type
+                    .as_deref()
+                    .map(|c| c.chars().take(80).collect::<String>())
+                    .unwrap_or_else(|| "none".into())
+            ),
+        ));
+    }
+    let text = String::from_utf8_lossy(&f.body);
+    match StsPolicy::parse(&text, id) {
+        Ok(p) => Ok((p, f.peer)),
+        Err(e) => Err((
+            PolicyFailure::new(Invalid, "policy-syntax"),
+            format!("policy from https://{host} is invalid: {e}"),
+        )),
     }
 }
 
@@ -202,6 +345,9 @@ pub struct MtaSts {
     /// policy's protection for that attempt).
     discovery_timeout: Duration,
     mem: Mutex<HashMap<String, StsPolicy>>,
+    /// Where failures to obtain an announced policy are reported (set
+    /// once, by the daemon).
+    sink: OnceLock<Arc<dyn PolicyFailureSink>>,
 }
 
 /// The share of the probe timeout given to discovery.
@@ -233,6 +379,25 @@ impl MtaSts {
             dir,
             discovery_timeout: discovery_timeout(probe_timeout),
             mem: Mutex::new(HashMap::new()),
+            sink: OnceLock::new(),
+        }
+    }
+
+    /// Reports failures to obtain announced policies to `sink` from now
+    /// on (a second call is ignored).
+    pub fn report_failures_to(&self, sink: Arc<dyn PolicyFailureSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    fn report(&self, domain: &str, failure: &PolicyFailure) {
+        tracing::info!(
+            domain = %domain,
+            result_type = failure.kind.result_type(),
+            reason = %failure.code,
+            "the MTA-STS policy announced by the domain could not be obtained"
+        );
+        if let Some(sink) = self.sink.get() {
+            sink.policy_failure(domain, failure);
         }
     }
 
@@ -297,14 +462,29 @@ impl MtaSts {
     /// is fetched again; a failed or timed-out lookup or fetch falls back
     /// to a still-valid cached policy (RFC 8461 section 5.1), so an
     /// enforce policy keeps applying while its refresh fails.
-    pub async fn policy(
-        &self,
-        domain: &str,
-    ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
+    pub async fn policy(&self, domain: &str) -> Discovery {
+        self.discover_within(domain, false).await
+    }
+
+    /// Fetches the cached policy of `domain` again now, whatever its age
+    /// (the background refresh): the same discovery as [`MtaSts::policy`],
+    /// within the same time, and a failure keeps the cached policy until
+    /// its `max_age`.
+    pub async fn refresh(&self, domain: &str) -> Discovery {
+        self.discover_within(domain, true).await
+    }
+
+    /// Discovery within the discovery timeout. The policy fetch gets its
+    /// own timeout, ending at the same deadline, so that a slow policy
+    /// host is reported as such (`sts-policy-fetch-error`); the guard
+    /// around the whole, a little later, catches a TXT lookup that hangs.
+    async fn discover_within(&self, domain: &str, force: bool) -> Discovery {
         let cached = self.cached(domain).filter(StsPolicy::is_fresh);
+        let deadline = tokio::time::Instant::now() + self.discovery_timeout;
+        let guard = self.discovery_timeout + self.discovery_timeout / 10;
         match tokio::time::timeout(
-            self.discovery_timeout,
-            self.discover(domain, cached.clone()),
+            guard,
+            self.discover(domain, cached.clone(), deadline, force),
         )
         .await
         {
@@ -329,26 +509,34 @@ impl MtaSts {
         &self,
         domain: &str,
         cached: Option<StsPolicy>,
-    ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
+        deadline: tokio::time::Instant,
+        force: bool,
+    ) -> Discovery {
         let name = format!("_mta-sts.{domain}.");
-        let txt: Result<Vec<String>, String> = match self.resolver.txt_lookup(name.clone()).await {
-            Ok(l) => Ok(l
-                .iter()
-                .map(|t| {
-                    t.txt_data()
+        // The record's id, or why there is none: a failed lookup, or
+        // records that are not a valid announcement (`true`).
+        let txt: Result<Option<String>, (String, bool)> =
+            match self.resolver.txt_lookup(name.clone()).await {
+                Ok(l) => {
+                    let records: Vec<String> = l
                         .iter()
-                        .map(|d| String::from_utf8_lossy(d).into_owned())
-                        .collect::<String>()
-                })
-                .collect()),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-            Err(e) => Err(format!("TXT lookup of {name} failed: {e}")),
-        };
-        let due = cached.as_ref().is_some_and(|p| {
-            let age = (Utc::now() - p.fetched_at).num_seconds();
-            age < 0 || age as u64 >= refresh_after(p.max_age)
-        });
-        let id = match txt.and_then(|r| parse_txt(&r)) {
+                        .map(|t| {
+                            t.txt_data()
+                                .iter()
+                                .map(|d| String::from_utf8_lossy(d).into_owned())
+                                .collect::<String>()
+                        })
+                        .collect();
+                    parse_txt(&records).map_err(|e| (e, true))
+                }
+                Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(None),
+                Err(e) => Err((format!("TXT lookup of {name} failed: {e}"), false)),
+            };
+        let due = force
+            || cached
+                .as_ref()
+                .is_some_and(|p| p.refresh_due(Utc::now(), Duration::ZERO));
+        let id = match txt {
             Ok(Some(id)) => id,
             // No record, or no answer: a still-valid cached policy keeps
             // applying (an attacker can hide a TXT record), and is
@@ -356,19 +544,31 @@ impl MtaSts {
             other => {
                 let (key, note) = match &other {
                     Ok(_) => ("txt", serde_json::Value::Null),
-                    Err(e) => ("txt_error", json!(e)),
+                    Err((e, _)) => ("txt_error", json!(e)),
                 };
                 return match (cached, other) {
                     (Some(p), _) if due => {
                         let id = p.id.clone();
-                        self.fetch(domain, Some(p), &id).await
+                        self.fetch(domain, Some(p), &id, deadline).await
                     }
                     (Some(p), _) => (
                         Ok(Some(p.clone())),
                         json!({ key: note, "policy": p, "source": "cache" }),
                     ),
                     (None, Ok(_)) => (Ok(None), json!({ "txt": null })),
-                    (None, Err(e)) => (Err(e.clone()), json!({ "txt_error": e })),
+                    (None, Err((e, invalid))) => {
+                        if invalid {
+                            let failure =
+                                PolicyFailure::new(PolicyFailureKind::Invalid, "txt-record");
+                            self.report(domain, &failure);
+                            (
+                                Err(e.clone()),
+                                json!({ "txt_error": e, "result_type": failure.kind.result_type() }),
+                            )
+                        } else {
+                            (Err(e.clone()), json!({ "txt_error": e }))
+                        }
+                    }
                 };
             }
         };
@@ -380,87 +580,187 @@ impl MtaSts {
                 );
             }
         }
-        self.fetch(domain, cached, &id).await
+        self.fetch(domain, cached, &id, deadline).await
     }
 
-    /// Fetches the policy (RFC 8461 section 3.3: HTTP 200 only, redirects
-    /// not followed, `text/plain`), stores it under `id`, or falls back to
-    /// `cached`.
+    /// Fetches the policy by `deadline`, stores it under `id`, or falls
+    /// back to `cached`.
     async fn fetch(
         &self,
         domain: &str,
         cached: Option<StsPolicy>,
         id: &str,
-    ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
+        deadline: tokio::time::Instant,
+    ) -> Discovery {
         let host = format!("mta-sts.{domain}");
-        let url = format!("https://{host}/.well-known/mta-sts.txt");
         let refresh = cached.is_some();
-        match super::https::fetch(
+        let answer = super::https::fetch(
             &self.resolver,
             self.tls.clone(),
             &host,
             "/.well-known/mta-sts.txt",
             None,
-            self.discovery_timeout,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
             MAX_POLICY,
         )
-        .await
-        {
-            Ok(f) if f.status != 200 => {
-                self.fallback(cached, format!("{url} answered HTTP {}", f.status), id)
+        .await;
+        match read_answer(answer, &host, id) {
+            Ok((p, peer)) => {
+                self.store(domain, &p).await;
+                (
+                    Ok(Some(p.clone())),
+                    json!({
+                        "txt_id": id, "policy": p, "source": "fetched",
+                        "refresh": refresh, "from": peer,
+                    }),
+                )
             }
-            Ok(f) if !f.is_text_plain() => self.fallback(
-                cached,
-                format!(
-                    "{url} is not text/plain (Content-Type: {})",
-                    f.content_type
-                        .as_deref()
-                        .map(|c| c.chars().take(80).collect::<String>())
-                        .unwrap_or_else(|| "none".into())
-                ),
-                id,
-            ),
-            Ok(f) => {
-                let text = String::from_utf8_lossy(&f.body);
-                match StsPolicy::parse(&text, id) {
-                    Ok(p) => {
-                        self.store(domain, &p).await;
-                        (
-                            Ok(Some(p.clone())),
-                            json!({
-                                "txt_id": id, "policy": p, "source": "fetched",
-                                "refresh": refresh, "from": f.peer,
-                            }),
-                        )
-                    }
-                    Err(e) => self.fallback(
-                        cached,
-                        format!("policy from https://{host} is invalid: {e}"),
-                        id,
-                    ),
-                }
-            }
-            Err(e) => self.fallback(cached, e.to_string(), id),
+            Err((failure, error)) => self.fallback(domain, cached, failure, error, id),
         }
     }
 
     fn fallback(
         &self,
+        domain: &str,
         cached: Option<StsPolicy>,
+        failure: PolicyFailure,
         error: String,
         id: &str,
-    ) -> (Result<Option<StsPolicy>, String>, serde_json::Value) {
+    ) -> Discovery {
+        let result_type = failure.kind.result_type();
         match cached {
+            // The valid cached policy keeps applying: the domain's
+            // sessions are reported under it, not as a policy failure.
             Some(p) => (
                 Ok(Some(p.clone())),
-                json!({ "txt_id": id, "fetch_error": error, "policy": p, "source": "cache" }),
+                json!({
+                    "txt_id": id, "fetch_error": error, "result_type": result_type,
+                    "policy": p, "source": "cache",
+                }),
             ),
             // A domain that announces MTA-STS but whose policy cannot be
             // fetched has no policy (RFC 8461 section 5.1); this is not an
-            // error of ours, so the probe reports "no policy".
-            None => (Ok(None), json!({ "txt_id": id, "fetch_error": error })),
+            // error of ours, so the probe reports "no policy", and TLS-RPT
+            // counts the failure for the domain.
+            None => {
+                self.report(domain, &failure);
+                (
+                    Ok(None),
+                    json!({ "txt_id": id, "fetch_error": error, "result_type": result_type }),
+                )
+            }
         }
     }
+
+    /// The domains with a policy in the persistent cache, and the policy
+    /// (valid or not). Files whose name is not a host name with a dot
+    /// (hex-encoded hostile names) are left out: they cannot be fetched.
+    pub fn cached_domains(&self) -> Vec<(String, StsPolicy)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let domain = name.strip_suffix(".json")?.to_string();
+                if !domain.contains('.') || !crate::config::is_hostname(&domain) {
+                    return None;
+                }
+                let p = self.cached(&domain)?;
+                Some((domain, p))
+            })
+            .collect()
+    }
+
+    /// One round of the background refresh: the cached policies that
+    /// [`refresh_candidates`] picks are fetched again, [`REFRESH_CONCURRENCY`]
+    /// at a time. Returns how many were refreshed and how many failed
+    /// (those keep their cached policy).
+    pub async fn refresh_round(&self, now: DateTime<Utc>, horizon: Duration) -> (usize, usize) {
+        use futures_util::StreamExt;
+        let due = refresh_candidates(self.cached_domains(), now, horizon, REFRESH_PER_ROUND);
+        if due.is_empty() {
+            return (0, 0);
+        }
+        let outcomes: Vec<bool> = futures_util::stream::iter(due)
+            .map(|domain| async move {
+                let (result, evidence) = self.refresh(&domain).await;
+                let fetched = evidence["source"] == "fetched";
+                if fetched {
+                    tracing::info!(domain = %domain, "MTA-STS policy refreshed before it expires");
+                } else {
+                    let error = ["fetch_error", "discovery_error", "txt_error"]
+                        .iter()
+                        .find_map(|k| evidence[*k].as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    tracing::warn!(
+                        domain = %domain,
+                        error = %error,
+                        keeps_cached = matches!(result, Ok(Some(_))),
+                        "MTA-STS policy refresh failed; the cached policy applies until its max_age"
+                    );
+                }
+                fetched
+            })
+            .buffer_unordered(REFRESH_CONCURRENCY)
+            .collect()
+            .await;
+        let refreshed = outcomes.iter().filter(|f| **f).count();
+        (refreshed, outcomes.len() - refreshed)
+    }
+
+    /// Runs [`MtaSts::refresh_round`] every `every` (jittered by ±10% so
+    /// that gateways started together do not fetch together), the first
+    /// round a minute (at most `every`) after start.
+    pub async fn refresh_loop(self: Arc<Self>, every: Duration) {
+        let mut wait = every.min(Duration::from_secs(60));
+        loop {
+            tokio::time::sleep(jittered(wait)).await;
+            wait = every;
+            let (refreshed, failed) = self.refresh_round(Utc::now(), every).await;
+            if refreshed + failed > 0 {
+                tracing::info!(refreshed, failed, "MTA-STS refresh round done");
+            }
+        }
+    }
+}
+
+/// What discovery answers: the policy (or none, or why it cannot be told)
+/// and the evidence behind it.
+pub type Discovery = (Result<Option<StsPolicy>, String>, serde_json::Value);
+
+/// At most this many policies are fetched again per refresh round (the
+/// most urgent first; the rest wait for the next round).
+pub const REFRESH_PER_ROUND: usize = 100;
+/// At most this many refresh fetches run at once.
+pub const REFRESH_CONCURRENCY: usize = 2;
+
+/// The domains a refresh round at `now` fetches again: those whose cached
+/// policy is still valid and due by the next round (`now + horizon`, see
+/// [`StsPolicy::refresh_due`]), the nearest to expiring first, at most
+/// `limit`. An expired policy is not refreshed: it no longer applies, and
+/// the next message to the domain discovers it afresh.
+pub fn refresh_candidates(
+    cached: Vec<(String, StsPolicy)>,
+    now: DateTime<Utc>,
+    horizon: Duration,
+    limit: usize,
+) -> Vec<String> {
+    let mut due: Vec<(DateTime<Utc>, String)> = cached
+        .into_iter()
+        .filter(|(_, p)| p.is_fresh_at(now) && p.refresh_due(now, horizon))
+        .map(|(d, p)| (p.expires_at(), d))
+        .collect();
+    due.sort();
+    due.into_iter().take(limit).map(|(_, d)| d).collect()
+}
+
+/// `d` scaled by a random factor between 0.9 and 1.1.
+fn jittered(d: Duration) -> Duration {
+    let r = u16::from_le_bytes(crate::util::random_bytes::<2>()) as f64 / u16::MAX as f64;
+    d.mul_f64(0.9 + 0.2 * r)
 }
 
 /// The MTA-STS probe: `enforce` policies raise the TLS requirement.
@@ -601,5 +901,198 @@ mod tests {
         assert!(parse_txt(&["v=STSv1; id=a".into(), "v=STSv1; id=b".into()]).is_err());
         assert!(parse_txt(&["v=STSv1; id=has-dash".into()]).is_err());
         assert!(parse_txt(&["v=STSv1;".into()]).is_err());
+    }
+
+    fn fetched(status: u16, content_type: Option<&str>, body: &str) -> Result<Fetched, HttpsError> {
+        Ok(Fetched {
+            status,
+            content_type: content_type.map(str::to_string),
+            body: body.as_bytes().to_vec(),
+            peer: "192.0.2.7".into(),
+        })
+    }
+
+    #[test]
+    fn each_failure_to_get_a_policy_has_its_result_type() {
+        use PolicyFailureKind::*;
+        let ok = "version: STSv1\nmode: enforce\nmx: mx.example.test\nmax_age: 86400\n";
+        let url = "https://mta-sts.example.test/.well-known/mta-sts.txt".to_string();
+        let peer: std::net::SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let cases: Vec<(Result<Fetched, HttpsError>, PolicyFailureKind, &str)> = vec![
+            (fetched(404, Some("text/plain"), ok), FetchError, "http-404"),
+            (fetched(500, Some("text/plain"), ok), FetchError, "http-500"),
+            (fetched(301, None, ""), FetchError, "http-301"),
+            (
+                fetched(200, Some("text/html"), ok),
+                FetchError,
+                "content-type",
+            ),
+            (fetched(200, None, ok), FetchError, "content-type"),
+            (
+                Err(HttpsError::Timeout {
+                    url: url.clone(),
+                    after: "10s".into(),
+                }),
+                FetchError,
+                "timeout",
+            ),
+            (
+                Err(HttpsError::Connect {
+                    url: url.clone(),
+                    tries: "192.0.2.7:443: connection refused".into(),
+                    bad_certificate: false,
+                }),
+                FetchError,
+                "connect",
+            ),
+            (
+                Err(HttpsError::Resolve {
+                    url: url.clone(),
+                    reason: "NXDOMAIN".into(),
+                }),
+                FetchError,
+                "no-address",
+            ),
+            (
+                Err(HttpsError::NoAddress {
+                    url: url.clone(),
+                    host: "mta-sts.example.test".into(),
+                }),
+                FetchError,
+                "no-address",
+            ),
+            (
+                Err(HttpsError::Protocol {
+                    url: url.clone(),
+                    peer,
+                    reason: "bad chunk".into(),
+                }),
+                FetchError,
+                "malformed-http",
+            ),
+            (
+                Err(HttpsError::TooLarge {
+                    url: url.clone(),
+                    limit: MAX_POLICY,
+                }),
+                FetchError,
+                "too-large",
+            ),
+            (
+                Err(HttpsError::Connect {
+                    url: url.clone(),
+                    tries: "192.0.2.7:443: TLS: invalid peer certificate: NotValidForName".into(),
+                    bad_certificate: true,
+                }),
+                WebPkiInvalid,
+                "certificate",
+            ),
+            (
+                fetched(
+                    200,
+                    Some("text/plain; charset=utf-8"),
+                    "version: STSv1\nmode: strict\n",
+                ),
+                Invalid,
+                "policy-syntax",
+            ),
+            (
+                fetched(200, Some("text/plain"), "<html>"),
+                Invalid,
+                "policy-syntax",
+            ),
+        ];
+        for (answer, kind, code) in cases {
+            let shown = format!("{answer:?}");
+            let (failure, message) =
+                read_answer(answer, "mta-sts.example.test", "id1").unwrap_err();
+            assert_eq!(failure, PolicyFailure::new(kind, code), "{shown}");
+            assert!(!message.is_empty());
+        }
+        assert_eq!(FetchError.result_type(), "sts-policy-fetch-error");
+        assert_eq!(Invalid.result_type(), "sts-policy-invalid");
+        assert_eq!(WebPkiInvalid.result_type(), "sts-webpki-invalid");
+        let (p, peer) = read_answer(
+            fetched(200, Some("TEXT/PLAIN"), ok),
+            "mta-sts.example.test",
+            "id1",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.id.as_str(), p.mode, peer.as_str()),
+            ("id1", StsMode::Enforce, "192.0.2.7")
+        );
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn cached(max_age: u64, fetched_at: &str) -> StsPolicy {
+        StsPolicy {
+            id: "x".into(),
+            mode: StsMode::Enforce,
+            mx: vec!["mx.example.test".into()],
+            max_age,
+            fetched_at: at(fetched_at),
+        }
+    }
+
+    #[test]
+    fn refresh_decision() {
+        let hour = Duration::from_secs(3600);
+        let week = 7 * 86_400;
+        let p = cached(week, "2026-12-01T00:00:00Z");
+        // A week-long policy is due once a day old, and the hourly round
+        // takes it in the hour before.
+        assert!(!p.refresh_due(at("2026-12-01T01:00:00Z"), Duration::ZERO));
+        assert!(!p.refresh_due(at("2026-12-01T22:59:59Z"), hour));
+        assert!(p.refresh_due(at("2026-12-01T23:00:00Z"), hour));
+        assert!(!p.refresh_due(at("2026-12-01T23:00:00Z"), Duration::ZERO));
+        assert!(p.refresh_due(at("2026-12-02T00:00:00Z"), Duration::ZERO));
+        // A two-hour policy is due at half its life.
+        let short = cached(7200, "2026-12-01T00:00:00Z");
+        assert!(!short.refresh_due(at("2026-12-01T00:59:59Z"), Duration::ZERO));
+        assert!(short.refresh_due(at("2026-12-01T01:00:00Z"), Duration::ZERO));
+        // A policy shorter than the round interval is due at once, so it
+        // never lapses between rounds.
+        assert!(cached(600, "2026-12-01T00:00:00Z").refresh_due(at("2026-12-01T00:00:01Z"), hour));
+        // A policy from the future (the clock was set back) is due.
+        assert!(p.refresh_due(at("2026-11-30T00:00:00Z"), Duration::ZERO));
+        assert!(p.is_fresh_at(at("2026-12-07T23:59:59Z")));
+        assert!(!p.is_fresh_at(at("2026-12-08T00:00:00Z")));
+
+        let now = at("2026-12-05T00:00:00Z");
+        let all = vec![
+            // fetched 4 days ago, expires in 3 days: due
+            ("a.test".to_string(), cached(week, "2026-12-01T00:00:00Z")),
+            // fetched an hour ago: not due
+            ("b.test".to_string(), cached(week, "2026-12-04T23:00:00Z")),
+            // expired: no longer applies, not refreshed
+            ("c.test".to_string(), cached(86_400, "2026-12-03T00:00:00Z")),
+            // due and nearer to expiring than a.test
+            ("d.test".to_string(), cached(86_400, "2026-12-04T06:00:00Z")),
+            ("e.test".to_string(), cached(week, "2026-11-30T00:00:00Z")),
+        ];
+        assert_eq!(
+            refresh_candidates(all.clone(), now, hour, 10),
+            vec!["d.test", "e.test", "a.test"]
+        );
+        // At most `limit` a round, the most urgent first.
+        assert_eq!(
+            refresh_candidates(all, now, hour, 2),
+            vec!["d.test", "e.test"]
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = jittered(Duration::from_secs(3600));
+            assert!(
+                j >= Duration::from_secs(3240) && j <= Duration::from_secs(3960),
+                "{j:?}"
+            );
+        }
     }
 }

@@ -422,7 +422,7 @@ async fn requiretls_end_to_end() {
 }
 
 /// Checks a report against the structure RFC 8460 section 4.4 requires.
-fn check_report_schema(r: &serde_json::Value) {
+pub(crate) fn check_report_schema(r: &serde_json::Value) {
     for k in ["organization-name", "contact-info", "report-id"] {
         assert!(r[k].is_string(), "{k} must be a string: {r}");
     }
@@ -461,6 +461,16 @@ fn check_report_schema(r: &serde_json::Value) {
             ];
             assert!(known.contains(&rt), "{rt}");
             assert!(f["failed-session-count"].is_u64());
+            for k in [
+                "receiving-mx-hostname",
+                "receiving-ip",
+                "failure-reason-code",
+            ] {
+                assert!(
+                    f.get(k).is_none_or(|v| v.is_string()),
+                    "{k} must be a string: {f}"
+                );
+            }
         }
     }
 }
@@ -578,7 +588,7 @@ print(att.get_filename().endswith('.json.gz'), report['policies'][0]['policy']['
 }
 
 /// Records HTTPS POSTs on `ip:443`.
-async fn post_collector(
+pub(crate) async fn post_collector(
     w: &World,
     ip: Ipv4Addr,
     host: &str,

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::World;
+use crate::common::{World, message, python_send};
 use crate::gateway::{self, Gateway};
 use crate::world::Behaviour;
 use crate::world::pyhttps::{Mode, PyHttps};
@@ -248,4 +248,184 @@ async fn policies_are_refreshed_before_they_expire() {
     assert_eq!(p["evidence"]["source"], "fetched", "{p}");
     assert!(enforces(p), "{p}");
     assert_eq!(web.requests().len(), 3);
+}
+
+/// The RFC 8460 reports POSTed so far, gunzipped and parsed, by policy
+/// domain.
+fn posted_reports(
+    posts: &std::sync::Mutex<Vec<(String, String, Vec<u8>)>>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    use std::io::Read;
+    let mut out = std::collections::BTreeMap::new();
+    for (_, _, body) in posts.lock().unwrap().iter() {
+        let mut json = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut json)
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+        crate::sts::check_report_schema(&r);
+        let domain = r["policies"][0]["policy"]["policy-domain"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        out.insert(domain, r);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_policies_that_cannot_be_obtained_are_reported() {
+    let w = World::new().await;
+    let _notfound = policy_host(&w, "notfound.example.test", "one1", Mode::NotFound, ENFORCE).await;
+    let _invalid = policy_host(
+        &w,
+        "invalid.example.test",
+        "one1",
+        Mode::Plain,
+        "version: STSv1\r\nmode: strict\r\nmx: mx.example.test\r\nmax_age: 86400\r\n",
+    )
+    .await;
+    // A certificate from a trusted CA, for another name than mta-sts.<domain>.
+    let ip = gateway::fresh_ip();
+    let host = "mta-sts.wrongname.example.test";
+    w.zone.add_a(host, ip);
+    w.zone
+        .add_txt("_mta-sts.wrongname.example.test", "v=STSv1; id=one1;");
+    let cert = w.ca.issue(&["www.wrongname.example.test"]);
+    let dir = w.dir.path().join(host);
+    let (c, k) = cert.write(&dir, "tls").unwrap();
+    let wrongname = PyHttps::start(ip, 443, &c, &k, &dir.join("state"), Mode::Plain, ENFORCE)
+        .await
+        .expect("python3 http.server");
+    let domains = [
+        "notfound.example.test",
+        "invalid.example.test",
+        "wrongname.example.test",
+    ];
+    for d in domains {
+        w.zone.add_txt(
+            &format!("_smtp._tls.{d}"),
+            "v=TLSRPTv1; rua=https://reports.example.test/v1/tlsrpt",
+        );
+    }
+    let (posts, task) =
+        crate::sts::post_collector(&w, gateway::fresh_ip(), "reports.example.test").await;
+    let mut opts = w.options();
+    opts.extra = "[tls_report]\nperiod = \"4s\"\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    // The default policy holds mail to a domain without a policy; the
+    // attempt is enough to discover (and fail to get) each policy.
+    let rcpts: Vec<String> = domains.iter().map(|d| format!("b@{d}")).collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &rcpts,
+        &message("sts-fail", "x"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let reports = loop {
+        let got = posted_reports(&posts);
+        if domains.iter().all(|d| got.contains_key(*d)) {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reports for {:?} only\n{}",
+            got.keys().collect::<Vec<_>>(),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let expected = [
+        (
+            "notfound.example.test",
+            "sts-policy-fetch-error",
+            "http-404",
+        ),
+        (
+            "invalid.example.test",
+            "sts-policy-invalid",
+            "policy-syntax",
+        ),
+        (
+            "wrongname.example.test",
+            "sts-webpki-invalid",
+            "certificate",
+        ),
+    ];
+    for (domain, result_type, code) in expected {
+        let r = &reports[domain];
+        let p = r["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["policy"]["policy-type"] == "sts")
+            .unwrap_or_else(|| panic!("{domain}: no sts policy in {r}"));
+        // No policy could be obtained: the policy domain, nothing to show.
+        assert_eq!(p["policy"]["policy-domain"], domain, "{r}");
+        assert!(p["policy"].get("policy-string").is_none(), "{r}");
+        assert!(p["policy"].get("mx-host").is_none(), "{r}");
+        assert_eq!(p["summary"]["total-successful-session-count"], 0, "{r}");
+        let failures = p["failure-details"].as_array().unwrap();
+        assert!(!failures.is_empty(), "{r}");
+        for f in failures {
+            assert_eq!(f["result-type"], result_type, "{domain}: {r}");
+            assert_eq!(f["failure-reason-code"], code, "{domain}: {r}");
+            assert!(f["failed-session-count"].as_u64().unwrap() >= 1);
+            assert!(f.get("receiving-mx-hostname").is_none(), "{r}");
+        }
+    }
+    // The policy host with the wrong certificate never got a request.
+    assert!(wrongname.requests().is_empty());
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_policies_are_refreshed_without_mail_and_kept_when_the_refresh_fails() {
+    let w = World::new().await;
+    let short = "version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmax_age: 30\r\n";
+    let web = policy_host(&w, "idle.example.test", "one1", Mode::Plain, short).await;
+    web.close_after_each().unwrap();
+    let mut opts = w.options();
+    // Appended to the gateway's `[probe]` table.
+    opts.extra = "mta_sts_refresh = \"1s\"\n".into();
+    let gw = Gateway::start(opts).unwrap();
+    // `sealgate probe` fills the persistent cache; nobody mails the domain.
+    let p = &probe(&gw, &["b@idle.example.test"])[0];
+    assert_eq!(p["evidence"]["source"], "fetched", "{p}");
+    let file = gw.spool_dir().join("mta-sts/idle.example.test.json");
+    let read =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap() };
+    let first = read();
+    // With a round each second, a 30-second policy is due in the round
+    // before half its life (15 s) has passed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while web.requests().len() < 2 {
+        assert!(Instant::now() < deadline, "not refreshed\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read()["fetched_at"] == first["fetched_at"] {
+        assert!(Instant::now() < deadline, "refreshed policy not stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refreshed = read();
+    // A failing refresh keeps the cached policy.
+    web.set(Mode::NotFound, short).unwrap();
+    let n = web.requests().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while web.requests().len() < n + 2 {
+        assert!(Instant::now() < deadline, "no refresh tried\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(read(), refreshed, "the cached policy stays as it was");
+    assert!(
+        gw.log().contains("MTA-STS policy refresh failed"),
+        "{}",
+        gw.log()
+    );
+    let p = &probe(&gw, &["b@idle.example.test"])[0];
+    assert!(enforces(p), "{p}");
 }

@@ -33,6 +33,8 @@ pub enum Mode {
     Slow,
     /// 301 to another host.
     Redirect,
+    /// 404, `text/plain`.
+    NotFound,
 }
 
 impl Mode {
@@ -46,6 +48,7 @@ impl Mode {
             Mode::Big => "big",
             Mode::Slow => "slow",
             Mode::Redirect => "redirect",
+            Mode::NotFound => "notfound",
         }
     }
 }
@@ -97,7 +100,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        self.send_response(200)
+        self.send_response(404 if mode == "notfound" else 200)
         if self.close_connection:
             self.send_header("Connection", "close")
         ctype = "text/html" if mode == "wrongtype" else "text/plain; charset=utf-8"
