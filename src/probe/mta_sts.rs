@@ -558,12 +558,15 @@ impl MtaSts {
                     (None, Ok(_)) => (Ok(None), json!({ "txt": null })),
                     (None, Err((e, invalid))) => {
                         if invalid {
+                            // RFC 8461 section 3.1: more than one STSv1
+                            // record, or an invalid one, means the domain
+                            // has no available policy (reported in TLS-RPT).
                             let failure =
                                 PolicyFailure::new(PolicyFailureKind::Invalid, "txt-record");
                             self.report(domain, &failure);
                             (
-                                Err(e.clone()),
-                                json!({ "txt_error": e, "result_type": failure.kind.result_type() }),
+                                Ok(None),
+                                json!({ "txt_invalid": e, "result_type": failure.kind.result_type() }),
                             )
                         } else {
                             (Err(e.clone()), json!({ "txt_error": e }))

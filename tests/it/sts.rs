@@ -324,6 +324,41 @@ async fn a_malformed_policy_is_no_policy() {
     );
 }
 
+/// RFC 8461 section 3.1: two `v=STSv1` records mean the domain has no
+/// available policy (not an error that makes mail wait), and no policy is
+/// fetched; a `v=STSv10` record is not an STS record at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sts_records_mean_no_policy() {
+    let (w, web, mx, gw) = setup("enforce", "*.other.example.test", |_| {
+        MxOptions::new("mx.sts.example.test")
+    })
+    .await;
+    w.zone
+        .add_txt("_mta-sts.sts.example.test", "v=STSv1; id=second2;");
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@sts.example.test"],
+        &message("sts", "x"),
+    )
+    .unwrap();
+    // The enforce policy names other MX hosts: applied, it would defer.
+    mx.wait_for(1, WAIT).await.unwrap();
+    let rows = gw.wait_audit(WAIT, |r| r.len() == 1).await.unwrap();
+    assert_eq!(rows[0]["outcome"], "delivered", "{}", rows[0]);
+    let probe = ev(&rows[0])["decision"]["explanation"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["probe"] == "mta-sts")
+        .unwrap()
+        .clone();
+    assert!(probe["result"]["capabilities"].is_array(), "{probe}");
+    assert!(probe["evidence"]["txt_invalid"].is_string(), "{probe}");
+    assert_eq!(*web.hits.lock().unwrap(), 0, "no policy fetched");
+    let _ = w;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requiretls_end_to_end() {
     let w = World::new().await;
