@@ -268,6 +268,17 @@ impl PendingPgp {
         let opened = self
             .opened
             .get_or_try_init(|| async {
+                // Those that queued behind a failed attempt do not retry.
+                if let Some((when, why)) = self
+                    .next_try
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    if std::time::Instant::now() < *when {
+                        return Err(why.clone());
+                    }
+                }
                 // Within the probe's own timeout, so the reason is recorded.
                 let limit = self.settings.probe.timeout / 2;
                 let k =

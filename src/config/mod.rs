@@ -212,12 +212,37 @@ pub struct SmarthostAuth {
     pub password_file: PathBuf,
 }
 
+/// The least TLS sealgate accepts from its smarthost, whatever the rule
+/// (`[delivery] smarthost_min_tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmarthostTls {
+    Opportunistic,
+    Encrypted,
+    /// A certificate verified for the smarthost's name, or DANE (default).
+    Verified,
+    Dane,
+}
+
+impl SmarthostTls {
+    fn parse(s: &str) -> Option<SmarthostTls> {
+        Some(match s {
+            "opportunistic" => SmarthostTls::Opportunistic,
+            "encrypted" => SmarthostTls::Encrypted,
+            "verified" => SmarthostTls::Verified,
+            "dane" => SmarthostTls::Dane,
+            _ => return None,
+        })
+    }
+}
+
 /// Outbound delivery settings.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
     /// `host:port` of a smarthost; without it, delivery goes by MX.
     pub smarthost: Option<(String, u16)>,
     pub smarthost_auth: Option<SmarthostAuth>,
+    /// The least TLS the smarthost must meet (default `verified`).
+    pub smarthost_min_tls: SmarthostTls,
     pub port: u16,
     pub helo_name: String,
     pub connect_timeout: Duration,

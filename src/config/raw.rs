@@ -253,6 +253,8 @@ pub struct RawDelivery {
     pub idle_timeout: Option<Spanned<String>>,
     /// `[delivery.smarthost_auth]`
     pub smarthost_auth: Option<RawSmarthostAuth>,
+    /// The least TLS the smarthost must meet (`verified`).
+    pub smarthost_min_tls: Option<Spanned<String>>,
 }
 
 /// `[delivery.smarthost_auth]`
@@ -709,6 +711,17 @@ impl RawConfig {
                 );
             }
         }
+        let smarthost_min_tls = match &dl.smarthost_min_tls {
+            None => SmarthostTls::Verified,
+            Some(v) => SmarthostTls::parse(v.get_ref()).unwrap_or_else(|| {
+                c.problem(
+                    "delivery.smarthost_min_tls",
+                    v,
+                    "must be opportunistic, encrypted, verified or dane",
+                );
+                SmarthostTls::Verified
+            }),
+        };
         let port = match &dl.port {
             None => 25,
             Some(p) => {
@@ -729,6 +742,7 @@ impl RawConfig {
         let delivery = DeliverySettings {
             smarthost,
             smarthost_auth,
+            smarthost_min_tls,
             port,
             helo_name,
             connect_timeout: c.duration(

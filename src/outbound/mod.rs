@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 
 use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
 use self::route::{Hop, Route, RouteKind};
-use crate::config::Settings;
+use crate::config::{Settings, SmarthostTls};
 use crate::encrypt::pgp;
 use crate::policy::{Decision, Method, TlsRequirement};
 use crate::probe::dane::{Dane, HostTlsa, Tlsa};
@@ -146,6 +146,14 @@ struct Ready {
     tls: Option<TlsEvidence>,
     tls_failure: Option<String>,
     reused: bool,
+}
+
+/// What a smarthost's TLSA records say for one delivery.
+enum HopTlsa {
+    Usable(Vec<Tlsa>),
+    /// Secure but unusable: TLS is mandatory (RFC 7672 section 2.2).
+    Unusable,
+    None,
 }
 
 /// How a transaction on one host ended.
@@ -431,12 +439,22 @@ impl Deliverer {
         // of the validated MX RRset, every name through the validating
         // resolver (RFC 7672 section 2.2.1): one forged answer from the
         // plain resolver must not choose the host.
-        let dnssec_mx = !smarthost
-            && (requirement == TlsRequirement::Dane || members.iter().any(|m| m.1.dnssec_mx));
         let published_ignored = members.iter().all(|m| m.1.published_ignored);
+        let sts_cached = if smarthost || published_ignored {
+            None
+        } else {
+            self.mta_sts
+                .cached(&domain)
+                .filter(|p| p.is_fresh() && p.mode == StsMode::Enforce)
+        };
+        // REQUIRETLS needs MX names from DNSSEC unless an MTA-STS policy
+        // confirms them (RFC 8689 section 4.2.1): checked again here, as
+        // the zone may have changed since the decision.
+        let secure_mx_needed = requirement == TlsRequirement::Dane
+            || (requiretls && !smarthost && sts_cached.is_none());
+        let dnssec_mx = !smarthost && (secure_mx_needed || members.iter().any(|m| m.1.dnssec_mx));
         let route = if dnssec_mx {
-            self.validated_route_for(&domain, requirement == TlsRequirement::Dane)
-                .await
+            self.validated_route_for(&domain, secure_mx_needed).await
         } else {
             self.route_for(&domain).await
         };
@@ -454,12 +472,10 @@ impl Deliverer {
         // and whatever the content method. DANE takes precedence (RFC 8461
         // section 2); an honoured `TLS-Required: No` sets it aside.
         let mut requirement = requirement;
-        let sts_enforce = if smarthost || published_ignored || requirement == TlsRequirement::Dane {
+        let sts_enforce = if requirement == TlsRequirement::Dane {
             None
         } else {
-            self.mta_sts
-                .cached(&domain)
-                .filter(|p| p.is_fresh() && p.mode == StsMode::Enforce)
+            sts_cached
         };
         if requirement == TlsRequirement::MtaSts && sts_enforce.is_none() && !smarthost {
             let o = RecipientOutcome {
@@ -583,14 +599,22 @@ impl Deliverer {
             }
             evidence.earlier_failures.extend(notes);
         }
-        // A `dane` decision on a smarthost route rests on the smarthost's
-        // own TLSA records (see `probe::smarthost`): look them up again,
-        // and wait if they are gone rather than deliver without them.
-        if smarthost && requirement == TlsRequirement::Dane {
-            match self.smarthost_tlsa(&domain).await {
-                Ok(usable) => {
+        // On a smarthost route (see `probe::smarthost`): never less than
+        // `[delivery] smarthost_min_tls`, and the smarthost's own TLSA
+        // records, looked up again for every delivery, authenticate it
+        // whenever they are usable (a `dane` decision waits if they are
+        // gone) and make TLS mandatory when they are not.
+        if smarthost {
+            requirement = requirement.max(self.smarthost_floor());
+            match self.smarthost_tlsa(&domain, requirement).await {
+                Ok(HopTlsa::Usable(usable)) => {
+                    requirement = TlsRequirement::Dane;
                     dane_hosts.insert(domain.clone(), usable);
                 }
+                Ok(HopTlsa::Unusable) => {
+                    requirement = requirement.max(TlsRequirement::Encrypted);
+                }
+                Ok(HopTlsa::None) => {}
                 Err(why) => {
                     let o = RecipientOutcome {
                         verdict: Verdict::Temporary,
@@ -914,6 +938,13 @@ impl Deliverer {
         let host = hop.name.as_str();
         let helo = self.settings.delivery.helo_name.clone();
         let fail = |e: ClientError| (classify::client_error(host, &e), e.is_tls());
+        if requirement == TlsRequirement::Dane && dane.is_none() {
+            // Never WebPKI in place of the TLSA records a decision needs.
+            return Err((
+                classify::local(format!("no TLSA records to authenticate {host} by")),
+                false,
+            ));
+        }
         let mut conn = match Connection::connect(host, addr, self.timeouts())
             .await
             .map_err(fail)?
@@ -988,6 +1019,23 @@ impl Deliverer {
                 &self.settings.delivery.smarthost_auth,
                 &self.smarthost_password,
             ) {
+                // Credentials only to a smarthost that proved its name
+                // (certificate verified, or DANE): TLS alone would hand
+                // them to whoever sits on the path with any certificate.
+                let authenticated = tls
+                    .as_ref()
+                    .is_some_and(|t| t.cert_verified || t.dane_match.is_some());
+                if !authenticated {
+                    let o = RecipientOutcome {
+                        verdict: Verdict::Temporary,
+                        reply: format!(
+                            "smarthost {host} was not authenticated (its certificate did not verify for its name), so our credentials were not sent"
+                        ),
+                        enhanced: Some("4.7.5".into()),
+                        remote: Some(host.to_string()),
+                    };
+                    return Err((o, false));
+                }
                 let r = conn.auth(&auth.username, pw).await.map_err(fail)?;
                 if r.code != 235 {
                     // Wrong credentials are a configuration problem: keep the mail.
@@ -1031,18 +1079,35 @@ impl Deliverer {
         }
     }
 
-    /// The usable TLSA records of the smarthost `host`, or why there are
-    /// none.
-    async fn smarthost_tlsa(&self, host: &str) -> Result<Vec<Tlsa>, String> {
+    /// What the TLSA records of the smarthost `host` say, or why the
+    /// delivery must wait: they cannot be validated, or `requirement` is
+    /// `dane` and they are not usable.
+    async fn smarthost_tlsa(
+        &self,
+        host: &str,
+        requirement: TlsRequirement,
+    ) -> Result<HopTlsa, String> {
         let port = self.smarthost().map(|(_, p)| p).unwrap_or(25);
         match self.dane.tlsa_at(host, port).await {
-            Ok(HostTlsa::Usable { usable, .. }) => Ok(usable),
-            Ok(_) => Err(format!(
-                "the smarthost {host} no longer publishes usable TLSA records, which the decision requires; waiting"
+            Ok(HostTlsa::Usable { usable, .. }) => Ok(HopTlsa::Usable(usable)),
+            Ok(_) if requirement == TlsRequirement::Dane => Err(format!(
+                "the smarthost {host} does not publish usable TLSA records, which the decision requires; waiting"
             )),
+            Ok(HostTlsa::Unusable(_)) => Ok(HopTlsa::Unusable),
+            Ok(HostTlsa::None) => Ok(HopTlsa::None),
             Err(e) => Err(format!(
                 "the TLSA records of the smarthost {host} cannot be validated ({e}); waiting"
             )),
+        }
+    }
+
+    /// `[delivery] smarthost_min_tls` as a requirement.
+    pub fn smarthost_floor(&self) -> TlsRequirement {
+        match self.settings.delivery.smarthost_min_tls {
+            SmarthostTls::Opportunistic => TlsRequirement::Opportunistic,
+            SmarthostTls::Encrypted => TlsRequirement::Encrypted,
+            SmarthostTls::Verified => TlsRequirement::Verified,
+            SmarthostTls::Dane => TlsRequirement::Dane,
         }
     }
 

@@ -536,10 +536,10 @@ impl Prepared<'_> {
 /// downgrade. On a smarthost route, the same for what the smarthost meets
 /// (`probe::smarthost`): a hop with a verified certificate or TLS is never
 /// used with less.
-fn published_level(probes: &[ProbeReport]) -> TlsRequirement {
+fn published_level(probes: &[ProbeReport], from: impl Fn(&str) -> bool) -> TlsRequirement {
     probes
         .iter()
-        .filter(|p| p.probe != "tls-offered")
+        .filter(|p| from(p.probe))
         .filter_map(|p| p.result.as_ref().ok().map(|r| (p.probe, r)))
         .flat_map(|(probe, caps)| caps.iter().map(move |c| (probe, c)))
         .filter_map(|(probe, c)| match c {
@@ -618,9 +618,9 @@ fn mx_secure(probes: &[ProbeReport]) -> bool {
 /// Whether the names of the next hop come from an authenticated source:
 /// a DNSSEC-secure MX RRset, an MTA-STS enforce policy (DANE implies the
 /// first), or the configuration (a smarthost).
-fn hop_names_authenticated(probes: &[ProbeReport], published: TlsRequirement) -> bool {
+fn hop_names_authenticated(probes: &[ProbeReport]) -> bool {
     mx_secure(probes)
-        || published >= TlsRequirement::MtaSts
+        || published_level(probes, |p| p == "mta-sts" || p == "dane") >= TlsRequirement::MtaSts
         || probes.iter().any(|p| p.probe == "smarthost")
 }
 
@@ -670,10 +670,12 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         }
         RuleAction::Deliver => {}
     }
+    // An honoured `TLS-Required: No` sets aside what the destination
+    // publishes, never what our own smarthost meets.
     let published = if o.ignore_published {
-        TlsRequirement::Opportunistic
+        published_level(probes, |p| p == "smarthost")
     } else {
-        published_level(probes)
+        published_level(probes, |p| p != "tls-offered")
     };
     // What binds every method, whatever it does to the content: what the
     // destination publishes, and what the message demands (REQUIRETLS:
@@ -684,7 +686,7 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         published
     };
     d.requiretls = o.requiretls;
-    if o.requiretls && !hop_names_authenticated(probes, published) {
+    if o.requiretls && !hop_names_authenticated(probes) {
         // RFC 8689 section 4.2.1: the MX list must come from DNSSEC or be
         // confirmed by MTA-STS; a name taken from an unvalidated answer
         // could carry the message to whoever forged it, TLS or not.

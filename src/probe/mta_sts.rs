@@ -682,7 +682,9 @@ impl MtaSts {
     /// (those keep their cached policy).
     pub async fn refresh_round(&self, now: DateTime<Utc>, horizon: Duration) -> (usize, usize) {
         use futures_util::StreamExt;
-        let due = refresh_candidates(self.cached_domains(), now, horizon, REFRESH_PER_ROUND);
+        // Reading every cache file blocks: not on a runtime worker's time.
+        let cached = tokio::task::block_in_place(|| self.cached_domains());
+        let due = refresh_candidates(cached, now, horizon, REFRESH_PER_ROUND);
         if due.is_empty() {
             return (0, 0);
         }

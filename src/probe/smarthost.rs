@@ -14,6 +14,12 @@
 //! - `encrypted` is met by TLS whose certificate does not verify;
 //! - `opportunistic` by a smarthost without STARTTLS.
 //!
+//! Below `[delivery] smarthost_min_tls` (default `verified`) the probe
+//! fails, so nothing is sent: an attacker who strips STARTTLS or offers
+//! a bad certificate while the probe looks cannot open a weaker path for
+//! a cache period. Credentials are sent only to an authenticated
+//! smarthost (see `outbound`).
+//!
 //! The recipient domain's own DANE and MTA-STS policies govern the
 //! smarthost's next hop, not ours: they are not probed. The probe connects
 //! as delivery does (AUTH included, so wrong credentials show here) and
@@ -47,9 +53,14 @@ impl SmarthostProbe {
         };
         let (host, port) = (host.to_string(), port);
         let at = format!("{host}:{port}");
+        let mut unusable = false;
         let tlsa = match self.deliverer.dane().tlsa_at(&host, port).await {
             Ok(HostTlsa::Usable { usable, .. }) => Some(usable),
-            Ok(HostTlsa::Unusable(_)) | Ok(HostTlsa::None) => None,
+            Ok(HostTlsa::Unusable(_)) => {
+                unusable = true;
+                None
+            }
+            Ok(HostTlsa::None) => None,
             // A bogus answer for our own hop: nothing about it can be
             // trusted (RFC 7672 section 2.2).
             Err(e) => {
@@ -63,6 +74,31 @@ impl SmarthostProbe {
         match self.deliverer.check_smarthost(tlsa.as_deref()).await {
             Ok((checked, tls)) => {
                 let level = level_of(dane, tls.as_ref());
+                let floor = self.deliverer.smarthost_floor();
+                // Secure but unusable TLSA records make TLS mandatory
+                // (RFC 7672 section 2.2); below the operator's floor the
+                // smarthost is not used at all (a STARTTLS stripped while
+                // probing must not open plaintext for a cache period).
+                let needed = if unusable {
+                    floor.max(TlsRequirement::Encrypted)
+                } else {
+                    floor
+                };
+                if level < needed {
+                    return failed(
+                        json!({ "smarthost": at, "checked": checked, "tls": tls, "meets": level.as_str() }),
+                        format!(
+                            "the smarthost {host} meets only {} TLS, below the {} it needs ({})",
+                            level.as_str(),
+                            needed.as_str(),
+                            if unusable && needed > floor {
+                                "its TLSA records make TLS mandatory"
+                            } else {
+                                "[delivery] smarthost_min_tls"
+                            }
+                        ),
+                    );
+                }
                 ProbeAnswer {
                     result: Ok(vec![Capability::Tls { level }]),
                     evidence: json!({

@@ -511,7 +511,8 @@ async fn knot_world_through_unbound() {
 /// `[dns] trust_anchor` in the DS form IANA publishes (`. IN DS tag alg 2
 /// digest`), made from the root KSK by BIND's `dnssec-dsfromkey`: sealgate
 /// fetches the root DNSKEY RRset, trusts the key the DS matches and
-/// delivers over DANE (SHA-256 and SHA-384 digests). A DS that matches no
+/// delivers over DANE (SHA-256; a SHA-384 DS is only shown to start). A DS
+/// that matches no
 /// root key stops the start: no fall back to the built-in IANA keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knot_ds_trust_anchor_delivers_and_a_wrong_ds_stops_the_start() {

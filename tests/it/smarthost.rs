@@ -44,10 +44,28 @@ async fn relay(w: &World, cert: &TestCert) -> Aiosmtpd {
 }
 
 fn through_relay(w: &World, policy: &str) -> Gateway {
+    through_relay_with(w, policy, "")
+}
+
+/// As [`through_relay`] with more `[delivery]` lines.
+fn through_relay_with(w: &World, policy: &str, delivery: &str) -> Gateway {
     let mut opts = w.options();
     opts.smarthost = Some(format!("relay.example.test:{}", w.port));
     opts.policy = policy.into();
+    opts.delivery_extra = delivery.into();
     Gateway::start(opts).unwrap()
+}
+
+/// The `probe --json` answer for one recipient.
+fn probe_json(gw: &Gateway, rcpt: &str) -> serde_json::Value {
+    let out = gw.cli(&["probe", "--json", rcpt]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,16 +129,17 @@ async fn a_smarthost_whose_certificate_does_not_verify_meets_only_encrypted() {
     let w = World::new().await;
     let relay = relay(&w, &crate::world::pki::self_signed(&["relay.example.test"])).await;
     let gw = through_relay(&w, SHIPPED_POLICY);
-    let out = gw.cli(&["probe", "--json", "b@one.example.test"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let p = smarthost_probe(&v[0]["decision"]);
+    let v = probe_json(&gw, "b@one.example.test");
+    let p = smarthost_probe(&v["decision"]);
     assert_eq!(p["evidence"]["meets"], "encrypted", "{p:#}");
-    assert_ne!(v[0]["decision"]["action"], "deliver", "{v:#}");
+    // Below the default `smarthost_min_tls = "verified"`: not used at all.
+    assert!(
+        p["result"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("smarthost_min_tls")),
+        "{p:#}"
+    );
+    assert_ne!(v["decision"]["action"], "deliver", "{v:#}");
     python_send(
         gw.addr,
         "a@clinic.example.test",
@@ -132,9 +151,14 @@ async fn a_smarthost_whose_certificate_does_not_verify_meets_only_encrypted() {
     assert_ne!(rows[0]["outcome"], "delivered", "{:#}", rows[0]);
     assert!(relay.messages().is_empty());
     drop(gw);
-    // An opportunistic rule sends, but the smarthost's TLS binds it: the
-    // message goes encrypted (aiosmtpd refuses MAIL before STARTTLS).
-    let gw = through_relay(&w, OPPORTUNISTIC_POLICY);
+    // With the floor lowered, an opportunistic rule sends, but the
+    // smarthost's TLS binds it: the message goes encrypted (aiosmtpd
+    // refuses MAIL before STARTTLS).
+    let gw = through_relay_with(
+        &w,
+        OPPORTUNISTIC_POLICY,
+        "smarthost_min_tls = \"encrypted\"\n",
+    );
     python_send(
         gw.addr,
         "a@clinic.example.test",
@@ -220,5 +244,106 @@ async fn a_smarthost_whose_tlsa_records_do_not_match_gets_nothing_though_its_cer
             .is_some_and(|e| e.contains("TLSA")),
         "{p:#}"
     );
+    assert_eq!(mx.transactions(), 0);
+}
+
+/// Credentials go only to a smarthost that proved its name: one whose
+/// certificate does not verify gets no AUTH, from the probe or from
+/// delivery, even where the operator accepts unauthenticated TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_go_to_a_smarthost_that_did_not_prove_its_name() {
+    let w = World::new().await;
+    w.zone.add_a("relay.example.test", w.ip);
+    let cert = crate::world::pki::self_signed(&["relay.example.test"]);
+    let mx = w
+        .mx(MxOptions::new("relay.example.test")
+            .tls(&cert)
+            .ehlo_keyword("AUTH PLAIN LOGIN"))
+        .await;
+    let pw = w.dir.path().join("relay.pw");
+    std::fs::write(&pw, "s3cret-relay\n").unwrap();
+    let delivery = format!(
+        "smarthost_min_tls = \"encrypted\"\n[delivery.smarthost_auth]\nusername = \"gw\"\npassword_file = {:?}\n",
+        pw.display().to_string()
+    );
+    let gw = through_relay_with(&w, OPPORTUNISTIC_POLICY, &delivery);
+    let v = probe_json(&gw, "b@one.example.test");
+    let p = smarthost_probe(&v["decision"]);
+    assert!(
+        p["result"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("credentials were not sent")),
+        "{p:#}"
+    );
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@one.example.test"],
+        &message("s", "x"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_ne!(rows[0]["outcome"], "delivered", "{:#}", rows[0]);
+    let lines: Vec<String> = mx.transcript().into_iter().map(|(_, l)| l).collect();
+    assert!(lines.iter().any(|l| l.contains("STARTTLS")), "{lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.to_ascii_uppercase().starts_with("AUTH")),
+        "{lines:?}"
+    );
+    assert_eq!(mx.transactions(), 0);
+}
+
+/// A smarthost without STARTTLS (or with it stripped while the probe
+/// looks) is not used under the default floor, not even by an
+/// opportunistic rule; with secure but unusable TLSA records it is not
+/// used in plaintext whatever the floor (RFC 7672 section 2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smarthost_without_starttls_gets_nothing_unless_the_operator_allows_plaintext() {
+    let w = World::new().await;
+    w.zone.add_a("relay.example.test", w.ip);
+    let mx = w.mx(MxOptions::new("relay.example.test")).await;
+    let gw = through_relay(&w, OPPORTUNISTIC_POLICY);
+    let v = probe_json(&gw, "b@one.example.test");
+    assert_ne!(v["decision"]["action"], "deliver", "{v:#}");
+    assert_eq!(
+        smarthost_probe(&v["decision"])["evidence"]["meets"],
+        "opportunistic"
+    );
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@one.example.test"],
+        &message("s", "x"),
+    )
+    .unwrap();
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_ne!(rows[0]["outcome"], "delivered", "{:#}", rows[0]);
+    assert_eq!(mx.transactions(), 0);
+    drop(gw);
+    // Unusable TLSA (PKIX-EE only) for the smarthost: TLS is mandatory
+    // even with the floor at opportunistic.
+    w.zone.add_tlsa(
+        &format!("_{}._tcp.relay.example.test", w.port),
+        1,
+        1,
+        1,
+        sha256(b"k"),
+    );
+    let gw = through_relay_with(
+        &w,
+        OPPORTUNISTIC_POLICY,
+        "smarthost_min_tls = \"opportunistic\"\n",
+    );
+    let v = probe_json(&gw, "b@one.example.test");
+    let p = smarthost_probe(&v["decision"]);
+    assert!(
+        p["result"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TLSA records make TLS mandatory")),
+        "{p:#}"
+    );
+    assert_ne!(v["decision"]["action"], "deliver", "{v:#}");
     assert_eq!(mx.transactions(), 0);
 }

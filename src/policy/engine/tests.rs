@@ -761,7 +761,39 @@ fn requiretls_needs_authenticated_hop_names() {
         }]),
     );
     let d = prep.decide(&e, vec![hop, pgp_key()]);
-    assert_eq!((d.action, d.method), (Action::Deliver, Method::Pgp));
+    assert_eq!(
+        (d.action, d.method, d.tls),
+        (Action::Deliver, Method::Pgp, TlsRequirement::MtaSts)
+    );
+    // A level declared in a policy file names no MX host: not enough.
+    let declared = probe(
+        "static",
+        Ok(vec![Capability::Tls {
+            level: TlsRequirement::Dane,
+        }]),
+    );
+    let d = prep.decide(&e, vec![declared]);
+    assert_eq!(d.action, Action::Wait, "{d:?}");
+}
+
+/// An honoured `TLS-Required: No` sets aside what the destination
+/// publishes, never what our own smarthost meets.
+#[test]
+fn tls_required_no_keeps_what_the_smarthost_meets() {
+    let p = policy(EVERY_METHOD);
+    let facts = MessageFacts::parse(b"Subject: hi\r\nTLS-Required: No\r\n\r\nhello\r\n", false);
+    let prep = p.prepare(env("a@clinic.example"), facts);
+    let e = prep.evaluate("x@any.example", false);
+    assert!(e.outcome.ignore_published);
+    for level in [
+        TlsRequirement::Dane,
+        TlsRequirement::MtaSts,
+        TlsRequirement::Encrypted,
+    ] {
+        let hop = probe("smarthost", Ok(vec![Capability::Tls { level }]));
+        let d = prep.decide(&e, vec![hop, pgp_key()]);
+        assert_eq!((d.action, d.tls), (Action::Deliver, level), "{level:?}");
+    }
 }
 
 /// On a smarthost route what the smarthost meets binds every rule: a
