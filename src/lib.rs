@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod encrypt;
 pub mod inbound;
 pub mod outbound;

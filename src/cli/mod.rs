@@ -383,8 +383,8 @@ pub async fn probe(
         .collect::<Result<Vec<String>, CliError>>()?;
     let settings = Arc::new(settings);
     let deliverer = crate::outbound::Deliverer::new(settings.clone()).await?;
-    let keyring = crate::server::open_keyring(&settings, &deliverer).await;
-    let engine = crate::server::Engine::new(&settings, deliverer.clone(), keyring)?;
+    let keyring = crate::dispatch::open_keyring(&settings, &deliverer).await;
+    let engine = crate::dispatch::Engine::new(&settings, deliverer.clone(), keyring)?;
     let policy = engine.current();
     let (facts, size) = match message {
         Some(path) => {

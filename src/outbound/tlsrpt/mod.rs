@@ -3,6 +3,8 @@
 //! disk per reporting period, and builds the aggregate JSON report that is
 //! sent to the domain's `rua` addresses.
 
+pub mod send;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
