@@ -1,8 +1,10 @@
-//! Content transformations applied at delivery: bytes in, bytes out, no
-//! I/O. Today: removing a subject tag such as `[secure]`; the OpenPGP and
-//! S/MIME encryptions join here.
+//! The encrypt stage: what each group of recipients gets, bytes in, bytes
+//! out, no network I/O (`prepare`: recipes and their streams; `pgp`:
+//! PGP/MIME). Also removing a subject tag such as `[secure]`; S/MIME and
+//! the portal notification join here.
 
 pub mod pgp;
+pub mod prepare;
 
 /// Removes the first case-insensitive occurrence of `tag` from the Subject
 /// header(s) of `headers` (the header section, CRLF lines, ending with the

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
 use self::route::{Hop, Route, RouteKind};
 use crate::config::{Settings, SmarthostTls};
-use crate::encrypt::pgp;
+use crate::encrypt::prepare::{Encryptors, Recipe, Unprepared};
 use crate::policy::{Decision, Method, TlsRequirement};
 use crate::probe::dane::{Dane, HostTlsa, Tlsa};
 use crate::probe::mta_sts::{MtaSts, StsMode};
@@ -124,11 +124,9 @@ struct PoolKey {
 /// The delivery engine.
 pub struct Deliverer {
     settings: Arc<Settings>,
-    /// Organisation signing keys by sender domain.
-    signing_keys: HashMap<String, sequoia_openpgp::Cert>,
-    /// Added to every OpenPGP encryption, for archiving.
-    adk: Option<sequoia_openpgp::Cert>,
-    keyring: std::sync::OnceLock<Arc<crate::probe::keys::Keyring>>,
+    /// The encrypt stage: turns each group's decisions into the bytes
+    /// it gets (outbound names no method).
+    encryptors: Encryptors,
     mta_sts: Arc<MtaSts>,
     dane: Arc<Dane>,
     tlsrpt: Arc<tlsrpt::TlsReporter>,
@@ -208,40 +206,10 @@ impl Deliverer {
                 .await
                 .map_err(OutboundError::Dane)?,
         );
-        let load_cert = |path: &std::path::Path,
-                         secret: bool|
-         -> Result<sequoia_openpgp::Cert, OutboundError> {
-            let data = std::fs::read(path)
-                .map_err(|e| OutboundError::Key(format!("{}: {e}", path.display())))?;
-            let certs = crate::encrypt::pgp::parse_certs(&data)
-                .map_err(|e| OutboundError::Key(format!("{}: {e}", path.display())))?;
-            let cert = certs
-                .into_iter()
-                .next()
-                .ok_or_else(|| OutboundError::Key(format!("{}: no OpenPGP key", path.display())))?;
-            if secret && !cert.is_tsk() {
-                return Err(OutboundError::Key(format!(
-                    "{}: no secret key material (export it with --export-secret-keys)",
-                    path.display()
-                )));
-            }
-            Ok(cert)
-        };
-        let mut signing_keys = HashMap::new();
-        for (domain, path) in &settings.pgp.signing_keys {
-            signing_keys.insert(domain.clone(), load_cert(path, true)?);
-        }
-        let adk = settings
-            .pgp
-            .additional_decryption_key
-            .as_deref()
-            .map(|p| load_cert(p, false))
-            .transpose()?;
+        let encryptors = Encryptors::load(&settings).map_err(|e| OutboundError::Key(e.0))?;
         Ok(Arc::new(Deliverer {
-            signing_keys,
-            adk,
+            encryptors,
             settings,
-            keyring: std::sync::OnceLock::new(),
             mta_sts,
             dane,
             tlsrpt,
@@ -644,23 +612,26 @@ impl Deliverer {
             (None, None) => tlsrpt::AppliedPolicy::None,
         };
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
-        // End-to-end encryption: one copy encrypted to every member's key.
-        let pgp_job = if members.iter().any(|m| m.1.method == Method::Pgp) {
-            if let Some(o) = self.missing_signing_key(msg, &members) {
+        // What the group gets (end-to-end encryption: one copy encrypted
+        // to every member's key), from the encrypt stage.
+        let recipe = match self.encryptors.prepare(msg, &members, strip_tag.as_deref()) {
+            Ok(p) => {
+                evidence.encryption = p.evidence;
+                p.recipe
+            }
+            Err(Unprepared::Held(reason)) => {
+                let o = RecipientOutcome {
+                    verdict: Verdict::Held,
+                    reply: reason,
+                    enhanced: Some("4.7.0".into()),
+                    remote: None,
+                };
                 return report(&members, &|_| o.clone(), &evidence);
             }
-            match self.pgp_job(msg, &members) {
-                Ok(p) => {
-                    evidence.encryption = Some(p.1);
-                    Some(p.0)
-                }
-                Err(reason) => {
-                    let o = classify::local(reason);
-                    return report(&members, &|_| o.clone(), &evidence);
-                }
+            Err(Unprepared::Later(reason)) => {
+                let o = classify::local(reason);
+                return report(&members, &|_| o.clone(), &evidence);
             }
-        } else {
-            None
         };
         let mut last_failure = classify::local(format!("no host for {domain} could be reached"));
         for hop in &route.hops {
@@ -737,15 +708,7 @@ impl Deliverer {
                         tls: requirement,
                     };
                     match self
-                        .transaction(
-                            ready.conn,
-                            msg,
-                            spool,
-                            &indices,
-                            strip_tag.as_deref(),
-                            requiretls,
-                            pgp_job.as_ref(),
-                        )
+                        .transaction(ready.conn, msg, spool, &indices, requiretls, &recipe)
                         .await
                     {
                         TxEnd::Done(outcomes, sha, conn) => {
@@ -1111,9 +1074,10 @@ impl Deliverer {
         }
     }
 
-    /// Gives delivery the key store (certificates chosen by the probes).
+    /// Gives the encrypt stage the key store (certificates chosen by the
+    /// probes).
     pub fn set_keyring(&self, keyring: Arc<crate::probe::keys::Keyring>) {
-        let _ = self.keyring.set(keyring);
+        self.encryptors.set_keyring(keyring);
     }
 
     /// The validating resolver and TLSA checks (shared with the DANE probe).
@@ -1166,9 +1130,8 @@ impl Deliverer {
         msg: &QueuedMessage,
         spool: &Spool,
         indices: &[usize],
-        strip_tag: Option<&str>,
         requiretls: bool,
-        pgp_job: Option<&PgpJob>,
+        recipe: &Recipe,
     ) -> TxEnd {
         let host = conn.host.clone();
         let next_host = |e: ClientError| TxEnd::NextHost(classify::client_error(&host, &e));
@@ -1344,10 +1307,7 @@ impl Deliverer {
             outcomes.extend(accepted.iter().map(|&i| (i, o.clone())));
             return TxEnd::Done(outcomes, None, conn);
         }
-        let sent = match pgp_job {
-            Some(job) => self.send_pgp(&mut conn, msg, spool, strip_tag, job).await,
-            None => self.send_content(&mut conn, msg, spool, strip_tag).await,
-        };
+        let sent = self.send_content(&mut conn, msg, spool, recipe).await;
         let sha = match sent {
             Ok(sha) => sha,
             Err(SendError::Client(e)) => return next_host(e),
@@ -1384,218 +1344,31 @@ impl Deliverer {
         }
     }
 
-    /// `sign = true` but no signing key for the sender's domain: the
-    /// recipients are held (never sent unsigned) until one is configured
-    /// and an operator releases them.
-    fn missing_signing_key(
-        &self,
-        msg: &QueuedMessage,
-        members: &[(usize, Decision)],
-    ) -> Option<crate::queue::RecipientOutcome> {
-        let domain = crate::queue::domain_of(&msg.sender);
-        let wants = members
-            .iter()
-            .any(|(_, d)| d.method == Method::Pgp && d.sign);
-        (wants && !self.signing_keys.contains_key(&domain)).then(|| crate::queue::RecipientOutcome {
-            verdict: crate::queue::Verdict::Held,
-            reply: format!(
-                "the policy asks for a signature (sign = true), but [pgp] signing_keys has no key for the sender's domain {domain:?}; held, never sent unsigned: configure one, then `sealgate queue release`"
-            ),
-            enhanced: Some("4.7.0".into()),
-            remote: None,
-        })
-    }
-
-    /// What encryption for the members needs: their keys (one copy for
-    /// all of them), the archive key, the signing key.
-    fn pgp_job(
-        &self,
-        msg: &QueuedMessage,
-        members: &[(usize, Decision)],
-    ) -> Result<(PgpJob, serde_json::Value), String> {
-        let keyring = self
-            .keyring
-            .get()
-            .ok_or("the OpenPGP key store is not available")?
-            .clone();
-        let mut certs = Vec::new();
-        for (_, d) in members {
-            let fpr = d.key.as_deref().ok_or("no key chosen")?;
-            certs.push(keyring.cert(fpr).ok_or_else(|| {
-                format!("OpenPGP key {fpr} is no longer available; waiting for the next decision")
-            })?);
-        }
-        let fprs: Vec<String> = certs.iter().map(|c| c.fingerprint().to_hex()).collect();
-        if let Some(adk) = &self.adk {
-            certs.push(adk.clone());
-        }
-        let wants_sign = members.iter().any(|(_, d)| d.sign);
-        let signer = if wants_sign {
-            self.signing_keys
-                .get(&crate::queue::domain_of(&msg.sender))
-                .cloned()
-        } else {
-            None
-        };
-        let evidence = serde_json::json!({
-            "method": "pgp",
-            "recipient_keys": fprs,
-            "additional_decryption_key": self.adk.as_ref().map(|c| c.fingerprint().to_hex()),
-            "signed_by": signer.as_ref().map(|c| c.fingerprint().to_hex()),
-            "signing_requested": wants_sign,
-            "format": "PGP/MIME (RFC 3156), header protection (RFC 9788)",
-        });
-        Ok((
-            PgpJob {
-                certs,
-                signer,
-                placeholder: self.settings.pgp.subject_placeholder.clone(),
-            },
-            evidence,
-        ))
-    }
-
-    /// Streams the message encrypted: spool → OpenPGP (a blocking task)
-    /// → the connection, with bounded buffers, so memory does not grow
-    /// with the message size.
-    async fn send_pgp(
-        &self,
-        conn: &mut Connection,
-        msg: &QueuedMessage,
-        spool: &Spool,
-        strip_tag: Option<&str>,
-        job: &PgpJob,
-    ) -> Result<String, SendError> {
-        let spool_err = |e: crate::queue::SpoolError| SendError::Spool(e.to_string());
-        let mut reader = spool.open_content(&msg.id).await.map_err(spool_err)?;
-        // The header section first (bounded like the listener's limit).
-        let mut head = Vec::new();
-        let mut rest = Vec::new();
-        while let Some(chunk) = reader.next_chunk().await.map_err(spool_err)? {
-            head.extend_from_slice(&chunk);
-            if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                rest = head.split_off(p + 4);
-                break;
-            }
-            if head.len() > 4 * 1024 * 1024 {
-                break;
-            }
-        }
-        if let Some(tag) = strip_tag {
-            head = crate::encrypt::strip_subject_tag(&head, tag);
-        }
-        let boundary = pgp::new_boundary();
-        let prefix = pgp::outer_prefix(&head, &job.placeholder, &boundary);
-        let payload_head = pgp::payload(&head, &job.placeholder);
-        let (ptx, mut prx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-        let (ctx, mut crx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-        let (certs, signer) = (job.certs.clone(), job.signer.clone());
-        let encryptor = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let sink = ChannelWriter {
-                tx: ctx,
-                buf: Vec::with_capacity(64 * 1024),
-            };
-            let opts = pgp::PgpOptions {
-                recipients: &certs,
-                signer: signer.as_ref(),
-                subject_placeholder: "",
-            };
-            use std::io::Write;
-            let mut w = pgp::writer(sink, &opts)?;
-            w.write_all(&payload_head).map_err(|e| e.to_string())?;
-            while let Some(chunk) = prx.blocking_recv() {
-                w.write_all(&chunk).map_err(|e| e.to_string())?;
-            }
-            w.finalize().map_err(|e| e.to_string())
-        });
-        let mut stuffer = DotStuffer::default();
-        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut out = Vec::with_capacity(96 * 1024);
-        digest.update(&prefix);
-        stuffer.push(&prefix, &mut out);
-        conn.write_all(&out).await.map_err(SendError::Client)?;
-        let producer = async move {
-            if !rest.is_empty() && ptx.send(rest).await.is_err() {
-                return Ok(());
-            }
-            while let Some(chunk) = reader.next_chunk().await? {
-                if ptx.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-            Ok::<(), crate::queue::SpoolError>(())
-        };
-        let consumer = async {
-            while let Some(armored) = crx.recv().await {
-                let chunk = pgp::armor_to_crlf(&armored);
-                digest.update(&chunk);
-                out.clear();
-                stuffer.push(&chunk, &mut out);
-                conn.write_all(&out).await?;
-            }
-            Ok::<(), ClientError>(())
-        };
-        let (produced, consumed) = tokio::join!(producer, consumer);
-        consumed.map_err(SendError::Client)?;
-        produced.map_err(spool_err)?;
-        encryptor
-            .await
-            .map_err(|e| SendError::Spool(e.to_string()))?
-            .map_err(|e| SendError::Spool(format!("OpenPGP encryption failed: {e}")))?;
-        let suffix = pgp::outer_suffix(&boundary);
-        digest.update(&suffix);
-        out.clear();
-        stuffer.push(&suffix, &mut out);
-        stuffer.finish(&mut out);
-        conn.write_all(&out).await.map_err(SendError::Client)?;
-        Ok(hex::encode(digest.finish().as_ref()))
-    }
-
+    /// Writes what `recipe` makes of the spooled message, dot-stuffed,
+    /// and returns the SHA-256 of the bytes as made (before stuffing).
     async fn send_content(
         &self,
         conn: &mut Connection,
         msg: &QueuedMessage,
         spool: &Spool,
-        strip_tag: Option<&str>,
+        recipe: &Recipe,
     ) -> Result<String, SendError> {
-        let mut reader = spool
+        let reader = spool
             .open_content(&msg.id)
             .await
             .map_err(|e| SendError::Spool(e.to_string()))?;
+        let mut content = recipe.open(reader);
         let mut stuffer = DotStuffer::default();
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut out = Vec::with_capacity(70 * 1024);
-        // With a header transformation, hold back content until the end of
-        // the header section (bounded by the listener's header limit).
-        let mut head: Option<Vec<u8>> = strip_tag.map(|_| Vec::new());
-        while let Some(mut chunk) = reader
+        let mut out = Vec::with_capacity(96 * 1024);
+        while let Some(chunk) = content
             .next_chunk()
             .await
             .map_err(|e| SendError::Spool(e.to_string()))?
         {
-            if let Some(h) = head.as_mut() {
-                h.extend_from_slice(&chunk);
-                let end = h.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-                if end.is_none() && h.len() < 4 * 1024 * 1024 {
-                    continue;
-                }
-                let end = end.unwrap_or(h.len());
-                let mut transformed =
-                    crate::encrypt::strip_subject_tag(&h[..end], strip_tag.unwrap_or(""));
-                transformed.extend_from_slice(&h[end..]);
-                chunk = transformed;
-                head = None;
-            }
             digest.update(&chunk);
             out.clear();
             stuffer.push(&chunk, &mut out);
-            conn.write_all(&out).await.map_err(SendError::Client)?;
-        }
-        if let Some(h) = head.take() {
-            let transformed = crate::encrypt::strip_subject_tag(&h, strip_tag.unwrap_or(""));
-            digest.update(&transformed);
-            out.clear();
-            stuffer.push(&transformed, &mut out);
             conn.write_all(&out).await.map_err(SendError::Client)?;
         }
         out.clear();
@@ -1648,46 +1421,6 @@ fn log_attempt(
         bounced = count(Verdict::Permanent),
         "delivery attempt"
     );
-}
-
-/// What OpenPGP encryption of one group needs.
-struct PgpJob {
-    certs: Vec<sequoia_openpgp::Cert>,
-    signer: Option<sequoia_openpgp::Cert>,
-    placeholder: String,
-}
-
-/// A `Write` that hands 64 KiB chunks to the async side (used from the
-/// blocking encryption task).
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 64 * 1024 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(64 * 1024));
-            self.tx.blocking_send(chunk).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "delivery stopped")
-            })?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ChannelWriter {
-    fn drop(&mut self) {
-        let _ = std::io::Write::flush(self);
-    }
 }
 
 enum SendError {
