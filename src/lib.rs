@@ -7,6 +7,7 @@
 //! `config` turns TOML into runtime settings, `cli` holds the subcommands.
 
 pub mod audit;
+pub mod capability;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

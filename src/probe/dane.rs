@@ -27,8 +27,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
+use crate::capability::TlsRequirement;
 use crate::config::DnsSettings;
-use crate::policy::TlsRequirement;
 
 /// A TLSA record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -21,54 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use crate::policy::TlsRequirement;
-
-/// Something a recipient can receive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Capability {
-    /// The strongest TLS requirement the destination can satisfy.
-    Tls { level: TlsRequirement },
-    /// An OpenPGP key for the address.
-    Pgp { fingerprint: String, source: String },
-    /// A key was found but must not be used yet (it changed since the one
-    /// last used, or the key store could not say which one that was): the
-    /// recipient is held with `reason` until an operator decides, never
-    /// sent with a weaker method meanwhile.
-    PgpHeld { reason: String },
-    /// An S/MIME certificate for the address.
-    Smime { serial: String, source: String },
-    /// The secure portal can serve the address.
-    Portal,
-}
-
-/// What one probe said about one recipient.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProbeReport {
-    pub probe: &'static str,
-    /// `Ok(capabilities)` or the reason the probe failed.
-    #[serde(serialize_with = "ser_result")]
-    pub result: Result<Vec<Capability>, String>,
-    /// What the probe looked at (hosts, records, certificates).
-    pub evidence: serde_json::Value,
-    /// Whether the answer came from the cache.
-    pub cached: bool,
-}
-
-fn ser_result<S: serde::Serializer>(
-    r: &Result<Vec<Capability>, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(1))?;
-    match r {
-        Ok(c) => m.serialize_entry("capabilities", c)?,
-        Err(e) => m.serialize_entry("error", e)?,
-    }
-    m.end()
-}
+pub use crate::capability::{Capability, ProbeReport};
 
 /// A probe's answer before caching.
 #[derive(Debug, Clone)]

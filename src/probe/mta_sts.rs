@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::https::{Fetched, HttpsError};
 use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
-use crate::policy::TlsRequirement;
+use crate::capability::TlsRequirement;
 
 /// Policy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,8 +33,8 @@ use serde_json::json;
 
 use super::dane::HostTlsa;
 use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
+use crate::capability::TlsRequirement;
 use crate::outbound::Deliverer;
-use crate::policy::TlsRequirement;
 
 /// See the module documentation.
 pub struct SmarthostProbe {

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::json;
 
 use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
-use crate::policy::pattern::{self, Pattern};
+use crate::util::pattern::{self, Pattern};
 
 /// One declaration: recipients matching `patterns` have `capabilities`.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
+use crate::capability::TlsRequirement;
 use crate::outbound::Deliverer;
 use crate::outbound::client::Connection;
-use crate::policy::TlsRequirement;
 
 /// See the module documentation.
 pub struct TlsOffered {

@@ -1,6 +1,7 @@
 //! Small helpers shared by several stages: ids, sizes, durations, hashing.
 
 pub mod address;
+pub mod pattern;
 pub mod stream;
 
 use std::time::Duration;
