@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod client;
+mod plan;
 pub mod route;
 pub mod tls;
 pub mod tlsrpt;
@@ -21,12 +22,13 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
+use self::plan::Plan;
 use self::route::{Hop, Route, RouteKind};
 use crate::config::{Settings, SmarthostTls};
 use crate::encrypt::prepare::{Encryptors, Recipe, Unprepared};
 use crate::policy::{Decision, Method, TlsRequirement};
 use crate::probe::dane::{Dane, HostTlsa, Tlsa};
-use crate::probe::mta_sts::{MtaSts, StsMode};
+use crate::probe::mta_sts::MtaSts;
 use crate::queue::{QueuedMessage, RecipientOutcome, Spool, Verdict};
 
 /// What the TLS session to the remote looked like.
@@ -362,10 +364,6 @@ impl Deliverer {
         members: Vec<(usize, Decision)>,
     ) -> Vec<RecipientReport> {
         let domain = dest.strip_prefix("smarthost:").unwrap_or(&dest).to_string();
-        let requirement = members
-            .first()
-            .map(|m| m.1.tls)
-            .unwrap_or(TlsRequirement::Opportunistic);
         let strip_tag = members.first().and_then(|m| m.1.strip_tag.clone());
         let requiretls = members.iter().any(|m| m.1.requiretls);
         let mut evidence = AttemptEvidence::default();
@@ -384,227 +382,15 @@ impl Deliverer {
                 .collect()
         };
         let smarthost = self.settings.delivery.smarthost.is_some();
-        if members
-            .iter()
-            .any(|m| !matches!(m.1.method, Method::Tls | Method::Pgp))
-        {
-            // Fail closed: this version cannot apply S/MIME or the portal,
-            // so the recipient waits rather than going with less
-            // protection than decided.
-            let o = RecipientOutcome {
-                verdict: Verdict::Temporary,
-                reply: format!(
-                    "{} TLS cannot be verified by this version of sealgate; the message waits rather than going with less protection",
-                    requirement.as_str()
-                ),
-                enhanced: Some("4.7.5".into()),
-                remote: None,
-            };
-            return report(&members, &|_| o.clone(), &evidence);
-        }
-        // A decision that rests on DNSSEC (DANE, or the mandatory TLS of a
-        // secure but unusable TLSA RRset) is delivered to exactly the hosts
-        // of the validated MX RRset, every name through the validating
-        // resolver (RFC 7672 section 2.2.1): one forged answer from the
-        // plain resolver must not choose the host.
-        let published_ignored = members.iter().all(|m| m.1.published_ignored);
-        let sts_cached = if smarthost || published_ignored {
-            None
-        } else {
-            self.mta_sts
-                .cached(&domain)
-                .filter(|p| p.is_fresh() && p.mode == StsMode::Enforce)
-        };
-        // REQUIRETLS needs MX names from DNSSEC unless an MTA-STS policy
-        // confirms them (RFC 8689 section 4.2.1): checked again here, as
-        // the zone may have changed since the decision.
-        let secure_mx_needed = requirement == TlsRequirement::Dane
-            || (requiretls && !smarthost && sts_cached.is_none());
-        let dnssec_mx = !smarthost && (secure_mx_needed || members.iter().any(|m| m.1.dnssec_mx));
-        let route = if dnssec_mx {
-            self.validated_route_for(&domain, secure_mx_needed).await
-        } else {
-            self.route_for(&domain).await
-        };
-        let mut route = match route {
-            Ok(r) => r,
-            Err(e) => {
-                let o = classify::route_error(&e);
-                tracing::info!(queue_id = %msg.id, domain = %domain, error = %e, "no route");
-                return report(&members, &|_| o.clone(), &evidence);
-            }
-        };
-        evidence.dnssec_mx = dnssec_mx;
-        // MTA-STS (RFC 8461 section 4) binds every delivery to a domain with
-        // a valid cached enforce policy, whatever level the decision named
-        // and whatever the content method. DANE takes precedence (RFC 8461
-        // section 2); an honoured `TLS-Required: No` sets it aside.
-        let mut requirement = requirement;
-        let sts_enforce = if requirement == TlsRequirement::Dane {
-            None
-        } else {
-            sts_cached
-        };
-        if requirement == TlsRequirement::MtaSts && sts_enforce.is_none() && !smarthost {
-            let o = RecipientOutcome {
-                verdict: Verdict::Temporary,
-                reply: format!(
-                    "the MTA-STS policy of {domain} is no longer available; waiting rather than delivering without it"
-                ),
-                enhanced: Some("4.7.5".into()),
-                remote: None,
-            };
-            return report(&members, &|_| o.clone(), &evidence);
-        }
-        if let Some(policy) = &sts_enforce {
-            // Only MX hosts the policy names, each over TLS with a
-            // certificate valid for its name (checked when connecting).
-            requirement = requirement.max(TlsRequirement::MtaSts);
-            evidence.mta_sts =
-                Some(serde_json::json!({ "id": policy.id, "mode": policy.mode, "mx": policy.mx }));
-            let all: Vec<String> = route.hops.iter().map(|h| h.name.clone()).collect();
-            route.hops.retain(|h| policy.matches(&h.name));
-            if route.hops.is_empty() {
-                let o = RecipientOutcome {
-                    verdict: Verdict::Temporary,
-                    reply: format!(
-                        "no MX host of {domain} ({}) matches its MTA-STS policy ({})",
-                        all.join(", "),
-                        policy.mx.join(", ")
-                    ),
-                    enhanced: Some("4.7.5".into()),
-                    remote: None,
-                };
-                for name in &all {
-                    self.tlsrpt.record(
-                        &domain,
-                        &tlsrpt::AppliedPolicy::Sts(policy),
-                        name,
-                        "",
-                        tlsrpt::SessionResult::Failure("validation-failure"),
-                    );
-                }
-                evidence.hosts = all;
-                return report(&members, &|_| o.clone(), &evidence);
-            }
-        }
-        // DANE (RFC 7672 section 2.2): a `dane` decision goes only to hosts
-        // with usable TLSA records, each authenticated by them; under the
-        // mandatory TLS of an unusable TLSA RRset every host of the secure
-        // MX set takes TLS (never cleartext) but a host whose TLSA lookup
-        // is bogus or failed is skipped.
-        let mut dane_hosts: HashMap<String, Vec<Tlsa>> = HashMap::new();
-        let mut tlsa_policies: HashMap<String, Vec<String>> = HashMap::new();
-        if dnssec_mx {
-            let all: Vec<String> = route.hops.iter().map(|h| h.name.clone()).collect();
-            let mut notes = Vec::new();
-            let mut usable_hosts: Vec<String> = Vec::new();
-            let record_failure = |host: &str, records: Vec<String>, kind: &'static str| {
-                self.tlsrpt.record(
-                    &domain,
-                    &tlsrpt::AppliedPolicy::Tlsa(records),
-                    host,
-                    "",
-                    tlsrpt::SessionResult::Failure(kind),
-                );
-            };
-            let answers = self.tlsa_of_hops(&route.hops).await;
-            for (hop, answer) in route.hops.iter().zip(answers) {
-                let dane_required = requirement == TlsRequirement::Dane;
-                match answer {
-                    Ok(HostTlsa::Usable { usable, all }) => {
-                        tlsa_policies.insert(hop.name.clone(), describe_all(&all));
-                        dane_hosts.insert(hop.name.clone(), usable);
-                        usable_hosts.push(hop.name.clone());
-                    }
-                    Ok(HostTlsa::Unusable(all)) => {
-                        let records = describe_all(&all);
-                        if dane_required {
-                            notes.push(format!(
-                                "{}: only TLSA records unusable for SMTP ({})",
-                                hop.name,
-                                records.join(", ")
-                            ));
-                            record_failure(&hop.name, records, "tlsa-invalid");
-                        } else {
-                            tlsa_policies.insert(hop.name.clone(), records);
-                            usable_hosts.push(hop.name.clone());
-                        }
-                    }
-                    Ok(HostTlsa::None) => {
-                        if dane_required {
-                            notes.push(format!("{}: no usable TLSA records", hop.name));
-                            record_failure(&hop.name, Vec::new(), "dane-required");
-                        } else {
-                            usable_hosts.push(hop.name.clone());
-                        }
-                    }
-                    Err(e) => {
-                        notes.push(format!("{}: {e}", hop.name));
-                        record_failure(&hop.name, Vec::new(), "dnssec-invalid");
-                    }
-                }
-            }
-            route.hops.retain(|h| usable_hosts.contains(&h.name));
-            if route.hops.is_empty() {
-                let o = RecipientOutcome {
-                    verdict: Verdict::Temporary,
-                    reply: format!(
-                        "no MX host of {domain} can be {} ({})",
-                        if requirement == TlsRequirement::Dane {
-                            "authenticated by DANE"
-                        } else {
-                            "reached with the TLS its DNSSEC-signed records require"
-                        },
-                        notes.join("; ")
-                    ),
-                    enhanced: Some("4.7.5".into()),
-                    remote: None,
-                };
-                evidence.hosts = all;
-                evidence.earlier_failures = notes;
-                return report(&members, &|_| o.clone(), &evidence);
-            }
-            evidence.earlier_failures.extend(notes);
-        }
-        // On a smarthost route (see `probe::smarthost`): never less than
-        // `[delivery] smarthost_min_tls`, and the smarthost's own TLSA
-        // records, looked up again for every delivery, authenticate it
-        // whenever they are usable (a `dane` decision waits if they are
-        // gone) and make TLS mandatory when they are not.
-        if smarthost {
-            requirement = requirement.max(self.smarthost_floor());
-            match self.smarthost_tlsa(&domain, requirement).await {
-                Ok(HopTlsa::Usable(usable)) => {
-                    requirement = TlsRequirement::Dane;
-                    dane_hosts.insert(domain.clone(), usable);
-                }
-                Ok(HopTlsa::Unusable) => {
-                    requirement = requirement.max(TlsRequirement::Encrypted);
-                }
-                Ok(HopTlsa::None) => {}
-                Err(why) => {
-                    let o = RecipientOutcome {
-                        verdict: Verdict::Temporary,
-                        reply: why,
-                        enhanced: Some("4.7.5".into()),
-                        remote: None,
-                    };
-                    return report(&members, &|_| o.clone(), &evidence);
-                }
-            }
-        }
-        evidence.route = Some(route.kind);
-        evidence.hosts = route.hops.iter().map(|h| h.name.clone()).collect();
-        evidence.tls_enforced = Some(requirement);
-        // What RFC 8460 reports count for this domain's sessions: the TLSA
-        // records of a DANE host, else the MTA-STS policy, if any.
-        let sts_policy = if smarthost {
-            None
-        } else {
-            self.mta_sts
-                .cached(&domain)
-                .filter(|p| p.is_fresh() && p.mode != StsMode::None)
+        let Plan {
+            route,
+            requirement,
+            dane_hosts,
+            tlsa_policies,
+            sts_policy,
+        } = match self.plan(msg, &domain, &members, &mut evidence).await {
+            Ok(p) => p,
+            Err(o) => return report(&members, &|_| o.clone(), &evidence),
         };
         let applied_for = |host: &str| match (tlsa_policies.get(host), &sts_policy) {
             (Some(records), _) => tlsrpt::AppliedPolicy::Tlsa(records.clone()),
