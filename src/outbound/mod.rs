@@ -381,22 +381,11 @@ impl Deliverer {
                 })
                 .collect()
         };
-        let smarthost = self.settings.delivery.smarthost.is_some();
-        let Plan {
-            route,
-            requirement,
-            dane_hosts,
-            tlsa_policies,
-            sts_policy,
-        } = match self.plan(msg, &domain, &members, &mut evidence).await {
+        let plan = match self.plan(msg, &domain, &members, &mut evidence).await {
             Ok(p) => p,
             Err(o) => return report(&members, &|_| o.clone(), &evidence),
         };
-        let applied_for = |host: &str| match (tlsa_policies.get(host), &sts_policy) {
-            (Some(records), _) => tlsrpt::AppliedPolicy::Tlsa(records.clone()),
-            (None, Some(p)) => tlsrpt::AppliedPolicy::Sts(p),
-            (None, None) => tlsrpt::AppliedPolicy::None,
-        };
+        let (route, requirement) = (&plan.route, plan.requirement);
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
         // What the group gets (end-to-end encryption: one copy encrypted
         // to every member's key), from the encrypt stage.
@@ -423,50 +412,17 @@ impl Deliverer {
         for hop in &route.hops {
             for addr in &hop.addrs {
                 let permit = self.permits(&hop.name).await;
-                let dane = dane_hosts
-                    .get(&hop.name)
-                    .map(|t| (t.as_slice(), domain.as_str()));
                 // A pooled connection that turns out dead at MAIL FROM is
                 // replaced by one fresh connection; only a failure of that
                 // one counts against the host.
                 let mut pooled = true;
                 loop {
                     let ready = match self
-                        .ready(hop, *addr, requirement, route.kind, dane, pooled)
+                        .ready_counted(&domain, &plan, hop, *addr, pooled, requiretls)
                         .await
                     {
-                        Ok(r) => {
-                            if !smarthost && !r.reused {
-                                let applied = applied_for(&hop.name);
-                                let sts = match &applied {
-                                    tlsrpt::AppliedPolicy::Sts(p) => Some(*p),
-                                    _ => None,
-                                };
-                                let result = session_result(&r, sts, &hop.name);
-                                let ip = addr.ip().to_string();
-                                self.tlsrpt
-                                    .record(&domain, &applied, &hop.name, &ip, result);
-                            }
-                            r
-                        }
-                        Err(mut o) => {
-                            if !smarthost && o.enhanced.as_deref() == Some("4.7.5") {
-                                let kind = tlsrpt::result_type(&o.reply);
-                                self.tlsrpt.record(
-                                    &domain,
-                                    &applied_for(&hop.name),
-                                    &hop.name,
-                                    &addr.ip().to_string(),
-                                    tlsrpt::SessionResult::Failure(kind),
-                                );
-                                if requiretls {
-                                    // RFC 8689 section 5: no TLS-protected
-                                    // session could be set up.
-                                    o.enhanced = Some("4.7.10".into());
-                                    o.reply =
-                                        format!("encryption needed (REQUIRETLS): {}", o.reply);
-                                }
-                            }
+                        Ok(r) => r,
+                        Err(o) => {
                             evidence.earlier_failures.push(format!(
                                 "{} [{}]: {}",
                                 hop.name,
@@ -542,6 +498,62 @@ impl Deliverer {
         }
         tracing::info!(queue_id = %msg.id, domain = %domain, error = %last_failure.reply, "delivery deferred: no host accepted the transaction");
         report(&members, &|_| last_failure.clone(), &evidence)
+    }
+
+    /// A connection to `hop` at `addr` as the plan requires (pooled when
+    /// `pooled` and one is idle), each new session counted for TLS-RPT;
+    /// under REQUIRETLS a failed TLS session says so (RFC 8689 section 5).
+    async fn ready_counted(
+        &self,
+        domain: &str,
+        plan: &Plan,
+        hop: &Hop,
+        addr: SocketAddr,
+        pooled: bool,
+        requiretls: bool,
+    ) -> Result<Ready, RecipientOutcome> {
+        let smarthost = self.settings.delivery.smarthost.is_some();
+        let dane = plan
+            .dane_hosts
+            .get(&hop.name)
+            .map(|t| (t.as_slice(), domain));
+        let ip = addr.ip().to_string();
+        match self
+            .ready(hop, addr, plan.requirement, plan.route.kind, dane, pooled)
+            .await
+        {
+            Ok(r) => {
+                if !smarthost && !r.reused {
+                    let applied = plan.applied_for(&hop.name);
+                    let sts = match &applied {
+                        tlsrpt::AppliedPolicy::Sts(p) => Some(*p),
+                        _ => None,
+                    };
+                    let result = session_result(&r, sts, &hop.name);
+                    self.tlsrpt.record(domain, &applied, &hop.name, &ip, result);
+                }
+                Ok(r)
+            }
+            Err(mut o) => {
+                if !smarthost && o.enhanced.as_deref() == Some("4.7.5") {
+                    let kind = tlsrpt::result_type(&o.reply);
+                    self.tlsrpt.record(
+                        domain,
+                        &plan.applied_for(&hop.name),
+                        &hop.name,
+                        &ip,
+                        tlsrpt::SessionResult::Failure(kind),
+                    );
+                    if requiretls {
+                        // RFC 8689 section 5: no TLS-protected session
+                        // could be set up.
+                        o.enhanced = Some("4.7.10".into());
+                        o.reply = format!("encryption needed (REQUIRETLS): {}", o.reply);
+                    }
+                }
+                Err(o)
+            }
+        }
     }
 
     async fn permits(

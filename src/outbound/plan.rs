@@ -29,6 +29,18 @@ pub(super) struct Plan {
     pub sts_policy: Option<StsPolicy>,
 }
 
+impl Plan {
+    /// What RFC 8460 counts `host`'s sessions under: its TLSA records,
+    /// else the MTA-STS policy, if any.
+    pub fn applied_for(&self, host: &str) -> tlsrpt::AppliedPolicy<'_> {
+        match (self.tlsa_policies.get(host), &self.sts_policy) {
+            (Some(records), _) => tlsrpt::AppliedPolicy::Tlsa(records.clone()),
+            (None, Some(p)) => tlsrpt::AppliedPolicy::Sts(p),
+            (None, None) => tlsrpt::AppliedPolicy::None,
+        }
+    }
+}
+
 impl Deliverer {
     /// Where and how a group goes: its hosts, the TLS each must meet and
     /// how each is authenticated, in the order the checks bind: methods
