@@ -932,16 +932,7 @@ impl Deliverer {
         recipe: &Recipe,
     ) -> TxEnd {
         let host = conn.host.clone();
-        let next_host = |e: ClientError| TxEnd::NextHost(classify::client_error(&host, &e));
-        // Until the MAIL reply is in, a lost connection has carried no part
-        // of the message (pipelined RCPTs at most), so a retry on a new
-        // connection cannot duplicate anything.
-        let at_mail = |e: ClientError| match e {
-            ClientError::Closed(_) | ClientError::Io(..) => {
-                TxEnd::Stale(classify::client_error(&host, &e))
-            }
-            e => next_host(e),
-        };
+        let next_host = |e: ClientError| next_host(&host, e);
         if msg.smtputf8 && !conn.ext.smtputf8 {
             let o = classify::refuse(
                 &host,
@@ -971,46 +962,13 @@ impl Deliverer {
                 );
             }
         }
-        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
-        if conn.ext.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", msg.size));
-        }
-        if msg.body_8bit && conn.ext.eightbitmime {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if msg.smtputf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        if requiretls {
-            // RFC 8689 section 4.2.1: only over TLS, to a host that offers
-            // REQUIRETLS (and passes the requirement on); else QUIT and try
-            // the next MX. The codes are those of section 5.
-            let refused = if conn.tls.is_none() {
-                Some(RecipientOutcome {
-                    verdict: Verdict::Temporary,
-                    reply: format!("encryption needed (REQUIRETLS): no TLS session with {host}"),
-                    enhanced: Some("4.7.10".into()),
-                    remote: Some(host.clone()),
-                })
-            } else if !conn.ext.requiretls {
-                // Said inside a TLS session that was authenticated for the
-                // host: a fact about the host, not a passing failure.
-                Some(classify::refuse(
-                    &host,
-                    "5.7.30",
-                    format!(
-                        "REQUIRETLS needed: {host} does not offer REQUIRETLS, which the sender asked for"
-                    ),
-                ))
-            } else {
-                None
-            };
-            if let Some(o) = refused {
+        let mail = match mail_command(&conn, msg, requiretls) {
+            Ok(m) => m,
+            Err(o) => {
                 tokio::spawn(conn.quit());
                 return TxEnd::NextHost(o);
             }
-            mail.push_str(" REQUIRETLS");
-        }
+        };
         let rcpts: Vec<String> = indices
             .iter()
             .map(|&i| {
@@ -1023,52 +981,9 @@ impl Deliverer {
                 )
             })
             .collect();
-        // MAIL and RCPT replies, pipelined when the server allows.
-        let (mail_reply, rcpt_replies) = if conn.ext.pipelining {
-            let mut batch = String::new();
-            batch.push_str(&mail);
-            batch.push_str("\r\n");
-            for r in &rcpts {
-                batch.push_str(r);
-                batch.push_str("\r\n");
-            }
-            if let Err(e) = conn.write_all(batch.as_bytes()).await {
-                return at_mail(e);
-            }
-            let t = conn.timeouts().command;
-            let mail_reply = match conn.read_reply(t, "the MAIL reply").await {
-                Ok(r) => r,
-                Err(e) => return at_mail(e),
-            };
-            if mail_reply.code == 421 {
-                return TxEnd::Stale(classify::reply(&host, &mail_reply));
-            }
-            let mut replies = Vec::new();
-            for _ in &rcpts {
-                match conn.read_reply(t, "the RCPT reply").await {
-                    Ok(r) => replies.push(r),
-                    Err(e) => return next_host(e),
-                }
-            }
-            (mail_reply, replies)
-        } else {
-            let mail_reply = match conn.command(&mail, "the MAIL reply").await {
-                Ok(r) => r,
-                Err(e) => return at_mail(e),
-            };
-            if mail_reply.code == 421 {
-                return TxEnd::Stale(classify::reply(&host, &mail_reply));
-            }
-            let mut replies = Vec::new();
-            if mail_reply.is_positive() {
-                for r in &rcpts {
-                    match conn.command(r, "the RCPT reply").await {
-                        Ok(r) => replies.push(r),
-                        Err(e) => return next_host(e),
-                    }
-                }
-            }
-            (mail_reply, replies)
+        let (mail_reply, rcpt_replies) = match envelope(&mut conn, &mail, &rcpts).await {
+            Ok(r) => r,
+            Err(end) => return end,
         };
         if !mail_reply.is_positive() {
             let o = classify::reply(&host, &mail_reply);
@@ -1174,6 +1089,129 @@ impl Deliverer {
         conn.write_all(&out).await.map_err(SendError::Client)?;
         Ok(hex::encode(digest.finish().as_ref()))
     }
+}
+
+/// The MAIL command for `msg` on `conn`, with the parameters the server
+/// offers; under REQUIRETLS only over TLS to a host that offers it (RFC
+/// 8689 section 4.2.1, codes of section 5), else why not.
+fn mail_command(
+    conn: &Connection,
+    msg: &QueuedMessage,
+    requiretls: bool,
+) -> Result<String, RecipientOutcome> {
+    let host = conn.host.clone();
+    let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+    if conn.ext.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", msg.size));
+    }
+    if msg.body_8bit && conn.ext.eightbitmime {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if msg.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if requiretls {
+        // RFC 8689 section 4.2.1: only over TLS, to a host that offers
+        // REQUIRETLS (and passes the requirement on); else QUIT and try
+        // the next MX. The codes are those of section 5.
+        let refused = if conn.tls.is_none() {
+            Some(RecipientOutcome {
+                verdict: Verdict::Temporary,
+                reply: format!("encryption needed (REQUIRETLS): no TLS session with {host}"),
+                enhanced: Some("4.7.10".into()),
+                remote: Some(host.clone()),
+            })
+        } else if !conn.ext.requiretls {
+            // Said inside a TLS session that was authenticated for the
+            // host: a fact about the host, not a passing failure.
+            Some(classify::refuse(
+                &host,
+                "5.7.30",
+                format!(
+                    "REQUIRETLS needed: {host} does not offer REQUIRETLS, which the sender asked for"
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some(o) = refused {
+            return Err(o);
+        }
+        mail.push_str(" REQUIRETLS");
+    }
+    Ok(mail)
+}
+
+/// Sends MAIL and the RCPTs (pipelined when the server allows) and reads
+/// their replies; `Err` ends the transaction on this host.
+async fn envelope(
+    conn: &mut Connection,
+    mail: &str,
+    rcpts: &[String],
+) -> Result<(SmtpReply, Vec<SmtpReply>), TxEnd> {
+    let host = conn.host.clone();
+    if conn.ext.pipelining {
+        let mut batch = String::new();
+        batch.push_str(&mail);
+        batch.push_str("\r\n");
+        for r in rcpts {
+            batch.push_str(r);
+            batch.push_str("\r\n");
+        }
+        if let Err(e) = conn.write_all(batch.as_bytes()).await {
+            return Err(at_mail(&host, e));
+        }
+        let t = conn.timeouts().command;
+        let mail_reply = match conn.read_reply(t, "the MAIL reply").await {
+            Ok(r) => r,
+            Err(e) => return Err(at_mail(&host, e)),
+        };
+        if mail_reply.code == 421 {
+            return Err(TxEnd::Stale(classify::reply(&host, &mail_reply)));
+        }
+        let mut replies = Vec::new();
+        for _ in rcpts {
+            match conn.read_reply(t, "the RCPT reply").await {
+                Ok(r) => replies.push(r),
+                Err(e) => return Err(next_host(&host, e)),
+            }
+        }
+        Ok((mail_reply, replies))
+    } else {
+        let mail_reply = match conn.command(&mail, "the MAIL reply").await {
+            Ok(r) => r,
+            Err(e) => return Err(at_mail(&host, e)),
+        };
+        if mail_reply.code == 421 {
+            return Err(TxEnd::Stale(classify::reply(&host, &mail_reply)));
+        }
+        let mut replies = Vec::new();
+        if mail_reply.is_positive() {
+            for r in rcpts {
+                match conn.command(r, "the RCPT reply").await {
+                    Ok(r) => replies.push(r),
+                    Err(e) => return Err(next_host(&host, e)),
+                }
+            }
+        }
+        Ok((mail_reply, replies))
+    }
+}
+
+/// A lost connection before the MAIL reply carried no part of the message
+/// (pipelined RCPTs at most): a retry on a new connection cannot duplicate
+/// anything.
+fn at_mail(host: &str, e: ClientError) -> TxEnd {
+    match e {
+        ClientError::Closed(_) | ClientError::Io(..) => {
+            TxEnd::Stale(classify::client_error(host, &e))
+        }
+        e => next_host(host, e),
+    }
+}
+
+fn next_host(host: &str, e: ClientError) -> TxEnd {
+    TxEnd::NextHost(classify::client_error(host, &e))
 }
 
 /// The TLSA records of a host as RFC 8460 policy strings.
