@@ -1,24 +1,37 @@
 //! What the rules can look at in a message: envelope, client, headers,
 //! subject, text of the bodies and of the attachments that can be read
-//! (text, PDF, DOCX, attached messages), attachment types and sizes, and
-//! what could not be read. Built once per delivery attempt, never logged.
+//! (text, PDF, Office and OpenDocument files, zip and gzip archives,
+//! attached messages), the headers a person writes (display names, file
+//! names, descriptions), attachment types and sizes, and what could not
+//! be read. Built once per delivery attempt, never logged.
 //!
 //! "Could not read it" is not "clean": a part the scan could not read (cut
 //! at `max_scan_size`, an encrypted or broken document, an image, a
-//! message nested too deep, a damaged transfer encoding, the deadline) is
-//! listed in [`MessageFacts::unscannable`], and the policy counts it as PHI.
+//! message nested too deep, a damaged or unknown transfer encoding, more
+//! text than the message's budget, the deadline) is listed in
+//! [`MessageFacts::unscannable`], and the policy counts it as PHI.
+//!
+//! Parts are read by what their bytes are, not by their labels (see
+//! [`super::sniff`]): a PDF sent as `text/plain`, a zip named `notes.txt`
+//! or a text file declared a signature is read as what it is.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::decoders::base64::base64_decode;
+use mail_parser::decoders::quoted_printable::quoted_printable_decode;
+use mail_parser::parsers::MessageStream;
+use mail_parser::{
+    Encoding, HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
 use tokio::sync::Semaphore;
 
 use super::detectors::{Detector, Detectors};
-use super::extract::{Kind, Limits};
+use super::extract::{Kind, Limits, MAX_CONTAINER_DEPTH};
 use super::html::{self, normalize};
+use super::sniff;
 
 /// An attachment as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +55,16 @@ pub struct MessageFacts {
     pub headers: HashMap<String, Vec<String>>,
     /// Text of the text/plain and text/html bodies.
     pub body_text: String,
-    /// Text of the attachments that could be read: text parts, PDF and
-    /// DOCX documents, and attached messages (their subject, bodies and
+    /// Text of the attachments that could be read: text parts, documents,
+    /// archives and attached messages (their subject, bodies and
     /// attachments), at any depth up to [`ScanLimits::max_depth`].
     pub attachment_text: String,
+    /// Decoded text of the headers a person writes or names, of the
+    /// message and of every part at any depth: display names, custom
+    /// `X-` headers, Content-Description, file names (RFC 2231 and 2047
+    /// decoded). Not the Subject (its own field), nor the trace and
+    /// identifier headers machines write (see [`is_machine_header`]).
+    pub header_text: String,
     /// Attachments at every depth (inside attached messages too).
     pub attachments: Vec<Attachment>,
     /// Whether the content was cut at the scan limit.
@@ -67,10 +86,15 @@ pub struct ScanLimits {
     /// Time for the whole content scan, extraction included; what is not
     /// read by then is unscannable.
     pub timeout: Duration,
-    /// Decompressed bytes one PDF stream or one DOCX may produce.
+    /// Decompressed bytes one PDF stream or one archive may produce.
     pub max_inflated: usize,
     /// Characters of text one document may yield.
     pub max_text: usize,
+    /// Bytes of text the whole message may yield, all parts and headers
+    /// together: what the detectors read (and the memory the scan holds)
+    /// is bounded by this, however many parts there are. Text past it is
+    /// unscannable.
+    pub max_message_text: usize,
 }
 
 impl Default for ScanLimits {
@@ -80,6 +104,7 @@ impl Default for ScanLimits {
             timeout: Duration::from_secs(10),
             max_inflated: 32 << 20,
             max_text: 16 << 20,
+            max_message_text: 32 << 20,
         }
     }
 }
@@ -89,14 +114,6 @@ impl Default for ScanLimits {
 /// many such threads (and their memory) there can be.
 static SCAN_SLOTS: Semaphore = Semaphore::const_new(2);
 
-/// Types that carry no text of their own: signatures and public keys.
-const NO_TEXT_TYPES: &[&str] = &[
-    "application/pgp-signature",
-    "application/pkcs7-signature",
-    "application/x-pkcs7-signature",
-    "application/pgp-keys",
-];
-
 /// Types whose bytes are text, though mail-parser does not decode them as
 /// text: structured text (JSON, XML) and the report formats (RFC 3464
 /// delivery status, RFC 8098 dispositions, RFC 5965 feedback, returned
@@ -104,10 +121,102 @@ const NO_TEXT_TYPES: &[&str] = &[
 fn is_text_like(ct: &str) -> bool {
     ct.starts_with("text/")
         || ct.starts_with("message/")
-        || matches!(ct, "application/json" | "application/xml")
+        || matches!(
+            ct,
+            "application/json" | "application/xml" | "application/ics" | "application/x-vcard"
+        )
         || ct.ends_with("+json")
         || ct.ends_with("+xml")
 }
+
+/// Types whose text is markup: read as a reader sees it (see [`html`]),
+/// so markup inside a number does not split it.
+fn is_markup(ct: &str) -> bool {
+    matches!(ct, "text/html" | "text/xml" | "application/xml") || ct.ends_with("+xml")
+}
+
+/// Types with folded lines (RFC 5545 iCalendar, RFC 6350 vCard): a line
+/// break followed by a space continues the line, even inside a number.
+fn is_folded(ct: &str) -> bool {
+    matches!(
+        ct,
+        "text/calendar" | "text/vcard" | "text/x-vcard" | "text/directory" | "application/ics"
+    ) || ct == "application/x-vcard"
+}
+
+/// Transfer encodings mail-parser decodes (base64, quoted-printable) or
+/// that need no decoding. Any other value leaves the bytes encoded in a
+/// way the detectors cannot read.
+const KNOWN_TRANSFER_ENCODINGS: &[&str] = &["7bit", "8bit", "binary", "base64", "quoted-printable"];
+
+/// Headers machines write: trace, authentication, identifiers, dates,
+/// MIME structure, and the diagnostics big providers add (long opaque
+/// tokens in which ten digits in a row are common). Every other header
+/// is scanned; the Subject has its own field.
+pub fn is_machine_header(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "received",
+        "x-received",
+        "return-path",
+        "delivered-to",
+        "dkim-signature",
+        "domainkey-signature",
+        "authentication-results",
+        "received-spf",
+        "message-id",
+        "resent-message-id",
+        "references",
+        "in-reply-to",
+        "content-id",
+        "date",
+        "resent-date",
+        "mime-version",
+        "content-transfer-encoding",
+        "autocrypt",
+        "autocrypt-gossip",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "subject",
+    ];
+    const PREFIXES: &[&str] = &[
+        "arc-",
+        "x-ms-",
+        "x-microsoft-",
+        "x-forefront-",
+        "x-google-",
+        "x-gm-",
+    ];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Content-Type and Content-Disposition parameters that describe the MIME
+/// structure; every other parameter (`name`, `filename`, unknown ones) is
+/// scanned.
+const STRUCTURAL_PARAMETERS: &[&str] = &[
+    "boundary",
+    "charset",
+    "format",
+    "delsp",
+    "micalg",
+    "protocol",
+    "report-type",
+    "type",
+    "start",
+    "start-info",
+    "smime-type",
+    "method",
+    "component",
+    "id",
+    "number",
+    "total",
+    "access-type",
+    "size",
+    "creation-date",
+    "modification-date",
+    "read-date",
+    "reply-type",
+    "differences",
+];
 
 impl MessageFacts {
     /// Parses `content` (at most the scan limit of the stored message) on
@@ -204,7 +313,11 @@ impl MessageFacts {
         }
         let Some(msg) = MessageParser::default().parse(content) else {
             // Not MIME at all: scan it as text so detectors still see it.
-            f.body_text = normalize(&String::from_utf8_lossy(content));
+            let text = sniff::decode_text(&content[..content.len().min(limits.max_message_text)]);
+            if content.len() > limits.max_message_text {
+                f.unscannable.push(message_text_limit(limits));
+            }
+            f.body_text = normalize(&text);
             return f;
         };
         f.read_headers(&msg);
@@ -212,20 +325,30 @@ impl MessageFacts {
             facts: &mut f,
             limits,
             deadline,
+            text_left: limits.max_message_text,
+            over_budget: false,
         };
-        let mut body = String::new();
+        let (mut body, mut att_text, mut header_text) =
+            (String::new(), String::new(), String::new());
+        scan.part_headers(&msg, &mut header_text);
         scan.bodies(&msg, "message", &mut body);
-        let mut att_text = String::new();
-        scan.attachments(&msg, "", 0, &mut att_text);
+        scan.attachments(&msg, "", 0, &mut att_text, &mut header_text);
         f.body_text = body;
         f.attachment_text = att_text;
+        f.header_text = header_text;
         f
     }
 
-    /// Findings of `which` detectors over the bodies and text attachments.
+    /// Findings of `which` detectors over the subject, the headers a
+    /// person writes, the bodies and the attachments.
     pub fn detect(&self, detectors: &Detectors, which: &[Detector]) -> Vec<(Detector, usize)> {
         let mut found: HashMap<Detector, usize> = HashMap::new();
-        for text in [&self.subject, &self.body_text, &self.attachment_text] {
+        for text in [
+            &self.subject,
+            &self.header_text,
+            &self.body_text,
+            &self.attachment_text,
+        ] {
             if text.is_empty() {
                 continue;
             }
@@ -239,16 +362,181 @@ impl MessageFacts {
     }
 }
 
+fn message_text_limit(limits: &ScanLimits) -> String {
+    format!(
+        "message: holds more text than the scan limit of {} bytes",
+        limits.max_message_text
+    )
+}
+
+/// `type/subtype` of a part, lowercased (`text/plain` when it has none,
+/// as RFC 2045 says).
+fn content_type_of(part: &MessagePart<'_>) -> String {
+    part.content_type()
+        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase())
+        .unwrap_or_else(|| "text/plain".into())
+}
+
+/// The transfer-decoded bytes of a text part, before any charset
+/// conversion (mail-parser keeps only the converted text): to recognise
+/// a document sent as text. `None` if they cannot be decoded.
+fn raw_bytes(msg: &Message<'_>, part: &MessagePart<'_>) -> Option<Vec<u8>> {
+    let raw = msg
+        .raw_message
+        .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)?;
+    match part.encoding {
+        Encoding::Base64 => base64_decode(raw),
+        Encoding::QuotedPrintable => quoted_printable_decode(raw),
+        Encoding::None => Some(raw.to_vec()),
+    }
+}
+
+/// RFC 3676 `format=flowed` text unwrapped: a line ending in a space
+/// continues on the next (with `delsp=yes` that space is deleted, so a
+/// number wrapped there is one number again).
+fn unflow(text: &str, delsp: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let line = line.strip_prefix(' ').unwrap_or(line);
+        if line.ends_with(' ') && line != "-- " {
+            out.push_str(if delsp { &line[..line.len() - 1] } else { line });
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Folded iCalendar and vCard lines unfolded, and their escapes undone.
+fn unfold(text: &str) -> String {
+    text.replace("\r\n ", "")
+        .replace("\r\n\t", "")
+        .replace("\n ", "")
+        .replace("\n\t", "")
+        .replace("\\n", "\n")
+        .replace("\\N", "\n")
+        .replace("\\,", ",")
+        .replace("\\;", ";")
+}
+
+/// The fields of a raw header section: (name, value with its folds) for
+/// each field, (`None`, the line) for a line that is not a field.
+fn header_fields(block: &[u8]) -> Vec<(Option<&str>, &[u8])> {
+    let mut fields: Vec<(Option<&str>, &[u8])> = Vec::new();
+    let mut start = 0;
+    // Field boundaries: a line that does not start with white space.
+    let mut lines = Vec::new();
+    for (i, &b) in block.iter().enumerate() {
+        if b == b'\n' {
+            let next = block.get(i + 1).copied();
+            if !matches!(next, Some(b' ' | b'\t')) {
+                lines.push(&block[start..=i]);
+                start = i + 1;
+            }
+        }
+    }
+    if start < block.len() {
+        lines.push(&block[start..]);
+    }
+    for line in lines {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let field = line.iter().position(|&b| b == b':').and_then(|colon| {
+            let name = std::str::from_utf8(&line[..colon]).ok()?.trim_end();
+            (!name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))
+                .then(|| (name, &line[colon + 1..]))
+        });
+        match field {
+            Some((name, value)) => fields.push((Some(name), value)),
+            None => fields.push((None, line)),
+        }
+    }
+    fields
+}
+
 /// One content scan in progress.
 struct Scan<'a> {
     facts: &'a mut MessageFacts,
     limits: &'a ScanLimits,
     deadline: Instant,
+    /// Bytes of text the message may still yield.
+    text_left: usize,
+    /// The message's text budget ran out (listed once).
+    over_budget: bool,
 }
 
 impl Scan<'_> {
     fn unscannable(&mut self, what: &str, why: impl std::fmt::Display) {
         self.facts.unscannable.push(format!("{what}: {why}"));
+    }
+
+    /// Appends `text` and a line break to `out` within the message's text
+    /// budget; text past it is not kept, and the message is unscannable.
+    fn push(&mut self, out: &mut String, text: &str) {
+        if self.over_budget || text.is_empty() {
+            return;
+        }
+        match self.text_left.checked_sub(text.len().saturating_add(1)) {
+            Some(left) => {
+                self.text_left = left;
+                out.push_str(text);
+                out.push('\n');
+            }
+            None => {
+                self.over_budget = true;
+                self.facts.unscannable.push(message_text_limit(self.limits));
+            }
+        }
+    }
+
+    /// The headers a person writes, of every part of `msg` (its own
+    /// headers are those of its first part), into `out`. The header
+    /// section is read as written, not only as mail-parser understood it:
+    /// a line that is not a header field (no colon, a space in the name)
+    /// is dropped by the parser, but not by every reader, so it is text.
+    fn part_headers(&mut self, msg: &Message<'_>, out: &mut String) {
+        for part in &msg.parts {
+            // File names and other parameters, RFC 2231 decoded and
+            // continuations joined by mail-parser.
+            for h in &part.headers {
+                if let HeaderValue::ContentType(ct) = &h.value {
+                    for a in ct.attributes().unwrap_or(&[]) {
+                        let param = a.name.to_ascii_lowercase();
+                        if !STRUCTURAL_PARAMETERS.contains(&param.as_str()) {
+                            self.push(out, &normalize(&a.value));
+                        }
+                    }
+                }
+            }
+            let block = msg
+                .raw_message
+                .get(part.raw_header_offset() as usize..part.raw_body_offset() as usize)
+                .unwrap_or_default();
+            for (name, value) in header_fields(block) {
+                let text = match name {
+                    None => sniff::decode_text(value),
+                    Some(name) => {
+                        let name = name.to_ascii_lowercase();
+                        if is_machine_header(&name)
+                            || name == "content-type"
+                            || name == "content-disposition"
+                        {
+                            continue;
+                        }
+                        // RFC 2047 encoded words decoded, as in an
+                        // unstructured header (display names, X- headers).
+                        match MessageStream::new(value).parse_unstructured() {
+                            HeaderValue::Text(t) => t.into_owned(),
+                            _ => continue,
+                        }
+                    }
+                };
+                self.push(out, &normalize(text.trim()));
+            }
+        }
     }
 
     /// The text and HTML bodies of `msg` into `out`; `what` names the
@@ -266,25 +554,28 @@ impl Scan<'_> {
         ids.dedup();
         for id in ids {
             let Some(part) = msg.part(id) else { continue };
-            if part.is_encoding_problem {
-                self.unscannable(&format!("{what} body"), "its transfer encoding is damaged");
-            }
-            let Some(text) = part.text_contents() else {
+            // Inline images are listed among the bodies and the
+            // attachments: they are read as attachments.
+            if !matches!(part.body, PartType::Text(_) | PartType::Html(_)) {
                 continue;
-            };
-            if part.is_text_html() {
-                out.push_str(&html::to_text(text));
-            } else {
-                out.push_str(&normalize(text));
             }
-            out.push('\n');
+            let ct = content_type_of(part);
+            self.leaf(msg, part, &ct, None, &format!("{what} body"), out);
         }
     }
 
-    /// The attachments of `msg` into `out`, attached messages opened up to
-    /// the depth limit. `path` is the position of `msg` ("" for the
-    /// message itself, "2/" for its second attachment, ...).
-    fn attachments(&mut self, msg: &Message<'_>, path: &str, depth: usize, out: &mut String) {
+    /// The attachments of `msg` into `out` (and the headers of attached
+    /// messages into `headers`), attached messages opened up to the depth
+    /// limit. `path` is the position of `msg` ("" for the message itself,
+    /// "2/" for its second attachment, ...).
+    fn attachments(
+        &mut self,
+        msg: &Message<'_>,
+        path: &str,
+        depth: usize,
+        out: &mut String,
+        headers: &mut String,
+    ) {
         for (i, part) in msg.attachments().enumerate() {
             let ct = part
                 .content_type()
@@ -327,56 +618,196 @@ impl Scan<'_> {
                     );
                     continue;
                 }
-                out.push_str(&normalize(nested.subject().unwrap_or("")));
-                out.push('\n');
+                self.check_transfer_encoding(part, &what);
+                self.push(out, &normalize(nested.subject().unwrap_or("")));
+                self.part_headers(nested, headers);
                 self.bodies(nested, &what, out);
                 let inner = format!("{path}{}/", i + 1);
-                self.attachments(nested, &inner, depth + 1, out);
+                self.attachments(nested, &inner, depth + 1, out, headers);
                 continue;
             }
             if nested_raw.is_some() {
                 self.unscannable(&what, "the attached message cannot be parsed");
                 continue;
             }
-            // Text parts as mail-parser decoded them (charset included).
-            if matches!(part.body, PartType::Text(_) | PartType::Html(_)) {
-                let t = part.text_contents().unwrap_or("");
-                if part.is_text_html() {
-                    out.push_str(&html::to_text(t));
-                } else {
-                    out.push_str(&normalize(t));
+            self.leaf(msg, part, &ct, name.as_deref(), &what, out);
+        }
+    }
+
+    /// A `Content-Transfer-Encoding` mail-parser does not decode leaves the
+    /// part encoded: unscannable (what can be read is read all the same).
+    fn check_transfer_encoding(&mut self, part: &MessagePart<'_>, what: &str) {
+        let Some(value) = part.headers.iter().find_map(|h| {
+            matches!(h.name, HeaderName::ContentTransferEncoding).then_some(&h.value)
+        }) else {
+            return;
+        };
+        let known = match value {
+            HeaderValue::Text(t) => {
+                KNOWN_TRANSFER_ENCODINGS.contains(&t.trim().to_ascii_lowercase().as_str())
+            }
+            HeaderValue::Empty => true,
+            _ => false,
+        };
+        if !known {
+            self.unscannable(what, "its transfer encoding is not known");
+        }
+    }
+
+    /// One part that is not a container: read by what its bytes are.
+    fn leaf(
+        &mut self,
+        msg: &Message<'_>,
+        part: &MessagePart<'_>,
+        ct: &str,
+        name: Option<&str>,
+        what: &str,
+        out: &mut String,
+    ) {
+        self.check_transfer_encoding(part, what);
+        if part.is_encoding_problem {
+            // mail-parser kept the raw bytes: a text part is still read.
+            self.unscannable(what, "its transfer encoding is damaged");
+            if let PartType::Text(t) | PartType::Html(t) = &part.body {
+                if !sniff::looks_binary(t) {
+                    self.push(out, &normalize(t));
                 }
-                out.push('\n');
-                continue;
             }
-            // Anything else by what it is, never by whether its bytes
-            // happen to be UTF-8 (an uncompressed PDF is ASCII).
-            let data = part.contents();
-            if data.is_empty() || NO_TEXT_TYPES.contains(&ct.as_str()) {
-                continue;
-            }
-            match Kind::of(&ct, name.as_deref(), data) {
-                Some(kind) => {
-                    let limits = Limits {
-                        max_inflated: self.limits.max_inflated,
-                        max_text: self.limits.max_text,
-                        deadline: self.deadline,
-                    };
-                    match kind.extract(data, &limits) {
-                        Ok(text) => {
-                            out.push_str(&normalize(&text));
-                            out.push('\n');
+            return;
+        }
+        if ct == "message/partial" {
+            self.unscannable(what, "a fragment of a message, which is not reassembled");
+            return;
+        }
+        match &part.body {
+            PartType::Text(t) | PartType::Html(t) => {
+                // A document sent as text: recognised by its first bytes
+                // (gzip's second byte is not text, so look at the first).
+                // A PDF header later in the part counts only in bytes that
+                // are not text: a letter may quote one.
+                let binary = sniff::looks_binary(t);
+                let head = t.trim_start_matches('\u{feff}').trim_start();
+                if head.starts_with("%PDF-")
+                    || t.starts_with("PK\x03\x04")
+                    || t.starts_with("PK\x05\x06")
+                    || t.starts_with('\x1f')
+                    || (binary && Kind::sniff(t.as_bytes()).is_some())
+                {
+                    if let Some(bytes) = raw_bytes(msg, part) {
+                        if let Some(kind) = Kind::sniff(&bytes) {
+                            if self.extract(kind, &bytes, what, out) {
+                                return;
+                            }
+                            // Not a document after all (text that names
+                            // one): read the text too.
                         }
-                        Err(e) => self.unscannable(&what, e),
                     }
                 }
-                None if is_text_like(&ct) => {
-                    out.push_str(&normalize(&String::from_utf8_lossy(data)));
-                    out.push('\n');
+                let ct = if part.is_text_html() { "text/html" } else { ct };
+                // UTF-16 with a byte-order mark but no charset: mail-parser
+                // read it as UTF-8.
+                if binary && t.contains('\0') {
+                    if let Some(bytes) = raw_bytes(msg, part) {
+                        if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+                            let text = sniff::decode_text(&bytes);
+                            self.text(part, ct, &text, what, out);
+                            return;
+                        }
+                    }
                 }
-                None => self.unscannable(&what, "its text is not extracted"),
+                self.text(part, ct, t, what, out);
+            }
+            PartType::Binary(data) | PartType::InlineBinary(data) => {
+                if data.is_empty() {
+                    return;
+                }
+                // A signature or key holds no text of its own; what only
+                // claims to be one is read like any other part.
+                if sniff::is_signature_type(ct) {
+                    if let Some(text) = sniff::genuine_signature(data) {
+                        self.push(out, &normalize(&text));
+                        return;
+                    }
+                }
+                if let Some(kind) = Kind::of(ct, name, data) {
+                    self.extract(kind, data, what, out);
+                    return;
+                }
+                // Anything else by what it is, never by whether its bytes
+                // happen to be UTF-8 (an uncompressed PDF is ASCII).
+                if sniff::binary_format(data).is_none()
+                    && (is_text_like(ct) || sniff::is_signature_type(ct))
+                {
+                    let text = sniff::decode_text(data);
+                    self.text(part, ct, &text, what, out);
+                } else {
+                    self.unscannable(what, "its text is not extracted");
+                }
+            }
+            PartType::Message(_) | PartType::Multipart(_) => {}
+        }
+    }
+
+    /// The text of a document; `false` (and unscannable) if it cannot be
+    /// read.
+    fn extract(&mut self, kind: Kind, data: &[u8], what: &str, out: &mut String) -> bool {
+        let limits = Limits {
+            max_inflated: self.limits.max_inflated,
+            max_text: self.limits.max_text.min(self.text_left),
+            deadline: self.deadline,
+            depth: MAX_CONTAINER_DEPTH,
+        };
+        match kind.extract(data, &limits) {
+            Ok(text) => {
+                self.push(out, &normalize(&text));
+                true
+            }
+            Err(super::extract::ExtractError::TooLarge(n))
+                if n == limits.max_text && limits.max_text < self.limits.max_text =>
+            {
+                // Cut by what the message has left, not by the document's
+                // own limit.
+                if !self.over_budget {
+                    self.over_budget = true;
+                    self.facts.unscannable.push(message_text_limit(self.limits));
+                }
+                false
+            }
+            Err(e) => {
+                self.unscannable(what, e);
+                false
             }
         }
+    }
+
+    /// Text as a reader sees it: markup read through [`html`], folded
+    /// lines unfolded, flowed lines joined. Binary bytes in a text part,
+    /// and text formats whose markup is not read, are unscannable.
+    fn text(&mut self, part: &MessagePart<'_>, ct: &str, text: &str, what: &str, out: &mut String) {
+        if sniff::looks_binary(text) {
+            self.unscannable(what, "holds binary content, not text");
+            return;
+        }
+        if let Some(format) = sniff::unread_text_format(text) {
+            self.unscannable(what, format_args!("holds {format}, which is not read"));
+        }
+        let read = if is_markup(ct) {
+            html::to_text(text)
+        } else if is_folded(ct) {
+            normalize(&unfold(text))
+        } else {
+            let param = |n: &str| {
+                part.content_type()
+                    .and_then(|c| c.attribute(n))
+                    .map(str::to_ascii_lowercase)
+            };
+            if param("format").as_deref() == Some("flowed") {
+                normalize(&unflow(text, param("delsp").as_deref() == Some("yes")))
+            } else {
+                normalize(text)
+            }
+        };
+        self.push(out, &read);
     }
 }
 
@@ -642,5 +1073,493 @@ mod tests {
             "{:?}",
             f.unscannable
         );
+    }
+
+    /// A multipart/mixed message of `parts` (each its headers, a blank
+    /// line and its body, as written).
+    fn mixed(parts: &[String]) -> Vec<u8> {
+        let mut m = String::from(
+            "From: a@clinic.example\r\nTo: b@x.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n",
+        );
+        for p in parts {
+            m.push_str("--zz\r\n");
+            m.push_str(p);
+            m.push_str("\r\n");
+        }
+        m.push_str("--zz--\r\n");
+        m.into_bytes()
+    }
+
+    /// A part of type `ct` whose body is `data` in base64.
+    fn b64_part(ct: &str, extra: &str, data: &[u8]) -> String {
+        format!(
+            "Content-Type: {ct}\r\n{extra}Content-Transfer-Encoding: base64\r\n\r\n{}",
+            fixtures::base64_mime(data)
+        )
+    }
+
+    /// `part` in each wrapper: the message itself (its only part), a
+    /// multipart body part, an attachment after a text body, and the
+    /// same inside an attached message (7bit and base64).
+    fn wrapped(part: &str) -> Vec<(&'static str, Vec<u8>)> {
+        let single =
+            format!("From: a@clinic.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n{part}\r\n");
+        let first = mixed(&[part.to_string()]);
+        let after = mixed(&[
+            "Content-Type: text/plain\r\n\r\nsee attached".into(),
+            part.to_string(),
+        ]);
+        vec![
+            ("the message itself", single.into_bytes()),
+            ("the first part", first),
+            ("an attachment", after.clone()),
+            ("in an attached message", attach_message(&after, "7bit")),
+            (
+                "in a base64 attached message",
+                attach_message(&after, "base64"),
+            ),
+            (
+                "in a message attached twice",
+                attach_message(&attach_message(&after, "base64"), "7bit"),
+            ),
+        ]
+    }
+
+    fn assert_ssn_everywhere(what: &str, part: &str) {
+        for (wrapper, raw) in wrapped(part) {
+            let f = MessageFacts::parse(&raw, false);
+            assert_eq!(
+                ssns(&f),
+                1,
+                "{what} as {wrapper}: {:?} {:?} {:?}",
+                f.body_text,
+                f.attachment_text,
+                f.unscannable
+            );
+            assert!(
+                f.unscannable.is_empty(),
+                "{what} as {wrapper}: {:?}",
+                f.unscannable
+            );
+        }
+    }
+
+    fn assert_unscannable_everywhere(what: &str, part: &str) {
+        for (wrapper, raw) in wrapped(part) {
+            let f = MessageFacts::parse(&raw, false);
+            assert!(
+                !f.unscannable.is_empty(),
+                "{what} as {wrapper}: {:?}",
+                f.body_text
+            );
+        }
+    }
+
+    /// From review: a part declared a signature or key was skipped
+    /// unread, so a text file labelled `application/pgp-signature` hid an
+    /// SSN. Only a real signature or key is skipped.
+    #[test]
+    fn parts_that_only_claim_to_be_signatures_are_read() {
+        for ct in [
+            "application/pgp-signature",
+            "application/pkcs7-signature",
+            "application/x-pkcs7-signature",
+            "application/pgp-keys",
+            "application/pkcs7-mime",
+        ] {
+            assert_ssn_everywhere(ct, &b64_part(ct, "", b"SSN 123-45-6789\r\n"));
+            assert_ssn_everywhere(
+                ct,
+                &format!("Content-Type: {ct}\r\n\r\nnotes: SSN 123-45-6789"),
+            );
+            let pdf = fixtures::pdf("SSN 123-45-6789", None);
+            assert_ssn_everywhere(ct, &b64_part(ct, "", &pdf));
+            assert_unscannable_everywhere(ct, &b64_part(ct, "", b"\x00\x01\x02\x03\x04binary"));
+        }
+        // A real one is skipped: not text, not unscannable.
+        let sig = "-----BEGIN PGP SIGNATURE-----\r\n\r\niHUEARYKAB0WIQTx2b0Ls8+dcXb1tcTDPNCUuvHWfAUCZ0JHBAAKCRDDPNCUuvHW\r\n=AbCd\r\n-----END PGP SIGNATURE-----";
+        for (wrapper, raw) in wrapped(&format!(
+            "Content-Type: application/pgp-signature\r\n\r\n{sig}"
+        )) {
+            let f = MessageFacts::parse(&raw, false);
+            assert!(f.unscannable.is_empty(), "{wrapper}: {:?}", f.unscannable);
+            assert_eq!(ssns(&f), 0);
+        }
+        // Its armor headers are read.
+        let sig = sig.replacen("\r\n\r\n", "\r\nComment: SSN 123-45-6789\r\n\r\n", 1);
+        assert_ssn_everywhere(
+            "an armor comment",
+            &format!("Content-Type: application/pgp-signature\r\n\r\n{sig}"),
+        );
+    }
+
+    /// From review: text parts and `application/octet-stream` were not
+    /// sniffed, so a PDF or zip sent as `text/plain` was read as garbled
+    /// text. Documents are recognised by their bytes, in every wrapper.
+    #[test]
+    fn documents_are_read_whatever_their_label() {
+        let pdf = fixtures::pdf_object_streams("SSN 123-45-6789");
+        let zip = fixtures::zip(&[("notes.txt", b"SSN 123-45-6789")]);
+        let docx = fixtures::docx("<w:p><w:r><w:t>SSN 123-45-6789</w:t></w:r></w:p>", &[]);
+        let gz = fixtures::python(
+            "import gzip,sys\nsys.stdout.buffer.write(gzip.compress(b'SSN 123-45-6789'))",
+            &[],
+        );
+        for (doc, data) in [("PDF", &pdf), ("zip", &zip), ("DOCX", &docx), ("gzip", &gz)] {
+            for (ct, extra) in [
+                ("text/plain", ""),
+                ("text/plain; charset=utf-8", ""),
+                ("text/plain; charset=iso-8859-1", ""),
+                ("text/html", ""),
+                (
+                    "text/csv; name=\"list.csv\"",
+                    "Content-Disposition: attachment; filename=\"list.csv\"\r\n",
+                ),
+                ("application/octet-stream", ""),
+                ("application/octet-stream; name=\"x.txt\"", ""),
+                ("application/json", ""),
+                ("image/png; name=\"xray.png\"", ""),
+            ] {
+                assert_ssn_everywhere(&format!("{doc} as {ct}"), &b64_part(ct, extra, data));
+            }
+        }
+        // Declared as zip-based files.
+        for ct in [
+            "application/zip",
+            "application/x-zip-compressed",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ] {
+            assert_ssn_everywhere(ct, &b64_part(ct, "", &zip));
+        }
+    }
+
+    #[test]
+    fn unknown_binary_content_is_unscannable_in_every_wrapper() {
+        for (ct, data) in [
+            ("image/png", &b"\x89PNG\r\n\x1a\nrest"[..]),
+            ("image/jpeg", b"\xff\xd8\xff\xe0JFIF"),
+            ("application/octet-stream", b"\x00\x01\x02\x03\x04\x05"),
+            (
+                "application/octet-stream",
+                b"SSN as text, but not a declared text",
+            ),
+            (
+                "application/msword",
+                b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest",
+            ),
+            ("application/x-7z-compressed", b"7z\xbc\xaf\x27\x1crest"),
+            // Binary bytes in a text part, and text formats not read.
+            ("text/plain", b"\x00\x01\x02\x03\x04\x05\x06\x07\x08"),
+            (
+                "text/plain",
+                b"hi \x01\x02\x03\x04\x05\x06 \x78\x9c\x01\x02",
+            ),
+            ("text/rtf", b"{\\rtf1 SSN 123-{\\b 45}-6789}"),
+            (
+                "message/partial; id=\"x\"; number=1; total=2",
+                b"Subject: part\r\n\r\nSSN",
+            ),
+        ] {
+            assert_unscannable_everywhere(ct, &b64_part(ct, "", data));
+        }
+        // The same bytes as 7bit text/plain: still binary.
+        assert_unscannable_everywhere(
+            "7bit binary",
+            "Content-Type: text/plain\r\n\r\nab\x01\x02\x03\x04\x05cd",
+        );
+    }
+
+    /// From review: file names and part headers were not scanned.
+    #[test]
+    fn file_names_and_part_headers_are_scanned() {
+        for (what, headers) in [
+            (
+                "filename",
+                "Content-Disposition: attachment; filename=\"SSN 123-45-6789.txt\"\r\n",
+            ),
+            (
+                "name",
+                "Content-Type: text/plain; name=\"SSN 123-45-6789.txt\"\r\n",
+            ),
+            (
+                "RFC 2231 filename",
+                "Content-Disposition: attachment; filename*=utf-8''SSN%20123-45-6789.txt\r\n",
+            ),
+            (
+                "RFC 2231 continuation split in the number",
+                "Content-Disposition: attachment;\r\n filename*0=\"SSN 123-4\";\r\n filename*1=\"5-6789.txt\"\r\n",
+            ),
+            (
+                "RFC 2047 name",
+                "Content-Type: text/plain; name=\"=?utf-8?q?SSN_123-45-6789.txt?=\"\r\n",
+            ),
+            (
+                "Content-Description",
+                "Content-Description: Jane Roe SSN 123-45-6789\r\n",
+            ),
+            (
+                "encoded Content-Description",
+                "Content-Description: =?utf-8?b?U1NOIDEyMy00NS02Nzg5?=\r\n",
+            ),
+            ("an unknown part header", "X-Patient: 123-45-6789\r\n"),
+        ] {
+            let ct = if headers.starts_with("Content-Type") {
+                ""
+            } else {
+                "Content-Type: text/plain\r\n"
+            };
+            assert_ssn_everywhere(what, &format!("{ct}{headers}\r\nhello"));
+        }
+        // The message's own headers a person writes, encoded or not.
+        for header in [
+            "X-Patient-SSN: 123-45-6789",
+            "Comments: SSN 123-45-6789",
+            "Keywords: labs, 123-45-6789",
+            "To: \"Jane 123-45-6789\" <b@x.example>",
+            "To: =?utf-8?q?Jane_123-45-6789?= <b@x.example>",
+            "X-Note: =?utf-8?b?U1NOIDEyMy00NS02Nzg5?=",
+            "X-Folded: SSN\r\n 123-45-6789",
+        ] {
+            let raw = format!("From: a@clinic.example\r\n{header}\r\nSubject: x\r\n\r\nhello\r\n");
+            let f = MessageFacts::parse(raw.as_bytes(), false);
+            assert_eq!(ssns(&f), 1, "{header}: {:?}", f.header_text);
+            // And in an attached message.
+            let f = MessageFacts::parse(&attach_message(raw.as_bytes(), "base64"), false);
+            assert_eq!(ssns(&f), 1, "{header} attached: {:?}", f.header_text);
+        }
+        // The Subject once, and trace headers not at all.
+        let raw = b"Subject: SSN 123-45-6789\r\nReceived: from x (1234567893.example)\r\nMessage-ID: <123-45-6789@x>\r\nContent-Type: multipart/mixed; boundary=\"123-45-6789\"\r\n\r\n--123-45-6789\r\n\r\nhi\r\n--123-45-6789--\r\n";
+        let f = MessageFacts::parse(raw, false);
+        assert_eq!(ssns(&f), 1, "{:?}", f.header_text);
+        assert_eq!(f.detect(&Detectors::new(), &[Detector::Npi]), vec![]);
+    }
+
+    /// From review: a zip that was not a DOCX was unscannable at best;
+    /// spreadsheets and slides were not read.
+    #[test]
+    fn archives_and_office_files_are_read() {
+        let zip = fixtures::zip(&[("a/b/notes.txt", b"SSN 123-45-6789")]);
+        assert_ssn_everywhere(
+            "zip",
+            &b64_part("application/zip; name=\"x.zip\"", "", &zip),
+        );
+        let named = fixtures::zip(&[("SSN 123-45-6789.txt", b"hello")]);
+        assert_ssn_everywhere("a name in a zip", &b64_part("application/zip", "", &named));
+        let xlsx = fixtures::zip(&[
+            ("[Content_Types].xml", b"<Types/>"),
+            ("xl/workbook.xml", b"<workbook/>"),
+            (
+                "xl/sharedStrings.xml",
+                b"<sst><si><t>SSN 123-45-6789</t></si></sst>",
+            ),
+        ]);
+        assert_ssn_everywhere(
+            "xlsx",
+            &b64_part(
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "",
+                &xlsx,
+            ),
+        );
+        let png = fixtures::zip(&[("scan.png", b"\x89PNG\r\n\x1a\nrest")]);
+        assert_unscannable_everywhere("a zip of a picture", &b64_part("application/zip", "", &png));
+    }
+
+    /// From review: each part had its own text budget, so a thousand parts
+    /// could each fill it. One budget for the message: past it, the rest
+    /// is unscannable.
+    #[test]
+    fn one_text_budget_for_the_whole_message() {
+        let limits = ScanLimits {
+            max_message_text: 64 << 10,
+            ..ScanLimits::default()
+        };
+        let text = "x".repeat(10 << 10);
+        let parse = |raw: &[u8]| {
+            MessageFacts::parse_with(raw, false, &limits, Instant::now() + limits.timeout)
+        };
+        let parts: Vec<String> = (0..5)
+            .map(|_| format!("Content-Type: text/plain\r\n\r\n{text}"))
+            .collect();
+        let f = parse(&mixed(&parts));
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+        for n in [7, 100] {
+            let parts: Vec<String> = (0..n)
+                .map(|_| format!("Content-Type: text/plain\r\n\r\n{text}"))
+                .collect();
+            let f = parse(&mixed(&parts));
+            assert_eq!(
+                f.unscannable,
+                vec!["message: holds more text than the scan limit of 65536 bytes"],
+                "{n} parts"
+            );
+            let total = f.body_text.len() + f.attachment_text.len() + f.header_text.len();
+            assert!(total <= 64 << 10, "{total}");
+        }
+        // Documents draw on the same budget.
+        let docs: Vec<String> = (0..10)
+            .map(|_| {
+                b64_part(
+                    "application/zip",
+                    "",
+                    &fixtures::zip(&[("a.txt", text.as_bytes())]),
+                )
+            })
+            .collect();
+        let f = parse(&mixed(&docs));
+        assert_eq!(
+            f.unscannable,
+            vec!["message: holds more text than the scan limit of 65536 bytes"]
+        );
+        // A message that is not MIME at all, and one of header lines only.
+        for raw in [
+            "\r\n".to_string() + &"x".repeat(100 << 10),
+            "x".repeat(100 << 10),
+        ] {
+            let f = parse(raw.as_bytes());
+            assert!(f.body_text.len() + f.header_text.len() <= 64 << 10);
+            assert_eq!(f.unscannable.len(), 1, "{:?}", f.unscannable);
+        }
+    }
+
+    /// A line in the header section that is not a header field is dropped
+    /// by mail-parser, but some readers show it: it is scanned, at the
+    /// start, in the middle and at the end of the section, in every part.
+    #[test]
+    fn stray_lines_in_a_header_section_are_scanned() {
+        for raw in [
+            "SSN 123-45-6789\r\nSubject: x\r\n\r\nhello\r\n",
+            "Subject: x\r\nSSN 123-45-6789\r\nTo: b@x.example\r\n\r\nhello\r\n",
+            "Subject: x\r\nSSN 123-45-6789\r\n\r\nhello\r\n",
+            "Subject: x\r\nSSN 123-45-6789\r\n",
+            "Subject: x\r\nSSN 123-45-6789",
+        ] {
+            let f = MessageFacts::parse(raw.as_bytes(), false);
+            assert_eq!(
+                ssns(&f),
+                1,
+                "{raw:?}: {:?} {:?}",
+                f.header_text,
+                f.body_text
+            );
+        }
+        assert_ssn_everywhere(
+            "a stray line in a part's headers",
+            "Content-Type: text/plain\r\nSSN 123-45-6789\r\n\r\nhello",
+        );
+    }
+
+    #[test]
+    fn charsets_and_transfer_encodings_do_not_hide_a_number() {
+        let utf16le: Vec<u8> = "SSN 123-45-6789"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let utf16be: Vec<u8> = "SSN 123-45-6789"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        let bom = |b: &[u8], le: bool| {
+            let mut v = if le {
+                vec![0xff, 0xfe]
+            } else {
+                vec![0xfe, 0xff]
+            };
+            v.extend_from_slice(b);
+            v
+        };
+        for (ct, data) in [
+            ("text/plain; charset=utf-16", bom(&utf16le, true)),
+            ("text/plain; charset=utf-16", bom(&utf16be, false)),
+            ("text/plain; charset=utf-16le", utf16le.clone()),
+            ("text/plain; charset=UTF-16BE", utf16be.clone()),
+            // No charset, but a byte-order mark.
+            ("text/plain", bom(&utf16le, true)),
+            ("application/json", bom(&utf16be, false)),
+            (
+                "text/html; charset=utf-16",
+                bom(
+                    &"<p>SSN 123-<b>45</b>-6789</p>"
+                        .encode_utf16()
+                        .flat_map(u16::to_le_bytes)
+                        .collect::<Vec<u8>>(),
+                    true,
+                ),
+            ),
+        ] {
+            assert_ssn_everywhere(ct, &b64_part(ct, "", &data));
+        }
+        // A quoted-printable soft line break at every position of the
+        // number, with CRLF and bare LF.
+        let ssn = "123-45-6789";
+        for at in 0..=ssn.len() {
+            for nl in ["\r\n", "\n"] {
+                let body = format!("SSN {}={nl}{}", &ssn[..at], &ssn[at..]);
+                let part = format!(
+                    "Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{body}"
+                );
+                assert_ssn_everywhere(&format!("QP break at {at}"), &part);
+            }
+        }
+        // format=flowed with delsp=yes: a number wrapped at a soft break.
+        for at in 1..ssn.len() {
+            let part = format!(
+                "Content-Type: text/plain; format=flowed; delsp=yes\r\n\r\nSSN {} \r\n{}",
+                &ssn[..at],
+                &ssn[at..]
+            );
+            assert_ssn_everywhere(&format!("flowed break at {at}"), &part);
+        }
+        // iCalendar and vCard folding, at every position.
+        for at in 1..ssn.len() {
+            for ct in ["text/calendar", "text/vcard", "text/x-vcard"] {
+                let part = format!(
+                    "Content-Type: {ct}\r\n\r\nBEGIN:VEVENT\r\nDESCRIPTION:SSN {}\r\n {}\r\nEND:VEVENT",
+                    &ssn[..at],
+                    &ssn[at..]
+                );
+                assert_ssn_everywhere(&format!("{ct} folded at {at}"), &part);
+            }
+        }
+        // An HTML attachment, and XML, read as a reader sees them.
+        for ct in [
+            "text/html",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/xml",
+        ] {
+            let part = b64_part(
+                ct,
+                "Content-Disposition: attachment; filename=\"r\"\r\n",
+                b"<p>SSN 123-<span>45</span>-6789</p>",
+            );
+            assert_ssn_everywhere(ct, &part);
+        }
+    }
+
+    #[test]
+    fn unknown_transfer_encodings_are_unscannable() {
+        for cte in ["x-uuencode", "uuencode", "base-64", "x-gzip64", "binhex"] {
+            for ct in ["text/plain", "application/pdf", "message/rfc822"] {
+                let part = format!(
+                    "Content-Type: {ct}\r\nContent-Transfer-Encoding: {cte}\r\n\r\nbegin 644 x\r\nend\r\n"
+                );
+                assert_unscannable_everywhere(&format!("{ct} in {cte}"), &part);
+            }
+        }
+        for cte in ["7bit", "8BIT", "binary", " Base64 ", "quoted-printable"] {
+            let part = format!(
+                "Content-Type: text/plain\r\nContent-Transfer-Encoding: {cte}\r\n\r\nhello"
+            );
+            for (wrapper, raw) in wrapped(&part) {
+                let f = MessageFacts::parse(&raw, false);
+                assert!(
+                    f.unscannable.is_empty(),
+                    "{cte} as {wrapper}: {:?}",
+                    f.unscannable
+                );
+            }
+        }
     }
 }
