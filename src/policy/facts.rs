@@ -331,6 +331,7 @@ impl MessageFacts {
         let (mut body, mut att_text, mut header_text) =
             (String::new(), String::new(), String::new());
         scan.part_headers(&msg, &mut header_text);
+        scan.outside_parts(&msg, 0..content.len(), "message", &mut body);
         scan.bodies(&msg, "message", &mut body);
         scan.attachments(&msg, "", 0, &mut att_text, &mut header_text);
         f.body_text = body;
@@ -539,6 +540,73 @@ impl Scan<'_> {
         }
     }
 
+    /// The bytes of `msg` within `range` that belong to no part: the
+    /// preamble and epilogue of each multipart (and anything mail-parser
+    /// skipped). Readers do not show them, but they travel in the clear
+    /// like the rest, so they are text too (boundary lines aside).
+    fn outside_parts(
+        &mut self,
+        msg: &Message<'_>,
+        range: std::ops::Range<usize>,
+        what: &str,
+        out: &mut String,
+    ) {
+        let raw = &msg.raw_message;
+        let hi = range.end.min(raw.len());
+        let lo = range.start.min(hi);
+        let mut covered: Vec<(usize, usize)> = Vec::new();
+        let mut boundaries: Vec<String> = Vec::new();
+        for p in &msg.parts {
+            let header = p.raw_header_offset() as usize;
+            let body = p.raw_body_offset() as usize;
+            covered.push((header, body.max(header)));
+            if let PartType::Multipart(_) = p.body {
+                if let Some(b) = p.content_type().and_then(|c| c.attribute("boundary")) {
+                    boundaries.push(b.to_string());
+                }
+            } else {
+                covered.push((body, (p.raw_end_offset() as usize).max(body)));
+            }
+        }
+        covered.sort_unstable();
+        let mut gaps = Vec::new();
+        let mut at = lo;
+        for (start, end) in covered {
+            let (start, end) = (start.clamp(lo, hi), end.clamp(lo, hi));
+            if start > at {
+                gaps.push((at, start));
+            }
+            at = at.max(end);
+        }
+        if at < hi {
+            gaps.push((at, hi));
+        }
+        let mut text = String::new();
+        for (start, end) in gaps {
+            let Some(bytes) = raw.get(start..end) else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(bytes).lines() {
+                let trimmed = line.trim();
+                let delimiter = trimmed
+                    .strip_prefix("--")
+                    .is_some_and(|rest| boundaries.iter().any(|b| rest.starts_with(b.as_str())));
+                if !trimmed.is_empty() && !delimiter {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        if text.is_empty() {
+            return;
+        }
+        if sniff::looks_binary(&text) {
+            self.unscannable(what, "holds binary bytes outside its parts");
+        } else {
+            self.push(out, &normalize(&text));
+        }
+    }
+
     /// The text and HTML bodies of `msg` into `out`; `what` names the
     /// message in unscannable entries.
     fn bodies(&mut self, msg: &Message<'_>, what: &str, out: &mut String) {
@@ -621,6 +689,15 @@ impl Scan<'_> {
                 self.check_transfer_encoding(part, &what);
                 self.push(out, &normalize(nested.subject().unwrap_or("")));
                 self.part_headers(nested, headers);
+                // A message attached as it is (7bit) shares the buffer of
+                // the message it is in, with offsets into it; a decoded
+                // one has a buffer of its own.
+                let range = if nested.raw_message.as_ptr() == msg.raw_message.as_ptr() {
+                    part.raw_body_offset() as usize..part.raw_end_offset() as usize
+                } else {
+                    0..nested.raw_message.len()
+                };
+                self.outside_parts(nested, range, &what, out);
                 self.bodies(nested, &what, out);
                 let inner = format!("{path}{}/", i + 1);
                 self.attachments(nested, &inner, depth + 1, out, headers);
@@ -681,39 +758,35 @@ impl Scan<'_> {
         }
         match &part.body {
             PartType::Text(t) | PartType::Html(t) => {
-                // A document sent as text: recognised by its first bytes
-                // (gzip's second byte is not text, so look at the first).
-                // A PDF header later in the part counts only in bytes that
-                // are not text: a letter may quote one.
-                let binary = sniff::looks_binary(t);
-                let head = t.trim_start_matches('\u{feff}').trim_start();
-                if head.starts_with("%PDF-")
-                    || t.starts_with("PK\x03\x04")
-                    || t.starts_with("PK\x05\x06")
-                    || t.starts_with('\x1f')
-                    || (binary && Kind::sniff(t.as_bytes()).is_some())
-                {
-                    if let Some(bytes) = raw_bytes(msg, part) {
-                        if let Some(kind) = Kind::sniff(&bytes) {
-                            if self.extract(kind, &bytes, what, out) {
-                                return;
-                            }
-                            // Not a document after all (text that names
-                            // one): read the text too.
-                        }
+                // A document sent as text, recognised by its bytes before
+                // any charset is applied (a PDF labelled UTF-16 is still a
+                // PDF). A PDF header past the start counts only in bytes
+                // that are not text: a letter may quote one.
+                let raw = raw_bytes(msg, part);
+                let bytes = raw.as_deref().unwrap_or(t.as_bytes());
+                if let Some(kind) = Kind::sniff(bytes) {
+                    let lead = bytes
+                        .iter()
+                        .position(|b| !b.is_ascii_whitespace())
+                        .unwrap_or(0);
+                    let quoted = kind == Kind::Pdf
+                        && !bytes[lead..].starts_with(b"%PDF-")
+                        && !sniff::looks_binary(&String::from_utf8_lossy(bytes));
+                    // Not a document after all (text that names one):
+                    // read as text too.
+                    if !quoted && self.extract(kind, bytes, what, out) {
+                        return;
                     }
                 }
                 let ct = if part.is_text_html() { "text/html" } else { ct };
                 // UTF-16 with a byte-order mark but no charset: mail-parser
                 // read it as UTF-8.
-                if binary && t.contains('\0') {
-                    if let Some(bytes) = raw_bytes(msg, part) {
-                        if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
-                            let text = sniff::decode_text(&bytes);
-                            self.text(part, ct, &text, what, out);
-                            return;
-                        }
-                    }
+                if t.contains('\0')
+                    && (bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]))
+                {
+                    let text = sniff::decode_text(bytes);
+                    self.text(part, ct, &text, what, out);
+                    return;
                 }
                 self.text(part, ct, t, what, out);
             }
@@ -1166,7 +1239,7 @@ mod tests {
             "application/pkcs7-signature",
             "application/x-pkcs7-signature",
             "application/pgp-keys",
-            "application/pkcs7-mime",
+            "application/pkix-cert",
         ] {
             assert_ssn_everywhere(ct, &b64_part(ct, "", b"SSN 123-45-6789\r\n"));
             assert_ssn_everywhere(
@@ -1178,7 +1251,7 @@ mod tests {
             assert_unscannable_everywhere(ct, &b64_part(ct, "", b"\x00\x01\x02\x03\x04binary"));
         }
         // A real one is skipped: not text, not unscannable.
-        let sig = "-----BEGIN PGP SIGNATURE-----\r\n\r\niHUEARYKAB0WIQTx2b0Ls8+dcXb1tcTDPNCUuvHWfAUCZ0JHBAAKCRDDPNCUuvHW\r\n=AbCd\r\n-----END PGP SIGNATURE-----";
+        let sig = "-----BEGIN PGP SIGNATURE-----\r\n\r\niAwEABYKAAYFAmFiY2Q=\r\n=AbCd\r\n-----END PGP SIGNATURE-----";
         for (wrapper, raw) in wrapped(&format!(
             "Content-Type: application/pgp-signature\r\n\r\n{sig}"
         )) {
@@ -1186,6 +1259,13 @@ mod tests {
             assert!(f.unscannable.is_empty(), "{wrapper}: {:?}", f.unscannable);
             assert_eq!(ssns(&f), 0);
         }
+        // A CMS signed message with its content inside, labelled a
+        // signature: content (which is not read), not a signature.
+        let opaque = hex::decode("303606092a864886f70d010702a02930270201013100301e06092a864886f70d010701a011040f53534e203132332d34352d363738393100").unwrap();
+        assert_unscannable_everywhere(
+            "opaque signed data",
+            &b64_part("application/pkcs7-signature", "", &opaque),
+        );
         // Its armor headers are read.
         let sig = sig.replacen("\r\n\r\n", "\r\nComment: SSN 123-45-6789\r\n\r\n", 1);
         assert_ssn_everywhere(
@@ -1561,5 +1641,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The preamble and epilogue of a multipart belong to no part: readers
+    /// hide them, mail-parser skips them, but they travel in the clear.
+    #[test]
+    fn text_outside_the_parts_is_scanned() {
+        let message = |preamble: &str, epilogue: &str, inner_epilogue: &str| {
+            format!(
+                "From: a@clinic.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+                 Content-Type: multipart/mixed; boundary=\"o\"\r\n\r\n{preamble}--o\r\n\
+                 Content-Type: multipart/alternative; boundary=\"i\"\r\n\r\n--i\r\n\
+                 Content-Type: text/plain\r\n\r\nhello\r\n--i--\r\n{inner_epilogue}--o\r\n\
+                 Content-Type: text/plain\r\n\r\nsee\r\n--o--\r\n{epilogue}"
+            )
+            .into_bytes()
+        };
+        let ssn = "SSN 123-45-6789\r\n";
+        for (what, raw) in [
+            ("preamble", message(ssn, "", "")),
+            ("epilogue", message("", ssn, "")),
+            (
+                "epilogue without a line break",
+                message("", "SSN 123-45-6789", ""),
+            ),
+            ("inner epilogue", message("", "", ssn)),
+        ] {
+            for (wrapper, raw) in [
+                ("the message", raw.clone()),
+                ("attached 7bit", attach_message(&raw, "7bit")),
+                ("attached base64", attach_message(&raw, "base64")),
+            ] {
+                let f = MessageFacts::parse(&raw, false);
+                assert_eq!(
+                    ssns(&f),
+                    1,
+                    "{what} in {wrapper}: {:?} {:?}",
+                    f.body_text,
+                    f.attachment_text
+                );
+                assert!(
+                    f.unscannable.is_empty(),
+                    "{what} in {wrapper}: {:?}",
+                    f.unscannable
+                );
+            }
+        }
+        // Nothing outside the parts: nothing added.
+        let f = MessageFacts::parse(&message("", "", ""), false);
+        assert_eq!(f.body_text.trim(), "hello\nsee");
     }
 }

@@ -18,7 +18,9 @@
 /// few dozen kilobytes; a larger part is read like any other.
 pub const MAX_SIGNATURE_SIZE: usize = 256 * 1024;
 
-/// Types that declare a signature or key (which holds no text of its own).
+/// Types that declare a signature, key or certificate (which holds no
+/// text of its own). Not `application/pkcs7-mime`: that is content
+/// (signed or encrypted), not a signature.
 pub fn is_signature_type(ct: &str) -> bool {
     matches!(
         ct,
@@ -26,8 +28,6 @@ pub fn is_signature_type(ct: &str) -> bool {
             | "application/pgp-keys"
             | "application/pkcs7-signature"
             | "application/x-pkcs7-signature"
-            | "application/pkcs7-mime"
-            | "application/x-pkcs7-mime"
             | "application/pkix-cert"
             | "application/x-x509-ca-cert"
             | "application/x-x509-user-cert"
@@ -149,23 +149,34 @@ pub fn decode_text(data: &[u8]) -> String {
 /// that a person could have written (armor headers, OpenPGP user IDs), to
 /// be scanned. `None`: it is not a signature or key, and is read like any
 /// other part.
+///
+/// A signature must carry no content: a CMS `SignedData` with its
+/// content inside (an "opaque" signature), an OpenPGP literal or
+/// compressed data packet, is content under a signature's label.
 pub fn genuine_signature(data: &[u8]) -> Option<String> {
     if data.is_empty() || data.len() > MAX_SIGNATURE_SIZE {
         return None;
     }
-    if let Some(text) = armored(data) {
-        return Some(text);
+    if let Some((label, headers, der)) = armored(data) {
+        let inner = match label.as_str() {
+            "PGP SIGNATURE" | "PGP PUBLIC KEY BLOCK" => openpgp_packets(&der)?,
+            "PKCS7" | "CMS" if detached_signed_data(&der) => der_strings(&der)?,
+            "CERTIFICATE" | "CERTIFICATE REQUEST" if signed_der_object(&der) => der_strings(&der)?,
+            _ => return None,
+        };
+        return Some(headers + &inner);
     }
-    if der_signed_data(data) {
-        return Some(String::new());
+    if detached_signed_data(data) || signed_der_object(data) {
+        return der_strings(data);
     }
     openpgp_packets(data)
 }
 
-/// An ASCII-armored block (OpenPGP, RFC 4880 section 6.2, or PEM, RFC
+/// An ASCII-armored block (OpenPGP, RFC 9580 section 6.2, or PEM, RFC
 /// 7468): only white space around it, `Key: value` armor headers, then
-/// base64 lines and an optional `=` checksum. Returns the armor headers.
-fn armored(data: &[u8]) -> Option<String> {
+/// base64 lines and an optional `=` checksum. Returns the label, the
+/// armor headers' values and the decoded body.
+fn armored(data: &[u8]) -> Option<(String, String, Vec<u8>)> {
     let text = std::str::from_utf8(data).ok()?;
     let mut lines = text.lines().map(str::trim_end).skip_while(|l| l.is_empty());
     let begin = lines.next()?;
@@ -187,7 +198,7 @@ fn armored(data: &[u8]) -> Option<String> {
     let end = format!("-----END {label}-----");
     let mut headers = String::new();
     let mut in_headers = true;
-    let mut body = 0usize;
+    let mut body = String::new();
     let mut ended = false;
     for line in lines.by_ref() {
         if line == end {
@@ -210,29 +221,127 @@ fn armored(data: &[u8]) -> Option<String> {
             // PEM has no headers: the base64 starts at once.
             in_headers = false;
         }
-        let b64 = line.strip_prefix('=').unwrap_or(line);
-        if !b64
+        // The OpenPGP checksum line (`=` and four characters) is not data.
+        if line.starts_with('=') && line.len() == 5 {
+            continue;
+        }
+        if !line
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
         {
             return None;
         }
-        body += b64.len();
+        body.push_str(line);
     }
-    (ended && body > 0 && lines.all(|l| l.trim().is_empty())).then_some(headers)
+    if !ended || body.is_empty() || !lines.all(|l| l.trim().is_empty()) {
+        return None;
+    }
+    let der = mail_parser::decoders::base64::base64_decode(body.as_bytes())?;
+    Some((label, headers, der))
 }
 
-/// A DER PKCS#7 / CMS `ContentInfo` of type `signedData`: one SEQUENCE
-/// covering exactly the data, starting with that OID.
-fn der_signed_data(data: &[u8]) -> bool {
-    const SIGNED_DATA: &[u8] = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02";
-    let Some((0x30, header, len)) = der_header(data) else {
-        return false;
+/// A DER element of `data` at its start: (tag, content, rest).
+fn der_element(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (tag, header, len) = der_header(data)?;
+    let end = header.checked_add(len)?;
+    Some((tag, data.get(header..end)?, data.get(end..)?))
+}
+
+/// A certificate or certificate request (RFC 5280, RFC 2986): one DER
+/// SEQUENCE covering exactly `data` of the signed object, its algorithm
+/// and its signature (a BIT STRING), nothing else.
+fn signed_der_object(data: &[u8]) -> bool {
+    let check = || -> Option<()> {
+        let (0x30, outer, b"") = der_element(data)? else {
+            return None;
+        };
+        let (0x30, _, rest) = der_element(outer)? else {
+            return None;
+        };
+        let (0x30, _, rest) = der_element(rest)? else {
+            return None;
+        };
+        let (0x03, _, b"") = der_element(rest)? else {
+            return None;
+        };
+        Some(())
     };
-    header.checked_add(len) == Some(data.len())
-        && data
-            .get(header..)
-            .is_some_and(|c| c.starts_with(SIGNED_DATA))
+    check().is_some()
+}
+
+/// Every character string in a DER structure (names in certificates,
+/// which a person writes), one per line; `None` if the structure does
+/// not parse to its end. Walked with an explicit stack.
+fn der_strings(data: &[u8]) -> Option<String> {
+    let mut out = String::new();
+    let mut stack = vec![data];
+    while let Some(mut rest) = stack.pop() {
+        while !rest.is_empty() {
+            let (tag, content, next) = der_element(rest)?;
+            match tag {
+                // UTF8, Printable, T61, IA5, Visible, Universal strings.
+                0x0c | 0x13 | 0x14 | 0x16 | 0x1a | 0x1c => {
+                    out.push_str(&String::from_utf8_lossy(content));
+                    out.push('\n');
+                }
+                // BMPString: UTF-16BE.
+                0x1e => {
+                    let units: Vec<u16> = content
+                        .chunks(2)
+                        .map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))
+                        .collect();
+                    out.push_str(&String::from_utf16_lossy(&units));
+                    out.push('\n');
+                }
+                t if t & 0x20 != 0 => stack.push(content),
+                _ => {}
+            }
+            rest = next;
+        }
+    }
+    Some(out)
+}
+
+/// A DER PKCS#7 / CMS `ContentInfo` of type `signedData` covering exactly
+/// the data, whose encapsulated content is absent (RFC 5652 section 5.2:
+/// a detached signature). With the content inside, it is not a
+/// signature but a signed document.
+fn detached_signed_data(data: &[u8]) -> bool {
+    const SIGNED_DATA: &[u8] = b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02";
+    let check = || -> Option<bool> {
+        let (0x30, info, rest) = der_element(data)? else {
+            return None;
+        };
+        if !rest.is_empty() {
+            return None;
+        }
+        let (0x06, oid, info) = der_element(info)? else {
+            return None;
+        };
+        if oid != SIGNED_DATA {
+            return None;
+        }
+        let (0xa0, explicit, _) = der_element(info)? else {
+            return None;
+        };
+        let (0x30, signed, _) = der_element(explicit)? else {
+            return None;
+        };
+        let (0x02, _, signed) = der_element(signed)? else {
+            return None;
+        };
+        let (0x31, _, signed) = der_element(signed)? else {
+            return None;
+        };
+        let (0x30, encap, _) = der_element(signed)? else {
+            return None;
+        };
+        let (0x06, _, econtent) = der_element(encap)? else {
+            return None;
+        };
+        Some(econtent.is_empty())
+    };
+    check() == Some(true)
 }
 
 /// Tag, header length and content length of the DER element at the start
@@ -322,69 +431,151 @@ fn openpgp_packets(data: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
-    const ARMORED_SIG: &str = "-----BEGIN PGP SIGNATURE-----\r\n\r\n\
-        iHUEARYKAB0WIQTx2b0Ls8+dcXb1tcTDPNCUuvHWfAUCZ0JHBAAKCRDDPNCUuvHW\r\n\
-        fLy1AP9oq5sTmGzLzUXCPGC/tl6GJ9ns9JqM2H2Yz2uDgSRnXQD/cNXgKhqJwCzT\r\n\
-        =AbCd\r\n-----END PGP SIGNATURE-----\r\n";
+    fn b64(data: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag, content.len() as u8];
+        v.extend_from_slice(content);
+        v
+    }
+
+    /// An OpenPGP signature packet (old format, tag 2); the body is not parsed.
+    const SIG_PACKET: &[u8] = b"\x88\x0c\x04\x00\x16\x0a\x00\x06\x05\x02abcd";
+
+    /// A CMS ContentInfo of signedData whose encapsulated content is
+    /// `econtent` (none: a detached signature).
+    fn signed_data(econtent: Option<&[u8]>) -> Vec<u8> {
+        let oid_data = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01";
+        let mut encap = oid_data.to_vec();
+        if let Some(c) = econtent {
+            encap.extend(tlv(0xa0, &tlv(0x04, c)));
+        }
+        let mut sd = tlv(0x02, b"\x01");
+        sd.extend(tlv(0x31, b""));
+        sd.extend(tlv(0x30, &encap));
+        sd.extend(tlv(0x31, &tlv(0x30, &tlv(0x0c, b"Jane Roe"))));
+        let mut ci = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02".to_vec();
+        ci.extend(tlv(0xa0, &tlv(0x30, &sd)));
+        tlv(0x30, &ci)
+    }
+
+    fn armor(label: &str, headers: &str, body: &[u8], checksum: bool) -> String {
+        format!(
+            "-----BEGIN {label}-----\r\n{headers}{}{}\r\n{}-----END {label}-----\r\n",
+            if headers.is_empty() && label.starts_with("PGP") {
+                "\r\n"
+            } else if headers.is_empty() {
+                ""
+            } else {
+                "\r\n"
+            },
+            b64(body),
+            if checksum { "=AbCd\r\n" } else { "" },
+        )
+    }
 
     #[test]
-    fn armored_signatures_and_keys_are_genuine_and_their_headers_are_read() {
+    fn armored_signatures_and_keys_are_genuine_and_their_text_is_read() {
+        let sig = armor("PGP SIGNATURE", "", SIG_PACKET, true);
         assert_eq!(
-            genuine_signature(ARMORED_SIG.as_bytes()),
-            Some(String::new())
+            genuine_signature(sig.as_bytes()),
+            Some(String::new()),
+            "{sig}"
         );
-        let with_comment = ARMORED_SIG.replacen(
-            "-----\r\n\r\n",
-            "-----\r\nComment: SSN 123-45-6789\r\n\r\n",
-            1,
+        let with_comment = armor(
+            "PGP SIGNATURE",
+            "Comment: SSN 123-45-6789\r\n",
+            SIG_PACKET,
+            true,
         );
         assert_eq!(
             genuine_signature(with_comment.as_bytes()).as_deref(),
             Some("SSN 123-45-6789\n")
         );
-        let pem =
-            "-----BEGIN PKCS7-----\nMIIBiQYJKoZIhvcNAQcCoIIBejCCAXYCAQEx\n-----END PKCS7-----\n";
-        assert_eq!(genuine_signature(pem.as_bytes()), Some(String::new()));
+        let pem = armor("PKCS7", "", &signed_data(None), false);
+        assert_eq!(
+            genuine_signature(pem.as_bytes()).as_deref(),
+            Some("Jane Roe\n")
+        );
+        // A key with a user ID (new-format tag 13).
+        let mut key = vec![0xc6, 0x03, 4, 0, 0];
+        key.extend_from_slice(&[0xcd, 0x0f]);
+        key.extend_from_slice(b"SSN 123-45-6789");
+        let block = armor("PGP PUBLIC KEY BLOCK", "", &key, true);
+        assert_eq!(
+            genuine_signature(block.as_bytes()).as_deref(),
+            Some("SSN 123-45-6789\n")
+        );
     }
 
     #[test]
-    fn text_dressed_as_a_signature_is_not_one() {
+    fn text_or_content_dressed_as_a_signature_is_not_one() {
+        let sig = armor("PGP SIGNATURE", "", SIG_PACKET, true);
         for fake in [
             "SSN 123-45-6789".to_string(),
             // Text before, inside and after the armor, at each position.
-            format!("SSN 123-45-6789\r\n{ARMORED_SIG}"),
-            format!("{ARMORED_SIG}SSN 123-45-6789\r\n"),
-            ARMORED_SIG.replacen("=AbCd", "SSN 123-45-6789", 1),
-            ARMORED_SIG.replacen("\r\n\r\n", "\r\n\r\nSSN 123-45-6789\r\n", 1),
+            format!("SSN 123-45-6789\r\n{sig}"),
+            format!("{sig}SSN 123-45-6789\r\n"),
+            sig.replacen("=AbCd", "SSN 123-45-6789", 1),
+            sig.replacen("-----\r\n\r\n", "-----\r\n\r\nSSN 123-45-6789\r\n", 1),
             // Never ended, or no body at all.
-            ARMORED_SIG.replacen("-----END PGP SIGNATURE-----", "", 1),
+            sig.replacen("-----END PGP SIGNATURE-----", "", 1),
             "-----BEGIN PGP SIGNATURE-----\n-----END PGP SIGNATURE-----\n".to_string(),
             // A label that is not a signature or key.
-            ARMORED_SIG.replace("PGP SIGNATURE", "PGP MESSAGE"),
+            sig.replace("PGP SIGNATURE", "PGP MESSAGE"),
+            // Armor around what is not a signature: base64 of text, a
+            // literal data packet, a signed message with its content.
+            armor("PGP SIGNATURE", "", b"SSN 123-45-6789", true),
+            armor("PGP SIGNATURE", "", b"\xcb\x05b\x00\x00\x00\x00", true),
+            armor("PKCS7", "", &signed_data(Some(b"SSN 123-45-6789")), false),
+            armor(
+                "CERTIFICATE",
+                "",
+                &tlv(0x30, &tlv(0x04, b"SSN 123-45-6789")),
+                false,
+            ),
         ] {
             assert_eq!(genuine_signature(fake.as_bytes()), None, "{fake:?}");
         }
         // Too large to be a signature.
-        let mut big = ARMORED_SIG.replacen("=AbCd", &"AAAA".repeat(MAX_SIGNATURE_SIZE / 4), 1);
+        let big = sig.replacen("=AbCd", &"AAAA".repeat(MAX_SIGNATURE_SIZE / 4), 1);
         assert_eq!(genuine_signature(big.as_bytes()), None);
-        big.clear();
-        assert_eq!(genuine_signature(big.as_bytes()), None);
+        assert_eq!(genuine_signature(b""), None);
     }
 
     #[test]
     fn binary_signatures_are_recognised_by_structure() {
-        // DER ContentInfo { signedData, [0] { ... } }.
-        let mut der = vec![0x30, 0x0f];
-        der.extend_from_slice(b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02\xa0\x02\x30\x00");
-        assert_eq!(genuine_signature(&der), Some(String::new()));
+        let der = signed_data(None);
+        assert_eq!(genuine_signature(&der).as_deref(), Some("Jane Roe\n"));
         let mut longer = der.clone();
         longer.extend_from_slice(b"SSN 123-45-6789");
         assert_eq!(genuine_signature(&longer), None, "trailing bytes");
-        der[12] = 0x01; // data, not signedData
-        assert_eq!(genuine_signature(&der), None);
+        assert_eq!(
+            genuine_signature(&signed_data(Some(b"SSN"))),
+            None,
+            "opaque"
+        );
+        let mut data_oid = der.clone();
+        data_oid[12] = 0x01; // data, not signedData
+        assert_eq!(genuine_signature(&data_oid), None);
+        // A certificate's shape, its names read.
+        let mut cert = tlv(0x30, &tlv(0x13, b"SSN 123-45-6789"));
+        cert.extend(tlv(0x30, b""));
+        cert.extend(tlv(0x03, b"\x00"));
+        assert_eq!(
+            genuine_signature(&tlv(0x30, &cert)).as_deref(),
+            Some("SSN 123-45-6789\n")
+        );
+        assert_eq!(
+            genuine_signature(&tlv(0x30, &tlv(0x04, b"SSN 123-45-6789"))),
+            None
+        );
         // OpenPGP: an old-format signature packet, a new-format user ID.
-        let mut pgp = vec![0x88, 0x03, 4, 0, 1];
+        let mut pgp = SIG_PACKET.to_vec();
         pgp.extend_from_slice(&[0xcd, 0x0f]);
         pgp.extend_from_slice(b"SSN 123-45-6789");
         assert_eq!(
@@ -392,8 +583,7 @@ mod tests {
             Some("SSN 123-45-6789\n")
         );
         // A literal data packet (tag 11) is content, not a signature.
-        let literal = [0xcb, 0x05, b'b', 0, 0, 0, 0];
-        assert_eq!(genuine_signature(&literal), None);
+        assert_eq!(genuine_signature(b"\xcb\x05b\x00\x00\x00\x00"), None);
         // A length past the end.
         assert_eq!(genuine_signature(&[0x88, 0x40, 1, 2]), None);
     }
@@ -406,6 +596,8 @@ mod tests {
         assert_eq!(binary_format(b"\x89PNG\r\n\x1a\nrest"), Some("an image"));
         assert_eq!(binary_format(b"RIFF\0\0\0\0WEBPVP8 "), Some("an image"));
         assert_eq!(binary_format(b"SSN 123-45-6789"), None);
+        assert_eq!(unread_text_format("\u{feff} {\\rtf1 x}"), Some("RTF"));
+        assert_eq!(unread_text_format("%!PS-Adobe-3.0"), Some("PostScript"));
         assert_eq!(decode_text(b"\xff\xfe1\x002\x003\x00"), "123");
         assert_eq!(decode_text(b"\xfe\xff\x001\x002\x003"), "123");
         assert_eq!(decode_text(b"\xef\xbb\xbfabc"), "abc");
