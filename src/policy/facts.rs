@@ -785,10 +785,10 @@ impl Scan<'_> {
                     && (bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]))
                 {
                     let text = sniff::decode_text(bytes);
-                    self.text(part, ct, &text, what, out);
+                    self.text(Some(part), ct, &text, what, out);
                     return;
                 }
-                self.text(part, ct, t, what, out);
+                self.text(Some(part), ct, t, what, out);
             }
             PartType::Binary(data) | PartType::InlineBinary(data) => {
                 if data.is_empty() {
@@ -802,20 +802,7 @@ impl Scan<'_> {
                         return;
                     }
                 }
-                if let Some(kind) = Kind::of(ct, name, data) {
-                    self.extract(kind, data, what, out);
-                    return;
-                }
-                // Anything else by what it is, never by whether its bytes
-                // happen to be UTF-8 (an uncompressed PDF is ASCII).
-                if sniff::binary_format(data).is_none()
-                    && (is_text_like(ct) || sniff::is_signature_type(ct))
-                {
-                    let text = sniff::decode_text(data);
-                    self.text(part, ct, &text, what, out);
-                } else {
-                    self.unscannable(what, "its text is not extracted");
-                }
+                self.bytes(Some(part), ct, name, data, what, out);
             }
             PartType::Message(_) | PartType::Multipart(_) => {}
         }
@@ -856,7 +843,47 @@ impl Scan<'_> {
     /// Text as a reader sees it: markup read through [`html`], folded
     /// lines unfolded, flowed lines joined. Binary bytes in a text part,
     /// and text formats whose markup is not read, are unscannable.
-    fn text(&mut self, part: &MessagePart<'_>, ct: &str, text: &str, what: &str, out: &mut String) {
+    /// Bytes that are not a text part (an attachment, a `data:` URI):
+    /// a document through its extractor, text as text, anything else
+    /// unscannable.
+    fn bytes(
+        &mut self,
+        part: Option<&MessagePart<'_>>,
+        ct: &str,
+        name: Option<&str>,
+        data: &[u8],
+        what: &str,
+        out: &mut String,
+    ) {
+        if let Some(kind) = Kind::of(ct, name, data) {
+            self.extract(kind, data, what, out);
+            return;
+        }
+        // Anything else by what it is, never by whether its bytes happen
+        // to be UTF-8 (an uncompressed PDF is ASCII).
+        if sniff::binary_format(data).is_none()
+            && (is_text_like(ct) || sniff::is_signature_type(ct))
+        {
+            let text = sniff::decode_text(data);
+            self.text(part, ct, &text, what, out);
+        } else {
+            self.unscannable(what, "its text is not extracted");
+        }
+    }
+
+    /// Text as a reader sees it: markup read through [`html`], folded
+    /// lines unfolded, flowed lines joined; then what the text carries in
+    /// encoded form (percent-encoded URLs, `data:` URIs). Binary bytes in
+    /// a text part, and text formats whose markup is not read, are
+    /// unscannable.
+    fn text(
+        &mut self,
+        part: Option<&MessagePart<'_>>,
+        ct: &str,
+        text: &str,
+        what: &str,
+        out: &mut String,
+    ) {
         if sniff::looks_binary(text) {
             self.unscannable(what, "holds binary content, not text");
             return;
@@ -870,7 +897,7 @@ impl Scan<'_> {
             normalize(&unfold(text))
         } else {
             let param = |n: &str| {
-                part.content_type()
+                part.and_then(|p| p.content_type())
                     .and_then(|c| c.attribute(n))
                     .map(str::to_ascii_lowercase)
             };
@@ -881,7 +908,128 @@ impl Scan<'_> {
             }
         };
         self.push(out, &read);
+        if let Some(decoded) = percent_decoded_lines(&read) {
+            self.push(out, &normalize(&decoded));
+        }
+        // `data:` URIs are read like attachments, one level deep (a URI
+        // inside one is not opened again).
+        if part.is_some() {
+            for (mediatype, data) in data_uris(&read) {
+                let mediatype = if mediatype.is_empty() {
+                    "text/plain".to_string()
+                } else {
+                    mediatype
+                };
+                let what = format!("{what}, a data: URI ({mediatype})");
+                self.bytes(None, &mediatype, None, &data, &what, out);
+            }
+        }
     }
+}
+
+/// The lines of `text` that hold percent-encoded bytes (`%2D`), decoded:
+/// a URL can carry a number the detectors would not see encoded.
+fn percent_decoded_lines(text: &str) -> Option<String> {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        let b = line.as_bytes();
+        if !b
+            .windows(3)
+            .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
+        {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match (
+                b[i],
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    bytes.push(h << 4 | l);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    bytes.push(c);
+                    i += 1;
+                }
+            }
+        }
+        out.push_str(&String::from_utf8_lossy(&bytes));
+        out.push('\n');
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The `data:` URIs in `text` (RFC 2397): media type (lowercased) and
+/// decoded bytes (base64 or percent-encoded). One that cannot be decoded
+/// is kept as its encoded bytes, which then read as text.
+fn data_uris(text: &str) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    // The scheme is case-insensitive; ASCII lowercasing keeps offsets.
+    let lower = text.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower.get(from..).and_then(|r| r.find("data:")) {
+        let start = from + at + 5;
+        from = start;
+        let after = &text[start..];
+        // The media type and parameters end at the comma; a URI's header
+        // is short and has no white space or quotes.
+        let Some(comma) = after
+            .bytes()
+            .take(256)
+            .position(|b| {
+                b == b',' || b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>')
+            })
+            .filter(|&i| after.as_bytes()[i] == b',')
+        else {
+            continue;
+        };
+        let header = after[..comma].to_ascii_lowercase();
+        let body = &after[comma + 1..];
+        let (mediatype, base64) = match header.strip_suffix(";base64") {
+            Some(m) => (m, true),
+            None => (header.as_str(), false),
+        };
+        // Base64 may be wrapped over lines; percent-encoded data ends at
+        // white space.
+        let end = body
+            .bytes()
+            .position(|b| {
+                if base64 {
+                    !(b.is_ascii_alphanumeric()
+                        || b.is_ascii_whitespace()
+                        || matches!(b, b'+' | b'/' | b'='))
+                } else {
+                    b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>' | b')')
+                }
+            })
+            .unwrap_or(body.len());
+        let payload = body[..end].trim_end();
+        from = start + comma + 1 + end;
+        let mediatype = mediatype.split(';').next().unwrap_or("").trim().to_string();
+        // Percent-encoded text is read with the text's other
+        // percent-encoded lines (see `percent_decoded_lines`).
+        if !base64 && (mediatype.is_empty() || is_text_like(&mediatype)) {
+            continue;
+        }
+        let data = if base64 {
+            base64_decode(payload.as_bytes()).unwrap_or_else(|| payload.as_bytes().to_vec())
+        } else {
+            percent_decoded_lines(payload)
+                .map(|d| d.trim_end_matches('\n').as_bytes().to_vec())
+                .unwrap_or_else(|| payload.as_bytes().to_vec())
+        };
+        if !data.is_empty() {
+            found.push((mediatype, data));
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -1690,5 +1838,74 @@ mod tests {
         // Nothing outside the parts: nothing added.
         let f = MessageFacts::parse(&message("", "", ""), false);
         assert_eq!(f.body_text.trim(), "hello\nsee");
+    }
+
+    /// What a text carries encoded: a `data:` URI in HTML (a link the
+    /// recipient opens, an inline document) and percent-encoded URLs.
+    #[test]
+    fn data_uris_and_percent_encoding_are_decoded() {
+        let b64 = |d: &[u8]| fixtures::base64_mime(d).replace("\r\n", "");
+        let pdf = fixtures::pdf("SSN 123-45-6789", None);
+        for (what, html) in [
+            (
+                "a base64 text link",
+                format!(
+                    "<a href=\"data:text/plain;base64,{}\">notes</a>",
+                    b64(b"SSN 123-45-6789")
+                ),
+            ),
+            (
+                "base64 wrapped over lines",
+                format!(
+                    "<a href=\"DATA:text/plain;charset=utf-8;base64,{}\r\n{}\">x</a>",
+                    &b64(b"SSN 123-45-6789")[..8],
+                    &b64(b"SSN 123-45-6789")[8..]
+                ),
+            ),
+            (
+                "a percent-encoded link",
+                "<a href=\"data:,SSN%20123%2D45%2D6789\">x</a>".into(),
+            ),
+            (
+                "a PDF",
+                format!("<embed src=\"data:application/pdf;base64,{}\">", b64(&pdf)),
+            ),
+            (
+                "a PDF without its type",
+                format!("<embed src=\"data:;base64,{}\">", b64(&pdf)),
+            ),
+            (
+                "a URL",
+                "<a href=\"https://x.example/?ssn=123%2D45%2D6789\">x</a>".into(),
+            ),
+        ] {
+            assert_ssn_everywhere(what, &format!("Content-Type: text/html\r\n\r\n{html}"));
+        }
+        // In plain text too.
+        assert_ssn_everywhere(
+            "a URL in plain text",
+            "Content-Type: text/plain\r\n\r\nhttps://x.example/?ssn=123%2D45%2D6789",
+        );
+        // An inline image is unscannable, as an image attachment is.
+        let png = b64(b"\x89PNG\r\n\x1a\nrest");
+        assert_unscannable_everywhere(
+            "an inline image",
+            &format!("Content-Type: text/html\r\n\r\n<img src=\"data:image/png;base64,{png}\">"),
+        );
+    }
+
+    /// Adjacent encoded words join (RFC 2047 section 6.2), so a number
+    /// split over two is one number.
+    #[test]
+    fn encoded_words_split_inside_a_number_join() {
+        for header in [
+            "Subject: =?utf-8?q?SSN_123-4?= =?utf-8?q?5-6789?=",
+            "X-Note: =?utf-8?q?SSN_123-4?=\r\n =?utf-8?b?NS02Nzg5?=",
+            "Content-Description: =?utf-8?q?SSN_123?= =?iso-8859-1?q?-45-6789?=",
+        ] {
+            let raw = format!("From: a@clinic.example\r\n{header}\r\n\r\nhello\r\n");
+            let f = MessageFacts::parse(raw.as_bytes(), false);
+            assert_eq!(ssns(&f), 1, "{header}: {:?} {:?}", f.subject, f.header_text);
+        }
     }
 }
