@@ -392,6 +392,13 @@ fn raw_bytes(msg: &Message<'_>, part: &MessagePart<'_>) -> Option<Vec<u8>> {
     }
 }
 
+/// Whether mail-parser decodes text in `charset` (UTF-8 is its default).
+fn charset_known(charset: &str) -> bool {
+    let c = charset.trim().to_ascii_lowercase();
+    matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii" | "ascii")
+        || mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes()).is_some()
+}
+
 /// RFC 3676 `format=flowed` text unwrapped: a line ending in a space
 /// continues on the next (with `delsp=yes` that space is deleted, so a
 /// number wrapped there is one number again).
@@ -776,6 +783,14 @@ impl Scan<'_> {
                     // read as text too.
                     if !quoted && self.extract(kind, bytes, what, out) {
                         return;
+                    }
+                }
+                // A charset mail-parser cannot decode (EBCDIC, UTF-32,
+                // `unknown-8bit`) was read as UTF-8: what is not ASCII in
+                // it may be anything.
+                if let Some(charset) = part.content_type().and_then(|c| c.attribute("charset")) {
+                    if !bytes.is_ascii() && !charset_known(charset) {
+                        self.unscannable(what, "its charset is not known");
                     }
                 }
                 let ct = if part.is_text_html() { "text/html" } else { ct };
@@ -1907,5 +1922,46 @@ mod tests {
             let f = MessageFacts::parse(raw.as_bytes(), false);
             assert_eq!(ssns(&f), 1, "{header}: {:?} {:?}", f.subject, f.header_text);
         }
+    }
+
+    /// Text in a charset mail-parser cannot decode is unscannable when it
+    /// is not plain ASCII; known charsets are decoded.
+    #[test]
+    fn unknown_charsets_are_unscannable() {
+        // "SSN 123-45-6789" in EBCDIC (cp037).
+        let ebcdic = b"\xe2\xe2\xd5\x40\xf1\xf2\xf3\x60\xf4\xf5\x60\xf6\xf7\xf8\xf9";
+        for charset in ["ebcdic-cp-us", "x-unknown", "unknown-8bit", "utf-32"] {
+            assert_unscannable_everywhere(
+                charset,
+                &b64_part(&format!("text/plain; charset={charset}"), "", ebcdic),
+            );
+        }
+        for charset in [
+            "utf-8",
+            "UTF8",
+            "iso-8859-1",
+            "windows-1252",
+            "koi8-r",
+            "shift_jis",
+        ] {
+            let part = b64_part(
+                &format!("text/plain; charset={charset}"),
+                "",
+                b"SSN 123-45-6789 \xe9",
+            );
+            for (wrapper, raw) in wrapped(&part) {
+                let f = MessageFacts::parse(&raw, false);
+                assert!(
+                    f.unscannable.is_empty(),
+                    "{charset} as {wrapper}: {:?}",
+                    f.unscannable
+                );
+            }
+        }
+        // Plain ASCII in any label is read as it is.
+        assert_ssn_everywhere(
+            "ASCII in an unknown charset",
+            "Content-Type: text/plain; charset=x-whatever\r\n\r\nSSN 123-45-6789",
+        );
     }
 }
