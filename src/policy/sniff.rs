@@ -602,4 +602,129 @@ mod tests {
         assert_eq!(decode_text(b"\xfe\xff\x001\x002\x003"), "123");
         assert_eq!(decode_text(b"\xef\xbb\xbfabc"), "abc");
     }
+
+    /// Signatures, keys and certificates as GnuPG and OpenSSL write them
+    /// (tools we did not write): every one is genuine, and an opaque
+    /// signed message is not.
+    #[test]
+    fn signatures_made_by_gnupg_and_openssl_are_genuine() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("the tool runs (a test package)");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        std::fs::write(d.join("msg.txt"), b"SSN 123-45-6789\r\n").unwrap();
+        let gpg = || {
+            let mut c = Command::new("gpg");
+            c.arg("--homedir").arg(d).args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ]);
+            c
+        };
+        run(gpg().args([
+            "--quick-gen-key",
+            "Jane Roe <jane@clinic.example>",
+            "ed25519",
+            "sign",
+            "never",
+        ]));
+        let msg = d.join("msg.txt");
+        let mut made = vec![
+            (
+                "gpg armored detached",
+                run(gpg()
+                    .args(["--armor", "--detach-sign", "-o", "-"])
+                    .arg(&msg)),
+            ),
+            (
+                "gpg binary detached",
+                run(gpg().args(["--detach-sign", "-o", "-"]).arg(&msg)),
+            ),
+            (
+                "gpg armored key",
+                run(gpg().args(["--armor", "--export", "jane@clinic.example"])),
+            ),
+            (
+                "gpg binary key",
+                run(gpg().args(["--export", "jane@clinic.example"])),
+            ),
+        ];
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=Jane Roe",
+            ])
+            .arg("-keyout")
+            .arg(d.join("k.pem"))
+            .arg("-out")
+            .arg(d.join("c.pem")));
+        let smime = |args: &[&str]| {
+            let mut c = Command::new("openssl");
+            c.args(["cms", "-sign", "-binary"])
+                .arg("-in")
+                .arg(&msg)
+                .arg("-signer")
+                .arg(d.join("c.pem"))
+                .arg("-inkey")
+                .arg(d.join("k.pem"))
+                .args(args);
+            run(&mut c)
+        };
+        made.push(("CMS DER detached", smime(&["-outform", "DER"])));
+        made.push(("CMS PEM detached", smime(&["-outform", "PEM"])));
+        made.push(("certificate PEM", std::fs::read(d.join("c.pem")).unwrap()));
+        made.push((
+            "certificate DER",
+            run(Command::new("openssl")
+                .args(["x509", "-outform", "DER"])
+                .arg("-in")
+                .arg(d.join("c.pem"))),
+        ));
+        for (what, data) in &made {
+            let text = genuine_signature(data).unwrap_or_else(|| panic!("{what} is genuine"));
+            assert!(!text.contains("123-45-6789"), "{what}");
+        }
+        // With the key's user ID and the certificate's name read.
+        assert!(genuine_signature(&made[2].1).unwrap().contains("Jane Roe"));
+        assert!(genuine_signature(&made[4].1).unwrap().contains("Jane Roe"));
+        // The signed content inside: not a signature.
+        for (what, data) in [
+            ("CMS opaque", smime(&["-outform", "DER", "-nodetach"])),
+            (
+                "gpg signed message",
+                run(gpg().args(["--sign", "-o", "-"]).arg(&msg)),
+            ),
+            (
+                "gpg clear-signed",
+                run(gpg().args(["--clearsign", "-o", "-"]).arg(&msg)),
+            ),
+            (
+                "gpg armored signed message",
+                run(gpg().args(["--armor", "--sign", "-o", "-"]).arg(&msg)),
+            ),
+        ] {
+            assert_eq!(genuine_signature(&data), None, "{what}");
+        }
+    }
 }
