@@ -950,6 +950,8 @@ fn message_conditions(
             .iter()
             .any(|a| {
                 pattern::any(&m.attachment_type, &a.content_type)
+                    || a.detected_type
+                        .is_some_and(|t| pattern::any(&m.attachment_type, t))
                     || a.name
                         .as_deref()
                         .is_some_and(|n| pattern::any(&m.attachment_type, n))

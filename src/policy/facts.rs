@@ -41,6 +41,9 @@ pub struct Attachment {
     /// File name, if any.
     pub name: Option<String>,
     pub size: usize,
+    /// The type its bytes show (`application/pdf` for a PDF labelled
+    /// `text/plain`), if known: `attachment_type` rules match it too.
+    pub detected_type: Option<&'static str>,
 }
 
 /// The message facts rules match on.
@@ -664,6 +667,7 @@ impl Scan<'_> {
                 content_type: ct.clone(),
                 name: name.clone(),
                 size: part.len(),
+                detected_type: sniff::detected_type(part.contents()),
             });
             if Instant::now() >= self.deadline {
                 self.unscannable(&what, "not read before the scan deadline");
@@ -1062,6 +1066,8 @@ mod tests {
         assert_eq!(f.attachments.len(), 2);
         assert_eq!(f.attachments[0].content_type, "application/pdf");
         assert_eq!(f.attachments[0].name.as_deref(), Some("report.pdf"));
+        assert_eq!(f.attachments[0].detected_type, Some("application/pdf"));
+        assert_eq!(f.attachments[1].detected_type, None);
         assert!(f.attachment_text.contains("123-45-6789"));
     }
 

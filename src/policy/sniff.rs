@@ -46,26 +46,35 @@ pub fn binary_format(data: &[u8]) -> Option<&'static str> {
         (b"GIF89a", "an image"),
         (b"II*\x00", "an image"),
         (b"MM\x00*", "an image"),
-        (b"BM", "an image"),
         (b"\x00\x00\x00\x0cjP  ", "an image"),
         (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE document"),
         (b"7z\xbc\xaf\x27\x1c", "an archive"),
         (b"Rar!\x1a\x07", "an archive"),
-        (b"BZh", "compressed data"),
         (b"\xfd7zXZ\x00", "compressed data"),
         (b"\x28\xb5\x2f\xfd", "compressed data"),
         (b"\x78\x9c", "compressed data"),
         (b"\x78\xda", "compressed data"),
         (b"\x78\x01", "compressed data"),
         (b"\x7fELF", "a program"),
-        (b"MZ", "a program"),
         (b"\x00\x01\x00\x00\x00", "a font"),
         (b"OggS", "audio or video"),
-        (b"ID3", "audio or video"),
+        (b"ID3\x03\x00", "audio or video"),
+        (b"ID3\x04\x00", "audio or video"),
         (b"fLaC", "audio or video"),
     ];
     if let Some((_, what)) = MAGIC.iter().find(|(m, _)| data.starts_with(m)) {
         return Some(what);
+    }
+    // Magic too short to tell from a text alone: bzip2 with its block
+    // magic, a Windows program with its PE header.
+    if data.starts_with(b"BZh")
+        && data.get(3).is_some_and(|b| (b'1'..=b'9').contains(b))
+        && data.get(4..10) == Some(b"1AY&SY")
+    {
+        return Some("compressed data");
+    }
+    if detected_type(data) == Some("application/x-msdownload") {
+        return Some("a program");
     }
     // RIFF (WAVE, AVI, WebP) and ISO media (MP4, HEIC): a tag at offset 8 or 4.
     if data.starts_with(b"RIFF") && data.len() >= 12 {
@@ -92,6 +101,46 @@ pub fn unread_text_format(text: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// The MIME type of `data` by its magic bytes, for `attachment_type`
+/// rules: a label does not hide a PDF or a program.
+pub fn detected_type(data: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (b"PK\x03\x04", "application/zip"),
+        (b"PK\x05\x06", "application/zip"),
+        (b"\x1f\x8b", "application/gzip"),
+        (b"\x89PNG\r\n\x1a\n", "image/png"),
+        (b"\xff\xd8\xff", "image/jpeg"),
+        (b"GIF87a", "image/gif"),
+        (b"GIF89a", "image/gif"),
+        (
+            b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+            "application/x-ole-storage",
+        ),
+        (b"7z\xbc\xaf\x27\x1c", "application/x-7z-compressed"),
+        (b"Rar!\x1a\x07", "application/vnd.rar"),
+        (b"\x7fELF", "application/x-executable"),
+    ];
+    let head = &data[..data.len().min(1024)];
+    if head.windows(5).any(|w| w == b"%PDF-") {
+        return Some("application/pdf");
+    }
+    // A Windows program: `MZ`, and the PE header where it points (two
+    // letters alone are too common a start of a text).
+    if data.starts_with(b"MZ") {
+        let pe = data
+            .get(0x3c..0x40)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .and_then(|at| data.get(at..at.checked_add(4)?));
+        if pe == Some(b"PE\0\0") {
+            return Some("application/x-msdownload");
+        }
+    }
+    MAGIC
+        .iter()
+        .find(|(m, _)| data.starts_with(m))
+        .map(|(_, t)| *t)
 }
 
 /// Whether decoded text is not text: a NUL, or more than a few C0 control
@@ -596,6 +645,10 @@ mod tests {
         assert_eq!(binary_format(b"\x89PNG\r\n\x1a\nrest"), Some("an image"));
         assert_eq!(binary_format(b"RIFF\0\0\0\0WEBPVP8 "), Some("an image"));
         assert_eq!(binary_format(b"SSN 123-45-6789"), None);
+        for text in ["BMI 31", "MZ Health", "BZh notes", "ID3 tag"] {
+            assert_eq!(binary_format(text.as_bytes()), None, "{text}");
+        }
+        assert_eq!(binary_format(b"BZh91AY&SY\x00"), Some("compressed data"));
         assert_eq!(unread_text_format("\u{feff} {\\rtf1 x}"), Some("RTF"));
         assert_eq!(unread_text_format("%!PS-Adobe-3.0"), Some("PostScript"));
         assert_eq!(decode_text(b"\xff\xfe1\x002\x003\x00"), "123");

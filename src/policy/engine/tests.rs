@@ -955,3 +955,61 @@ min_tls = "dane"
         assert_eq!(prep.evaluate(rcpt, false).outcome.rule, "default", "{rcpt}");
     }
 }
+
+/// From review: `attachment_type` matched the label only, so a PDF sent
+/// as `text/plain` named `notes.txt` passed a rule that holds PDFs. The
+/// type the bytes show matches too.
+#[test]
+fn attachment_type_rules_match_what_the_bytes_are() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "hold-pdfs"
+match.attachment_type = ["application/pdf"]
+action = "hold"
+
+[[rule]]
+name = "no-programs"
+match.attachment_type = ["application/x-msdownload", "*.exe"]
+action = "reject"
+reject_message = "no"
+"#,
+    );
+    let pdf = crate::policy::fixtures::pdf("hello", None);
+    for (ct, name) in [
+        ("text/plain", "notes.txt"),
+        ("application/octet-stream", "x"),
+        ("application/pdf", "r.pdf"),
+    ] {
+        let facts = MessageFacts::parse(
+            &crate::policy::fixtures::with_attachment("see", ct, name, &pdf),
+            false,
+        );
+        let prep = p.prepare(env("a@clinic.example"), facts);
+        assert_eq!(
+            prep.evaluate("x@y.example", false).outcome.rule,
+            "hold-pdfs",
+            "{ct}"
+        );
+    }
+    let mut exe = b"MZ".to_vec();
+    exe.resize(0x40, 0);
+    exe[0x3c] = 0x40;
+    exe.extend_from_slice(b"PE\0\0rest");
+    let facts = MessageFacts::parse(
+        &crate::policy::fixtures::with_attachment("see", "image/png", "cat.png", &exe),
+        false,
+    );
+    let prep = p.prepare(env("a@clinic.example"), facts);
+    assert_eq!(
+        prep.evaluate("x@y.example", false).outcome.rule,
+        "no-programs"
+    );
+    // A text that starts with the same two letters is not a program.
+    let facts = MessageFacts::parse(
+        &crate::policy::fixtures::with_attachment("see", "text/plain", "n.txt", b"MZ Health notes"),
+        false,
+    );
+    let prep = p.prepare(env("a@clinic.example"), facts);
+    assert_eq!(prep.evaluate("x@y.example", false).outcome.rule, "default");
+}
