@@ -167,7 +167,7 @@ fn check_deadline(limits: &Limits) -> Result<(), ExtractError> {
 }
 
 fn push_bounded(out: &mut String, text: &str, limits: &Limits) -> Result<(), ExtractError> {
-    if out.len() + text.len() > limits.max_text {
+    if out.len().saturating_add(text.len()) > limits.max_text {
         return Err(ExtractError::TooLarge(limits.max_text));
     }
     out.push_str(text);
@@ -353,7 +353,7 @@ fn pdf_string(bytes: &[u8]) -> String {
 pub fn gzip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
     let mut inner = Vec::new();
     flate2::read::MultiGzDecoder::new(data)
-        .take(limits.max_inflated as u64 + 1)
+        .take((limits.max_inflated as u64).saturating_add(1))
         .read_to_end(&mut inner)
         .map_err(|_| ExtractError::Unparseable("not valid gzip"))?;
     if inner.len() > limits.max_inflated {
@@ -493,7 +493,7 @@ pub fn zip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
         // One byte more than the budget tells "exactly at the budget" from
         // "over it".
         member
-            .take(budget as u64 + 1)
+            .take((budget as u64).saturating_add(1))
             .read_to_end(&mut content)
             .map_err(|_| ExtractError::Unparseable("damaged archive member"))?;
         if content.len() > budget {

@@ -333,7 +333,7 @@ impl MessageFacts {
         };
         let (mut body, mut att_text, mut header_text) =
             (String::new(), String::new(), String::new());
-        scan.part_headers(&msg, &mut header_text);
+        scan.part_headers(&msg, "message", &mut header_text);
         scan.outside_parts(&msg, 0..content.len(), "message", &mut body);
         scan.bodies(&msg, "message", &mut body);
         scan.attachments(&msg, "", 0, &mut att_text, &mut header_text);
@@ -508,8 +508,41 @@ impl Scan<'_> {
     /// section is read as written, not only as mail-parser understood it:
     /// a line that is not a header field (no colon, a space in the name)
     /// is dropped by the parser, but not by every reader, so it is text.
-    fn part_headers(&mut self, msg: &Message<'_>, out: &mut String) {
-        for part in &msg.parts {
+    ///
+    /// A part that declares its type or transfer encoding twice, with
+    /// different values, is unscannable: a reader may take the other one.
+    fn part_headers(&mut self, msg: &Message<'_>, what: &str, out: &mut String) {
+        for (i, part) in msg.parts.iter().enumerate() {
+            for (header, label) in [
+                (HeaderName::ContentType, "content type"),
+                (HeaderName::ContentTransferEncoding, "transfer encoding"),
+            ] {
+                let mut values: Vec<String> = part
+                    .headers
+                    .iter()
+                    .filter(|h| h.name == header)
+                    .filter_map(|h| {
+                        msg.raw_message
+                            .get(h.offset_start as usize..h.offset_end as usize)
+                            .map(|v| {
+                                String::from_utf8_lossy(v)
+                                    .split_whitespace()
+                                    .collect::<String>()
+                                    .to_ascii_lowercase()
+                            })
+                    })
+                    .collect();
+                values.sort();
+                values.dedup();
+                if values.len() > 1 {
+                    let at = if i == 0 {
+                        what.to_string()
+                    } else {
+                        format!("{what} part {i}")
+                    };
+                    self.unscannable(&at, format_args!("it declares more than one {label}"));
+                }
+            }
             // File names and other parameters, RFC 2231 decoded and
             // continuations joined by mail-parser.
             for h in &part.headers {
@@ -699,7 +732,7 @@ impl Scan<'_> {
                 }
                 self.check_transfer_encoding(part, &what);
                 self.push(out, &normalize(nested.subject().unwrap_or("")));
-                self.part_headers(nested, headers);
+                self.part_headers(nested, &what, headers);
                 // A message attached as it is (7bit) shares the buffer of
                 // the message it is in, with offsets into it; a decoded
                 // one has a buffer of its own.
@@ -1969,5 +2002,20 @@ mod tests {
             "ASCII in an unknown charset",
             "Content-Type: text/plain; charset=x-whatever\r\n\r\nSSN 123-45-6789",
         );
+    }
+
+    /// Two Content-Type or Content-Transfer-Encoding headers that differ:
+    /// mail-parser takes one, a reader may take the other.
+    #[test]
+    fn conflicting_part_headers_are_unscannable() {
+        for headers in [
+            "Content-Type: text/plain\r\nContent-Type: application/pdf\r\n",
+            "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\nContent-Transfer-Encoding: quoted-printable\r\n",
+        ] {
+            assert_unscannable_everywhere(headers, &format!("{headers}\r\nU1NOIDEyMy00NS02Nzg5"));
+        }
+        // The same value twice is no conflict.
+        let part = "Content-Type: text/plain\r\nContent-Type: text/plain\r\n\r\nSSN 123-45-6789";
+        assert_ssn_everywhere("a repeated type", part);
     }
 }
