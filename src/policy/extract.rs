@@ -474,10 +474,10 @@ pub fn zip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
         let is_xml = name.ends_with(".xml");
         match flavour {
             ZipFlavour::Ooxml | ZipFlavour::Odf => {
-                if name.contains("/embeddings/")
-                    || name.starts_with("embeddings/")
-                    || (flavour == ZipFlavour::Odf && name.starts_with("ObjectReplacements/"))
-                {
+                // OpenDocument keeps an embedded object's own XML in
+                // `Object N/` (read) and a picture of it in
+                // `ObjectReplacements/` (a picture, like the others).
+                if name.contains("/embeddings/") || name.starts_with("embeddings/") {
                     return Err(ExtractError::Unsupported("embedded objects"));
                 }
                 if !is_xml {

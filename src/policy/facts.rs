@@ -179,6 +179,9 @@ pub fn is_machine_header(name: &str) -> bool {
         "autocrypt-gossip",
         "list-unsubscribe",
         "list-unsubscribe-post",
+        "thread-index",
+        "feedback-id",
+        "x-feedback-id",
         "subject",
     ];
     const PREFIXES: &[&str] = &[

@@ -289,8 +289,34 @@ fn armored(data: &[u8]) -> Option<(String, String, Vec<u8>)> {
     Some((label, headers, der))
 }
 
-/// A DER element of `data` at its start: (tag, content, rest).
+/// A DER (or BER) element of `data` at its start: (tag, content, rest).
+/// BER's indefinite length (NSS writes CMS that way) is followed to its
+/// end-of-contents marker, nested at most [`MAX_BER_DEPTH`] deep.
 fn der_element(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    ber_element(data, 0)
+}
+
+/// Indefinite-length elements inside one another, at most.
+const MAX_BER_DEPTH: usize = 32;
+
+fn ber_element(data: &[u8], depth: usize) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *data.first()?;
+    if data.get(1) == Some(&0x80) {
+        // Indefinite: only for constructed elements; children up to 00 00.
+        if tag & 0x20 == 0 || depth >= MAX_BER_DEPTH {
+            return None;
+        }
+        let content = data.get(2..)?;
+        let mut rest = content;
+        loop {
+            if rest.starts_with(&[0, 0]) {
+                let len = content.len() - rest.len();
+                return Some((tag, &content[..len], &rest[2..]));
+            }
+            let (_, _, next) = ber_element(rest, depth + 1)?;
+            rest = next;
+        }
+    }
     let (tag, header, len) = der_header(data)?;
     let end = header.checked_add(len)?;
     Some((tag, data.get(header..end)?, data.get(end..)?))
@@ -596,10 +622,51 @@ mod tests {
         assert_eq!(genuine_signature(b""), None);
     }
 
+    /// `signed_data` with every constructed element in BER's indefinite
+    /// length, as NSS writes it.
+    fn indefinite(der: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = der;
+        while let Some((tag, content, next)) = der_element(rest) {
+            out.push(tag);
+            if tag & 0x20 != 0 {
+                out.push(0x80);
+                out.extend(indefinite(content));
+                out.extend([0, 0]);
+            } else {
+                out.push(content.len() as u8);
+                out.extend_from_slice(content);
+            }
+            rest = next;
+        }
+        out
+    }
+
     #[test]
     fn binary_signatures_are_recognised_by_structure() {
         let der = signed_data(None);
         assert_eq!(genuine_signature(&der).as_deref(), Some("Jane Roe\n"));
+        let ber = indefinite(&der);
+        assert_ne!(ber, der);
+        assert_eq!(
+            genuine_signature(&ber).as_deref(),
+            Some("Jane Roe\n"),
+            "BER"
+        );
+        assert_eq!(
+            genuine_signature(&indefinite(&signed_data(Some(b"SSN")))),
+            None,
+            "BER opaque"
+        );
+        assert_eq!(
+            genuine_signature(&ber[..ber.len() - 2]),
+            None,
+            "no end marker"
+        );
+        // Nested deeper than the limit.
+        let mut deep = vec![0x30, 0x80].repeat(MAX_BER_DEPTH + 2);
+        deep.extend([0, 0].repeat(MAX_BER_DEPTH + 2));
+        assert_eq!(der_element(&deep), None);
         let mut longer = der.clone();
         longer.extend_from_slice(b"SSN 123-45-6789");
         assert_eq!(genuine_signature(&longer), None, "trailing bytes");
