@@ -966,6 +966,9 @@ impl Scan<'_> {
         if let Some(decoded) = percent_decoded_lines(&read) {
             self.push(out, &normalize(&decoded));
         }
+        if let Some(shown) = overridden_lines(text) {
+            self.push(out, &normalize(&shown));
+        }
         // `data:` URIs are read like attachments, one level deep (a URI
         // inside one is not opened again).
         if part.is_some() {
@@ -980,6 +983,30 @@ impl Scan<'_> {
             }
         }
     }
+}
+
+/// The lines of `text` that hold a right-to-left override (U+202E), as a
+/// reader sees them: the overridden run is shown reversed, so
+/// `\u{202E}9876-54-321` reads as an SSN. Nested overrides and
+/// embeddings are not modelled; the run ends at U+202C or the line's end.
+fn overridden_lines(text: &str) -> Option<String> {
+    if !text.contains('\u{202E}') {
+        return None;
+    }
+    let mut out = String::new();
+    for line in text.lines().filter(|l| l.contains('\u{202E}')) {
+        let mut rest = line;
+        while let Some(at) = rest.find('\u{202E}') {
+            out.push_str(&rest[..at]);
+            let run = &rest[at + '\u{202E}'.len_utf8()..];
+            let end = run.find('\u{202C}').unwrap_or(run.len());
+            out.extend(run[..end].chars().rev());
+            rest = run.get(end + '\u{202C}'.len_utf8()..).unwrap_or("");
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Some(out)
 }
 
 /// The lines of `text` that hold percent-encoded bytes (`%2D`), decoded:
@@ -2020,5 +2047,25 @@ mod tests {
         // The same value twice is no conflict.
         let part = "Content-Type: text/plain\r\nContent-Type: text/plain\r\n\r\nSSN 123-45-6789";
         assert_ssn_everywhere("a repeated type", part);
+    }
+
+    /// A right-to-left override shows its run reversed: what the reader
+    /// sees is scanned too.
+    #[test]
+    fn a_number_shown_reversed_by_an_override_is_found() {
+        for body in [
+            "SSN \u{202E}9876-54-321",
+            "SSN \u{202E}9876-54-321\u{202C} ok",
+            "x\u{202E}y\u{202C} SSN \u{202E}9876-54-321",
+        ] {
+            assert_ssn_everywhere(
+                body,
+                &format!("Content-Type: text/plain; charset=utf-8\r\n\r\n{body}"),
+            );
+            assert_ssn_everywhere(
+                body,
+                &format!("Content-Type: text/html; charset=utf-8\r\n\r\n<p>{body}</p>"),
+            );
+        }
     }
 }
