@@ -78,6 +78,17 @@ pub struct MessageFacts {
     /// patient). The policy counts a message with any entry as PHI unless
     /// `[defaults] unscannable_is_phi = false`.
     pub unscannable: Vec<String>,
+    /// Findings of every detector, counted by the scan itself (so the
+    /// detectors run inside its time bound and on its blocking thread);
+    /// `None` for facts that were not scanned (then [`Self::detect`]
+    /// counts them when asked).
+    pub findings: Option<Vec<(Detector, usize)>>,
+}
+
+/// The detectors the scan counts with (compiled once).
+fn detectors() -> &'static Detectors {
+    static DETECTORS: std::sync::OnceLock<Detectors> = std::sync::OnceLock::new();
+    DETECTORS.get_or_init(Detectors::new)
 }
 
 /// Bounds of one message's content scan.
@@ -324,6 +335,7 @@ impl MessageFacts {
                 f.unscannable.push(message_text_limit(limits));
             }
             f.body_text = normalize(&text);
+            f.findings = Some(f.count(detectors(), &Detector::ALL));
             return f;
         };
         f.read_headers(&msg);
@@ -343,12 +355,26 @@ impl MessageFacts {
         f.body_text = body;
         f.attachment_text = att_text;
         f.header_text = header_text;
+        // The detectors read at most `max_message_text` bytes (and the
+        // subject): their time is bounded by the scan's, and counted in it.
+        f.findings = Some(f.count(detectors(), &Detector::ALL));
         f
     }
 
     /// Findings of `which` detectors over the subject, the headers a
     /// person writes, the bodies and the attachments.
     pub fn detect(&self, detectors: &Detectors, which: &[Detector]) -> Vec<(Detector, usize)> {
+        match &self.findings {
+            Some(all) => all
+                .iter()
+                .filter(|(d, _)| which.contains(d))
+                .copied()
+                .collect(),
+            None => self.count(detectors, which),
+        }
+    }
+
+    fn count(&self, detectors: &Detectors, which: &[Detector]) -> Vec<(Detector, usize)> {
         let mut found: HashMap<Detector, usize> = HashMap::new();
         for text in [
             &self.subject,
@@ -2067,5 +2093,34 @@ mod tests {
                 &format!("Content-Type: text/html; charset=utf-8\r\n\r\n<p>{body}</p>"),
             );
         }
+    }
+
+    /// The detectors run within the scan (on its thread, inside its time
+    /// bound), and `detect` gives what a fresh count over the same text
+    /// would.
+    #[test]
+    fn the_scan_counts_the_findings_itself() {
+        let raw = b"Subject: SSN 123-45-6789\r\nX-Note: DOB 01/02/1960\r\n\r\nNPI 1234567893\r\n";
+        let f = MessageFacts::parse(raw, false);
+        assert!(f.findings.is_some());
+        let fresh = MessageFacts {
+            findings: None,
+            ..f.clone()
+        };
+        let d = Detectors::new();
+        for which in [
+            &Detector::ALL[..],
+            &[Detector::UsSsn],
+            &[Detector::Npi, Detector::DateOfBirth],
+            &[],
+        ] {
+            assert_eq!(f.detect(&d, which), fresh.detect(&d, which), "{which:?}");
+        }
+        assert_eq!(f.detect(&d, &Detector::ALL).len(), 3);
+        assert!(
+            MessageFacts::parse(b"SSN 123-45-6789", false)
+                .findings
+                .is_some()
+        );
     }
 }
