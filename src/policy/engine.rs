@@ -352,11 +352,14 @@ impl Policy {
             phi_reasons.extend(facts.unscannable.iter().map(|u| format!("unscannable {u}")));
         }
         let phi = !phi_reasons.is_empty();
+        // Content conditions may match what could not be read, as the
+        // PHI floor does (and only where `unscannable_is_phi` is on).
+        let unread = defaults.unscannable_is_phi && !facts.unscannable.is_empty();
         let message_matches = self
             .compiled
             .rules
             .iter()
-            .map(|r| message_conditions(r, &envelope, &facts, &findings))
+            .map(|r| message_conditions(r, &envelope, &facts, &findings, unread))
             .collect();
         let tls_required_no = self.compiled.defaults.honor_tls_required_no
             && facts
@@ -387,8 +390,10 @@ pub struct Prepared<'p> {
     findings: Vec<(Detector, usize)>,
     phi: bool,
     tls_required_no: bool,
-    /// Per rule: `Some(descriptions)` if every message-level condition matched.
-    message_matches: Vec<Option<Vec<String>>>,
+    /// Per rule: `Some((descriptions, possible))` if every message-level
+    /// condition matched (`possible`: a content condition matched only
+    /// content that could not be read).
+    message_matches: Vec<Option<(Vec<String>, bool)>>,
 }
 
 /// What the rules say for one recipient, before probing.
@@ -407,6 +412,9 @@ pub struct RuleOutcome {
     /// `TLS-Required: No` is present and the policy honours it: published
     /// DANE/MTA-STS requirements are not enforced.
     pub ignore_published: bool,
+    /// The rule matched only because what it looks for may be in content
+    /// that could not be read (a `reject` rule then holds).
+    pub possible: bool,
 }
 
 /// The rule outcome for a recipient plus the monitor-mode rules that
@@ -442,15 +450,25 @@ impl Prepared<'_> {
         let d = &self.policy.compiled.defaults;
         let mut monitors = Vec::new();
         for (rule, msg) in self.policy.compiled.rules.iter().zip(&self.message_matches) {
-            let Some(msg_matched) = msg else { continue };
+            let Some((msg_matched, possible)) = msg else {
+                continue;
+            };
             let Some(mut matched) = recipient_conditions(rule, recipient) else {
                 continue;
             };
-            if released && rule.action == RuleAction::Hold {
+            // A reject rule that only may match holds: an operator looks,
+            // nobody is bounced for what could not be read.
+            let action = match rule.action {
+                RuleAction::Reject if *possible => RuleAction::Hold,
+                a => a,
+            };
+            if released && action == RuleAction::Hold {
                 continue;
             }
             matched.extend(msg_matched.iter().cloned());
-            let outcome = self.outcome_of(Some(rule), matched);
+            let mut outcome = self.outcome_of(Some(rule), matched);
+            outcome.action = action;
+            outcome.possible = *possible;
             if rule.mode == Mode::Monitor {
                 monitors.push(outcome);
                 continue;
@@ -490,6 +508,7 @@ impl Prepared<'_> {
             matched,
             requiretls: self.envelope.requiretls,
             ignore_published: self.tls_required_no && !self.envelope.requiretls,
+            possible: false,
         }
     }
 
@@ -665,7 +684,14 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
         }
         RuleAction::Hold => {
             d.action = Action::Hold;
-            d.reason = format!("held by rule `{}` until an operator releases it", o.rule);
+            d.reason = if o.possible {
+                format!(
+                    "held by rule `{}` until an operator releases it: what the rule looks for may be in content that could not be read",
+                    o.rule
+                )
+            } else {
+                format!("held by rule `{}` until an operator releases it", o.rule)
+            };
             return d;
         }
         RuleAction::Deliver => {}
@@ -831,15 +857,32 @@ fn choose(o: &RuleOutcome, probes: &[ProbeReport], version: &str) -> Decision {
     d
 }
 
-/// Message-level conditions of `rule`; `Some(descriptions)` if all match.
+/// Whether a content condition (`body`, `attachment_content`,
+/// `detectors`) that did not match the text that was read may still match
+/// what could not be read, for a rule with `action`. Fail closed, but
+/// never into a bounce: a `detectors` condition (it looks for PHI, and
+/// unscannable content counts as PHI) may match for every action; a
+/// regex condition only for `hold` and `reject` (a `deliver` rule keyed
+/// on a regex may lower the floor, so it must match what was read). A
+/// `reject` rule that only may match holds instead (see
+/// [`Prepared::evaluate`]): nobody is bounced because of an image.
+fn may_match_unread(unread: bool, action: RuleAction, regex: bool) -> bool {
+    unread && (!regex || action != RuleAction::Deliver)
+}
+
+/// Message-level conditions of `rule`; `Some(descriptions, possible)` if
+/// all match, `possible` when a content condition matched only because
+/// part of the content could not be read (`unread`).
 fn message_conditions(
     rule: &Rule,
     env: &Envelope,
     facts: &MessageFacts,
     findings: &[(Detector, usize)],
-) -> Option<Vec<String>> {
+    unread: bool,
+) -> Option<(Vec<String>, bool)> {
     let m = &rule.matcher;
     let mut why = Vec::new();
+    let mut possible = false;
     if !m.sender.is_empty() {
         pattern::any(&m.sender, &env.sender).then_some(())?;
         why.push("sender".into());
@@ -865,19 +908,27 @@ fn message_conditions(
             .then_some(())?;
         why.push(format!("subject_tag {tag}"));
     }
+    const UNREAD: &str = "(may be in the content that could not be read)";
     if !m.body.is_empty() {
-        m.body
-            .iter()
-            .any(|re| re.is_match(&facts.body_text))
-            .then_some(())?;
-        why.push("body".into());
+        if m.body.iter().any(|re| re.is_match(&facts.body_text)) {
+            why.push("body".into());
+        } else {
+            may_match_unread(unread, rule.action, true).then_some(())?;
+            possible = true;
+            why.push(format!("body {UNREAD}"));
+        }
     }
     if !m.attachment_content.is_empty() {
-        m.attachment_content
+        if m.attachment_content
             .iter()
             .any(|re| re.is_match(&facts.attachment_text))
-            .then_some(())?;
-        why.push("attachment_content".into());
+        {
+            why.push("attachment_content".into());
+        } else {
+            may_match_unread(unread, rule.action, true).then_some(())?;
+            possible = true;
+            why.push(format!("attachment_content {UNREAD}"));
+        }
     }
     if !m.detectors.is_empty() {
         let hit: Vec<&str> = findings
@@ -885,8 +936,13 @@ fn message_conditions(
             .filter(|(d, _)| m.detectors.contains(d))
             .map(|(d, _)| d.name())
             .collect();
-        (!hit.is_empty()).then_some(())?;
-        why.push(format!("detectors {}", hit.join(",")));
+        if !hit.is_empty() {
+            why.push(format!("detectors {}", hit.join(",")));
+        } else {
+            may_match_unread(unread, rule.action, false).then_some(())?;
+            possible = true;
+            why.push(format!("detectors {UNREAD}"));
+        }
     }
     if !m.attachment_type.is_empty() {
         facts
@@ -894,6 +950,8 @@ fn message_conditions(
             .iter()
             .any(|a| {
                 pattern::any(&m.attachment_type, &a.content_type)
+                    || a.detected_type
+                        .is_some_and(|t| pattern::any(&m.attachment_type, t))
                     || a.name
                         .as_deref()
                         .is_some_and(|n| pattern::any(&m.attachment_type, n))
@@ -921,7 +979,7 @@ fn message_conditions(
         pattern::any(&m.auth_user, env.auth_user.as_deref()?).then_some(())?;
         why.push("auth_user".into());
     }
-    Some(why)
+    Some((why, possible))
 }
 
 /// Recipient-level conditions of `rule`.

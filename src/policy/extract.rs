@@ -1,10 +1,11 @@
-//! Text of binary attachments (PDF, DOCX) for the PHI detectors.
+//! Text of binary attachments (PDF; DOCX, XLSX, PPTX, OpenDocument and
+//! plain zip archives; gzip) for the PHI detectors.
 //!
 //! Attachments come from senders we do not control, so every extraction is
 //! bounded: the input is at most the scanned part of the message
 //! (`max_scan_size`), every stream or archive member is decompressed
 //! against a budget ([`Limits::max_inflated`]: lopdf's own per-stream
-//! limit for PDF, a counted reader for DOCX, so a zip or flate bomb stops
+//! limit for PDF, a counted reader for zip and gzip, so a zip or flate bomb stops
 //! at the budget instead of exhausting memory), the extracted text has a
 //! cap, and the work checks a deadline between pages and archive members.
 //! The caller runs it on a blocking thread with a timeout as the last
@@ -22,12 +23,35 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Decompressed bytes one document may produce (for PDF, per stream;
-    /// for DOCX, all members together).
+    /// for a zip or gzip, all members and nested documents together).
     pub max_inflated: usize,
     /// Characters of text one document may yield.
     pub max_text: usize,
     /// When to give up.
     pub deadline: Instant,
+    /// How many containers (a zip or gzip inside a zip or gzip) may
+    /// still be opened inside this document.
+    pub depth: usize,
+}
+
+/// Containers opened inside one another, at most: a zip in a zip in a
+/// gzip. Deeper is unscannable.
+pub const MAX_CONTAINER_DEPTH: usize = 3;
+
+impl Limits {
+    /// The limits for a document inside this one, with `budget`
+    /// decompressed bytes left: one level less to nest.
+    fn nested(&self, budget: usize) -> Result<Limits, ExtractError> {
+        let depth = self
+            .depth
+            .checked_sub(1)
+            .ok_or(ExtractError::Unsupported("archives nested too deep"))?;
+        Ok(Limits {
+            max_inflated: budget,
+            depth,
+            ..*self
+        })
+    }
 }
 
 /// Why a document's text could not be read. The messages are shown in
@@ -49,22 +73,43 @@ pub enum ExtractError {
 }
 
 /// Which extractor reads a part, from its bytes first (a PDF sent as
-/// `application/octet-stream` is still a PDF), then its declared type and
-/// file name.
+/// `application/octet-stream` or `text/plain` is still a PDF), then its
+/// declared type and file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Pdf,
-    Docx,
+    /// A zip archive: an Office Open XML (DOCX, XLSX, PPTX) or
+    /// OpenDocument file (the text of its XML parts), or a plain archive
+    /// (every member read by what it is).
+    Zip,
     /// gzip (`application/gzip`, `application/tlsrpt+gzip`): its content,
     /// decompressed within the budget, is text or one of the above.
     Gzip,
 }
 
-const DOCX_TYPE: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+/// Declared types of zip-based files.
+const ZIP_TYPES: &[&str] = &[
+    "application/zip",
+    "application/x-zip",
+    "application/x-zip-compressed",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.ms-word.document.macroenabled.12",
+    "application/vnd.ms-excel.sheet.macroenabled.12",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+];
+
+/// File name endings of zip-based files.
+const ZIP_NAMES: &[&str] = &[
+    ".zip", ".docx", ".docm", ".dotx", ".xlsx", ".xlsm", ".pptx", ".pptm", ".odt", ".ods", ".odp",
+];
 
 impl Kind {
-    /// The extractor for a part, if there is one.
-    pub fn of(content_type: &str, name: Option<&str>, data: &[u8]) -> Option<Kind> {
+    /// The extractor for a part by its bytes alone (magic numbers).
+    pub fn sniff(data: &[u8]) -> Option<Kind> {
         // PDF readers accept the header anywhere in the first 1024 bytes.
         let head = &data[..data.len().min(1024)];
         if head.windows(5).any(|w| w == b"%PDF-") {
@@ -73,16 +118,32 @@ impl Kind {
         if data.starts_with(&[0x1f, 0x8b]) {
             return Some(Kind::Gzip);
         }
-        let name = name.unwrap_or("").to_ascii_lowercase();
+        // A local file header, or the end record of an empty archive.
+        if data.starts_with(b"PK\x03\x04") || data.starts_with(b"PK\x05\x06") {
+            return Some(Kind::Zip);
+        }
+        None
+    }
+
+    /// The extractor for a part, if there is one: by its bytes, else by its
+    /// declared type or file name (then a part that is not what it claims
+    /// fails to parse, and is unscannable).
+    pub fn of(content_type: &str, name: Option<&str>, data: &[u8]) -> Option<Kind> {
+        if let Some(kind) = Kind::sniff(data) {
+            return Some(kind);
+        }
+        let name = name.unwrap_or("").trim().to_ascii_lowercase();
         if content_type == "application/pdf" || name.ends_with(".pdf") {
             return Some(Kind::Pdf);
         }
-        if content_type == DOCX_TYPE
-            || name.ends_with(".docx")
-            || name.ends_with(".docm")
-            || (data.starts_with(b"PK\x03\x04") && content_type == "application/octet-stream")
+        if ZIP_TYPES.contains(&content_type) || ZIP_NAMES.iter().any(|n| name.ends_with(n)) {
+            return Some(Kind::Zip);
+        }
+        if matches!(content_type, "application/gzip" | "application/x-gzip")
+            || content_type.ends_with("+gzip")
+            || name.ends_with(".gz")
         {
-            return Some(Kind::Docx);
+            return Some(Kind::Gzip);
         }
         None
     }
@@ -91,7 +152,7 @@ impl Kind {
     pub fn extract(self, data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
         match self {
             Kind::Pdf => super::sandbox::pdf(data, limits),
-            Kind::Docx => docx_text(data, limits),
+            Kind::Zip => zip_text(data, limits),
             Kind::Gzip => gzip_text(data, limits),
         }
     }
@@ -106,7 +167,7 @@ fn check_deadline(limits: &Limits) -> Result<(), ExtractError> {
 }
 
 fn push_bounded(out: &mut String, text: &str, limits: &Limits) -> Result<(), ExtractError> {
-    if out.len() + text.len() > limits.max_text {
+    if out.len().saturating_add(text.len()) > limits.max_text {
         return Err(ExtractError::TooLarge(limits.max_text));
     }
     out.push_str(text);
@@ -287,95 +348,177 @@ fn pdf_string(bytes: &[u8]) -> String {
 }
 
 /// The content of a gzip file (every member), decompressed against the
-/// budget: text as it is, a PDF or DOCX through its extractor. A gzip
+/// budget: text as it is, a PDF or zip through its extractor. A gzip
 /// inside it, or binary content, is not read.
 pub fn gzip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
     let mut inner = Vec::new();
     flate2::read::MultiGzDecoder::new(data)
-        .take(limits.max_inflated as u64 + 1)
+        .take((limits.max_inflated as u64).saturating_add(1))
         .read_to_end(&mut inner)
         .map_err(|_| ExtractError::Unparseable("not valid gzip"))?;
     if inner.len() > limits.max_inflated {
         return Err(ExtractError::TooLarge(limits.max_inflated));
     }
     check_deadline(limits)?;
-    match Kind::of("application/octet-stream", None, &inner) {
+    match Kind::sniff(&inner) {
         Some(Kind::Gzip) => Err(ExtractError::Unsupported("nested compression")),
-        Some(kind) => kind.extract(&inner, limits),
-        None => String::from_utf8(inner).map_err(|_| ExtractError::Unsupported("binary content")),
+        Some(kind) => {
+            let inner_limits = limits.nested(limits.max_inflated - inner.len())?;
+            kind.extract(&inner, &inner_limits)
+        }
+        None => member_text(&inner),
     }
 }
 
-/// Members of a DOCX archive: more than this is not a document.
-const MAX_DOCX_MEMBERS: usize = 10_000;
-
-/// The text of a DOCX (WordprocessingML in a zip): the character data of
-/// every XML member (body, headers, footers, notes, comments, tracked
-/// deletions, document properties), a paragraph per line.
-///
-/// The archive's declared sizes are not trusted: every member is read
-/// through a counter against one budget for the whole document, so a zip
-/// bomb (one member, or many members sharing one compressed stream) stops
-/// at the budget. Encrypted members, embedded objects and an archive
-/// without `word/document.xml` are unscannable. An encrypted Word file is
-/// not a zip at all (it is an OLE container), so it cannot be parsed.
-pub fn docx_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(data))
-        .map_err(|_| ExtractError::Unparseable("not a zip archive"))?;
-    if archive.len() > MAX_DOCX_MEMBERS {
-        return Err(ExtractError::Unparseable("too many archive members"));
+/// The text of content that claims no type (a gzip's content, a member of
+/// a plain archive): UTF-8 or UTF-16 text, never binary bytes.
+fn member_text(data: &[u8]) -> Result<String, ExtractError> {
+    if super::sniff::binary_format(data).is_some() {
+        return Err(ExtractError::Unsupported("binary content"));
     }
-    let mut budget = limits.max_inflated;
-    let mut text = String::new();
-    let mut has_document = false;
-    for i in 0..archive.len() {
-        check_deadline(limits)?;
-        let (name, encrypted) = {
-            let member = archive
-                .by_index_raw(i)
-                .map_err(|_| ExtractError::Unparseable("damaged archive"))?;
-            let name = member
-                .name()
-                .map_err(|_| ExtractError::Unparseable("damaged archive"))?
-                .to_string();
-            (name, member.encrypted())
-        };
-        if encrypted {
-            return Err(ExtractError::Encrypted);
-        }
-        if name.starts_with("word/embeddings/") && !name.ends_with('/') {
-            return Err(ExtractError::Unsupported("embedded objects"));
-        }
-        if !name.ends_with(".xml") {
-            continue;
-        }
-        has_document |= name == "word/document.xml";
-        let member = archive
-            .by_index(i)
-            .map_err(|_| ExtractError::Unparseable("damaged archive"))?;
-        let mut xml = Vec::new();
-        // One byte more than the budget tells "exactly at the budget" from
-        // "over it".
-        member
-            .take(budget as u64 + 1)
-            .read_to_end(&mut xml)
-            .map_err(|_| ExtractError::Unparseable("damaged archive member"))?;
-        if xml.len() > budget {
-            return Err(ExtractError::TooLarge(limits.max_inflated));
-        }
-        budget -= xml.len();
-        xml_text(&xml, &mut text, limits)?;
-        text.push('\n');
+    let text = super::sniff::decode_text(data);
+    if super::sniff::looks_binary(&text) {
+        return Err(ExtractError::Unsupported("binary content"));
     }
-    if !has_document {
-        return Err(ExtractError::Unparseable("no word/document.xml"));
+    if super::sniff::unread_text_format(&text).is_some() {
+        return Err(ExtractError::Unsupported("RTF or PostScript content"));
     }
     Ok(text)
 }
 
-/// Appends the character data of one WordprocessingML member to `out`:
-/// runs join (a number split over runs stays one number), paragraphs and
-/// table rows end a line, tabs and breaks are white space. quick-xml
+/// Members of one archive: more than this is not a document.
+const MAX_ZIP_MEMBERS: usize = 10_000;
+
+/// Which kind of zip file: what its members mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZipFlavour {
+    /// Office Open XML (`[Content_Types].xml`): DOCX, XLSX, PPTX.
+    Ooxml,
+    /// OpenDocument (`mimetype` member): ODT, ODS, ODP.
+    Odf,
+    /// Any other archive: every member is a file of its own.
+    Plain,
+}
+
+/// The text of a zip file: for an Office Open XML (DOCX, XLSX, PPTX) or
+/// OpenDocument (ODT, ODS, ODP) file, the character data of every XML
+/// part (body, sheets and shared strings, slides, headers, footers,
+/// notes, comments, tracked deletions, document properties), a paragraph,
+/// cell or row per line; for a plain archive, every member read by what
+/// it is (text, or a PDF, zip or gzip through its extractor, nested at
+/// most [`Limits::depth`] deep). Member names are text too (a file name
+/// can name the patient).
+///
+/// The archive's declared sizes are not trusted: every member is read
+/// through a counter against one budget for the whole file, nested
+/// archives included, so a zip bomb (one member, many members sharing one
+/// compressed stream, or archives inside archives) stops at the budget.
+/// Encrypted members, embedded objects, binary members of a plain
+/// archive, and an Office file without its main part are unscannable. An
+/// encrypted Office file is not a zip at all (it is an OLE container), so
+/// it cannot be parsed. Pictures inside Office documents are not read.
+pub fn zip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(data))
+        .map_err(|_| ExtractError::Unparseable("not a zip archive"))?;
+    if archive.len() > MAX_ZIP_MEMBERS {
+        return Err(ExtractError::Unparseable("too many archive members"));
+    }
+    let names: Vec<String> = (0..archive.len())
+        .map(|i| {
+            let member = archive
+                .by_index_raw(i)
+                .map_err(|_| ExtractError::Unparseable("damaged archive"))?;
+            if member.encrypted() {
+                return Err(ExtractError::Encrypted);
+            }
+            member
+                .name()
+                .map(|n| n.to_string())
+                .map_err(|_| ExtractError::Unparseable("damaged archive"))
+        })
+        .collect::<Result<_, _>>()?;
+    let flavour = if names.iter().any(|n| n == "[Content_Types].xml") {
+        ZipFlavour::Ooxml
+    } else if names.iter().any(|n| n == "mimetype")
+        && names
+            .iter()
+            .any(|n| n == "content.xml" || n == "META-INF/manifest.xml")
+    {
+        ZipFlavour::Odf
+    } else {
+        ZipFlavour::Plain
+    };
+    if flavour == ZipFlavour::Ooxml
+        && !names.iter().any(|n| {
+            matches!(
+                n.as_str(),
+                "word/document.xml" | "xl/workbook.xml" | "ppt/presentation.xml"
+            )
+        })
+    {
+        return Err(ExtractError::Unparseable(
+            "an Office file without its main part",
+        ));
+    }
+    let mut budget = limits.max_inflated;
+    let mut text = String::new();
+    for name in &names {
+        push_bounded(&mut text, name, limits)?;
+        text.push('\n');
+    }
+    for (i, name) in names.iter().enumerate() {
+        check_deadline(limits)?;
+        if name.ends_with('/') {
+            continue;
+        }
+        let is_xml = name.ends_with(".xml");
+        match flavour {
+            ZipFlavour::Ooxml | ZipFlavour::Odf => {
+                // OpenDocument keeps an embedded object's own XML in
+                // `Object N/` (read) and a picture of it in
+                // `ObjectReplacements/` (a picture, like the others).
+                if name.contains("/embeddings/") || name.starts_with("embeddings/") {
+                    return Err(ExtractError::Unsupported("embedded objects"));
+                }
+                if !is_xml {
+                    continue;
+                }
+            }
+            ZipFlavour::Plain => {}
+        }
+        let member = archive
+            .by_index(i)
+            .map_err(|_| ExtractError::Unparseable("damaged archive"))?;
+        let mut content = Vec::new();
+        // One byte more than the budget tells "exactly at the budget" from
+        // "over it".
+        member
+            .take((budget as u64).saturating_add(1))
+            .read_to_end(&mut content)
+            .map_err(|_| ExtractError::Unparseable("damaged archive member"))?;
+        if content.len() > budget {
+            return Err(ExtractError::TooLarge(limits.max_inflated));
+        }
+        budget -= content.len();
+        if flavour != ZipFlavour::Plain || (is_xml && Kind::sniff(&content).is_none()) {
+            xml_text(&content, &mut text, limits)?;
+        } else {
+            let inner_text = match Kind::sniff(&content) {
+                Some(kind) => kind.extract(&content, &limits.nested(budget)?)?,
+                None => member_text(&content)?,
+            };
+            push_bounded(&mut text, &inner_text, limits)?;
+        }
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Appends the character data of one XML part to `out`: runs join (a
+/// number split over runs stays one number); paragraphs, headings, table
+/// rows and cells, spreadsheet cells and shared strings end a line (in
+/// WordprocessingML, SpreadsheetML, PresentationML and OpenDocument);
+/// tabs and breaks are white space. quick-xml
 /// expands no entities of a DTD, so there is no entity bomb.
 fn xml_text(xml: &[u8], out: &mut String, limits: &Limits) -> Result<(), ExtractError> {
     use quick_xml::events::Event;
@@ -408,13 +551,17 @@ fn xml_text(xml: &[u8], out: &mut String, limits: &Limits) -> Result<(), Extract
                 push_bounded(out, c.encode_utf8(&mut [0; 4]), limits)?;
             }
             Event::End(e) => {
-                if matches!(e.local_name().as_ref(), "p" | "tr") {
+                if matches!(
+                    e.local_name().as_ref(),
+                    "p" | "h" | "tr" | "tc" | "c" | "si" | "row" | "table-row" | "table-cell"
+                ) {
                     out.push('\n');
                 }
             }
             Event::Empty(e) => match e.local_name().as_ref() {
                 "tab" => out.push('\t'),
-                "br" | "cr" => out.push('\n'),
+                "s" => out.push(' '),
+                "br" | "cr" | "line-break" => out.push('\n'),
                 _ => {}
             },
             Event::Eof => return Ok(()),
@@ -435,6 +582,7 @@ mod tests {
             max_inflated: 1 << 20,
             max_text: 1 << 20,
             deadline: Instant::now() + Duration::from_secs(30),
+            depth: MAX_CONTAINER_DEPTH,
         }
     }
 
@@ -590,9 +738,20 @@ mod tests {
             Err(ExtractError::Unsupported("nested compression"))
         );
         assert_eq!(
-            gzip_text(&gz("b'\\xff\\xfe binary'"), &limits()),
+            gzip_text(&gz("b'\\x00\\x01\\x02 binary'"), &limits()),
             Err(ExtractError::Unsupported("binary content"))
         );
+        // A zip inside the gzip is opened, within what is left of the budget.
+        let zip = fixtures::zip(&[("notes.txt", b"SSN 123-45-6789")]);
+        let text = gzip_text(
+            &fixtures::python(
+                "import gzip,sys\nsys.stdout.buffer.write(gzip.compress(bytes.fromhex(sys.argv[1])))",
+                &[&hex::encode(&zip)],
+            ),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(ssns(&text), 1);
     }
 
     #[test]
@@ -600,21 +759,21 @@ mod tests {
         let body = "<w:p><w:r><w:t>SSN 123-</w:t></w:r><w:r><w:rPr><w:b/></w:rPr><w:t>45</w:t></w:r>\
                     <w:r><w:t xml:space=\"preserve\">&#45;6789</w:t></w:r></w:p>";
         let docx = fixtures::docx(body, &[]);
-        let text = docx_text(&docx, &limits()).unwrap();
+        let text = zip_text(&docx, &limits()).unwrap();
         assert_eq!(ssns(&text), 1, "{text:?}");
         // Paragraphs do not join.
         let docx = fixtures::docx(
             "<w:p><w:r><w:t>123-45</w:t></w:r></w:p><w:p><w:r><w:t>-6789</w:t></w:r></w:p>",
             &[],
         );
-        assert_eq!(ssns(&docx_text(&docx, &limits()).unwrap()), 0);
+        assert_eq!(ssns(&zip_text(&docx, &limits()).unwrap()), 0);
         // A header part is read too.
         let header = "<w:hdr xmlns:w=\"http://schemas.openxmlformats.org/wordprocessingml/2006/main\"><w:p><w:r><w:t>SSN 123-45-6789</w:t></w:r></w:p></w:hdr>";
         let docx = fixtures::docx("<w:p/>", &[("word/header1.xml", header)]);
-        assert_eq!(ssns(&docx_text(&docx, &limits()).unwrap()), 1);
+        assert_eq!(ssns(&zip_text(&docx, &limits()).unwrap()), 1);
         assert_eq!(
             Kind::of("application/octet-stream", Some("letter.docx"), &docx),
-            Some(Kind::Docx)
+            Some(Kind::Zip)
         );
     }
 
@@ -624,38 +783,191 @@ mod tests {
         let bomb = fixtures::docx_bomb(8);
         assert!(bomb.len() < 100_000, "the bomb is small: {}", bomb.len());
         assert_eq!(
-            docx_text(&bomb, &limits()),
+            zip_text(&bomb, &limits()),
             Err(ExtractError::TooLarge(1 << 20))
         );
         let docx = fixtures::docx("<w:p><w:r><w:t>x</w:t></w:r></w:p>", &[]);
         assert!(matches!(
-            docx_text(&docx[..docx.len() - 30], &limits()),
+            zip_text(&docx[..docx.len() - 30], &limits()),
             Err(ExtractError::Unparseable(_))
         ));
         // An encrypted Word file is an OLE container, not a zip.
         assert!(matches!(
-            docx_text(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest", &limits()),
+            zip_text(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest", &limits()),
             Err(ExtractError::Unparseable(_))
         ));
-        // A zip that is not a Word document, and one with an embedded object.
-        let zip = fixtures::python(
-            "import io,sys,zipfile\nb=io.BytesIO()\nz=zipfile.ZipFile(b,'w')\nz.writestr('notes.txt','SSN 123-45-6789')\nz.close()\nsys.stdout.buffer.write(b.getvalue())",
-            &[],
-        );
+        // An Office package without its main part, and one with an
+        // embedded object.
+        let docx = fixtures::zip(&[("[Content_Types].xml", b"<Types/>")]);
         assert_eq!(
-            docx_text(&zip, &limits()),
-            Err(ExtractError::Unparseable("no word/document.xml"))
+            zip_text(&docx, &limits()),
+            Err(ExtractError::Unparseable(
+                "an Office file without its main part"
+            ))
         );
         let docx = fixtures::docx("<w:p/>", &[("word/embeddings/oleObject1.bin", "x")]);
         assert_eq!(
-            docx_text(&docx, &limits()),
+            zip_text(&docx, &limits()),
             Err(ExtractError::Unsupported("embedded objects"))
         );
         // Malformed XML and an entity no DTD may define for us.
         let docx = fixtures::docx("<w:p><w:t>&bomb;</w:t></w:p>", &[]);
         assert!(matches!(
-            docx_text(&docx, &limits()),
+            zip_text(&docx, &limits()),
             Err(ExtractError::Unparseable(_))
         ));
+    }
+
+    /// From review: a zip that is not an Office file was "cannot be
+    /// parsed"; its members are read by what they are, names included,
+    /// within one budget and a nesting limit.
+    #[test]
+    fn plain_zip_archives_are_read_member_by_member() {
+        let pdf = fixtures::pdf("SSN 123-45-6789", None);
+        let inner = fixtures::zip(&[("deep/notes.txt", b"SSN 123-45-6789")]);
+        for (what, members) in [
+            ("a text file", vec![("notes.txt", &b"SSN 123-45-6789"[..])]),
+            (
+                "a text file after others",
+                vec![
+                    ("a.txt", &b"hello"[..]),
+                    ("dir/", &b""[..]),
+                    ("b.csv", b"x,123-45-6789"),
+                ],
+            ),
+            (
+                "UTF-16 text",
+                vec![(
+                    "n.txt",
+                    &b"\xff\xfe1\x002\x003\x00-\x004\x005\x00-\x006\x007\x008\x009\x00"[..],
+                )],
+            ),
+            ("a PDF", vec![("labs.pdf", &pdf[..])]),
+            ("a PDF with a misleading name", vec![("labs.txt", &pdf[..])]),
+            ("a zip in the zip", vec![("more.zip", &inner[..])]),
+            (
+                "the SSN in a member name",
+                vec![("Jane SSN 123-45-6789.txt", &b"hello"[..])],
+            ),
+            (
+                "XML",
+                vec![("r.xml", &b"<r><ssn>123-</ssn><x>45-6789</x></r>"[..])],
+            ),
+        ] {
+            let zip = fixtures::zip(&members);
+            assert_eq!(Kind::sniff(&zip), Some(Kind::Zip), "{what}");
+            let text = zip_text(&zip, &limits()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(ssns(&text), 1, "{what}: {text:?}");
+        }
+        for (what, members, err) in [
+            (
+                "a picture",
+                vec![("x.png", &b"\x89PNG\r\n\x1a\nrest"[..])],
+                ExtractError::Unsupported("binary content"),
+            ),
+            (
+                "binary bytes after text",
+                vec![("a.txt", &b"hello"[..]), ("b.bin", b"\x00\x01\x02\x03")],
+                ExtractError::Unsupported("binary content"),
+            ),
+            (
+                "RTF",
+                vec![("a.rtf", &b"{\\rtf1 123-{\\b 45}-6789}"[..])],
+                ExtractError::Unsupported("RTF or PostScript content"),
+            ),
+        ] {
+            assert_eq!(
+                zip_text(&fixtures::zip(&members), &limits()),
+                Err(err),
+                "{what}"
+            );
+        }
+        // Nested past the depth limit, at each depth.
+        let mut zip = fixtures::zip(&[("notes.txt", b"SSN 123-45-6789")]);
+        for level in 1..=MAX_CONTAINER_DEPTH + 1 {
+            zip = fixtures::zip(&[("inner.zip", &zip)]);
+            let r = zip_text(&zip, &limits());
+            if level <= MAX_CONTAINER_DEPTH {
+                assert_eq!(ssns(&r.unwrap()), 1, "level {level}");
+            } else {
+                assert_eq!(
+                    r,
+                    Err(ExtractError::Unsupported("archives nested too deep"))
+                );
+            }
+        }
+        // Two members of 600 KiB each against one 1 MiB budget; and a bomb
+        // one level down.
+        let half = vec![b' '; 600 << 10];
+        let zip = fixtures::zip(&[("a.txt", &half), ("b.txt", &half)]);
+        assert_eq!(
+            zip_text(&zip, &limits()),
+            Err(ExtractError::TooLarge(1 << 20))
+        );
+        let zip = fixtures::zip(&[
+            ("a.txt", &half),
+            ("in.zip", &fixtures::zip(&[("b.txt", &half)])),
+        ]);
+        assert!(matches!(
+            zip_text(&zip, &limits()),
+            Err(ExtractError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn spreadsheets_slides_and_opendocument_files_are_read() {
+        let ct: &[u8] = b"<Types/>";
+        let xlsx = fixtures::zip(&[
+            ("[Content_Types].xml", ct),
+            ("xl/workbook.xml", b"<workbook/>"),
+            (
+                "xl/sharedStrings.xml",
+                b"<sst><si><t>SSN</t></si><si><r><t>123-45</t></r><r><t>-6789</t></r></si></sst>",
+            ),
+            ("xl/worksheets/sheet1.xml", b"<worksheet><sheetData><row><c t=\"s\"><v>0</v></c><c><v>123</v></c></row></sheetData></worksheet>"),
+        ]);
+        let pptx = fixtures::zip(&[
+            ("[Content_Types].xml", ct),
+            ("ppt/presentation.xml", b"<p:presentation xmlns:p=\"p\"/>"),
+            ("ppt/slides/slide1.xml", b"<p:sld xmlns:p=\"p\" xmlns:a=\"a\"><a:p><a:r><a:t>SSN 123-45</a:t></a:r><a:r><a:t>-6789</a:t></a:r></a:p></p:sld>"),
+        ]);
+        let odt = fixtures::zip(&[
+            ("mimetype", b"application/vnd.oasis.opendocument.text"),
+            ("content.xml", b"<office:document-content xmlns:office=\"o\" xmlns:text=\"t\"><text:p>SSN 123-<text:span>45</text:span>-6789</text:p></office:document-content>"),
+            ("Pictures/logo.png", b"\x89PNG\r\n\x1a\n"),
+        ]);
+        for (what, file) in [("xlsx", xlsx), ("pptx", pptx), ("odt", odt)] {
+            let text = zip_text(&file, &limits()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(ssns(&text), 1, "{what}: {text:?}");
+        }
+        // Cells and shared strings do not join into one number.
+        let xlsx = fixtures::zip(&[
+            ("[Content_Types].xml", ct),
+            ("xl/workbook.xml", b"<workbook/>"),
+            (
+                "xl/sharedStrings.xml",
+                b"<sst><si><t>123-45</t></si><si><t>-6789</t></si></sst>",
+            ),
+        ]);
+        assert_eq!(ssns(&zip_text(&xlsx, &limits()).unwrap()), 0);
+        let xlsx = fixtures::zip(&[
+            ("[Content_Types].xml", ct),
+            ("xl/workbook.xml", b"<workbook/>"),
+            ("xl/embeddings/oleObject1.bin", b"x"),
+        ]);
+        assert_eq!(
+            zip_text(&xlsx, &limits()),
+            Err(ExtractError::Unsupported("embedded objects"))
+        );
+        for (ct, name) in [
+            (
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                None,
+            ),
+            ("application/zip", None),
+            ("application/octet-stream", Some("x.ODS")),
+        ] {
+            assert_eq!(Kind::of(ct, name, b"not a zip"), Some(Kind::Zip), "{ct}");
+        }
     }
 }

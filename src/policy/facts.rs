@@ -1,24 +1,37 @@
 //! What the rules can look at in a message: envelope, client, headers,
 //! subject, text of the bodies and of the attachments that can be read
-//! (text, PDF, DOCX, attached messages), attachment types and sizes, and
-//! what could not be read. Built once per delivery attempt, never logged.
+//! (text, PDF, Office and OpenDocument files, zip and gzip archives,
+//! attached messages), the headers a person writes (display names, file
+//! names, descriptions), attachment types and sizes, and what could not
+//! be read. Built once per delivery attempt, never logged.
 //!
 //! "Could not read it" is not "clean": a part the scan could not read (cut
 //! at `max_scan_size`, an encrypted or broken document, an image, a
-//! message nested too deep, a damaged transfer encoding, the deadline) is
-//! listed in [`MessageFacts::unscannable`], and the policy counts it as PHI.
+//! message nested too deep, a damaged or unknown transfer encoding, more
+//! text than the message's budget, the deadline) is listed in
+//! [`MessageFacts::unscannable`], and the policy counts it as PHI.
+//!
+//! Parts are read by what their bytes are, not by their labels (see
+//! [`super::sniff`]): a PDF sent as `text/plain`, a zip named `notes.txt`
+//! or a text file declared a signature is read as what it is.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::decoders::base64::base64_decode;
+use mail_parser::decoders::quoted_printable::quoted_printable_decode;
+use mail_parser::parsers::MessageStream;
+use mail_parser::{
+    Encoding, HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
 use tokio::sync::Semaphore;
 
 use super::detectors::{Detector, Detectors};
-use super::extract::{Kind, Limits};
+use super::extract::{Kind, Limits, MAX_CONTAINER_DEPTH};
 use super::html::{self, normalize};
+use super::sniff;
 
 /// An attachment as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +41,9 @@ pub struct Attachment {
     /// File name, if any.
     pub name: Option<String>,
     pub size: usize,
+    /// The type its bytes show (`application/pdf` for a PDF labelled
+    /// `text/plain`), if known: `attachment_type` rules match it too.
+    pub detected_type: Option<&'static str>,
 }
 
 /// The message facts rules match on.
@@ -42,10 +58,16 @@ pub struct MessageFacts {
     pub headers: HashMap<String, Vec<String>>,
     /// Text of the text/plain and text/html bodies.
     pub body_text: String,
-    /// Text of the attachments that could be read: text parts, PDF and
-    /// DOCX documents, and attached messages (their subject, bodies and
+    /// Text of the attachments that could be read: text parts, documents,
+    /// archives and attached messages (their subject, bodies and
     /// attachments), at any depth up to [`ScanLimits::max_depth`].
     pub attachment_text: String,
+    /// Decoded text of the headers a person writes or names, of the
+    /// message and of every part at any depth: display names, custom
+    /// `X-` headers, Content-Description, file names (RFC 2231 and 2047
+    /// decoded). Not the Subject (its own field), nor the trace and
+    /// identifier headers machines write (see [`is_machine_header`]).
+    pub header_text: String,
     /// Attachments at every depth (inside attached messages too).
     pub attachments: Vec<Attachment>,
     /// Whether the content was cut at the scan limit.
@@ -56,6 +78,17 @@ pub struct MessageFacts {
     /// patient). The policy counts a message with any entry as PHI unless
     /// `[defaults] unscannable_is_phi = false`.
     pub unscannable: Vec<String>,
+    /// Findings of every detector, counted by the scan itself (so the
+    /// detectors run inside its time bound and on its blocking thread);
+    /// `None` for facts that were not scanned (then [`Self::detect`]
+    /// counts them when asked).
+    pub findings: Option<Vec<(Detector, usize)>>,
+}
+
+/// The detectors the scan counts with (compiled once).
+fn detectors() -> &'static Detectors {
+    static DETECTORS: std::sync::OnceLock<Detectors> = std::sync::OnceLock::new();
+    DETECTORS.get_or_init(Detectors::new)
 }
 
 /// Bounds of one message's content scan.
@@ -67,10 +100,15 @@ pub struct ScanLimits {
     /// Time for the whole content scan, extraction included; what is not
     /// read by then is unscannable.
     pub timeout: Duration,
-    /// Decompressed bytes one PDF stream or one DOCX may produce.
+    /// Decompressed bytes one PDF stream or one archive may produce.
     pub max_inflated: usize,
     /// Characters of text one document may yield.
     pub max_text: usize,
+    /// Bytes of text the whole message may yield, all parts and headers
+    /// together: what the detectors read (and the memory the scan holds)
+    /// is bounded by this, however many parts there are. Text past it is
+    /// unscannable.
+    pub max_message_text: usize,
 }
 
 impl Default for ScanLimits {
@@ -80,6 +118,7 @@ impl Default for ScanLimits {
             timeout: Duration::from_secs(10),
             max_inflated: 32 << 20,
             max_text: 16 << 20,
+            max_message_text: 32 << 20,
         }
     }
 }
@@ -89,14 +128,6 @@ impl Default for ScanLimits {
 /// many such threads (and their memory) there can be.
 static SCAN_SLOTS: Semaphore = Semaphore::const_new(2);
 
-/// Types that carry no text of their own: signatures and public keys.
-const NO_TEXT_TYPES: &[&str] = &[
-    "application/pgp-signature",
-    "application/pkcs7-signature",
-    "application/x-pkcs7-signature",
-    "application/pgp-keys",
-];
-
 /// Types whose bytes are text, though mail-parser does not decode them as
 /// text: structured text (JSON, XML) and the report formats (RFC 3464
 /// delivery status, RFC 8098 dispositions, RFC 5965 feedback, returned
@@ -104,10 +135,105 @@ const NO_TEXT_TYPES: &[&str] = &[
 fn is_text_like(ct: &str) -> bool {
     ct.starts_with("text/")
         || ct.starts_with("message/")
-        || matches!(ct, "application/json" | "application/xml")
+        || matches!(
+            ct,
+            "application/json" | "application/xml" | "application/ics" | "application/x-vcard"
+        )
         || ct.ends_with("+json")
         || ct.ends_with("+xml")
 }
+
+/// Types whose text is markup: read as a reader sees it (see [`html`]),
+/// so markup inside a number does not split it.
+fn is_markup(ct: &str) -> bool {
+    matches!(ct, "text/html" | "text/xml" | "application/xml") || ct.ends_with("+xml")
+}
+
+/// Types with folded lines (RFC 5545 iCalendar, RFC 6350 vCard): a line
+/// break followed by a space continues the line, even inside a number.
+fn is_folded(ct: &str) -> bool {
+    matches!(
+        ct,
+        "text/calendar" | "text/vcard" | "text/x-vcard" | "text/directory" | "application/ics"
+    ) || ct == "application/x-vcard"
+}
+
+/// Transfer encodings mail-parser decodes (base64, quoted-printable) or
+/// that need no decoding. Any other value leaves the bytes encoded in a
+/// way the detectors cannot read.
+const KNOWN_TRANSFER_ENCODINGS: &[&str] = &["7bit", "8bit", "binary", "base64", "quoted-printable"];
+
+/// Headers machines write: trace, authentication, identifiers, dates,
+/// MIME structure, and the diagnostics big providers add (long opaque
+/// tokens in which ten digits in a row are common). Every other header
+/// is scanned; the Subject has its own field.
+pub fn is_machine_header(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "received",
+        "x-received",
+        "return-path",
+        "delivered-to",
+        "dkim-signature",
+        "domainkey-signature",
+        "authentication-results",
+        "received-spf",
+        "message-id",
+        "resent-message-id",
+        "references",
+        "in-reply-to",
+        "content-id",
+        "date",
+        "resent-date",
+        "mime-version",
+        "content-transfer-encoding",
+        "autocrypt",
+        "autocrypt-gossip",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "thread-index",
+        "feedback-id",
+        "x-feedback-id",
+        "subject",
+    ];
+    const PREFIXES: &[&str] = &[
+        "arc-",
+        "x-ms-",
+        "x-microsoft-",
+        "x-forefront-",
+        "x-google-",
+        "x-gm-",
+    ];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Content-Type and Content-Disposition parameters that describe the MIME
+/// structure; every other parameter (`name`, `filename`, unknown ones) is
+/// scanned.
+const STRUCTURAL_PARAMETERS: &[&str] = &[
+    "boundary",
+    "charset",
+    "format",
+    "delsp",
+    "micalg",
+    "protocol",
+    "report-type",
+    "type",
+    "start",
+    "start-info",
+    "smime-type",
+    "method",
+    "component",
+    "id",
+    "number",
+    "total",
+    "access-type",
+    "size",
+    "creation-date",
+    "modification-date",
+    "read-date",
+    "reply-type",
+    "differences",
+];
 
 impl MessageFacts {
     /// Parses `content` (at most the scan limit of the stored message) on
@@ -204,7 +330,12 @@ impl MessageFacts {
         }
         let Some(msg) = MessageParser::default().parse(content) else {
             // Not MIME at all: scan it as text so detectors still see it.
-            f.body_text = normalize(&String::from_utf8_lossy(content));
+            let text = sniff::decode_text(&content[..content.len().min(limits.max_message_text)]);
+            if content.len() > limits.max_message_text {
+                f.unscannable.push(message_text_limit(limits));
+            }
+            f.body_text = normalize(&text);
+            f.findings = Some(f.count(detectors(), &Detector::ALL));
             return f;
         };
         f.read_headers(&msg);
@@ -212,20 +343,45 @@ impl MessageFacts {
             facts: &mut f,
             limits,
             deadline,
+            text_left: limits.max_message_text,
+            over_budget: false,
         };
-        let mut body = String::new();
+        let (mut body, mut att_text, mut header_text) =
+            (String::new(), String::new(), String::new());
+        scan.part_headers(&msg, "message", &mut header_text);
+        scan.outside_parts(&msg, 0..content.len(), "message", &mut body);
         scan.bodies(&msg, "message", &mut body);
-        let mut att_text = String::new();
-        scan.attachments(&msg, "", 0, &mut att_text);
+        scan.attachments(&msg, "", 0, &mut att_text, &mut header_text);
         f.body_text = body;
         f.attachment_text = att_text;
+        f.header_text = header_text;
+        // The detectors read at most `max_message_text` bytes (and the
+        // subject): their time is bounded by the scan's, and counted in it.
+        f.findings = Some(f.count(detectors(), &Detector::ALL));
         f
     }
 
-    /// Findings of `which` detectors over the bodies and text attachments.
+    /// Findings of `which` detectors over the subject, the headers a
+    /// person writes, the bodies and the attachments.
     pub fn detect(&self, detectors: &Detectors, which: &[Detector]) -> Vec<(Detector, usize)> {
+        match &self.findings {
+            Some(all) => all
+                .iter()
+                .filter(|(d, _)| which.contains(d))
+                .copied()
+                .collect(),
+            None => self.count(detectors, which),
+        }
+    }
+
+    fn count(&self, detectors: &Detectors, which: &[Detector]) -> Vec<(Detector, usize)> {
         let mut found: HashMap<Detector, usize> = HashMap::new();
-        for text in [&self.subject, &self.body_text, &self.attachment_text] {
+        for text in [
+            &self.subject,
+            &self.header_text,
+            &self.body_text,
+            &self.attachment_text,
+        ] {
             if text.is_empty() {
                 continue;
             }
@@ -239,16 +395,288 @@ impl MessageFacts {
     }
 }
 
+fn message_text_limit(limits: &ScanLimits) -> String {
+    format!(
+        "message: holds more text than the scan limit of {} bytes",
+        limits.max_message_text
+    )
+}
+
+/// `type/subtype` of a part, lowercased (`text/plain` when it has none,
+/// as RFC 2045 says).
+fn content_type_of(part: &MessagePart<'_>) -> String {
+    part.content_type()
+        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase())
+        .unwrap_or_else(|| "text/plain".into())
+}
+
+/// The transfer-decoded bytes of a text part, before any charset
+/// conversion (mail-parser keeps only the converted text): to recognise
+/// a document sent as text. `None` if they cannot be decoded.
+fn raw_bytes(msg: &Message<'_>, part: &MessagePart<'_>) -> Option<Vec<u8>> {
+    let raw = msg
+        .raw_message
+        .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)?;
+    match part.encoding {
+        Encoding::Base64 => base64_decode(raw),
+        Encoding::QuotedPrintable => quoted_printable_decode(raw),
+        Encoding::None => Some(raw.to_vec()),
+    }
+}
+
+/// Whether mail-parser decodes text in `charset` (UTF-8 is its default).
+fn charset_known(charset: &str) -> bool {
+    let c = charset.trim().to_ascii_lowercase();
+    matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii" | "ascii")
+        || mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes()).is_some()
+}
+
+/// RFC 3676 `format=flowed` text unwrapped: a line ending in a space
+/// continues on the next (with `delsp=yes` that space is deleted, so a
+/// number wrapped there is one number again).
+fn unflow(text: &str, delsp: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let line = line.strip_prefix(' ').unwrap_or(line);
+        if line.ends_with(' ') && line != "-- " {
+            out.push_str(if delsp { &line[..line.len() - 1] } else { line });
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Folded iCalendar and vCard lines unfolded, and their escapes undone.
+fn unfold(text: &str) -> String {
+    text.replace("\r\n ", "")
+        .replace("\r\n\t", "")
+        .replace("\n ", "")
+        .replace("\n\t", "")
+        .replace("\\n", "\n")
+        .replace("\\N", "\n")
+        .replace("\\,", ",")
+        .replace("\\;", ";")
+}
+
+/// The fields of a raw header section: (name, value with its folds) for
+/// each field, (`None`, the line) for a line that is not a field.
+fn header_fields(block: &[u8]) -> Vec<(Option<&str>, &[u8])> {
+    let mut fields: Vec<(Option<&str>, &[u8])> = Vec::new();
+    let mut start = 0;
+    // Field boundaries: a line that does not start with white space.
+    let mut lines = Vec::new();
+    for (i, &b) in block.iter().enumerate() {
+        if b == b'\n' {
+            let next = block.get(i + 1).copied();
+            if !matches!(next, Some(b' ' | b'\t')) {
+                lines.push(&block[start..=i]);
+                start = i + 1;
+            }
+        }
+    }
+    if start < block.len() {
+        lines.push(&block[start..]);
+    }
+    for line in lines {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let field = line.iter().position(|&b| b == b':').and_then(|colon| {
+            let name = std::str::from_utf8(&line[..colon]).ok()?.trim_end();
+            (!name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))
+                .then(|| (name, &line[colon + 1..]))
+        });
+        match field {
+            Some((name, value)) => fields.push((Some(name), value)),
+            None => fields.push((None, line)),
+        }
+    }
+    fields
+}
+
 /// One content scan in progress.
 struct Scan<'a> {
     facts: &'a mut MessageFacts,
     limits: &'a ScanLimits,
     deadline: Instant,
+    /// Bytes of text the message may still yield.
+    text_left: usize,
+    /// The message's text budget ran out (listed once).
+    over_budget: bool,
 }
 
 impl Scan<'_> {
     fn unscannable(&mut self, what: &str, why: impl std::fmt::Display) {
         self.facts.unscannable.push(format!("{what}: {why}"));
+    }
+
+    /// Appends `text` and a line break to `out` within the message's text
+    /// budget; text past it is not kept, and the message is unscannable.
+    fn push(&mut self, out: &mut String, text: &str) {
+        if self.over_budget || text.is_empty() {
+            return;
+        }
+        match self.text_left.checked_sub(text.len().saturating_add(1)) {
+            Some(left) => {
+                self.text_left = left;
+                out.push_str(text);
+                out.push('\n');
+            }
+            None => {
+                self.over_budget = true;
+                self.facts.unscannable.push(message_text_limit(self.limits));
+            }
+        }
+    }
+
+    /// The headers a person writes, of every part of `msg` (its own
+    /// headers are those of its first part), into `out`. The header
+    /// section is read as written, not only as mail-parser understood it:
+    /// a line that is not a header field (no colon, a space in the name)
+    /// is dropped by the parser, but not by every reader, so it is text.
+    ///
+    /// A part that declares its type or transfer encoding twice, with
+    /// different values, is unscannable: a reader may take the other one.
+    fn part_headers(&mut self, msg: &Message<'_>, what: &str, out: &mut String) {
+        for (i, part) in msg.parts.iter().enumerate() {
+            for (header, label) in [
+                (HeaderName::ContentType, "content type"),
+                (HeaderName::ContentTransferEncoding, "transfer encoding"),
+            ] {
+                let mut values: Vec<String> = part
+                    .headers
+                    .iter()
+                    .filter(|h| h.name == header)
+                    .filter_map(|h| {
+                        msg.raw_message
+                            .get(h.offset_start as usize..h.offset_end as usize)
+                            .map(|v| {
+                                String::from_utf8_lossy(v)
+                                    .split_whitespace()
+                                    .collect::<String>()
+                                    .to_ascii_lowercase()
+                            })
+                    })
+                    .collect();
+                values.sort();
+                values.dedup();
+                if values.len() > 1 {
+                    let at = if i == 0 {
+                        what.to_string()
+                    } else {
+                        format!("{what} part {i}")
+                    };
+                    self.unscannable(&at, format_args!("it declares more than one {label}"));
+                }
+            }
+            // File names and other parameters, RFC 2231 decoded and
+            // continuations joined by mail-parser.
+            for h in &part.headers {
+                if let HeaderValue::ContentType(ct) = &h.value {
+                    for a in ct.attributes().unwrap_or(&[]) {
+                        let param = a.name.to_ascii_lowercase();
+                        if !STRUCTURAL_PARAMETERS.contains(&param.as_str()) {
+                            self.push(out, &normalize(&a.value));
+                        }
+                    }
+                }
+            }
+            let block = msg
+                .raw_message
+                .get(part.raw_header_offset() as usize..part.raw_body_offset() as usize)
+                .unwrap_or_default();
+            for (name, value) in header_fields(block) {
+                let text = match name {
+                    None => sniff::decode_text(value),
+                    Some(name) => {
+                        let name = name.to_ascii_lowercase();
+                        if is_machine_header(&name)
+                            || name == "content-type"
+                            || name == "content-disposition"
+                        {
+                            continue;
+                        }
+                        // RFC 2047 encoded words decoded, as in an
+                        // unstructured header (display names, X- headers).
+                        match MessageStream::new(value).parse_unstructured() {
+                            HeaderValue::Text(t) => t.into_owned(),
+                            _ => continue,
+                        }
+                    }
+                };
+                self.push(out, &normalize(text.trim()));
+            }
+        }
+    }
+
+    /// The bytes of `msg` within `range` that belong to no part: the
+    /// preamble and epilogue of each multipart (and anything mail-parser
+    /// skipped). Readers do not show them, but they travel in the clear
+    /// like the rest, so they are text too (boundary lines aside).
+    fn outside_parts(
+        &mut self,
+        msg: &Message<'_>,
+        range: std::ops::Range<usize>,
+        what: &str,
+        out: &mut String,
+    ) {
+        let raw = &msg.raw_message;
+        let hi = range.end.min(raw.len());
+        let lo = range.start.min(hi);
+        let mut covered: Vec<(usize, usize)> = Vec::new();
+        let mut boundaries: Vec<String> = Vec::new();
+        for p in &msg.parts {
+            let header = p.raw_header_offset() as usize;
+            let body = p.raw_body_offset() as usize;
+            covered.push((header, body.max(header)));
+            if let PartType::Multipart(_) = p.body {
+                if let Some(b) = p.content_type().and_then(|c| c.attribute("boundary")) {
+                    boundaries.push(b.to_string());
+                }
+            } else {
+                covered.push((body, (p.raw_end_offset() as usize).max(body)));
+            }
+        }
+        covered.sort_unstable();
+        let mut gaps = Vec::new();
+        let mut at = lo;
+        for (start, end) in covered {
+            let (start, end) = (start.clamp(lo, hi), end.clamp(lo, hi));
+            if start > at {
+                gaps.push((at, start));
+            }
+            at = at.max(end);
+        }
+        if at < hi {
+            gaps.push((at, hi));
+        }
+        let mut text = String::new();
+        for (start, end) in gaps {
+            let Some(bytes) = raw.get(start..end) else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(bytes).lines() {
+                let trimmed = line.trim();
+                let delimiter = trimmed
+                    .strip_prefix("--")
+                    .is_some_and(|rest| boundaries.iter().any(|b| rest.starts_with(b.as_str())));
+                if !trimmed.is_empty() && !delimiter {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        if text.is_empty() {
+            return;
+        }
+        if sniff::looks_binary(&text) {
+            self.unscannable(what, "holds binary bytes outside its parts");
+        } else {
+            self.push(out, &normalize(&text));
+        }
     }
 
     /// The text and HTML bodies of `msg` into `out`; `what` names the
@@ -266,25 +694,28 @@ impl Scan<'_> {
         ids.dedup();
         for id in ids {
             let Some(part) = msg.part(id) else { continue };
-            if part.is_encoding_problem {
-                self.unscannable(&format!("{what} body"), "its transfer encoding is damaged");
-            }
-            let Some(text) = part.text_contents() else {
+            // Inline images are listed among the bodies and the
+            // attachments: they are read as attachments.
+            if !matches!(part.body, PartType::Text(_) | PartType::Html(_)) {
                 continue;
-            };
-            if part.is_text_html() {
-                out.push_str(&html::to_text(text));
-            } else {
-                out.push_str(&normalize(text));
             }
-            out.push('\n');
+            let ct = content_type_of(part);
+            self.leaf(msg, part, &ct, None, &format!("{what} body"), out);
         }
     }
 
-    /// The attachments of `msg` into `out`, attached messages opened up to
-    /// the depth limit. `path` is the position of `msg` ("" for the
-    /// message itself, "2/" for its second attachment, ...).
-    fn attachments(&mut self, msg: &Message<'_>, path: &str, depth: usize, out: &mut String) {
+    /// The attachments of `msg` into `out` (and the headers of attached
+    /// messages into `headers`), attached messages opened up to the depth
+    /// limit. `path` is the position of `msg` ("" for the message itself,
+    /// "2/" for its second attachment, ...).
+    fn attachments(
+        &mut self,
+        msg: &Message<'_>,
+        path: &str,
+        depth: usize,
+        out: &mut String,
+        headers: &mut String,
+    ) {
         for (i, part) in msg.attachments().enumerate() {
             let ct = part
                 .content_type()
@@ -298,6 +729,7 @@ impl Scan<'_> {
                 content_type: ct.clone(),
                 name: name.clone(),
                 size: part.len(),
+                detected_type: sniff::detected_type(part.contents()),
             });
             if Instant::now() >= self.deadline {
                 self.unscannable(&what, "not read before the scan deadline");
@@ -327,57 +759,385 @@ impl Scan<'_> {
                     );
                     continue;
                 }
-                out.push_str(&normalize(nested.subject().unwrap_or("")));
-                out.push('\n');
+                self.check_transfer_encoding(part, &what);
+                self.push(out, &normalize(nested.subject().unwrap_or("")));
+                self.part_headers(nested, &what, headers);
+                // A message attached as it is (7bit) shares the buffer of
+                // the message it is in, with offsets into it; a decoded
+                // one has a buffer of its own.
+                let range = if nested.raw_message.as_ptr() == msg.raw_message.as_ptr() {
+                    part.raw_body_offset() as usize..part.raw_end_offset() as usize
+                } else {
+                    0..nested.raw_message.len()
+                };
+                self.outside_parts(nested, range, &what, out);
                 self.bodies(nested, &what, out);
                 let inner = format!("{path}{}/", i + 1);
-                self.attachments(nested, &inner, depth + 1, out);
+                self.attachments(nested, &inner, depth + 1, out, headers);
                 continue;
             }
             if nested_raw.is_some() {
                 self.unscannable(&what, "the attached message cannot be parsed");
                 continue;
             }
-            // Text parts as mail-parser decoded them (charset included).
-            if matches!(part.body, PartType::Text(_) | PartType::Html(_)) {
-                let t = part.text_contents().unwrap_or("");
-                if part.is_text_html() {
-                    out.push_str(&html::to_text(t));
-                } else {
-                    out.push_str(&normalize(t));
+            self.leaf(msg, part, &ct, name.as_deref(), &what, out);
+        }
+    }
+
+    /// A `Content-Transfer-Encoding` mail-parser does not decode leaves the
+    /// part encoded: unscannable (what can be read is read all the same).
+    fn check_transfer_encoding(&mut self, part: &MessagePart<'_>, what: &str) {
+        let Some(value) = part.headers.iter().find_map(|h| {
+            matches!(h.name, HeaderName::ContentTransferEncoding).then_some(&h.value)
+        }) else {
+            return;
+        };
+        let known = match value {
+            HeaderValue::Text(t) => {
+                KNOWN_TRANSFER_ENCODINGS.contains(&t.trim().to_ascii_lowercase().as_str())
+            }
+            HeaderValue::Empty => true,
+            _ => false,
+        };
+        if !known {
+            self.unscannable(what, "its transfer encoding is not known");
+        }
+    }
+
+    /// One part that is not a container: read by what its bytes are.
+    fn leaf(
+        &mut self,
+        msg: &Message<'_>,
+        part: &MessagePart<'_>,
+        ct: &str,
+        name: Option<&str>,
+        what: &str,
+        out: &mut String,
+    ) {
+        self.check_transfer_encoding(part, what);
+        if part.is_encoding_problem {
+            // mail-parser kept the raw bytes: a text part is still read.
+            self.unscannable(what, "its transfer encoding is damaged");
+            if let PartType::Text(t) | PartType::Html(t) = &part.body {
+                if !sniff::looks_binary(t) {
+                    self.push(out, &normalize(t));
                 }
-                out.push('\n');
-                continue;
             }
-            // Anything else by what it is, never by whether its bytes
-            // happen to be UTF-8 (an uncompressed PDF is ASCII).
-            let data = part.contents();
-            if data.is_empty() || NO_TEXT_TYPES.contains(&ct.as_str()) {
-                continue;
-            }
-            match Kind::of(&ct, name.as_deref(), data) {
-                Some(kind) => {
-                    let limits = Limits {
-                        max_inflated: self.limits.max_inflated,
-                        max_text: self.limits.max_text,
-                        deadline: self.deadline,
-                    };
-                    match kind.extract(data, &limits) {
-                        Ok(text) => {
-                            out.push_str(&normalize(&text));
-                            out.push('\n');
-                        }
-                        Err(e) => self.unscannable(&what, e),
+            return;
+        }
+        if ct == "message/partial" {
+            self.unscannable(what, "a fragment of a message, which is not reassembled");
+            return;
+        }
+        match &part.body {
+            PartType::Text(t) | PartType::Html(t) => {
+                // A document sent as text, recognised by its bytes before
+                // any charset is applied (a PDF labelled UTF-16 is still a
+                // PDF). A PDF header past the start counts only in bytes
+                // that are not text: a letter may quote one.
+                let raw = raw_bytes(msg, part);
+                let bytes = raw.as_deref().unwrap_or(t.as_bytes());
+                if let Some(kind) = Kind::sniff(bytes) {
+                    let lead = bytes
+                        .iter()
+                        .position(|b| !b.is_ascii_whitespace())
+                        .unwrap_or(0);
+                    let quoted = kind == Kind::Pdf
+                        && !bytes[lead..].starts_with(b"%PDF-")
+                        && !sniff::looks_binary(&String::from_utf8_lossy(bytes));
+                    // Not a document after all (text that names one):
+                    // read as text too.
+                    if !quoted && self.extract(kind, bytes, what, out) {
+                        return;
                     }
                 }
-                None if is_text_like(&ct) => {
-                    out.push_str(&normalize(&String::from_utf8_lossy(data)));
-                    out.push('\n');
+                // A charset mail-parser cannot decode (EBCDIC, UTF-32,
+                // `unknown-8bit`) was read as UTF-8: what is not ASCII in
+                // it may be anything.
+                if let Some(charset) = part.content_type().and_then(|c| c.attribute("charset")) {
+                    if !bytes.is_ascii() && !charset_known(charset) {
+                        self.unscannable(what, "its charset is not known");
+                    }
                 }
-                None => self.unscannable(&what, "its text is not extracted"),
+                let ct = if part.is_text_html() { "text/html" } else { ct };
+                // UTF-16 with a byte-order mark but no charset: mail-parser
+                // read it as UTF-8.
+                if t.contains('\0')
+                    && (bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]))
+                {
+                    let text = sniff::decode_text(bytes);
+                    self.text(Some(part), ct, &text, what, out);
+                    return;
+                }
+                self.text(Some(part), ct, t, what, out);
+            }
+            PartType::Binary(data) | PartType::InlineBinary(data) => {
+                if data.is_empty() {
+                    return;
+                }
+                // A signature or key holds no text of its own; what only
+                // claims to be one is read like any other part.
+                if sniff::is_signature_type(ct) {
+                    if let Some(text) = sniff::genuine_signature(data) {
+                        self.push(out, &normalize(&text));
+                        return;
+                    }
+                }
+                self.bytes(Some(part), ct, name, data, what, out);
+            }
+            PartType::Message(_) | PartType::Multipart(_) => {}
+        }
+    }
+
+    /// The text of a document; `false` (and unscannable) if it cannot be
+    /// read.
+    fn extract(&mut self, kind: Kind, data: &[u8], what: &str, out: &mut String) -> bool {
+        let limits = Limits {
+            max_inflated: self.limits.max_inflated,
+            max_text: self.limits.max_text.min(self.text_left),
+            deadline: self.deadline,
+            depth: MAX_CONTAINER_DEPTH,
+        };
+        match kind.extract(data, &limits) {
+            Ok(text) => {
+                self.push(out, &normalize(&text));
+                true
+            }
+            Err(super::extract::ExtractError::TooLarge(n))
+                if n == limits.max_text && limits.max_text < self.limits.max_text =>
+            {
+                // Cut by what the message has left, not by the document's
+                // own limit.
+                if !self.over_budget {
+                    self.over_budget = true;
+                    self.facts.unscannable.push(message_text_limit(self.limits));
+                }
+                false
+            }
+            Err(e) => {
+                self.unscannable(what, e);
+                false
             }
         }
     }
+
+    /// Text as a reader sees it: markup read through [`html`], folded
+    /// lines unfolded, flowed lines joined. Binary bytes in a text part,
+    /// and text formats whose markup is not read, are unscannable.
+    /// Bytes that are not a text part (an attachment, a `data:` URI):
+    /// a document through its extractor, text as text, anything else
+    /// unscannable.
+    fn bytes(
+        &mut self,
+        part: Option<&MessagePart<'_>>,
+        ct: &str,
+        name: Option<&str>,
+        data: &[u8],
+        what: &str,
+        out: &mut String,
+    ) {
+        if let Some(kind) = Kind::of(ct, name, data) {
+            self.extract(kind, data, what, out);
+            return;
+        }
+        // Anything else by what it is, never by whether its bytes happen
+        // to be UTF-8 (an uncompressed PDF is ASCII).
+        if sniff::binary_format(data).is_none()
+            && (is_text_like(ct) || sniff::is_signature_type(ct))
+        {
+            let text = sniff::decode_text(data);
+            self.text(part, ct, &text, what, out);
+        } else {
+            self.unscannable(what, "its text is not extracted");
+        }
+    }
+
+    /// Text as a reader sees it: markup read through [`html`], folded
+    /// lines unfolded, flowed lines joined; then what the text carries in
+    /// encoded form (percent-encoded URLs, `data:` URIs). Binary bytes in
+    /// a text part, and text formats whose markup is not read, are
+    /// unscannable.
+    fn text(
+        &mut self,
+        part: Option<&MessagePart<'_>>,
+        ct: &str,
+        text: &str,
+        what: &str,
+        out: &mut String,
+    ) {
+        if sniff::looks_binary(text) {
+            self.unscannable(what, "holds binary content, not text");
+            return;
+        }
+        if let Some(format) = sniff::unread_text_format(text) {
+            self.unscannable(what, format_args!("holds {format}, which is not read"));
+        }
+        let read = if is_markup(ct) {
+            html::to_text(text)
+        } else if is_folded(ct) {
+            normalize(&unfold(text))
+        } else {
+            let param = |n: &str| {
+                part.and_then(|p| p.content_type())
+                    .and_then(|c| c.attribute(n))
+                    .map(str::to_ascii_lowercase)
+            };
+            if param("format").as_deref() == Some("flowed") {
+                normalize(&unflow(text, param("delsp").as_deref() == Some("yes")))
+            } else {
+                normalize(text)
+            }
+        };
+        self.push(out, &read);
+        if let Some(decoded) = percent_decoded_lines(&read) {
+            self.push(out, &normalize(&decoded));
+        }
+        if let Some(shown) = overridden_lines(text) {
+            self.push(out, &normalize(&shown));
+        }
+        // `data:` URIs are read like attachments, one level deep (a URI
+        // inside one is not opened again).
+        if part.is_some() {
+            for (mediatype, data) in data_uris(&read) {
+                let mediatype = if mediatype.is_empty() {
+                    "text/plain".to_string()
+                } else {
+                    mediatype
+                };
+                let what = format!("{what}, a data: URI ({mediatype})");
+                self.bytes(None, &mediatype, None, &data, &what, out);
+            }
+        }
+    }
+}
+
+/// The lines of `text` that hold a right-to-left override (U+202E), as a
+/// reader sees them: the overridden run is shown reversed, so
+/// `\u{202E}9876-54-321` reads as an SSN. Nested overrides and
+/// embeddings are not modelled; the run ends at U+202C or the line's end.
+fn overridden_lines(text: &str) -> Option<String> {
+    if !text.contains('\u{202E}') {
+        return None;
+    }
+    let mut out = String::new();
+    for line in text.lines().filter(|l| l.contains('\u{202E}')) {
+        let mut rest = line;
+        while let Some(at) = rest.find('\u{202E}') {
+            out.push_str(&rest[..at]);
+            let run = &rest[at + '\u{202E}'.len_utf8()..];
+            let end = run.find('\u{202C}').unwrap_or(run.len());
+            out.extend(run[..end].chars().rev());
+            rest = run.get(end + '\u{202C}'.len_utf8()..).unwrap_or("");
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Some(out)
+}
+
+/// The lines of `text` that hold percent-encoded bytes (`%2D`), decoded:
+/// a URL can carry a number the detectors would not see encoded.
+fn percent_decoded_lines(text: &str) -> Option<String> {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        let b = line.as_bytes();
+        if !b
+            .windows(3)
+            .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
+        {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match (
+                b[i],
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    bytes.push(h << 4 | l);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    bytes.push(c);
+                    i += 1;
+                }
+            }
+        }
+        out.push_str(&String::from_utf8_lossy(&bytes));
+        out.push('\n');
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The `data:` URIs in `text` (RFC 2397): media type (lowercased) and
+/// decoded bytes (base64 or percent-encoded). One that cannot be decoded
+/// is kept as its encoded bytes, which then read as text.
+fn data_uris(text: &str) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    // The scheme is case-insensitive; ASCII lowercasing keeps offsets.
+    let lower = text.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower.get(from..).and_then(|r| r.find("data:")) {
+        let start = from + at + 5;
+        from = start;
+        let after = &text[start..];
+        // The media type and parameters end at the comma; a URI's header
+        // is short and has no white space or quotes.
+        let Some(comma) = after
+            .bytes()
+            .take(256)
+            .position(|b| {
+                b == b',' || b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>')
+            })
+            .filter(|&i| after.as_bytes()[i] == b',')
+        else {
+            continue;
+        };
+        let header = after[..comma].to_ascii_lowercase();
+        let body = &after[comma + 1..];
+        let (mediatype, base64) = match header.strip_suffix(";base64") {
+            Some(m) => (m, true),
+            None => (header.as_str(), false),
+        };
+        // Base64 may be wrapped over lines; percent-encoded data ends at
+        // white space.
+        let end = body
+            .bytes()
+            .position(|b| {
+                if base64 {
+                    !(b.is_ascii_alphanumeric()
+                        || b.is_ascii_whitespace()
+                        || matches!(b, b'+' | b'/' | b'='))
+                } else {
+                    b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>' | b')')
+                }
+            })
+            .unwrap_or(body.len());
+        let payload = body[..end].trim_end();
+        from = start + comma + 1 + end;
+        let mediatype = mediatype.split(';').next().unwrap_or("").trim().to_string();
+        // Percent-encoded text is read with the text's other
+        // percent-encoded lines (see `percent_decoded_lines`).
+        if !base64 && (mediatype.is_empty() || is_text_like(&mediatype)) {
+            continue;
+        }
+        let data = if base64 {
+            base64_decode(payload.as_bytes()).unwrap_or_else(|| payload.as_bytes().to_vec())
+        } else {
+            percent_decoded_lines(payload)
+                .map(|d| d.trim_end_matches('\n').as_bytes().to_vec())
+                .unwrap_or_else(|| payload.as_bytes().to_vec())
+        };
+        if !data.is_empty() {
+            found.push((mediatype, data));
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -395,6 +1155,8 @@ mod tests {
         assert_eq!(f.attachments.len(), 2);
         assert_eq!(f.attachments[0].content_type, "application/pdf");
         assert_eq!(f.attachments[0].name.as_deref(), Some("report.pdf"));
+        assert_eq!(f.attachments[0].detected_type, Some("application/pdf"));
+        assert_eq!(f.attachments[1].detected_type, None);
         assert!(f.attachment_text.contains("123-45-6789"));
     }
 
@@ -641,6 +1403,724 @@ mod tests {
                 .all(|u| u.contains("deadline") || u.contains("in time")),
             "{:?}",
             f.unscannable
+        );
+    }
+
+    /// A multipart/mixed message of `parts` (each its headers, a blank
+    /// line and its body, as written).
+    fn mixed(parts: &[String]) -> Vec<u8> {
+        let mut m = String::from(
+            "From: a@clinic.example\r\nTo: b@x.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n",
+        );
+        for p in parts {
+            m.push_str("--zz\r\n");
+            m.push_str(p);
+            m.push_str("\r\n");
+        }
+        m.push_str("--zz--\r\n");
+        m.into_bytes()
+    }
+
+    /// A part of type `ct` whose body is `data` in base64.
+    fn b64_part(ct: &str, extra: &str, data: &[u8]) -> String {
+        format!(
+            "Content-Type: {ct}\r\n{extra}Content-Transfer-Encoding: base64\r\n\r\n{}",
+            fixtures::base64_mime(data)
+        )
+    }
+
+    /// `part` in each wrapper: the message itself (its only part), a
+    /// multipart body part, an attachment after a text body, and the
+    /// same inside an attached message (7bit and base64).
+    fn wrapped(part: &str) -> Vec<(&'static str, Vec<u8>)> {
+        let single =
+            format!("From: a@clinic.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n{part}\r\n");
+        let first = mixed(&[part.to_string()]);
+        let after = mixed(&[
+            "Content-Type: text/plain\r\n\r\nsee attached".into(),
+            part.to_string(),
+        ]);
+        vec![
+            ("the message itself", single.into_bytes()),
+            ("the first part", first),
+            ("an attachment", after.clone()),
+            ("in an attached message", attach_message(&after, "7bit")),
+            (
+                "in a base64 attached message",
+                attach_message(&after, "base64"),
+            ),
+            (
+                "in a message attached twice",
+                attach_message(&attach_message(&after, "base64"), "7bit"),
+            ),
+        ]
+    }
+
+    fn assert_ssn_everywhere(what: &str, part: &str) {
+        for (wrapper, raw) in wrapped(part) {
+            let f = MessageFacts::parse(&raw, false);
+            assert_eq!(
+                ssns(&f),
+                1,
+                "{what} as {wrapper}: {:?} {:?} {:?}",
+                f.body_text,
+                f.attachment_text,
+                f.unscannable
+            );
+            assert!(
+                f.unscannable.is_empty(),
+                "{what} as {wrapper}: {:?}",
+                f.unscannable
+            );
+        }
+    }
+
+    fn assert_unscannable_everywhere(what: &str, part: &str) {
+        for (wrapper, raw) in wrapped(part) {
+            let f = MessageFacts::parse(&raw, false);
+            assert!(
+                !f.unscannable.is_empty(),
+                "{what} as {wrapper}: {:?}",
+                f.body_text
+            );
+        }
+    }
+
+    /// From review: a part declared a signature or key was skipped
+    /// unread, so a text file labelled `application/pgp-signature` hid an
+    /// SSN. Only a real signature or key is skipped.
+    #[test]
+    fn parts_that_only_claim_to_be_signatures_are_read() {
+        for ct in [
+            "application/pgp-signature",
+            "application/pkcs7-signature",
+            "application/x-pkcs7-signature",
+            "application/pgp-keys",
+            "application/pkix-cert",
+        ] {
+            assert_ssn_everywhere(ct, &b64_part(ct, "", b"SSN 123-45-6789\r\n"));
+            assert_ssn_everywhere(
+                ct,
+                &format!("Content-Type: {ct}\r\n\r\nnotes: SSN 123-45-6789"),
+            );
+            let pdf = fixtures::pdf("SSN 123-45-6789", None);
+            assert_ssn_everywhere(ct, &b64_part(ct, "", &pdf));
+            assert_unscannable_everywhere(ct, &b64_part(ct, "", b"\x00\x01\x02\x03\x04binary"));
+        }
+        // A real one is skipped: not text, not unscannable.
+        let sig = "-----BEGIN PGP SIGNATURE-----\r\n\r\niAwEABYKAAYFAmFiY2Q=\r\n=AbCd\r\n-----END PGP SIGNATURE-----";
+        for (wrapper, raw) in wrapped(&format!(
+            "Content-Type: application/pgp-signature\r\n\r\n{sig}"
+        )) {
+            let f = MessageFacts::parse(&raw, false);
+            assert!(f.unscannable.is_empty(), "{wrapper}: {:?}", f.unscannable);
+            assert_eq!(ssns(&f), 0);
+        }
+        // A CMS signed message with its content inside, labelled a
+        // signature: content (which is not read), not a signature.
+        let opaque = hex::decode("303606092a864886f70d010702a02930270201013100301e06092a864886f70d010701a011040f53534e203132332d34352d363738393100").unwrap();
+        assert_unscannable_everywhere(
+            "opaque signed data",
+            &b64_part("application/pkcs7-signature", "", &opaque),
+        );
+        // Its armor headers are read.
+        let sig = sig.replacen("\r\n\r\n", "\r\nComment: SSN 123-45-6789\r\n\r\n", 1);
+        assert_ssn_everywhere(
+            "an armor comment",
+            &format!("Content-Type: application/pgp-signature\r\n\r\n{sig}"),
+        );
+    }
+
+    /// From review: text parts and `application/octet-stream` were not
+    /// sniffed, so a PDF or zip sent as `text/plain` was read as garbled
+    /// text. Documents are recognised by their bytes, in every wrapper.
+    #[test]
+    fn documents_are_read_whatever_their_label() {
+        let pdf = fixtures::pdf_object_streams("SSN 123-45-6789");
+        let zip = fixtures::zip(&[("notes.txt", b"SSN 123-45-6789")]);
+        let docx = fixtures::docx("<w:p><w:r><w:t>SSN 123-45-6789</w:t></w:r></w:p>", &[]);
+        let gz = fixtures::python(
+            "import gzip,sys\nsys.stdout.buffer.write(gzip.compress(b'SSN 123-45-6789'))",
+            &[],
+        );
+        for (doc, data) in [("PDF", &pdf), ("zip", &zip), ("DOCX", &docx), ("gzip", &gz)] {
+            for (ct, extra) in [
+                ("text/plain", ""),
+                ("text/plain; charset=utf-8", ""),
+                ("text/plain; charset=iso-8859-1", ""),
+                ("text/html", ""),
+                (
+                    "text/csv; name=\"list.csv\"",
+                    "Content-Disposition: attachment; filename=\"list.csv\"\r\n",
+                ),
+                ("application/octet-stream", ""),
+                ("application/octet-stream; name=\"x.txt\"", ""),
+                ("application/json", ""),
+                ("image/png; name=\"xray.png\"", ""),
+            ] {
+                assert_ssn_everywhere(&format!("{doc} as {ct}"), &b64_part(ct, extra, data));
+            }
+        }
+        // Declared as zip-based files.
+        for ct in [
+            "application/zip",
+            "application/x-zip-compressed",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ] {
+            assert_ssn_everywhere(ct, &b64_part(ct, "", &zip));
+        }
+    }
+
+    #[test]
+    fn unknown_binary_content_is_unscannable_in_every_wrapper() {
+        for (ct, data) in [
+            ("image/png", &b"\x89PNG\r\n\x1a\nrest"[..]),
+            ("image/jpeg", b"\xff\xd8\xff\xe0JFIF"),
+            ("application/octet-stream", b"\x00\x01\x02\x03\x04\x05"),
+            (
+                "application/octet-stream",
+                b"SSN as text, but not a declared text",
+            ),
+            (
+                "application/msword",
+                b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest",
+            ),
+            ("application/x-7z-compressed", b"7z\xbc\xaf\x27\x1crest"),
+            // Binary bytes in a text part, and text formats not read.
+            ("text/plain", b"\x00\x01\x02\x03\x04\x05\x06\x07\x08"),
+            (
+                "text/plain",
+                b"hi \x01\x02\x03\x04\x05\x06 \x78\x9c\x01\x02",
+            ),
+            ("text/rtf", b"{\\rtf1 SSN 123-{\\b 45}-6789}"),
+            (
+                "message/partial; id=\"x\"; number=1; total=2",
+                b"Subject: part\r\n\r\nSSN",
+            ),
+        ] {
+            assert_unscannable_everywhere(ct, &b64_part(ct, "", data));
+        }
+        // The same bytes as 7bit text/plain: still binary.
+        assert_unscannable_everywhere(
+            "7bit binary",
+            "Content-Type: text/plain\r\n\r\nab\x01\x02\x03\x04\x05cd",
+        );
+    }
+
+    /// From review: file names and part headers were not scanned.
+    #[test]
+    fn file_names_and_part_headers_are_scanned() {
+        for (what, headers) in [
+            (
+                "filename",
+                "Content-Disposition: attachment; filename=\"SSN 123-45-6789.txt\"\r\n",
+            ),
+            (
+                "name",
+                "Content-Type: text/plain; name=\"SSN 123-45-6789.txt\"\r\n",
+            ),
+            (
+                "RFC 2231 filename",
+                "Content-Disposition: attachment; filename*=utf-8''SSN%20123-45-6789.txt\r\n",
+            ),
+            (
+                "RFC 2231 continuation split in the number",
+                "Content-Disposition: attachment;\r\n filename*0=\"SSN 123-4\";\r\n filename*1=\"5-6789.txt\"\r\n",
+            ),
+            (
+                "RFC 2047 name",
+                "Content-Type: text/plain; name=\"=?utf-8?q?SSN_123-45-6789.txt?=\"\r\n",
+            ),
+            (
+                "Content-Description",
+                "Content-Description: Jane Roe SSN 123-45-6789\r\n",
+            ),
+            (
+                "encoded Content-Description",
+                "Content-Description: =?utf-8?b?U1NOIDEyMy00NS02Nzg5?=\r\n",
+            ),
+            ("an unknown part header", "X-Patient: 123-45-6789\r\n"),
+        ] {
+            let ct = if headers.starts_with("Content-Type") {
+                ""
+            } else {
+                "Content-Type: text/plain\r\n"
+            };
+            assert_ssn_everywhere(what, &format!("{ct}{headers}\r\nhello"));
+        }
+        // The message's own headers a person writes, encoded or not.
+        for header in [
+            "X-Patient-SSN: 123-45-6789",
+            "Comments: SSN 123-45-6789",
+            "Keywords: labs, 123-45-6789",
+            "To: \"Jane 123-45-6789\" <b@x.example>",
+            "To: =?utf-8?q?Jane_123-45-6789?= <b@x.example>",
+            "X-Note: =?utf-8?b?U1NOIDEyMy00NS02Nzg5?=",
+            "X-Folded: SSN\r\n 123-45-6789",
+        ] {
+            let raw = format!("From: a@clinic.example\r\n{header}\r\nSubject: x\r\n\r\nhello\r\n");
+            let f = MessageFacts::parse(raw.as_bytes(), false);
+            assert_eq!(ssns(&f), 1, "{header}: {:?}", f.header_text);
+            // And in an attached message.
+            let f = MessageFacts::parse(&attach_message(raw.as_bytes(), "base64"), false);
+            assert_eq!(ssns(&f), 1, "{header} attached: {:?}", f.header_text);
+        }
+        // The Subject once, and trace headers not at all.
+        let raw = b"Subject: SSN 123-45-6789\r\nReceived: from x (1234567893.example)\r\nMessage-ID: <123-45-6789@x>\r\nContent-Type: multipart/mixed; boundary=\"123-45-6789\"\r\n\r\n--123-45-6789\r\n\r\nhi\r\n--123-45-6789--\r\n";
+        let f = MessageFacts::parse(raw, false);
+        assert_eq!(ssns(&f), 1, "{:?}", f.header_text);
+        assert_eq!(f.detect(&Detectors::new(), &[Detector::Npi]), vec![]);
+    }
+
+    /// From review: a zip that was not a DOCX was unscannable at best;
+    /// spreadsheets and slides were not read.
+    #[test]
+    fn archives_and_office_files_are_read() {
+        let zip = fixtures::zip(&[("a/b/notes.txt", b"SSN 123-45-6789")]);
+        assert_ssn_everywhere(
+            "zip",
+            &b64_part("application/zip; name=\"x.zip\"", "", &zip),
+        );
+        let named = fixtures::zip(&[("SSN 123-45-6789.txt", b"hello")]);
+        assert_ssn_everywhere("a name in a zip", &b64_part("application/zip", "", &named));
+        let xlsx = fixtures::zip(&[
+            ("[Content_Types].xml", b"<Types/>"),
+            ("xl/workbook.xml", b"<workbook/>"),
+            (
+                "xl/sharedStrings.xml",
+                b"<sst><si><t>SSN 123-45-6789</t></si></sst>",
+            ),
+        ]);
+        assert_ssn_everywhere(
+            "xlsx",
+            &b64_part(
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "",
+                &xlsx,
+            ),
+        );
+        let png = fixtures::zip(&[("scan.png", b"\x89PNG\r\n\x1a\nrest")]);
+        assert_unscannable_everywhere("a zip of a picture", &b64_part("application/zip", "", &png));
+    }
+
+    /// From review: each part had its own text budget, so a thousand parts
+    /// could each fill it. One budget for the message: past it, the rest
+    /// is unscannable.
+    #[test]
+    fn one_text_budget_for_the_whole_message() {
+        let limits = ScanLimits {
+            max_message_text: 64 << 10,
+            ..ScanLimits::default()
+        };
+        let text = "x".repeat(10 << 10);
+        let parse = |raw: &[u8]| {
+            MessageFacts::parse_with(raw, false, &limits, Instant::now() + limits.timeout)
+        };
+        let parts: Vec<String> = (0..5)
+            .map(|_| format!("Content-Type: text/plain\r\n\r\n{text}"))
+            .collect();
+        let f = parse(&mixed(&parts));
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+        for n in [7, 100] {
+            let parts: Vec<String> = (0..n)
+                .map(|_| format!("Content-Type: text/plain\r\n\r\n{text}"))
+                .collect();
+            let f = parse(&mixed(&parts));
+            assert_eq!(
+                f.unscannable,
+                vec!["message: holds more text than the scan limit of 65536 bytes"],
+                "{n} parts"
+            );
+            let total = f.body_text.len() + f.attachment_text.len() + f.header_text.len();
+            assert!(total <= 64 << 10, "{total}");
+        }
+        // Documents draw on the same budget.
+        let docs: Vec<String> = (0..10)
+            .map(|_| {
+                b64_part(
+                    "application/zip",
+                    "",
+                    &fixtures::zip(&[("a.txt", text.as_bytes())]),
+                )
+            })
+            .collect();
+        let f = parse(&mixed(&docs));
+        assert_eq!(
+            f.unscannable,
+            vec!["message: holds more text than the scan limit of 65536 bytes"]
+        );
+        // A message that is not MIME at all, and one of header lines only.
+        for raw in [
+            "\r\n".to_string() + &"x".repeat(100 << 10),
+            "x".repeat(100 << 10),
+        ] {
+            let f = parse(raw.as_bytes());
+            assert!(f.body_text.len() + f.header_text.len() <= 64 << 10);
+            assert_eq!(f.unscannable.len(), 1, "{:?}", f.unscannable);
+        }
+    }
+
+    /// A line in the header section that is not a header field is dropped
+    /// by mail-parser, but some readers show it: it is scanned, at the
+    /// start, in the middle and at the end of the section, in every part.
+    #[test]
+    fn stray_lines_in_a_header_section_are_scanned() {
+        for raw in [
+            "SSN 123-45-6789\r\nSubject: x\r\n\r\nhello\r\n",
+            "Subject: x\r\nSSN 123-45-6789\r\nTo: b@x.example\r\n\r\nhello\r\n",
+            "Subject: x\r\nSSN 123-45-6789\r\n\r\nhello\r\n",
+            "Subject: x\r\nSSN 123-45-6789\r\n",
+            "Subject: x\r\nSSN 123-45-6789",
+        ] {
+            let f = MessageFacts::parse(raw.as_bytes(), false);
+            assert_eq!(
+                ssns(&f),
+                1,
+                "{raw:?}: {:?} {:?}",
+                f.header_text,
+                f.body_text
+            );
+        }
+        assert_ssn_everywhere(
+            "a stray line in a part's headers",
+            "Content-Type: text/plain\r\nSSN 123-45-6789\r\n\r\nhello",
+        );
+    }
+
+    #[test]
+    fn charsets_and_transfer_encodings_do_not_hide_a_number() {
+        let utf16le: Vec<u8> = "SSN 123-45-6789"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let utf16be: Vec<u8> = "SSN 123-45-6789"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        let bom = |b: &[u8], le: bool| {
+            let mut v = if le {
+                vec![0xff, 0xfe]
+            } else {
+                vec![0xfe, 0xff]
+            };
+            v.extend_from_slice(b);
+            v
+        };
+        for (ct, data) in [
+            ("text/plain; charset=utf-16", bom(&utf16le, true)),
+            ("text/plain; charset=utf-16", bom(&utf16be, false)),
+            ("text/plain; charset=utf-16le", utf16le.clone()),
+            ("text/plain; charset=UTF-16BE", utf16be.clone()),
+            // No charset, but a byte-order mark.
+            ("text/plain", bom(&utf16le, true)),
+            ("application/json", bom(&utf16be, false)),
+            (
+                "text/html; charset=utf-16",
+                bom(
+                    &"<p>SSN 123-<b>45</b>-6789</p>"
+                        .encode_utf16()
+                        .flat_map(u16::to_le_bytes)
+                        .collect::<Vec<u8>>(),
+                    true,
+                ),
+            ),
+        ] {
+            assert_ssn_everywhere(ct, &b64_part(ct, "", &data));
+        }
+        // A quoted-printable soft line break at every position of the
+        // number, with CRLF and bare LF.
+        let ssn = "123-45-6789";
+        for at in 0..=ssn.len() {
+            for nl in ["\r\n", "\n"] {
+                let body = format!("SSN {}={nl}{}", &ssn[..at], &ssn[at..]);
+                let part = format!(
+                    "Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{body}"
+                );
+                assert_ssn_everywhere(&format!("QP break at {at}"), &part);
+            }
+        }
+        // format=flowed with delsp=yes: a number wrapped at a soft break.
+        for at in 1..ssn.len() {
+            let part = format!(
+                "Content-Type: text/plain; format=flowed; delsp=yes\r\n\r\nSSN {} \r\n{}",
+                &ssn[..at],
+                &ssn[at..]
+            );
+            assert_ssn_everywhere(&format!("flowed break at {at}"), &part);
+        }
+        // iCalendar and vCard folding, at every position.
+        for at in 1..ssn.len() {
+            for ct in ["text/calendar", "text/vcard", "text/x-vcard"] {
+                let part = format!(
+                    "Content-Type: {ct}\r\n\r\nBEGIN:VEVENT\r\nDESCRIPTION:SSN {}\r\n {}\r\nEND:VEVENT",
+                    &ssn[..at],
+                    &ssn[at..]
+                );
+                assert_ssn_everywhere(&format!("{ct} folded at {at}"), &part);
+            }
+        }
+        // An HTML attachment, and XML, read as a reader sees them.
+        for ct in [
+            "text/html",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/xml",
+        ] {
+            let part = b64_part(
+                ct,
+                "Content-Disposition: attachment; filename=\"r\"\r\n",
+                b"<p>SSN 123-<span>45</span>-6789</p>",
+            );
+            assert_ssn_everywhere(ct, &part);
+        }
+    }
+
+    #[test]
+    fn unknown_transfer_encodings_are_unscannable() {
+        for cte in ["x-uuencode", "uuencode", "base-64", "x-gzip64", "binhex"] {
+            for ct in ["text/plain", "application/pdf", "message/rfc822"] {
+                let part = format!(
+                    "Content-Type: {ct}\r\nContent-Transfer-Encoding: {cte}\r\n\r\nbegin 644 x\r\nend\r\n"
+                );
+                assert_unscannable_everywhere(&format!("{ct} in {cte}"), &part);
+            }
+        }
+        for cte in ["7bit", "8BIT", "binary", " Base64 ", "quoted-printable"] {
+            let part = format!(
+                "Content-Type: text/plain\r\nContent-Transfer-Encoding: {cte}\r\n\r\nhello"
+            );
+            for (wrapper, raw) in wrapped(&part) {
+                let f = MessageFacts::parse(&raw, false);
+                assert!(
+                    f.unscannable.is_empty(),
+                    "{cte} as {wrapper}: {:?}",
+                    f.unscannable
+                );
+            }
+        }
+    }
+
+    /// The preamble and epilogue of a multipart belong to no part: readers
+    /// hide them, mail-parser skips them, but they travel in the clear.
+    #[test]
+    fn text_outside_the_parts_is_scanned() {
+        let message = |preamble: &str, epilogue: &str, inner_epilogue: &str| {
+            format!(
+                "From: a@clinic.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+                 Content-Type: multipart/mixed; boundary=\"o\"\r\n\r\n{preamble}--o\r\n\
+                 Content-Type: multipart/alternative; boundary=\"i\"\r\n\r\n--i\r\n\
+                 Content-Type: text/plain\r\n\r\nhello\r\n--i--\r\n{inner_epilogue}--o\r\n\
+                 Content-Type: text/plain\r\n\r\nsee\r\n--o--\r\n{epilogue}"
+            )
+            .into_bytes()
+        };
+        let ssn = "SSN 123-45-6789\r\n";
+        for (what, raw) in [
+            ("preamble", message(ssn, "", "")),
+            ("epilogue", message("", ssn, "")),
+            (
+                "epilogue without a line break",
+                message("", "SSN 123-45-6789", ""),
+            ),
+            ("inner epilogue", message("", "", ssn)),
+        ] {
+            for (wrapper, raw) in [
+                ("the message", raw.clone()),
+                ("attached 7bit", attach_message(&raw, "7bit")),
+                ("attached base64", attach_message(&raw, "base64")),
+            ] {
+                let f = MessageFacts::parse(&raw, false);
+                assert_eq!(
+                    ssns(&f),
+                    1,
+                    "{what} in {wrapper}: {:?} {:?}",
+                    f.body_text,
+                    f.attachment_text
+                );
+                assert!(
+                    f.unscannable.is_empty(),
+                    "{what} in {wrapper}: {:?}",
+                    f.unscannable
+                );
+            }
+        }
+        // Nothing outside the parts: nothing added.
+        let f = MessageFacts::parse(&message("", "", ""), false);
+        assert_eq!(f.body_text.trim(), "hello\nsee");
+    }
+
+    /// What a text carries encoded: a `data:` URI in HTML (a link the
+    /// recipient opens, an inline document) and percent-encoded URLs.
+    #[test]
+    fn data_uris_and_percent_encoding_are_decoded() {
+        let b64 = |d: &[u8]| fixtures::base64_mime(d).replace("\r\n", "");
+        let pdf = fixtures::pdf("SSN 123-45-6789", None);
+        for (what, html) in [
+            (
+                "a base64 text link",
+                format!(
+                    "<a href=\"data:text/plain;base64,{}\">notes</a>",
+                    b64(b"SSN 123-45-6789")
+                ),
+            ),
+            (
+                "base64 wrapped over lines",
+                format!(
+                    "<a href=\"DATA:text/plain;charset=utf-8;base64,{}\r\n{}\">x</a>",
+                    &b64(b"SSN 123-45-6789")[..8],
+                    &b64(b"SSN 123-45-6789")[8..]
+                ),
+            ),
+            (
+                "a percent-encoded link",
+                "<a href=\"data:,SSN%20123%2D45%2D6789\">x</a>".into(),
+            ),
+            (
+                "a PDF",
+                format!("<embed src=\"data:application/pdf;base64,{}\">", b64(&pdf)),
+            ),
+            (
+                "a PDF without its type",
+                format!("<embed src=\"data:;base64,{}\">", b64(&pdf)),
+            ),
+            (
+                "a URL",
+                "<a href=\"https://x.example/?ssn=123%2D45%2D6789\">x</a>".into(),
+            ),
+        ] {
+            assert_ssn_everywhere(what, &format!("Content-Type: text/html\r\n\r\n{html}"));
+        }
+        // In plain text too.
+        assert_ssn_everywhere(
+            "a URL in plain text",
+            "Content-Type: text/plain\r\n\r\nhttps://x.example/?ssn=123%2D45%2D6789",
+        );
+        // An inline image is unscannable, as an image attachment is.
+        let png = b64(b"\x89PNG\r\n\x1a\nrest");
+        assert_unscannable_everywhere(
+            "an inline image",
+            &format!("Content-Type: text/html\r\n\r\n<img src=\"data:image/png;base64,{png}\">"),
+        );
+    }
+
+    /// Adjacent encoded words join (RFC 2047 section 6.2), so a number
+    /// split over two is one number.
+    #[test]
+    fn encoded_words_split_inside_a_number_join() {
+        for header in [
+            "Subject: =?utf-8?q?SSN_123-4?= =?utf-8?q?5-6789?=",
+            "X-Note: =?utf-8?q?SSN_123-4?=\r\n =?utf-8?b?NS02Nzg5?=",
+            "Content-Description: =?utf-8?q?SSN_123?= =?iso-8859-1?q?-45-6789?=",
+        ] {
+            let raw = format!("From: a@clinic.example\r\n{header}\r\n\r\nhello\r\n");
+            let f = MessageFacts::parse(raw.as_bytes(), false);
+            assert_eq!(ssns(&f), 1, "{header}: {:?} {:?}", f.subject, f.header_text);
+        }
+    }
+
+    /// Text in a charset mail-parser cannot decode is unscannable when it
+    /// is not plain ASCII; known charsets are decoded.
+    #[test]
+    fn unknown_charsets_are_unscannable() {
+        // "SSN 123-45-6789" in EBCDIC (cp037).
+        let ebcdic = b"\xe2\xe2\xd5\x40\xf1\xf2\xf3\x60\xf4\xf5\x60\xf6\xf7\xf8\xf9";
+        for charset in ["ebcdic-cp-us", "x-unknown", "unknown-8bit", "utf-32"] {
+            assert_unscannable_everywhere(
+                charset,
+                &b64_part(&format!("text/plain; charset={charset}"), "", ebcdic),
+            );
+        }
+        for charset in [
+            "utf-8",
+            "UTF8",
+            "iso-8859-1",
+            "windows-1252",
+            "koi8-r",
+            "shift_jis",
+        ] {
+            let part = b64_part(
+                &format!("text/plain; charset={charset}"),
+                "",
+                b"SSN 123-45-6789 \xe9",
+            );
+            for (wrapper, raw) in wrapped(&part) {
+                let f = MessageFacts::parse(&raw, false);
+                assert!(
+                    f.unscannable.is_empty(),
+                    "{charset} as {wrapper}: {:?}",
+                    f.unscannable
+                );
+            }
+        }
+        // Plain ASCII in any label is read as it is.
+        assert_ssn_everywhere(
+            "ASCII in an unknown charset",
+            "Content-Type: text/plain; charset=x-whatever\r\n\r\nSSN 123-45-6789",
+        );
+    }
+
+    /// Two Content-Type or Content-Transfer-Encoding headers that differ:
+    /// mail-parser takes one, a reader may take the other.
+    #[test]
+    fn conflicting_part_headers_are_unscannable() {
+        for headers in [
+            "Content-Type: text/plain\r\nContent-Type: application/pdf\r\n",
+            "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\nContent-Transfer-Encoding: quoted-printable\r\n",
+        ] {
+            assert_unscannable_everywhere(headers, &format!("{headers}\r\nU1NOIDEyMy00NS02Nzg5"));
+        }
+        // The same value twice is no conflict.
+        let part = "Content-Type: text/plain\r\nContent-Type: text/plain\r\n\r\nSSN 123-45-6789";
+        assert_ssn_everywhere("a repeated type", part);
+    }
+
+    /// A right-to-left override shows its run reversed: what the reader
+    /// sees is scanned too.
+    #[test]
+    fn a_number_shown_reversed_by_an_override_is_found() {
+        for body in [
+            "SSN \u{202E}9876-54-321",
+            "SSN \u{202E}9876-54-321\u{202C} ok",
+            "x\u{202E}y\u{202C} SSN \u{202E}9876-54-321",
+        ] {
+            assert_ssn_everywhere(
+                body,
+                &format!("Content-Type: text/plain; charset=utf-8\r\n\r\n{body}"),
+            );
+            assert_ssn_everywhere(
+                body,
+                &format!("Content-Type: text/html; charset=utf-8\r\n\r\n<p>{body}</p>"),
+            );
+        }
+    }
+
+    /// The detectors run within the scan (on its thread, inside its time
+    /// bound), and `detect` gives what a fresh count over the same text
+    /// would.
+    #[test]
+    fn the_scan_counts_the_findings_itself() {
+        let raw = b"Subject: SSN 123-45-6789\r\nX-Note: DOB 01/02/1960\r\n\r\nNPI 1234567893\r\n";
+        let f = MessageFacts::parse(raw, false);
+        assert!(f.findings.is_some());
+        let fresh = MessageFacts {
+            findings: None,
+            ..f.clone()
+        };
+        let d = Detectors::new();
+        for which in [
+            &Detector::ALL[..],
+            &[Detector::UsSsn],
+            &[Detector::Npi, Detector::DateOfBirth],
+            &[],
+        ] {
+            assert_eq!(f.detect(&d, which), fresh.detect(&d, which), "{which:?}");
+        }
+        assert_eq!(f.detect(&d, &Detector::ALL).len(), 3);
+        assert!(
+            MessageFacts::parse(b"SSN 123-45-6789", false)
+                .findings
+                .is_some()
         );
     }
 }

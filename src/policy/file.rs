@@ -187,9 +187,10 @@ pub struct Defaults {
     pub honor_tls_required_no: bool,
     /// Content the detectors could not read (past `max_scan_size`, an
     /// encrypted or unparseable document, an image, a message nested too
-    /// deep) counts as PHI. `false` is weaker: such content is treated as
-    /// clean, so PHI in an encrypted PDF or a scan can leave on the
-    /// non-PHI floor.
+    /// deep) counts as PHI, and as a possible match of a rule's content
+    /// conditions (see `engine::may_match_unread`). `false` is weaker:
+    /// such content is treated as clean, so PHI in an encrypted PDF or a
+    /// scan can leave on the non-PHI floor.
     pub unscannable_is_phi: bool,
 }
 

@@ -168,3 +168,33 @@ pub fn with_attachment(body: &str, content_type: &str, name: &str, data: &[u8]) 
     )
     .into_bytes()
 }
+
+/// A zip archive (Python's `zipfile`, deflated) of `members` (name,
+/// content), in order.
+pub fn zip(members: &[(&str, &[u8])]) -> Vec<u8> {
+    const SCRIPT: &str = r#"
+import io, sys, zipfile
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    for line in sys.stdin.read().splitlines():
+        name, content = line.split(" ")
+        z.writestr(bytes.fromhex(name).decode(), bytes.fromhex(content))
+sys.stdout.buffer.write(buf.getvalue())
+"#;
+    let input: String = members
+        .iter()
+        .map(|(name, content)| format!("{} {}\n", hex::encode(name), hex::encode(content)))
+        .collect();
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("python3 ends");
+    writer.join().expect("writer").expect("write to python3");
+    assert!(out.status.success(), "python3 zip failed");
+    out.stdout
+}

@@ -206,23 +206,63 @@ fn reference(name: &str) -> Option<char> {
     })
 }
 
-/// Text as the detectors should read it: characters that render as
-/// nothing (soft hyphen, zero-width space and joiners, word joiner, BOM)
-/// are dropped, and non-breaking spaces are spaces. Used for every text
+/// Text as the detectors should read it, as a reader sees it: characters
+/// that render as nothing (soft hyphen, zero-width spaces and joiners,
+/// word joiner, invisible operators, direction marks and embeddings, BOM,
+/// variation selectors, combining marks) are dropped; the other spaces
+/// are spaces; digits of other scripts and their full-width and
+/// mathematical forms are ASCII digits; dashes and minus signs are `-`;
+/// full-width letters and punctuation are ASCII. `１２３–４５–６７８９` is an
+/// SSN to a reader, so it is one to the detectors. Used for every text
 /// the detectors scan, not only HTML.
 pub fn normalize(s: &str) -> String {
-    s.chars()
-        .filter(|c| {
-            !matches!(
-                c,
-                '\u{AD}' | '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
-            )
-        })
-        .map(|c| match c {
-            '\u{A0}' | '\u{202F}' | '\u{2007}' => ' ',
-            c => c,
-        })
-        .collect()
+    s.chars().filter_map(reader_char).collect()
+}
+
+/// What a reader takes `c` for (see [`normalize`]), or `None` if it shows
+/// nothing.
+fn reader_char(c: char) -> Option<char> {
+    let n = c as u32;
+    // Digits of a script whose ten digits are contiguous, from its zero.
+    const DIGIT_ZEROS: &[u32] = &[
+        0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6,
+        0x0D66, 0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0xFF10,
+    ];
+    if let Some(zero) = DIGIT_ZEROS.iter().find(|&&z| (z..z + 10).contains(&n)) {
+        return char::from_digit(n - zero, 10);
+    }
+    Some(match c {
+        '\u{AD}'
+        | '\u{34F}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{E0100}'..='\u{E01EF}'
+        | '\u{300}'..='\u{36F}'
+        | '\u{1AB0}'..='\u{1AFF}'
+        | '\u{1DC0}'..='\u{1DFF}'
+        | '\u{20D0}'..='\u{20FF}'
+        | '\u{FE20}'..='\u{FE2F}' => return None,
+        '\u{2028}' | '\u{2029}' => '\n',
+        '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}' => {
+            ' '
+        }
+        '\u{2010}'..='\u{2015}'
+        | '\u{2212}'
+        | '\u{2043}'
+        | '\u{FE58}'
+        | '\u{FE63}'
+        | '\u{FF0D}' => '-',
+        // Mathematical digits: five styles of ten.
+        '\u{1D7CE}'..='\u{1D7FF}' => char::from_digit((n - 0x1D7CE) % 10, 10)?,
+        // Full-width ASCII (letters, punctuation).
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(n - 0xFF01 + 0x21)?,
+        c => c,
+    })
 }
 
 #[cfg(test)]
@@ -290,5 +330,37 @@ mod tests {
                 to_text(part);
             }
         }
+    }
+
+    /// From review: digits of other scripts, full-width forms, Unicode
+    /// dashes and invisible characters inside a number hid it from the
+    /// ASCII detectors, though a reader sees the number.
+    #[test]
+    fn a_number_reads_as_a_reader_sees_it() {
+        for text in [
+            "\u{FF11}\u{FF12}\u{FF13}-\u{FF14}\u{FF15}-\u{FF16}\u{FF17}\u{FF18}\u{FF19}",
+            "123\u{2013}45\u{2014}6789",
+            "123\u{2212}45\u{2011}6789",
+            "123\u{FF0D}45\u{FE63}6789",
+            "\u{661}\u{662}\u{663}-\u{664}\u{665}-\u{666}\u{667}\u{668}\u{669}",
+            "\u{967}\u{968}\u{969}-\u{96A}\u{96B}-\u{96C}\u{96D}\u{96E}\u{96F}",
+            "\u{1D7CF}\u{1D7D0}\u{1D7D1}-45-6789",
+            "1\u{200E}23-4\u{202E}5-67\u{2066}89",
+            "1\u{332}2\u{332}3\u{332}-45-6789",
+            "12\u{FE0F}3-45-6789",
+            "123-45-\u{2063}6789",
+        ] {
+            assert_eq!(ssns(text), 1, "{text:?}: {:?}", normalize(text));
+        }
+        // ...at each position of the number.
+        let ssn = "123-45-6789";
+        for at in 0..=ssn.len() {
+            for invisible in ["\u{200B}", "\u{200F}", "\u{2061}", "\u{34F}", "\u{AD}"] {
+                let text = format!("{}{invisible}{}", &ssn[..at], &ssn[at..]);
+                assert_eq!(ssns(&text), 1, "{text:?}");
+            }
+        }
+        assert_eq!(normalize("a\u{3000}b\u{2028}c"), "a b\nc");
+        assert_eq!(normalize("\u{FF33}\u{FF33}\u{FF2E}"), "SSN");
     }
 }

@@ -18,6 +18,7 @@ pub mod html;
 /// Address and domain patterns (shared with the declared-capabilities probe).
 pub use crate::util::pattern;
 pub mod sandbox;
+pub mod sniff;
 
 use serde::{Deserialize, Serialize};
 

@@ -216,6 +216,7 @@ pub fn worker_main(args: &[String]) -> i32 {
         max_inflated: usize::try_from(inflated).unwrap_or(usize::MAX),
         max_text: usize::try_from(text).unwrap_or(usize::MAX),
         deadline: Instant::now() + Duration::from_millis(millis),
+        depth: super::extract::MAX_CONTAINER_DEPTH,
     };
     let mut data = Vec::new();
     if std::io::stdin().read_to_end(&mut data).is_err() {

@@ -24,6 +24,7 @@ fn limits(max_inflated: usize) -> Limits {
         max_inflated,
         max_text: 16 << 20,
         deadline: Instant::now() + Duration::from_secs(20),
+        depth: sealgate::policy::extract::MAX_CONTAINER_DEPTH,
     }
 }
 

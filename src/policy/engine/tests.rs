@@ -834,3 +834,182 @@ fn a_failed_key_lookup_for_a_known_key_holder_waits() {
     assert_eq!(d.action, Action::Wait);
     assert!(d.reason.contains("was used before"), "{}", d.reason);
 }
+
+/// From review: content rules did not match content that could not be
+/// read, so a rule that holds or rejects SSNs let an encrypted PDF (or a
+/// scan) through on the default. Now what a rule looks for may be in the
+/// unread content: a `detectors` condition matches it for every action, a
+/// regex condition for `hold` and `reject`; a `reject` rule that only may
+/// match holds, never bounces.
+#[test]
+fn content_rules_treat_unscannable_content_as_a_possible_match() {
+    const CONTENT_RULES: &str = r#"
+[defaults]
+methods = ["tls"]
+min_tls = "verified"
+phi_min_tls = "verified"
+
+[[rule]]
+name = "reject-ssn"
+match.recipient_domain = ["freemail.example"]
+match.detectors = ["us-ssn"]
+action = "reject"
+reject_message = "no"
+
+[[rule]]
+name = "hold-confidential"
+match.recipient_domain = ["hold.example"]
+match.attachment_content = ["(?i)confidential"]
+action = "hold"
+
+[[rule]]
+name = "newsletter-opportunistic"
+match.recipient_domain = ["news.example"]
+match.body = ["(?i)newsletter"]
+methods = ["tls"]
+min_tls = "opportunistic"
+
+[[rule]]
+name = "phi-to-lab-over-dane"
+match.recipient_domain = ["lab.example"]
+match.detectors = ["us-ssn", "dob"]
+methods = ["tls"]
+min_tls = "dane"
+"#;
+    let p = policy(CONTENT_RULES);
+    let image = MessageFacts::parse(
+        &crate::policy::fixtures::with_attachment(
+            "hello",
+            "image/png",
+            "x.png",
+            b"\x89PNG\r\n\x1a\nrest",
+        ),
+        false,
+    );
+    for (what, facts) in [
+        ("an encrypted PDF", encrypted_pdf_message()),
+        ("an image", image),
+        (
+            "a message cut at max_scan_size",
+            MessageFacts::parse(b"Subject: x\r\n\r\nhello\r\n", true),
+        ),
+    ] {
+        let prep = p.prepare(env("a@clinic.example"), facts);
+        // Reject becomes hold, and a released recipient goes on.
+        let e = prep.evaluate("x@freemail.example", false);
+        assert_eq!(e.outcome.rule, "reject-ssn", "{what}");
+        assert_eq!(e.outcome.action, RuleAction::Hold, "{what}: never a bounce");
+        let d = prep.decide(&e, vec![]);
+        assert_eq!(d.action, Action::Hold, "{what}");
+        assert!(
+            d.reason.contains("could not be read"),
+            "{what}: {}",
+            d.reason
+        );
+        assert!(
+            d.explanation
+                .matched
+                .iter()
+                .any(|m| m.starts_with("detectors (may be")),
+            "{what}: {:?}",
+            d.explanation.matched
+        );
+        let e = prep.evaluate("x@freemail.example", true);
+        assert_eq!(e.outcome.rule, "default", "{what}: released");
+        // A hold rule's regex may match the unread content.
+        let e = prep.evaluate("x@hold.example", false);
+        assert_eq!(
+            (e.outcome.rule.as_str(), e.outcome.action),
+            ("hold-confidential", RuleAction::Hold),
+            "{what}"
+        );
+        // A deliver rule keyed on a regex must match what was read: it
+        // could lower the floor.
+        let e = prep.evaluate("x@news.example", false);
+        assert_eq!(e.outcome.rule, "default", "{what}");
+        // A deliver rule keyed on detectors treats it as PHI.
+        let e = prep.evaluate("x@lab.example", false);
+        assert_eq!(e.outcome.rule, "phi-to-lab-over-dane", "{what}");
+        assert_eq!(e.outcome.min_tls, TlsRequirement::Dane, "{what}");
+    }
+    // What was read decides as before: a real SSN is rejected, clean
+    // readable content matches nothing.
+    let prep = p.prepare(env("a@clinic.example"), msg("x", "SSN 123-45-6789"));
+    let e = prep.evaluate("x@freemail.example", false);
+    assert_eq!(
+        (e.outcome.rule.as_str(), e.outcome.action),
+        ("reject-ssn", RuleAction::Reject)
+    );
+    let prep = p.prepare(env("a@clinic.example"), msg("x", "hello"));
+    for rcpt in ["x@freemail.example", "x@hold.example", "x@lab.example"] {
+        assert_eq!(prep.evaluate(rcpt, false).outcome.rule, "default", "{rcpt}");
+    }
+    // `unscannable_is_phi = false` turns this off too (weaker).
+    let p = policy(&CONTENT_RULES.replacen(
+        "[defaults]\n",
+        "[defaults]\nunscannable_is_phi = false\n",
+        1,
+    ));
+    let prep = p.prepare(env("a@clinic.example"), encrypted_pdf_message());
+    for rcpt in ["x@freemail.example", "x@hold.example", "x@lab.example"] {
+        assert_eq!(prep.evaluate(rcpt, false).outcome.rule, "default", "{rcpt}");
+    }
+}
+
+/// From review: `attachment_type` matched the label only, so a PDF sent
+/// as `text/plain` named `notes.txt` passed a rule that holds PDFs. The
+/// type the bytes show matches too.
+#[test]
+fn attachment_type_rules_match_what_the_bytes_are() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "hold-pdfs"
+match.attachment_type = ["application/pdf"]
+action = "hold"
+
+[[rule]]
+name = "no-programs"
+match.attachment_type = ["application/x-msdownload", "*.exe"]
+action = "reject"
+reject_message = "no"
+"#,
+    );
+    let pdf = crate::policy::fixtures::pdf("hello", None);
+    for (ct, name) in [
+        ("text/plain", "notes.txt"),
+        ("application/octet-stream", "x"),
+        ("application/pdf", "r.pdf"),
+    ] {
+        let facts = MessageFacts::parse(
+            &crate::policy::fixtures::with_attachment("see", ct, name, &pdf),
+            false,
+        );
+        let prep = p.prepare(env("a@clinic.example"), facts);
+        assert_eq!(
+            prep.evaluate("x@y.example", false).outcome.rule,
+            "hold-pdfs",
+            "{ct}"
+        );
+    }
+    let mut exe = b"MZ".to_vec();
+    exe.resize(0x40, 0);
+    exe[0x3c] = 0x40;
+    exe.extend_from_slice(b"PE\0\0rest");
+    let facts = MessageFacts::parse(
+        &crate::policy::fixtures::with_attachment("see", "image/png", "cat.png", &exe),
+        false,
+    );
+    let prep = p.prepare(env("a@clinic.example"), facts);
+    assert_eq!(
+        prep.evaluate("x@y.example", false).outcome.rule,
+        "no-programs"
+    );
+    // A text that starts with the same two letters is not a program.
+    let facts = MessageFacts::parse(
+        &crate::policy::fixtures::with_attachment("see", "text/plain", "n.txt", b"MZ Health notes"),
+        false,
+    );
+    let prep = p.prepare(env("a@clinic.example"), facts);
+    assert_eq!(prep.evaluate("x@y.example", false).outcome.rule, "default");
+}
