@@ -219,33 +219,27 @@ struct PendingPgp {
 }
 
 impl PendingPgp {
+    /// Why the last attempt failed, while the next may not run yet.
+    fn backing_off(&self) -> Option<String> {
+        let next = self.next_try.lock().unwrap_or_else(|p| p.into_inner());
+        next.as_ref()
+            .filter(|(when, _)| std::time::Instant::now() < *when)
+            .map(|(_, why)| why.clone())
+    }
+
     async fn opened(&self) -> Result<&PgpProbe, String> {
         if let Some(p) = self.opened.get() {
             return Ok(p);
         }
-        if let Some((when, why)) = self
-            .next_try
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            if std::time::Instant::now() < *when {
-                return Err(why.clone());
-            }
+        if let Some(why) = self.backing_off() {
+            return Err(why);
         }
         let opened = self
             .opened
             .get_or_try_init(|| async {
                 // Those that queued behind a failed attempt do not retry.
-                if let Some((when, why)) = self
-                    .next_try
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                {
-                    if std::time::Instant::now() < *when {
-                        return Err(why.clone());
-                    }
+                if let Some(why) = self.backing_off() {
+                    return Err(why);
                 }
                 // Within the probe's own timeout, so the reason is recorded.
                 let limit = self.settings.probe.timeout / 2;
