@@ -133,21 +133,9 @@ async fn a_smarthost_whose_certificate_does_not_verify_meets_only_encrypted() {
     let p = smarthost_probe(&v["decision"]);
     assert_eq!(p["evidence"]["meets"], "encrypted", "{p:#}");
     // Below the default `smarthost_min_tls = "verified"`: not used at all.
-    assert!(
-        p["result"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("smarthost_min_tls")),
-        "{p:#}"
-    );
+    assert_probe_error(&p, "smarthost_min_tls");
     assert_ne!(v["decision"]["action"], "deliver", "{v:#}");
-    python_send(
-        gw.addr,
-        "a@clinic.example.test",
-        &["b@one.example.test"],
-        &message("s", "x"),
-    )
-    .unwrap();
-    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    let rows = send_one(&gw, "s").await;
     assert_ne!(rows[0]["outcome"], "delivered", "{:#}", rows[0]);
     assert!(relay.messages().is_empty());
     drop(gw);
@@ -170,6 +158,28 @@ async fn a_smarthost_whose_certificate_does_not_verify_meets_only_encrypted() {
     let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
     assert_eq!(rows[0]["outcome"], "delivered", "{:#}", rows[0]);
     assert_eq!(rows[0]["tls_requirement"], "encrypted", "{:#}", rows[0]);
+}
+
+/// Sends one message to b@one.example.test; the audit rows once there is one.
+async fn send_one(gw: &Gateway, subject: &str) -> Vec<serde_json::Value> {
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@one.example.test"],
+        &message(subject, "x"),
+    )
+    .unwrap();
+    gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap()
+}
+
+/// The smarthost probe failed, saying `why`.
+fn assert_probe_error(p: &serde_json::Value, why: &str) {
+    assert!(
+        p["result"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(why)),
+        "{p:#}"
+    );
 }
 
 fn sha256(d: &[u8]) -> Vec<u8> {
@@ -226,24 +236,12 @@ async fn a_smarthost_whose_tlsa_records_do_not_match_gets_nothing_though_its_cer
 {
     let (w, mx, _) = dane_relay(Some(sha256(b"another key"))).await;
     let gw = through_relay(&w, OPPORTUNISTIC_POLICY);
-    python_send(
-        gw.addr,
-        "a@clinic.example.test",
-        &["b@one.example.test"],
-        &message("dane hop", "x"),
-    )
-    .unwrap();
-    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    let rows = send_one(&gw, "dane hop").await;
     assert_ne!(rows[0]["outcome"], "delivered", "{:#}", rows[0]);
     let out = gw.cli(&["probe", "--json", "b@one.example.test"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = smarthost_probe(&v[0]["decision"]);
-    assert!(
-        p["result"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("TLSA")),
-        "{p:#}"
-    );
+    assert_probe_error(&p, "TLSA");
     assert_eq!(mx.transactions(), 0);
 }
 
@@ -269,20 +267,8 @@ async fn credentials_never_go_to_a_smarthost_that_did_not_prove_its_name() {
     let gw = through_relay_with(&w, OPPORTUNISTIC_POLICY, &delivery);
     let v = probe_json(&gw, "b@one.example.test");
     let p = smarthost_probe(&v["decision"]);
-    assert!(
-        p["result"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("credentials were not sent")),
-        "{p:#}"
-    );
-    python_send(
-        gw.addr,
-        "a@clinic.example.test",
-        &["b@one.example.test"],
-        &message("s", "x"),
-    )
-    .unwrap();
-    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    assert_probe_error(&p, "credentials were not sent");
+    let rows = send_one(&gw, "s").await;
     assert_ne!(rows[0]["outcome"], "delivered", "{:#}", rows[0]);
     let lines: Vec<String> = mx.transcript().into_iter().map(|(_, l)| l).collect();
     assert!(lines.iter().any(|l| l.contains("STARTTLS")), "{lines:?}");
@@ -311,14 +297,7 @@ async fn a_smarthost_without_starttls_gets_nothing_unless_the_operator_allows_pl
         smarthost_probe(&v["decision"])["evidence"]["meets"],
         "opportunistic"
     );
-    python_send(
-        gw.addr,
-        "a@clinic.example.test",
-        &["b@one.example.test"],
-        &message("s", "x"),
-    )
-    .unwrap();
-    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    let rows = send_one(&gw, "s").await;
     assert_ne!(rows[0]["outcome"], "delivered", "{:#}", rows[0]);
     assert_eq!(mx.transactions(), 0);
     drop(gw);
@@ -338,12 +317,7 @@ async fn a_smarthost_without_starttls_gets_nothing_unless_the_operator_allows_pl
     );
     let v = probe_json(&gw, "b@one.example.test");
     let p = smarthost_probe(&v["decision"]);
-    assert!(
-        p["result"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("TLSA records make TLS mandatory")),
-        "{p:#}"
-    );
+    assert_probe_error(&p, "TLSA records make TLS mandatory");
     assert_ne!(v["decision"]["action"], "deliver", "{v:#}");
     assert_eq!(mx.transactions(), 0);
 }
