@@ -514,6 +514,33 @@ async fn fetch_root_keys(dns: &DnsSettings) -> Result<Vec<DNSKEY>, String> {
         .collect())
 }
 
+/// A validated lookup that did not succeed.
+struct LookupFailure {
+    message: String,
+    /// The answer came, and failed validation.
+    bogus: bool,
+    /// The records of a bogus answer.
+    data: Vec<RData>,
+}
+
+/// Labels of a name looked at for a zone cut at most (a DNS name has at
+/// most 127).
+const MAX_LABELS: usize = 127;
+
+/// Whether this validator can authenticate a zone by `ds` (RFC 6840
+/// section 5.2): an algorithm it verifies and a digest type it computes.
+/// RSASHA1-NSEC3-SHA1 (7) is listed by hickory but its ring backend
+/// cannot verify it.
+fn ds_usable(ds: &DS) -> bool {
+    #[allow(deprecated)]
+    let verifiable = ds.algorithm().is_supported() && ds.algorithm() != Algorithm::RSASHA1NSEC3SHA1;
+    verifiable
+        && matches!(
+            ds.digest_type(),
+            DigestType::SHA1 | DigestType::SHA256 | DigestType::SHA384
+        )
+}
+
 /// The validating resolver and TLSA lookups.
 pub struct Dane {
     resolver: TokioResolver,
@@ -557,15 +584,102 @@ impl Dane {
 
     /// A validated lookup: `Ok((status, rdata))`, empty for a proven
     /// NODATA/NXDOMAIN; `Err` for bogus or failed lookups.
+    ///
+    /// An answer hickory finds bogus is insecure when it lies below a
+    /// zone cut whose DS RRset is secure and names only algorithms this
+    /// validator cannot verify (RFC 6840 section 5.2, RFC 4035 section
+    /// 5.2): hickory takes that into account for algorithms it does not
+    /// know (Ed448), but reports as bogus a zone signed with one it lists
+    /// yet cannot verify (RSASHA1-NSEC3-SHA1, algorithm 7, under ring).
     async fn validated(
         &self,
         name: &str,
         rtype: RecordType,
     ) -> Result<(Dnssec, Vec<RData>), String> {
+        self.validated_owner(name, rtype)
+            .await
+            .map(|(status, data, _)| (status, data))
+    }
+
+    /// [`Dane::validated`], with the owner name of the records found when
+    /// it is not `name` (the target of a CNAME chain, lowercase, without
+    /// the final dot).
+    async fn validated_owner(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<(Dnssec, Vec<RData>, Option<String>), String> {
+        match self.validated_raw(name, rtype).await {
+            Err(e) if e.bogus => {
+                if let Some(cut) = self.unverifiable_cut(name).await {
+                    tracing::debug!(
+                        name, %rtype, zone = %cut,
+                        "DNSSEC: the zone is signed only with algorithms this validator does not implement; insecure (RFC 6840 section 5.2)"
+                    );
+                    return Ok((Dnssec::Insecure, e.data, None));
+                }
+                Err(e.message)
+            }
+            Err(e) => Err(e.message),
+            Ok(v) => Ok(v),
+        }
+    }
+
+    /// The closest zone cut above or at `name` (not the root) whose DS
+    /// RRset is DNSSEC-secure, not empty, and made only of records this
+    /// validator cannot use: an algorithm it cannot verify or a digest
+    /// type it does not know. Each ancestor's DS RRset is asked for, from
+    /// `name` up, bounded by the name's labels.
+    async fn unverifiable_cut(&self, name: &str) -> Option<String> {
+        let name = name.trim_end_matches('.');
+        let labels: Vec<&str> = name.split('.').collect();
+        for i in 0..labels.len().min(MAX_LABELS) {
+            let zone = format!("{}.", labels[i..].join("."));
+            let Ok(l) = self.resolver.lookup(zone.clone(), RecordType::DS).await else {
+                continue;
+            };
+            let ds: Vec<&DS> = l
+                .record_iter()
+                .filter(|r| r.proof() == Proof::Secure)
+                .filter_map(|r| match r.data() {
+                    RData::DNSSEC(DNSSECRData::DS(ds)) => Some(ds),
+                    _ => None,
+                })
+                .collect();
+            if Self::lookup_proof(&l) != Proof::Secure || ds.is_empty() {
+                continue;
+            }
+            if ds.iter().all(|d| !ds_usable(d)) {
+                return Some(zone);
+            }
+            // A secure DS RRset with a usable record: the zone below is
+            // validated with it, and its answers' bogus proofs stand.
+            return None;
+        }
+        None
+    }
+
+    /// [`Dane::validated`] before the unsupported-algorithm check: a bogus
+    /// answer is an error that says so (with the records it carried).
+    async fn validated_raw(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<(Dnssec, Vec<RData>, Option<String>), LookupFailure> {
         let fqdn = if name.ends_with('.') {
             name.to_string()
         } else {
             format!("{name}.")
+        };
+        let bogus = |message: String, data: Vec<RData>| LookupFailure {
+            message,
+            bogus: true,
+            data,
+        };
+        let failed = |message: String| LookupFailure {
+            message,
+            bogus: false,
+            data: Vec::new(),
         };
         match self.resolver.lookup(fqdn.clone(), rtype).await {
             Ok(l) => {
@@ -575,15 +689,26 @@ impl Dane {
                     .filter(|r| r.record_type() == rtype)
                     .map(|r| r.data().clone())
                     .collect();
+                let owner = l
+                    .record_iter()
+                    .find(|r| r.record_type() == rtype)
+                    .map(|r| {
+                        r.name()
+                            .to_ascii()
+                            .trim_end_matches('.')
+                            .to_ascii_lowercase()
+                    })
+                    .filter(|o| !o.eq_ignore_ascii_case(fqdn.trim_end_matches('.')));
                 match proof {
-                    Proof::Secure => Ok((Dnssec::Secure, data)),
-                    Proof::Insecure => Ok((Dnssec::Insecure, data)),
-                    Proof::Bogus => Err(format!(
-                        "DNSSEC validation of {fqdn} {rtype} failed (bogus)"
+                    Proof::Secure => Ok((Dnssec::Secure, data, owner)),
+                    Proof::Insecure => Ok((Dnssec::Insecure, data, owner)),
+                    Proof::Bogus => Err(bogus(
+                        format!("DNSSEC validation of {fqdn} {rtype} failed (bogus)"),
+                        data,
                     )),
-                    Proof::Indeterminate => {
-                        Err(format!("DNSSEC status of {fqdn} {rtype} is indeterminate"))
-                    }
+                    Proof::Indeterminate => Err(failed(format!(
+                        "DNSSEC status of {fqdn} {rtype} is indeterminate"
+                    ))),
                 }
             }
             Err(e) => {
@@ -598,17 +723,22 @@ impl Dane {
                         "no data"
                     };
                     return match proof {
-                        Proof::Secure => Ok((Dnssec::Secure, Vec::new())),
-                        Proof::Insecure => Ok((Dnssec::Insecure, Vec::new())),
-                        Proof::Bogus => Err(format!(
-                            "DNSSEC validation of the {what} answer for {fqdn} {rtype} failed (bogus)"
+                        Proof::Secure => Ok((Dnssec::Secure, Vec::new(), None)),
+                        Proof::Insecure => Ok((Dnssec::Insecure, Vec::new(), None)),
+                        Proof::Bogus => Err(bogus(
+                            format!(
+                                "DNSSEC validation of the {what} answer for {fqdn} {rtype} failed (bogus)"
+                            ),
+                            Vec::new(),
                         )),
-                        Proof::Indeterminate => {
-                            Err(format!("{what} for {fqdn} {rtype} could not be proven"))
-                        }
+                        Proof::Indeterminate => Err(failed(format!(
+                            "{what} for {fqdn} {rtype} could not be proven"
+                        ))),
                     };
                 }
-                Err(format!("validated lookup of {fqdn} {rtype} failed: {e}"))
+                Err(failed(format!(
+                    "validated lookup of {fqdn} {rtype} failed: {e}"
+                )))
             }
         }
     }
@@ -623,14 +753,30 @@ impl Dane {
     /// port), as [`Dane::tlsa`].
     pub async fn tlsa_at(&self, host: &str, port: u16) -> Result<HostTlsa, String> {
         // RFC 7672 section 2.2.2: the host's address records must be
-        // secure for its TLSA records to be used.
-        let (addr_status, _) = self.validated(host, RecordType::A).await?;
+        // secure for its TLSA records to be used (a CNAME chain to them
+        // too: the weakest proof of the answer counts).
+        let (addr_status, _, target) = self.validated_owner(host, RecordType::A).await?;
         if addr_status != Dnssec::Secure {
             return Ok(HostTlsa::None);
         }
-        let name = format!("_{}._tcp.{}", port, host.trim_end_matches('.'));
-        let (status, data) = self.validated(&name, RecordType::TLSA).await?;
-        if status != Dnssec::Secure || data.is_empty() {
+        // A host name that is a secure CNAME (RFC 5321 forbids it, it
+        // happens): the TLSA records are looked up at the fully expanded
+        // name first, then, if that has none, at the original name (RFC
+        // 7672 section 2.2.2, RFC 7671 section 7). A CNAME of the TLSA
+        // name itself is followed by the resolver, secure end to end.
+        let mut bases: Vec<String> = target.into_iter().collect();
+        bases.push(host.trim_end_matches('.').to_ascii_lowercase());
+        let mut data = Vec::new();
+        for base in &bases {
+            let name = format!("_{port}._tcp.{base}");
+            let (status, found) = self.validated(&name, RecordType::TLSA).await?;
+            // Insecure TLSA records do not count; the next name is asked.
+            if status == Dnssec::Secure && !found.is_empty() {
+                data = found;
+                break;
+            }
+        }
+        if data.is_empty() {
             return Ok(HostTlsa::None);
         }
         let all: Vec<Tlsa> = data
