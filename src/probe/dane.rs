@@ -514,6 +514,33 @@ async fn fetch_root_keys(dns: &DnsSettings) -> Result<Vec<DNSKEY>, String> {
         .collect())
 }
 
+/// Why a host's validated addresses could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrsError {
+    /// The name does not exist (NXDOMAIN).
+    NxDomain(String),
+    /// Bogus, or the lookup failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for AddrsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddrsError::NxDomain(m) | AddrsError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What a validated answer says beside its records.
+#[derive(Debug, Default)]
+struct Found {
+    /// The owner of the records when it is not the name asked for (the
+    /// target of a CNAME chain), lowercase, without the final dot.
+    owner: Option<String>,
+    /// A (validated) NXDOMAIN: the name does not exist.
+    nxdomain: bool,
+}
+
 /// A validated lookup that did not succeed.
 struct LookupFailure {
     message: String,
@@ -608,7 +635,7 @@ impl Dane {
         &self,
         name: &str,
         rtype: RecordType,
-    ) -> Result<(Dnssec, Vec<RData>, Option<String>), String> {
+    ) -> Result<(Dnssec, Vec<RData>, Found), String> {
         match self.validated_raw(name, rtype).await {
             Err(e) if e.bogus => {
                 if let Some(cut) = self.unverifiable_cut(name).await {
@@ -616,7 +643,7 @@ impl Dane {
                         name, %rtype, zone = %cut,
                         "DNSSEC: the zone is signed only with algorithms this validator does not implement; insecure (RFC 6840 section 5.2)"
                     );
-                    return Ok((Dnssec::Insecure, e.data, None));
+                    return Ok((Dnssec::Insecure, e.data, Found::default()));
                 }
                 Err(e.message)
             }
@@ -665,7 +692,7 @@ impl Dane {
         &self,
         name: &str,
         rtype: RecordType,
-    ) -> Result<(Dnssec, Vec<RData>, Option<String>), LookupFailure> {
+    ) -> Result<(Dnssec, Vec<RData>, Found), LookupFailure> {
         let fqdn = if name.ends_with('.') {
             name.to_string()
         } else {
@@ -700,8 +727,22 @@ impl Dane {
                     })
                     .filter(|o| !o.eq_ignore_ascii_case(fqdn.trim_end_matches('.')));
                 match proof {
-                    Proof::Secure => Ok((Dnssec::Secure, data, owner)),
-                    Proof::Insecure => Ok((Dnssec::Insecure, data, owner)),
+                    Proof::Secure => Ok((
+                        Dnssec::Secure,
+                        data,
+                        Found {
+                            owner,
+                            nxdomain: false,
+                        },
+                    )),
+                    Proof::Insecure => Ok((
+                        Dnssec::Insecure,
+                        data,
+                        Found {
+                            owner,
+                            nxdomain: false,
+                        },
+                    )),
                     Proof::Bogus => Err(bogus(
                         format!("DNSSEC validation of {fqdn} {rtype} failed (bogus)"),
                         data,
@@ -717,14 +758,18 @@ impl Dane {
                 }) = e.proto().map(|p| p.kind())
                 {
                     let proof = soa.as_ref().map_or(Proof::Indeterminate, |s| s.proof());
+                    let found = Found {
+                        owner: None,
+                        nxdomain: *response_code == ResponseCode::NXDomain,
+                    };
                     let what = if *response_code == ResponseCode::NXDomain {
                         "NXDOMAIN"
                     } else {
                         "no data"
                     };
                     return match proof {
-                        Proof::Secure => Ok((Dnssec::Secure, Vec::new(), None)),
-                        Proof::Insecure => Ok((Dnssec::Insecure, Vec::new(), None)),
+                        Proof::Secure => Ok((Dnssec::Secure, Vec::new(), found)),
+                        Proof::Insecure => Ok((Dnssec::Insecure, Vec::new(), found)),
                         Proof::Bogus => Err(bogus(
                             format!(
                                 "DNSSEC validation of the {what} answer for {fqdn} {rtype} failed (bogus)"
@@ -755,7 +800,8 @@ impl Dane {
         // RFC 7672 section 2.2.2: the host's address records must be
         // secure for its TLSA records to be used (a CNAME chain to them
         // too: the weakest proof of the answer counts).
-        let (addr_status, _, target) = self.validated_owner(host, RecordType::A).await?;
+        let (addr_status, _, found) = self.validated_owner(host, RecordType::A).await?;
+        let target = found.owner;
         if addr_status != Dnssec::Secure {
             return Ok(HostTlsa::None);
         }
@@ -824,10 +870,23 @@ impl Dane {
         &self,
         host: &str,
         port: u16,
-    ) -> Result<Vec<std::net::SocketAddr>, String> {
+    ) -> Result<Vec<std::net::SocketAddr>, AddrsError> {
         let mut out = Vec::new();
         for rtype in [RecordType::AAAA, RecordType::A] {
-            let (_, data) = self.validated(host, rtype).await?;
+            let (status, data, found) = self
+                .validated_owner(host, rtype)
+                .await
+                .map_err(AddrsError::Failed)?;
+            if found.nxdomain {
+                return Err(AddrsError::NxDomain(format!(
+                    "{host} does not exist (NXDOMAIN{})",
+                    if status == Dnssec::Secure {
+                        ", DNSSEC-proven"
+                    } else {
+                        ""
+                    }
+                )));
+            }
             for d in data {
                 let ip = match d {
                     RData::A(a) => std::net::IpAddr::V4(a.0),

@@ -701,11 +701,13 @@ impl KnotWorld {
         );
         // A validated negative answer comes after a `resolution failed:
         // ncache nxdomain` line, so the status lines are read first.
-        let status = if text.contains("fully validated") {
-            DelvStatus::Secure
-        } else if text.contains("; unsigned answer") || text.contains("negative response, unsigned")
-        {
+        // A CNAME chain prints one status per RRset: the weakest counts.
+        let unsigned =
+            text.contains("; unsigned answer") || text.contains("negative response, unsigned");
+        let status = if unsigned {
             DelvStatus::Insecure
+        } else if text.contains("fully validated") {
+            DelvStatus::Secure
         } else {
             let reason = text
                 .lines()
