@@ -442,3 +442,94 @@ async fn knot_many_mx_and_large_tlsa_rrsets_are_bounded() {
     assert_eq!(m_far.connections(), 0, "the 11th MX host was tried");
     assert_eq!(m_many.transactions(), 1);
 }
+
+/// The same cases behind a validating recursive resolver (unbound), as a
+/// deployment would configure `[dns] nameservers`: unbound implements
+/// every algorithm here, so the algorithm 7 and Ed448 zones reach
+/// sealgate with their signatures and are insecure to it (delivered
+/// without DANE, their non-matching TLSA records unused); a TLSA RRset
+/// with an expired signature is a SERVFAIL from unbound, so that host is
+/// skipped and the mail goes over DANE to the other host; a domain whose
+/// only host's TLSA lookup SERVFAILs waits, never contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knot_hostile_cases_through_unbound() {
+    let ed448 = Dest::new("ed448.test", true);
+    let alg7 = Dest::new("alg7.test", true);
+    let bad = Dest::with_host("servfail-one.test", "mx1.servfail-one.test", true);
+    let good = Dest::with_host("servfail-one.test", "mx2.servfail-one.test", true);
+    let only = Dest::new("servfail-only.test", true);
+    let port = gateway::free_port(ed448.ip);
+    let nothing = Some(vec![0xab; 32]);
+    let world = KnotWorld::builder(gateway::fresh_ip(), Alg::EcdsaP256Sha256, Denial::Nsec)
+        .zone(ed448.zone(port, nothing.clone()).alg(Alg::Ed448))
+        .zone(
+            alg7.zone(port, nothing)
+                .alg(Alg::RsaSha1Nsec3)
+                .denial(Denial::Nsec3),
+        )
+        .zone({
+            let z = ZoneSpec::new("servfail-one.test")
+                .mx(10, &bad.host)
+                .mx(20, &good.host)
+                .expire_rrsig(&bad.tlsa_owner(port), "TLSA");
+            good.host_records(bad.host_records(z, port, None), port, None)
+        })
+        .zone(
+            only.zone(port, None)
+                .expire_rrsig(&only.tlsa_owner(port), "TLSA"),
+        )
+        .start()
+        .unwrap();
+    let unbound = crate::world::unbound::Unbound::start(
+        gateway::fresh_ip(),
+        world.addr,
+        world.origins(),
+        &world.trust_anchor,
+    )
+    .unwrap();
+    for name in ["ed448.test", "alg7.test", "servfail-one.test"] {
+        let answer = unbound.kdig(name, "MX");
+        assert!(answer.contains(" ad"), "unbound validates {name}: {answer}");
+    }
+    for name in [bad.tlsa_owner(port), only.tlsa_owner(port)] {
+        let answer = unbound.kdig(&name, "TLSA");
+        assert!(answer.contains("SERVFAIL"), "unbound: {answer}");
+    }
+    let m_ed448 = ed448.mx(port).await;
+    let m_alg7 = alg7.mx(port).await;
+    let m_bad = bad.mx(port).await;
+    let m_good = good.mx(port).await;
+    let m_only = only.mx(port).await;
+    let gw = crate::gateway::Gateway::start(crate::gateway::GatewayOptions {
+        dns: Some(unbound.addr),
+        trust_anchor: Some(world.trust_anchor.clone()),
+        delivery_port: port,
+        ..Default::default()
+    })
+    .unwrap();
+    let rcpts: Vec<String> = [
+        "ed448.test",
+        "alg7.test",
+        "servfail-one.test",
+        "servfail-only.test",
+    ]
+    .iter()
+    .map(|d| format!("b@{d}"))
+    .collect();
+    let rows = send_and_wait(&gw, &rcpts, 1).await;
+    assert_insecure_delivered(&rows["b@ed448.test"]);
+    assert_insecure_delivered(&rows["b@alg7.test"]);
+    assert_dane_delivered(
+        &rows["b@servfail-one.test"],
+        &good.host,
+        &good.spki_sha256(),
+    );
+    let row = &rows["b@servfail-only.test"];
+    assert_eq!(row["outcome"], "deferred", "{row}");
+    assert!(row["remote_host"].is_null(), "{row}");
+    assert_eq!(m_bad.connections(), 0, "the SERVFAIL host was contacted");
+    assert_eq!(m_only.connections(), 0, "servfail-only.test was contacted");
+    for m in [&m_ed448, &m_alg7, &m_good] {
+        assert_eq!(m.transactions(), 1);
+    }
+}
