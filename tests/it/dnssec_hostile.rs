@@ -215,7 +215,7 @@ async fn knot_expired_signatures_on_mx_or_tlsa_wait_or_skip_the_host() {
     let mx_bad = bad.mx(port).await;
     let mx_good = good.mx(port).await;
     let gw = gateway_for(&world, port);
-    let rcpts = vec![
+    let rcpts = [
         "b@exp-mx.test".to_string(),
         "b@exp-tlsa.test".to_string(),
         "b@exp-one.test".to_string(),
