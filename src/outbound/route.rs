@@ -14,7 +14,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use serde::Serialize;
 
 use crate::config::DnsSettings;
-use crate::probe::dane::{Dane, Dnssec};
+use crate::probe::dane::{AddrsError, Dane, Dnssec};
 
 /// One host to try.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -219,7 +219,10 @@ pub async fn validated_mx_route(
     route_from_mx(domain, mx, |name| async move {
         dane.validated_addrs(&name, port)
             .await
-            .map_err(RouteError::Temporary)
+            .map_err(|e| match e {
+                AddrsError::NxDomain(m) => RouteError::Permanent(m),
+                AddrsError::Failed(m) => RouteError::Temporary(m),
+            })
     })
     .await
 }
@@ -265,7 +268,8 @@ where
     let results =
         futures_util::future::join_all(hosts.iter().map(|(_, name)| lookup(name.clone()))).await;
     let mut hops = Vec::new();
-    let mut last_err = None;
+    // Why each host was skipped, in preference order, for the reply.
+    let mut skipped: Vec<String> = Vec::new();
     for ((pref, name), res) in hosts.into_iter().zip(results) {
         match res {
             Ok(addrs) if !addrs.is_empty() => hops.push(Hop {
@@ -273,17 +277,21 @@ where
                 preference: pref,
                 addrs,
             }),
-            Ok(_) => {
-                last_err = Some(RouteError::Temporary(format!(
-                    "MX host {name} has no address records"
-                )))
+            Ok(_) => skipped.push(format!("MX host {name} has no address records")),
+            Err(RouteError::Permanent(e)) if !e.contains(&name) => {
+                skipped.push(format!("MX host {name}: {e}"))
             }
-            Err(e) => last_err = Some(RouteError::Temporary(e.to_string())),
+            Err(e) => skipped.push(e.to_string()),
         }
     }
     if hops.is_empty() {
-        return Err(last_err
-            .unwrap_or_else(|| RouteError::Temporary(format!("no usable MX host for {domain}"))));
+        // Temporary even when every host is proven not to exist: the MX
+        // set may be mid-change; the message bounces after max_age.
+        return Err(RouteError::Temporary(if skipped.is_empty() {
+            format!("no usable MX host for {domain}")
+        } else {
+            format!("no usable MX host for {domain}: {}", skipped.join("; "))
+        }));
     }
     Ok(Route {
         kind: RouteKind::Mx,

@@ -514,6 +514,60 @@ async fn fetch_root_keys(dns: &DnsSettings) -> Result<Vec<DNSKEY>, String> {
         .collect())
 }
 
+/// Why a host's validated addresses could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrsError {
+    /// The name does not exist (NXDOMAIN).
+    NxDomain(String),
+    /// Bogus, or the lookup failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for AddrsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddrsError::NxDomain(m) | AddrsError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What a validated answer says beside its records.
+#[derive(Debug, Default)]
+struct Found {
+    /// The owner of the records when it is not the name asked for (the
+    /// target of a CNAME chain), lowercase, without the final dot.
+    owner: Option<String>,
+    /// A (validated) NXDOMAIN: the name does not exist.
+    nxdomain: bool,
+}
+
+/// A validated lookup that did not succeed.
+struct LookupFailure {
+    message: String,
+    /// The answer came, and failed validation.
+    bogus: bool,
+    /// The records of a bogus answer.
+    data: Vec<RData>,
+}
+
+/// Labels of a name looked at for a zone cut at most (a DNS name has at
+/// most 127).
+const MAX_LABELS: usize = 127;
+
+/// Whether this validator can authenticate a zone by `ds` (RFC 6840
+/// section 5.2): an algorithm it verifies and a digest type it computes.
+/// RSASHA1-NSEC3-SHA1 (7) is listed by hickory but its ring backend
+/// cannot verify it.
+fn ds_usable(ds: &DS) -> bool {
+    #[allow(deprecated)]
+    let verifiable = ds.algorithm().is_supported() && ds.algorithm() != Algorithm::RSASHA1NSEC3SHA1;
+    verifiable
+        && matches!(
+            ds.digest_type(),
+            DigestType::SHA1 | DigestType::SHA256 | DigestType::SHA384
+        )
+}
+
 /// The validating resolver and TLSA lookups.
 pub struct Dane {
     resolver: TokioResolver,
@@ -557,15 +611,102 @@ impl Dane {
 
     /// A validated lookup: `Ok((status, rdata))`, empty for a proven
     /// NODATA/NXDOMAIN; `Err` for bogus or failed lookups.
+    ///
+    /// An answer hickory finds bogus is insecure when it lies below a
+    /// zone cut whose DS RRset is secure and names only algorithms this
+    /// validator cannot verify (RFC 6840 section 5.2, RFC 4035 section
+    /// 5.2): hickory takes that into account for algorithms it does not
+    /// know (Ed448), but reports as bogus a zone signed with one it lists
+    /// yet cannot verify (RSASHA1-NSEC3-SHA1, algorithm 7, under ring).
     async fn validated(
         &self,
         name: &str,
         rtype: RecordType,
     ) -> Result<(Dnssec, Vec<RData>), String> {
+        self.validated_owner(name, rtype)
+            .await
+            .map(|(status, data, _)| (status, data))
+    }
+
+    /// [`Dane::validated`], with the owner name of the records found when
+    /// it is not `name` (the target of a CNAME chain, lowercase, without
+    /// the final dot).
+    async fn validated_owner(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<(Dnssec, Vec<RData>, Found), String> {
+        match self.validated_raw(name, rtype).await {
+            Err(e) if e.bogus => {
+                if let Some(cut) = self.unverifiable_cut(name).await {
+                    tracing::debug!(
+                        name, %rtype, zone = %cut,
+                        "DNSSEC: the zone is signed only with algorithms this validator does not implement; insecure (RFC 6840 section 5.2)"
+                    );
+                    return Ok((Dnssec::Insecure, e.data, Found::default()));
+                }
+                Err(e.message)
+            }
+            Err(e) => Err(e.message),
+            Ok(v) => Ok(v),
+        }
+    }
+
+    /// The closest zone cut above or at `name` (not the root) whose DS
+    /// RRset is DNSSEC-secure, not empty, and made only of records this
+    /// validator cannot use: an algorithm it cannot verify or a digest
+    /// type it does not know. Each ancestor's DS RRset is asked for, from
+    /// `name` up, bounded by the name's labels.
+    async fn unverifiable_cut(&self, name: &str) -> Option<String> {
+        let name = name.trim_end_matches('.');
+        let labels: Vec<&str> = name.split('.').collect();
+        for i in 0..labels.len().min(MAX_LABELS) {
+            let zone = format!("{}.", labels[i..].join("."));
+            let Ok(l) = self.resolver.lookup(zone.clone(), RecordType::DS).await else {
+                continue;
+            };
+            let ds: Vec<&DS> = l
+                .record_iter()
+                .filter(|r| r.proof() == Proof::Secure)
+                .filter_map(|r| match r.data() {
+                    RData::DNSSEC(DNSSECRData::DS(ds)) => Some(ds),
+                    _ => None,
+                })
+                .collect();
+            if Self::lookup_proof(&l) != Proof::Secure || ds.is_empty() {
+                continue;
+            }
+            if ds.iter().all(|d| !ds_usable(d)) {
+                return Some(zone);
+            }
+            // A secure DS RRset with a usable record: the zone below is
+            // validated with it, and its answers' bogus proofs stand.
+            return None;
+        }
+        None
+    }
+
+    /// [`Dane::validated`] before the unsupported-algorithm check: a bogus
+    /// answer is an error that says so (with the records it carried).
+    async fn validated_raw(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<(Dnssec, Vec<RData>, Found), LookupFailure> {
         let fqdn = if name.ends_with('.') {
             name.to_string()
         } else {
             format!("{name}.")
+        };
+        let bogus = |message: String, data: Vec<RData>| LookupFailure {
+            message,
+            bogus: true,
+            data,
+        };
+        let failed = |message: String| LookupFailure {
+            message,
+            bogus: false,
+            data: Vec::new(),
         };
         match self.resolver.lookup(fqdn.clone(), rtype).await {
             Ok(l) => {
@@ -575,15 +716,40 @@ impl Dane {
                     .filter(|r| r.record_type() == rtype)
                     .map(|r| r.data().clone())
                     .collect();
+                let owner = l
+                    .record_iter()
+                    .find(|r| r.record_type() == rtype)
+                    .map(|r| {
+                        r.name()
+                            .to_ascii()
+                            .trim_end_matches('.')
+                            .to_ascii_lowercase()
+                    })
+                    .filter(|o| !o.eq_ignore_ascii_case(fqdn.trim_end_matches('.')));
                 match proof {
-                    Proof::Secure => Ok((Dnssec::Secure, data)),
-                    Proof::Insecure => Ok((Dnssec::Insecure, data)),
-                    Proof::Bogus => Err(format!(
-                        "DNSSEC validation of {fqdn} {rtype} failed (bogus)"
+                    Proof::Secure => Ok((
+                        Dnssec::Secure,
+                        data,
+                        Found {
+                            owner,
+                            nxdomain: false,
+                        },
                     )),
-                    Proof::Indeterminate => {
-                        Err(format!("DNSSEC status of {fqdn} {rtype} is indeterminate"))
-                    }
+                    Proof::Insecure => Ok((
+                        Dnssec::Insecure,
+                        data,
+                        Found {
+                            owner,
+                            nxdomain: false,
+                        },
+                    )),
+                    Proof::Bogus => Err(bogus(
+                        format!("DNSSEC validation of {fqdn} {rtype} failed (bogus)"),
+                        data,
+                    )),
+                    Proof::Indeterminate => Err(failed(format!(
+                        "DNSSEC status of {fqdn} {rtype} is indeterminate"
+                    ))),
                 }
             }
             Err(e) => {
@@ -592,23 +758,32 @@ impl Dane {
                 }) = e.proto().map(|p| p.kind())
                 {
                     let proof = soa.as_ref().map_or(Proof::Indeterminate, |s| s.proof());
+                    let found = Found {
+                        owner: None,
+                        nxdomain: *response_code == ResponseCode::NXDomain,
+                    };
                     let what = if *response_code == ResponseCode::NXDomain {
                         "NXDOMAIN"
                     } else {
                         "no data"
                     };
                     return match proof {
-                        Proof::Secure => Ok((Dnssec::Secure, Vec::new())),
-                        Proof::Insecure => Ok((Dnssec::Insecure, Vec::new())),
-                        Proof::Bogus => Err(format!(
-                            "DNSSEC validation of the {what} answer for {fqdn} {rtype} failed (bogus)"
+                        Proof::Secure => Ok((Dnssec::Secure, Vec::new(), found)),
+                        Proof::Insecure => Ok((Dnssec::Insecure, Vec::new(), found)),
+                        Proof::Bogus => Err(bogus(
+                            format!(
+                                "DNSSEC validation of the {what} answer for {fqdn} {rtype} failed (bogus)"
+                            ),
+                            Vec::new(),
                         )),
-                        Proof::Indeterminate => {
-                            Err(format!("{what} for {fqdn} {rtype} could not be proven"))
-                        }
+                        Proof::Indeterminate => Err(failed(format!(
+                            "{what} for {fqdn} {rtype} could not be proven"
+                        ))),
                     };
                 }
-                Err(format!("validated lookup of {fqdn} {rtype} failed: {e}"))
+                Err(failed(format!(
+                    "validated lookup of {fqdn} {rtype} failed: {e}"
+                )))
             }
         }
     }
@@ -623,14 +798,31 @@ impl Dane {
     /// port), as [`Dane::tlsa`].
     pub async fn tlsa_at(&self, host: &str, port: u16) -> Result<HostTlsa, String> {
         // RFC 7672 section 2.2.2: the host's address records must be
-        // secure for its TLSA records to be used.
-        let (addr_status, _) = self.validated(host, RecordType::A).await?;
+        // secure for its TLSA records to be used (a CNAME chain to them
+        // too: the weakest proof of the answer counts).
+        let (addr_status, _, found) = self.validated_owner(host, RecordType::A).await?;
+        let target = found.owner;
         if addr_status != Dnssec::Secure {
             return Ok(HostTlsa::None);
         }
-        let name = format!("_{}._tcp.{}", port, host.trim_end_matches('.'));
-        let (status, data) = self.validated(&name, RecordType::TLSA).await?;
-        if status != Dnssec::Secure || data.is_empty() {
+        // A host name that is a secure CNAME (RFC 5321 forbids it, it
+        // happens): the TLSA records are looked up at the fully expanded
+        // name first, then, if that has none, at the original name (RFC
+        // 7672 section 2.2.2, RFC 7671 section 7). A CNAME of the TLSA
+        // name itself is followed by the resolver, secure end to end.
+        let mut bases: Vec<String> = target.into_iter().collect();
+        bases.push(host.trim_end_matches('.').to_ascii_lowercase());
+        let mut data = Vec::new();
+        for base in &bases {
+            let name = format!("_{port}._tcp.{base}");
+            let (status, found) = self.validated(&name, RecordType::TLSA).await?;
+            // Insecure TLSA records do not count; the next name is asked.
+            if status == Dnssec::Secure && !found.is_empty() {
+                data = found;
+                break;
+            }
+        }
+        if data.is_empty() {
             return Ok(HostTlsa::None);
         }
         let all: Vec<Tlsa> = data
@@ -678,10 +870,23 @@ impl Dane {
         &self,
         host: &str,
         port: u16,
-    ) -> Result<Vec<std::net::SocketAddr>, String> {
+    ) -> Result<Vec<std::net::SocketAddr>, AddrsError> {
         let mut out = Vec::new();
         for rtype in [RecordType::AAAA, RecordType::A] {
-            let (_, data) = self.validated(host, rtype).await?;
+            let (status, data, found) = self
+                .validated_owner(host, rtype)
+                .await
+                .map_err(AddrsError::Failed)?;
+            if found.nxdomain {
+                return Err(AddrsError::NxDomain(format!(
+                    "{host} does not exist (NXDOMAIN{})",
+                    if status == Dnssec::Secure {
+                        ", DNSSEC-proven"
+                    } else {
+                        ""
+                    }
+                )));
+            }
             for d in data {
                 let ip = match d {
                     RData::A(a) => std::net::IpAddr::V4(a.0),
@@ -952,6 +1157,26 @@ impl Probe for DaneProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 6840 section 5.2: which DS records can authenticate a zone
+    /// here; a zone whose secure DS RRset has none is insecure.
+    #[test]
+    #[allow(deprecated)]
+    fn ds_usable_algorithms_and_digests() {
+        let ds =
+            |alg: u8, digest: DigestType| DS::new(1, Algorithm::from_u8(alg), digest, vec![0; 32]);
+        for alg in [5, 8, 10, 13, 14, 15] {
+            assert!(ds_usable(&ds(alg, DigestType::SHA256)), "algorithm {alg}");
+        }
+        // 7: listed by hickory, not verifiable by its ring backend;
+        // 16 (Ed448), 12 (GOST), 3 (DSA), 1 (RSAMD5): not implemented.
+        for alg in [1, 3, 7, 12, 16, 253] {
+            assert!(!ds_usable(&ds(alg, DigestType::SHA256)), "algorithm {alg}");
+        }
+        assert!(ds_usable(&ds(13, DigestType::SHA384)));
+        assert!(ds_usable(&ds(13, DigestType::SHA1)));
+        assert!(!ds_usable(&ds(13, DigestType::from(3))));
+    }
 
     #[test]
     fn tlsa_matching() {

@@ -14,12 +14,12 @@ use crate::world::knot::{
 };
 use crate::world::{MxOptions, TestCert, TestMx, pki};
 
-fn ev(row: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn ev(row: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(row["evidence"].as_str().unwrap_or("{}")).unwrap_or_default()
 }
 
 /// The dane probe's evidence in an audit row.
-fn dane_probe(row: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn dane_probe(row: &serde_json::Value) -> serde_json::Value {
     ev(row)["decision"]["explanation"]["probes"]
         .as_array()
         .and_then(|a| a.iter().find(|p| p["probe"] == "dane").cloned())
@@ -28,21 +28,21 @@ fn dane_probe(row: &serde_json::Value) -> serde_json::Value {
 
 /// One destination domain: its MX host on a loopback address of its own,
 /// with a self-signed certificate (for TLSA 3 1 1) when `tls`.
-struct Dest {
-    domain: String,
-    host: String,
-    ip: Ipv4Addr,
-    cert: Option<TestCert>,
+pub(crate) struct Dest {
+    pub(crate) domain: String,
+    pub(crate) host: String,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) cert: Option<TestCert>,
 }
 
 impl Dest {
-    fn new(domain: &str, tls: bool) -> Dest {
+    pub(crate) fn new(domain: &str, tls: bool) -> Dest {
         Self::with_host(domain, &format!("mx.{domain}"), tls)
     }
 
     /// A destination whose MX host lives in another zone (its address and
     /// TLSA records go there: [`Dest::host_records`]).
-    fn with_host(domain: &str, host: &str, tls: bool) -> Dest {
+    pub(crate) fn with_host(domain: &str, host: &str, tls: bool) -> Dest {
         let host = host.to_string();
         Dest {
             domain: domain.to_string(),
@@ -52,25 +52,25 @@ impl Dest {
         }
     }
 
-    fn tlsa_owner(&self, port: u16) -> String {
+    pub(crate) fn tlsa_owner(&self, port: u16) -> String {
         format!("_{port}._tcp.{}", self.host)
     }
 
     /// SHA-256 of the certificate's SPKI, by the openssl command line.
-    fn spki_sha256(&self) -> Vec<u8> {
+    pub(crate) fn spki_sha256(&self) -> Vec<u8> {
         let cert = self.cert.as_ref().expect("a TLS destination");
         spki_sha256_openssl(&cert.cert_pem).expect("openssl SPKI digest")
     }
 
     /// The zone: MX and address of the host, and TLSA 3 1 1 for its
     /// certificate (or `tlsa` instead, when given).
-    fn zone(&self, port: u16, tlsa: Option<Vec<u8>>) -> ZoneSpec {
+    pub(crate) fn zone(&self, port: u16, tlsa: Option<Vec<u8>>) -> ZoneSpec {
         let z = ZoneSpec::new(&self.domain).mx(10, &self.host);
         self.host_records(z, port, tlsa)
     }
 
     /// The host's address and TLSA records, added to `z`.
-    fn host_records(&self, z: ZoneSpec, port: u16, tlsa: Option<Vec<u8>>) -> ZoneSpec {
+    pub(crate) fn host_records(&self, z: ZoneSpec, port: u16, tlsa: Option<Vec<u8>>) -> ZoneSpec {
         let z = z.a(&self.host, self.ip);
         match (tlsa, &self.cert) {
             (Some(data), _) => z.tlsa(&self.tlsa_owner(port), 3, 1, 1, &data),
@@ -82,7 +82,7 @@ impl Dest {
         }
     }
 
-    async fn mx(&self, port: u16) -> TestMx {
+    pub(crate) async fn mx(&self, port: u16) -> TestMx {
         let mut opts = MxOptions::new(&self.host).ip(self.ip).port(port);
         if let Some(cert) = &self.cert {
             opts = opts.tls(cert);
@@ -91,7 +91,7 @@ impl Dest {
     }
 }
 
-fn gateway_for(world: &KnotWorld, port: u16) -> Gateway {
+pub(crate) fn gateway_for(world: &KnotWorld, port: u16) -> Gateway {
     Gateway::start(GatewayOptions {
         dns: Some(world.addr),
         trust_anchor: Some(world.trust_anchor.clone()),

@@ -8,6 +8,7 @@ mod config_check;
 mod connectors;
 mod dane;
 mod delivery;
+mod dnssec_hostile;
 mod dnssec_world;
 mod faults;
 mod gateway;

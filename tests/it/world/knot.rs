@@ -36,6 +36,17 @@ pub enum Alg {
     RsaSha256,
     /// 13: ECDSA P-256/SHA-256.
     EcdsaP256Sha256,
+    /// 5: RSA/SHA-1 (deprecated, RFC 8624: MUST NOT sign, validators may
+    /// still validate).
+    RsaSha1,
+    /// 7: RSASHA1-NSEC3-SHA1 (as 5, for NSEC3 zones).
+    RsaSha1Nsec3,
+    /// 15: Ed25519.
+    Ed25519,
+    /// 16: Ed448, which hickory does not implement: a zone signed only
+    /// with it is insecure to sealgate (RFC 6840 section 5.2), secure to
+    /// `delv`.
+    Ed448,
 }
 
 impl Alg {
@@ -43,6 +54,10 @@ impl Alg {
         match self {
             Alg::RsaSha256 => 8,
             Alg::EcdsaP256Sha256 => 13,
+            Alg::RsaSha1 => 5,
+            Alg::RsaSha1Nsec3 => 7,
+            Alg::Ed25519 => 15,
+            Alg::Ed448 => 16,
         }
     }
 
@@ -50,6 +65,10 @@ impl Alg {
         match self {
             Alg::RsaSha256 => &["-a", "RSASHA256", "-b", "2048"],
             Alg::EcdsaP256Sha256 => &["-a", "ECDSAP256SHA256"],
+            Alg::RsaSha1 => &["-a", "RSASHA1", "-b", "2048"],
+            Alg::RsaSha1Nsec3 => &["-a", "NSEC3RSASHA1", "-b", "2048"],
+            Alg::Ed25519 => &["-a", "ED25519"],
+            Alg::Ed448 => &["-a", "ED448"],
         }
     }
 }
@@ -92,6 +111,14 @@ pub struct ZoneSpec {
     pub signing: Signing,
     /// Zone file lines (owners relative to the origin, or absolute).
     pub records: Vec<String>,
+    /// More algorithms the zone is signed with, each with its own KSK and
+    /// ZSK; the parent holds a DS for every KSK (RFC 6840 section 5.11:
+    /// one algorithm a validator implements is enough).
+    pub extra_algs: Vec<Alg>,
+    /// RRsets `(owner, type)` whose signatures are replaced by ones whose
+    /// validity ended a day ago (same keys): the rest of the zone stays
+    /// secure, these RRsets are bogus.
+    pub expired_rrsets: Vec<(String, String)>,
 }
 
 fn fqdn(name: &str) -> String {
@@ -125,7 +152,23 @@ impl ZoneSpec {
             denial: Denial::Nsec,
             signing: Signing::Secure,
             records: Vec::new(),
+            extra_algs: Vec::new(),
+            expired_rrsets: Vec::new(),
         }
+    }
+
+    /// Also signs with `alg` (a second KSK and ZSK, DS in the parent).
+    pub fn also_alg(mut self, alg: Alg) -> Self {
+        self.extra_algs.push(alg);
+        self
+    }
+
+    /// Makes the signatures of `owner rtype` expired (see
+    /// [`ZoneSpec::expired_rrsets`]).
+    pub fn expire_rrsig(mut self, owner: &str, rtype: &str) -> Self {
+        self.expired_rrsets
+            .push((fqdn(owner), rtype.to_ascii_uppercase()));
+        self
     }
 
     pub fn alg(mut self, alg: Alg) -> Self {
@@ -233,7 +276,7 @@ impl KnotWorldBuilder {
                 z.ns_name(),
                 self.ip
             );
-            if let Some(ds_key) = &signed.ds_key {
+            for ds_key in signed.ds_key.iter().chain(&signed.extra_ds_keys) {
                 let ds = run("dnssec-dsfromkey", &["-2", &format!("{ds_key}.key")])?;
                 lines.push_str(&ds);
             }
@@ -309,11 +352,11 @@ impl KnotWorldBuilder {
         }
         let keys = dir.join("keys").join(&stem);
         std::fs::create_dir_all(&keys)?;
-        let keygen = |ksk: bool| -> Result<String> {
+        let keygen_alg = |alg: Alg, ksk: bool| -> Result<String> {
             let mut args: Vec<&str> = vec!["-q", "-K"];
             let k = keys.to_str().context("key folder is not UTF-8")?;
             args.push(k);
-            args.extend(z.alg.keygen_args());
+            args.extend(alg.keygen_args());
             if ksk {
                 args.extend(["-f", "KSK"]);
             }
@@ -321,11 +364,13 @@ impl KnotWorldBuilder {
             let name = run("dnssec-keygen", &args)?;
             Ok(keys.join(name.trim()).display().to_string())
         };
+        let keygen = |ksk: bool| keygen_alg(z.alg, ksk);
         let unsigned = dir.join("zones").join(format!("{stem}.zone"));
         let signed = dir.join("zones").join(format!("{stem}.signed"));
         let mut out = SignedZone {
             ksk: None,
             ds_key: None,
+            extra_ds_keys: Vec::new(),
         };
         match z.signing {
             Signing::Unsigned => {
@@ -343,32 +388,54 @@ impl KnotWorldBuilder {
         }
         let ksk = keygen(true)?;
         let zsk = keygen(false)?;
-        for k in [&ksk, &zsk] {
+        let mut all_keys = vec![ksk.clone(), zsk];
+        for alg in &z.extra_algs {
+            let k = keygen_alg(*alg, true)?;
+            out.extra_ds_keys.push(k.clone());
+            all_keys.push(k);
+            all_keys.push(keygen_alg(*alg, false)?);
+        }
+        for k in &all_keys {
             text.push_str(&std::fs::read_to_string(format!("{k}.key"))?);
         }
         std::fs::write(&unsigned, &text)?;
-        // -d: its dsset files go to the key folder, not the working folder.
-        let mut args: Vec<String> = vec!["-q".into(), "-d".into(), keys.display().to_string()];
-        match z.denial {
-            Denial::Nsec => {}
-            Denial::Nsec3 => args.extend(["-3".into(), "-".into()]),
-            Denial::Nsec3OptOut => args.extend(["-3".into(), "-".into(), "-A".into()]),
+        let sign = |expired: bool, to: &Path| -> Result<()> {
+            // -d: its dsset files go to the key folder, not the working
+            // folder; -O full: one record a line.
+            let mut args: Vec<String> = vec![
+                "-q".into(),
+                "-O".into(),
+                "full".into(),
+                "-d".into(),
+                keys.display().to_string(),
+            ];
+            match z.denial {
+                Denial::Nsec => {}
+                Denial::Nsec3 => args.extend(["-3".into(), "-".into()]),
+                Denial::Nsec3OptOut => args.extend(["-3".into(), "-".into(), "-A".into()]),
+            }
+            if expired {
+                // -P: dnssec-signzone would refuse to verify what it signed.
+                args.extend(
+                    ["-P", "-s", "now-259200", "-e", "now-86400"]
+                        .iter()
+                        .map(|s| s.to_string()),
+                );
+            }
+            args.extend(["-o".into(), z.origin.clone(), "-f".into()]);
+            args.push(to.display().to_string());
+            args.push(unsigned.display().to_string());
+            args.extend(all_keys.iter().cloned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("dnssec-signzone", &args)?;
+            Ok(())
+        };
+        sign(z.signing == Signing::Expired, &signed)?;
+        if !z.expired_rrsets.is_empty() {
+            let old = dir.join("zones").join(format!("{stem}.expired"));
+            sign(true, &old)?;
+            splice_expired_rrsigs(&signed, &old, &z.expired_rrsets)?;
         }
-        if z.signing == Signing::Expired {
-            // -P: dnssec-signzone would refuse to verify what it signed.
-            args.extend(
-                ["-P", "-s", "now-259200", "-e", "now-86400"]
-                    .iter()
-                    .map(|s| s.to_string()),
-            );
-        }
-        args.extend(["-o".into(), z.origin.clone(), "-f".into()]);
-        args.push(signed.display().to_string());
-        args.push(unsigned.display().to_string());
-        args.push(ksk.clone());
-        args.push(zsk);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run("dnssec-signzone", &args)?;
         out.ds_key = Some(if z.signing == Signing::WrongKey {
             keygen(true)?
         } else {
@@ -384,6 +451,40 @@ struct SignedZone {
     ksk: Option<String>,
     /// The key whose DS the parent holds.
     ds_key: Option<String>,
+    /// KSKs of [`ZoneSpec::extra_algs`], whose DS the parent holds too.
+    extra_ds_keys: Vec<String>,
+}
+
+/// Replaces, in the signed zone `signed`, the RRSIGs of each `(owner,
+/// type)` by those of the same RRset in `expired` (the same zone signed
+/// with the same keys and a validity window in the past); fails unless
+/// every RRset had signatures to replace.
+fn splice_expired_rrsigs(signed: &Path, expired: &Path, rrsets: &[(String, String)]) -> Result<()> {
+    // `owner ttl IN RRSIG covered ...` (dnssec-signzone -O full).
+    let key = |line: &str| -> Option<(String, String)> {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        (t.len() > 4 && t[3] == "RRSIG").then(|| (t[0].to_ascii_lowercase(), t[4].to_string()))
+    };
+    let wanted = |line: &str| key(line).is_some_and(|k| rrsets.contains(&k));
+    let old = std::fs::read_to_string(expired)?;
+    let text = std::fs::read_to_string(signed)?;
+    let mut out: Vec<String> = text
+        .lines()
+        .filter(|l| !wanted(l))
+        .map(str::to_string)
+        .collect();
+    let replaced: Vec<&str> = old.lines().filter(|l| wanted(l)).collect();
+    for r in rrsets {
+        ensure!(
+            replaced.iter().any(|l| key(l).as_ref() == Some(r)),
+            "no RRSIG of {} {} to expire",
+            r.0,
+            r.1
+        );
+    }
+    out.extend(replaced.iter().map(|l| l.to_string()));
+    std::fs::write(signed, out.join("\n") + "\n")?;
+    Ok(())
 }
 
 /// Runs a tool, returns its stdout; fails with its stderr.
@@ -600,11 +701,13 @@ impl KnotWorld {
         );
         // A validated negative answer comes after a `resolution failed:
         // ncache nxdomain` line, so the status lines are read first.
-        let status = if text.contains("fully validated") {
-            DelvStatus::Secure
-        } else if text.contains("; unsigned answer") || text.contains("negative response, unsigned")
-        {
+        // A CNAME chain prints one status per RRset: the weakest counts.
+        let unsigned =
+            text.contains("; unsigned answer") || text.contains("negative response, unsigned");
+        let status = if unsigned {
             DelvStatus::Insecure
+        } else if text.contains("fully validated") {
+            DelvStatus::Secure
         } else {
             let reason = text
                 .lines()
