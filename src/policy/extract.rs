@@ -471,20 +471,19 @@ pub fn zip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
         if name.ends_with('/') {
             continue;
         }
-        let is_xml = name.ends_with(".xml");
-        match flavour {
-            ZipFlavour::Ooxml | ZipFlavour::Odf => {
-                // OpenDocument keeps an embedded object's own XML in
-                // `Object N/` (read) and a picture of it in
-                // `ObjectReplacements/` (a picture, like the others).
-                if name.contains("/embeddings/") || name.starts_with("embeddings/") {
-                    return Err(ExtractError::Unsupported("embedded objects"));
-                }
-                if !is_xml {
-                    continue;
-                }
+        let office = flavour != ZipFlavour::Plain;
+        // Relationship parts are XML too.
+        let is_xml = name.ends_with(".xml") || (office && name.ends_with(".rels"));
+        if office {
+            // OpenDocument keeps an embedded object's own XML in
+            // `Object N/` (read) and a picture of it in
+            // `ObjectReplacements/` (a picture, like the others).
+            if name.contains("/embeddings/") || name.starts_with("embeddings/") {
+                return Err(ExtractError::Unsupported("embedded objects"));
             }
-            ZipFlavour::Plain => {}
+            if flavour == ZipFlavour::Odf && name == "mimetype" {
+                continue;
+            }
         }
         let member = archive
             .by_index(i)
@@ -500,7 +499,18 @@ pub fn zip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
             return Err(ExtractError::TooLarge(limits.max_inflated));
         }
         budget -= content.len();
-        if flavour != ZipFlavour::Plain || (is_xml && Kind::sniff(&content).is_none()) {
+        if office && !is_xml {
+            // A picture is only a picture; any other part (a PDF or text
+            // file slipped in beside a decoy main part, an altChunk, a
+            // binary object) is not read, so the file is unscannable.
+            if is_picture(name, &content) {
+                continue;
+            }
+            return Err(ExtractError::Unsupported(
+                "parts that are neither XML nor pictures",
+            ));
+        }
+        if office || (is_xml && Kind::sniff(&content).is_none()) {
             xml_text(&content, &mut text, limits)?;
         } else {
             let inner_text = match Kind::sniff(&content) {
@@ -512,6 +522,28 @@ pub fn zip_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
         text.push('\n');
     }
     Ok(text)
+}
+
+/// Whether an Office or OpenDocument member is a picture: named as one,
+/// and its bytes start as that kind of picture does.
+fn is_picture(name: &str, data: &[u8]) -> bool {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    let magic: &[&[u8]] = match ext.as_str() {
+        "png" => &[b"\x89PNG\r\n\x1a\n"],
+        "jpg" | "jpeg" | "jfif" => &[b"\xff\xd8\xff"],
+        "gif" => &[b"GIF87a", b"GIF89a"],
+        "bmp" | "dib" => &[b"BM"],
+        "tif" | "tiff" | "wdp" | "jxr" => &[b"II*\0", b"MM\0*", b"II\xbc"],
+        // EMF: record type 1 (EMR_HEADER); WMF: placeable or standard.
+        "emf" => &[b"\x01\0\0\0"],
+        "wmf" => &[b"\xd7\xcd\xc6\x9a", b"\x01\0\x09\0", b"\x02\0\x09\0"],
+        "svm" => &[b"VCLMTF"],
+        _ => return false,
+    };
+    magic.iter().any(|m| data.starts_with(m))
 }
 
 /// Appends the character data of one XML part to `out`: runs join (a
@@ -775,6 +807,30 @@ mod tests {
             Kind::of("application/octet-stream", Some("letter.docx"), &docx),
             Some(Kind::Zip)
         );
+    }
+
+    /// A decoy main part makes a zip an Office file; whatever else it
+    /// carries that is neither XML nor a picture is not read, so the file
+    /// is unscannable, never the text of the decoy alone.
+    #[test]
+    fn office_parts_that_are_neither_xml_nor_pictures_are_unscannable() {
+        for (name, content) in [
+            ("notes.txt", "Patient SSN 123-45-6789"),
+            ("word/afchunk.htm", "<p>SSN 123-45-6789</p>"),
+            ("word/labs.pdf", "%PDF-1.4 SSN 123-45-6789"),
+            ("word/media/image1.png", "SSN 123-45-6789 (not a PNG)"),
+        ] {
+            let docx = fixtures::docx("<w:p><w:r><w:t>Hello</w:t></w:r></w:p>", &[(name, content)]);
+            assert_eq!(
+                zip_text(&docx, &limits()),
+                Err(ExtractError::Unsupported(
+                    "parts that are neither XML nor pictures"
+                )),
+                "{name}"
+            );
+        }
+        let docx = fixtures::docx("<w:p><w:r><w:t>Hello</w:t></w:r></w:p>", &[]);
+        assert!(zip_text(&docx, &limits()).is_ok());
     }
 
     #[test]

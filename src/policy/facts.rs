@@ -54,6 +54,9 @@ pub struct MessageFacts {
     pub auth_user: Option<String>,
     pub size: u64,
     pub subject: String,
+    /// Every Subject the message carries (a reader may show the first,
+    /// the rules see the last), decoded and normalised, for the detectors.
+    pub subject_text: String,
     /// Header name (lowercased) to every value (unfolded, decoded).
     pub headers: HashMap<String, Vec<String>>,
     /// Text of the text/plain and text/html bodies.
@@ -249,11 +252,16 @@ impl MessageFacts {
     /// has its headers only and counts as unscannable.
     pub async fn scan(content: Vec<u8>, truncated: bool, limits: ScanLimits) -> MessageFacts {
         let content = Arc::new(content);
+        // The time starts once a slot is ours: waiting behind other scans
+        // must not make this message unscannable. Every scan ends within
+        // its own deadline, so the wait is bounded too.
+        let Ok(permit) = SCAN_SLOTS.acquire().await else {
+            return MessageFacts::headers_only(&content, truncated, "the content scan failed");
+        };
         let deadline = Instant::now() + limits.timeout;
         let work = {
             let content = content.clone();
             async move {
-                let permit = SCAN_SLOTS.acquire().await.ok()?;
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     MessageFacts::parse_with(&content, truncated, &limits, deadline)
@@ -311,6 +319,11 @@ impl MessageFacts {
         if let Some(s) = msg.subject() {
             self.headers.insert("subject".into(), vec![s.to_string()]);
         }
+        let subjects: Vec<&str> = msg
+            .header_values(mail_parser::HeaderName::Subject)
+            .filter_map(|v| v.as_text())
+            .collect();
+        self.subject_text = crate::policy::html::normalize(&subjects.join("\n"));
     }
 
     /// Parses `content` on this thread, bounded by `limits` and `deadline`.
@@ -377,7 +390,7 @@ impl MessageFacts {
     fn count(&self, detectors: &Detectors, which: &[Detector]) -> Vec<(Detector, usize)> {
         let mut found: HashMap<Detector, usize> = HashMap::new();
         for text in [
-            &self.subject,
+            &self.subject_text,
             &self.header_text,
             &self.body_text,
             &self.attachment_text,
@@ -640,6 +653,14 @@ impl Scan<'_> {
                 covered.push((body, (p.raw_end_offset() as usize).max(body)));
             }
         }
+        if let Some(slice) = raw.get(lo..hi) {
+            if let Some(why) = misplaced_delimiter(slice, &boundaries) {
+                // Our parser may have cut a part where a reader does not
+                // (RFC 2046: a delimiter starts a line): what it would
+                // show might never have been scanned.
+                self.unscannable(what, why);
+            }
+        }
         covered.sort_unstable();
         let mut gaps = Vec::new();
         let mut at = lo;
@@ -724,7 +745,7 @@ impl Scan<'_> {
                 })
                 .unwrap_or_else(|| "application/octet-stream".into());
             let name = part.attachment_name().map(str::to_string);
-            let what = format!("attachment {path}{} ({ct})", i + 1);
+            let what = format!("attachment {path}{} ({})", i + 1, type_label(&ct));
             self.facts.attachments.push(Attachment {
                 content_type: ct.clone(),
                 name: name.clone(),
@@ -1004,7 +1025,7 @@ impl Scan<'_> {
                 } else {
                     mediatype
                 };
-                let what = format!("{what}, a data: URI ({mediatype})");
+                let what = format!("{what}, a data: URI ({})", type_label(&mediatype));
                 self.bytes(None, &mediatype, None, &data, &what, out);
             }
         }
@@ -1140,6 +1161,110 @@ fn data_uris(text: &str) -> Vec<(String, Vec<u8>)> {
     found
 }
 
+/// A media type as decisions and audit rows may show it: the sender
+/// chooses the label, which could carry a name or a number, so only
+/// common types are named; others by their top-level type alone.
+fn type_label(ct: &str) -> String {
+    const KNOWN: &[&str] = &[
+        "application/pdf",
+        "application/octet-stream",
+        "application/zip",
+        "application/gzip",
+        "application/msword",
+        "application/rtf",
+        "application/postscript",
+        "application/pkcs7-mime",
+        "application/pkcs7-signature",
+        "application/pgp-encrypted",
+        "application/pgp-signature",
+        "application/pgp-keys",
+        "application/ms-tnef",
+        "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "application/vnd.oasis.opendocument.text",
+        "application/vnd.oasis.opendocument.spreadsheet",
+        "application/vnd.oasis.opendocument.presentation",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/tiff",
+        "image/bmp",
+        "image/svg+xml",
+        "image/webp",
+        "image/heic",
+        "text/plain",
+        "text/html",
+        "text/csv",
+        "text/calendar",
+        "text/vcard",
+        "text/rtf",
+        "text/xml",
+        "message/rfc822",
+        "message/partial",
+        "message/global",
+        "audio/mpeg",
+        "video/mp4",
+    ];
+    const TOP: &[&str] = &[
+        "application",
+        "audio",
+        "font",
+        "image",
+        "message",
+        "model",
+        "multipart",
+        "text",
+        "video",
+    ];
+    let ct = ct.trim().to_ascii_lowercase();
+    if KNOWN.contains(&ct.as_str()) {
+        return ct;
+    }
+    match ct.split_once('/') {
+        Some((top, _)) if TOP.contains(&top) => format!("{top}/other"),
+        _ => "other".into(),
+    }
+}
+
+/// Whether a multipart boundary appears where RFC 2046 does not allow a
+/// delimiter (inside a line), or a delimiter follows the closing one: MIME
+/// parsers then disagree on where parts end (mail-parser ends a part at a
+/// boundary anywhere in a line), so content a reader shows may be read as
+/// something else here.
+fn misplaced_delimiter(raw: &[u8], boundaries: &[String]) -> Option<&'static str> {
+    for b in boundaries {
+        let needle = format!("--{b}");
+        let needle = needle.as_bytes();
+        if needle.len() < 3 {
+            continue;
+        }
+        let mut closed = false;
+        let mut from = 0;
+        while let Some(i) = find(raw.get(from..)?, needle).map(|i| i + from) {
+            let line_start = i == 0 || raw.get(i - 1) == Some(&b'\n');
+            if !line_start {
+                return Some("has a multipart boundary inside a line");
+            }
+            if closed {
+                return Some("has a multipart delimiter after its closing one");
+            }
+            let after = raw.get(i + needle.len()..).unwrap_or_default();
+            if after.starts_with(b"--") {
+                closed = true;
+            }
+            from = i + needle.len();
+        }
+    }
+    None
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1158,6 +1283,102 @@ mod tests {
         assert_eq!(f.attachments[0].detected_type, Some("application/pdf"));
         assert_eq!(f.attachments[1].detected_type, None);
         assert!(f.attachment_text.contains("123-45-6789"));
+    }
+
+    /// RFC 2046: a delimiter starts a line. A boundary inside a line (where
+    /// mail-parser ends the part, and Python's `email` and mail readers do
+    /// not) or a delimiter after the closing one: parsers disagree on the
+    /// parts, so the message is unscannable, wherever the boundary sits.
+    #[test]
+    fn a_boundary_where_parsers_disagree_is_unscannable() {
+        let pdf = fixtures::base64_mime(&fixtures::pdf("Patient SSN 123-45-6789", None));
+        let attachment = format!(
+            "--zz\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{pdf}\r\n--zz--\r\n"
+        );
+        let head = "From: a@x.test\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\n";
+        for text in [
+            "See attached --zz--",
+            "See attached --zz",
+            "--zz-- at the start is a delimiter, this is text: x--zz",
+            "Quoted=\r\n-printable --zz--",
+        ] {
+            let raw = format!("{head}{text}\r\n{attachment}");
+            let f = MessageFacts::parse(raw.as_bytes(), false);
+            assert!(
+                !f.unscannable.is_empty() || ssns(&f) > 0,
+                "{text:?}: neither seen nor unscannable"
+            );
+            assert!(!f.unscannable.is_empty(), "{text:?}");
+        }
+        // A delimiter after the closing one.
+        let raw = format!("{head}hello\r\n--zz--\r\n{attachment}");
+        assert!(
+            !MessageFacts::parse(raw.as_bytes(), false)
+                .unscannable
+                .is_empty()
+        );
+        // The well-formed message is read, and is not unscannable.
+        let raw = format!("{head}hello\r\n{attachment}");
+        let f = MessageFacts::parse(raw.as_bytes(), false);
+        assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
+        assert_eq!(ssns(&f), 1);
+    }
+
+    /// Sender-chosen type labels never reach decisions and audit rows.
+    #[test]
+    fn unscannable_entries_name_only_common_types() {
+        assert_eq!(type_label("Application/PDF"), "application/pdf");
+        assert_eq!(type_label("jane-roe-dob-1961-03-14/x"), "other");
+        assert_eq!(type_label("image/ssn-123-45-6789"), "image/other");
+        let raw = "From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: image/roe-123-45-6789\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--b--\r\n";
+        let f = MessageFacts::parse(raw.as_bytes(), false);
+        assert!(!f.unscannable.is_empty());
+        assert!(
+            f.unscannable
+                .iter()
+                .all(|u| !u.contains("roe") && !u.contains("6789")),
+            "{:?}",
+            f.unscannable
+        );
+    }
+
+    /// The Subject is read as a reader sees it (full-width digits,
+    /// invisible characters), and every copy of it, not only the last.
+    #[test]
+    fn every_subject_is_scanned_as_a_reader_sees_it() {
+        for subject in [
+            "Subject: =?utf-8?b?U1NOIO+8ke+8ku+8ky3vvJTvvJUt77yW77yX77yY77yZ?=\r\n",
+            "Subject: SSN 123-4\u{200b}5-6789\r\n",
+            "Subject: SSN 123-45-6789\r\nSubject: hi\r\n",
+        ] {
+            let raw = format!("From: a@x.test\r\n{subject}\r\nhello\r\n");
+            let f = MessageFacts::parse(raw.as_bytes(), false);
+            assert_eq!(ssns(&f), 1, "{subject:?}: {:?}", f.subject_text);
+        }
+    }
+
+    /// Multi-byte charsets are decoded, not read as lossy UTF-8: full-width
+    /// digits in ISO-2022-JP (all-ASCII bytes on the wire) and Shift_JIS.
+    #[test]
+    fn multi_byte_charsets_are_decoded() {
+        // "SSN １２３－４５－６７８９" in ISO-2022-JP and in Shift_JIS.
+        let jis = b"SSN \x1b$B#1#2#3!]#4#5!]#6#7#8#9\x1b(B\r\n";
+        let sjis = b"SSN \x82\x50\x82\x51\x82\x52\x81\x7c\x82\x53\x82\x54\x81\x7c\x82\x55\x82\x56\x82\x57\x82\x58\r\n";
+        for (charset, body) in [("iso-2022-jp", &jis[..]), ("shift_jis", &sjis[..])] {
+            let mut raw = format!(
+                "From: a@x.test\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset={charset}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            )
+            .into_bytes();
+            raw.extend_from_slice(body);
+            let f = MessageFacts::parse(&raw, false);
+            assert_eq!(
+                ssns(&f),
+                1,
+                "{charset}: {:?} {:?}",
+                f.body_text,
+                f.unscannable
+            );
+        }
     }
 
     use crate::policy::fixtures;
