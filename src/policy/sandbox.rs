@@ -111,6 +111,8 @@ pub fn in_child(worker: &Worker, data: &[u8], limits: &Limits) -> Result<String,
     let _ = writer.join();
     let out = reader.join().unwrap_or_default();
     match status {
+        // An answer that filled the read cap may be cut short: not text.
+        Some(_) if out.len() as u64 >= cap => Err(ExtractError::TooLarge(limits.max_text)),
         Some(s) if s.success() => answer(&out),
         // Killed at the deadline, or by the CPU limit (SIGXCPU).
         None => Err(ExtractError::Deadline),
