@@ -248,6 +248,9 @@ pub fn pdf_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
     check_deadline(limits)?;
     let mut strings = String::new();
     for object in doc.objects.values() {
+        if let Some(what) = unread_content(object) {
+            return Err(ExtractError::Unsupported(what));
+        }
         if let lopdf::Object::Stream(stream) = object {
             let kind = |key: &[u8]| {
                 stream
@@ -290,6 +293,38 @@ pub fn pdf_text(data: &[u8], limits: &Limits) -> Result<String, ExtractError> {
     }
     push_bounded(&mut text, &strings, limits)?;
     Ok(text)
+}
+
+/// Content a PDF reader shows that is not read here, found by the keys
+/// that lead to it rather than by an optional `/Type`: embedded files
+/// (`/EF` of a file specification, also without `/Type /EmbeddedFile`),
+/// XFA forms (`/XFA` of the AcroForm), rich media and 3D content.
+fn unread_content(object: &lopdf::Object) -> Option<&'static str> {
+    // Nested dictionaries too (an AcroForm written inline in the
+    // catalog), with an explicit stack so nesting cannot overflow ours.
+    let mut stack = vec![object];
+    while let Some(o) = stack.pop() {
+        let dict = match o {
+            lopdf::Object::Dictionary(d) => d,
+            lopdf::Object::Stream(s) => &s.dict,
+            lopdf::Object::Array(items) => {
+                stack.extend(items.iter());
+                continue;
+            }
+            _ => continue,
+        };
+        if dict.has(b"EF") {
+            return Some("embedded files");
+        }
+        if dict.has(b"XFA") {
+            return Some("XFA forms");
+        }
+        if dict.has(b"RichMediaContent") || dict.has(b"3DD") {
+            return Some("rich media or 3D content");
+        }
+        stack.extend(dict.iter().map(|(_, v)| v));
+    }
+    None
 }
 
 /// Whether an object the cross-reference table lists as in use is not in
@@ -676,6 +711,65 @@ mod tests {
                 pdf_text(&pdf, &limits()),
                 Err(ExtractError::Encrypted),
                 "{args:?}"
+            );
+        }
+    }
+
+    /// A file specification whose embedded file stream has no `/Type`
+    /// (optional in the spec; readers find it through `/EF`) and an XFA
+    /// form: both unscannable.
+    #[test]
+    fn embedded_files_without_a_type_and_xfa_forms_are_unscannable() {
+        let page = b"BT /F1 12 Tf 72 712 Td (Clinic letter) Tj ET";
+        for (extra, why) in [
+            (
+                "/Names << /EmbeddedFiles << /Names [(labs.txt) 6 0 R] >> >>",
+                "embedded files",
+            ),
+            ("/AcroForm << /Fields [] /XFA 7 0 R >>", "XFA forms"),
+        ] {
+            let mut content = format!("<< /Length {} >>\nstream\n", page.len()).into_bytes();
+            content.extend_from_slice(page);
+            content.extend_from_slice(b"\nendstream");
+            let file = b"<< /Length 22 >>\nstream\nPatient SSN 123-45-6789\nendstream".to_vec();
+            let objs: Vec<Vec<u8>> = vec![
+                format!("<< /Type /Catalog /Pages 2 0 R {extra} >>").into_bytes(),
+                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_vec(),
+                content,
+                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
+                if why == "embedded files" {
+                    b"<< /Type /Filespec /F (labs.txt) /EF << /F 7 0 R >> >>".to_vec()
+                } else {
+                    b"<< >>".to_vec()
+                },
+                file,
+            ];
+            let mut pdf = b"%PDF-1.7\n".to_vec();
+            let mut offsets = Vec::new();
+            for (i, o) in objs.iter().enumerate() {
+                offsets.push(pdf.len());
+                pdf.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+                pdf.extend_from_slice(o);
+                pdf.extend_from_slice(b"\nendobj\n");
+            }
+            let xref = pdf.len();
+            pdf.extend_from_slice(
+                format!("xref\n0 {}\n0000000000 65535 f \n", objs.len() + 1).as_bytes(),
+            );
+            for o in offsets {
+                pdf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+            }
+            pdf.extend_from_slice(
+                format!(
+                    "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                    objs.len() + 1
+                )
+                .as_bytes(),
+            );
+            assert_eq!(
+                pdf_text(&pdf, &limits()),
+                Err(ExtractError::Unsupported(why))
             );
         }
     }
