@@ -226,7 +226,11 @@ fn reader_char(c: char) -> Option<char> {
     // Digits of a script whose ten digits are contiguous, from its zero.
     const DIGIT_ZEROS: &[u32] = &[
         0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6,
-        0x0D66, 0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0xFF10,
+        0x0D66, 0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0,
+        0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0,
+        0xAA50, 0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0,
+        0x11450, 0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0,
+        0x16A60, 0x16AC0, 0x16B50, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
     ];
     if let Some(zero) = DIGIT_ZEROS.iter().find(|&&z| (z..z + 10).contains(&n)) {
         return char::from_digit(n - zero, 10);
@@ -234,7 +238,16 @@ fn reader_char(c: char) -> Option<char> {
     Some(match c {
         '\u{AD}'
         | '\u{34F}'
-        | '\u{180E}'
+        | '\u{61C}'
+        | '\u{115F}'..='\u{1160}'
+        | '\u{17B4}'..='\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{3164}'
+        | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}'
         | '\u{200B}'..='\u{200F}'
         | '\u{202A}'..='\u{202E}'
         | '\u{2060}'..='\u{2064}'
@@ -269,6 +282,41 @@ fn reader_char(c: char) -> Option<char> {
 mod tests {
     use super::*;
     use crate::policy::detectors::{Detector, Detectors};
+
+    /// Every default-ignorable character we know of inside an SSN, at
+    /// every position, and digits of further scripts.
+    #[test]
+    fn more_invisible_characters_and_digits_do_not_hide_a_number() {
+        let ssn = "123-45-6789";
+        for c in [
+            '\u{61C}',
+            '\u{115F}',
+            '\u{17B4}',
+            '\u{180B}',
+            '\u{3164}',
+            '\u{FFA0}',
+            '\u{E0041}',
+            '\u{1D173}',
+        ] {
+            for at in 0..=ssn.len() {
+                let mut t = String::from("SSN ");
+                t.push_str(&ssn[..at]);
+                t.push(c);
+                t.push_str(&ssn[at..]);
+                assert_eq!(normalize(&t), format!("SSN {ssn}"), "{c:?} at {at}");
+            }
+        }
+        // Balinese and Javanese digits.
+        let balinese: String = "123-45-6789"
+            .chars()
+            .map(|c| {
+                c.to_digit(10)
+                    .map_or(c, |d| char::from_u32(0x1B50 + d).unwrap_or(c))
+            })
+            .collect();
+        assert_eq!(normalize(&balinese), ssn);
+        assert_eq!(normalize("\u{A9D1}\u{A9D2}"), "12");
+    }
 
     fn ssns(html: &str) -> usize {
         Detectors::new().count(Detector::UsSsn, &to_text(html))
