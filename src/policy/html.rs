@@ -70,14 +70,29 @@ pub fn to_text(html: &str) -> String {
     let mut hidden = String::new();
     let mut rest = html;
     while let Some(lt) = rest.find('<') {
-        visible.push_str(&rest[..lt]);
+        // References end where a tag starts (`&#45<b></b>45` is `-45`):
+        // decoded run by run, before the runs join.
+        visible.push_str(&decode_references(&rest[..lt]));
         let after = &rest[lt + 1..];
         if let Some(comment) = after.strip_prefix("!--") {
             // A comment joins nothing: `123-<!-- x -->45-6789` reads as one
             // number. An unterminated comment runs to the end, as in a browser.
-            let (body, next) = match comment.find("-->") {
-                Some(end) => (&comment[..end], &comment[end + 3..]),
-                None => (comment, ""),
+            // HTML5: `<!-->` and `<!--->` are empty comments, and `--!>`
+            // ends one as `-->` does.
+            let (body, next) = if let Some(next) = comment.strip_prefix('>') {
+                ("", next)
+            } else if let Some(next) = comment.strip_prefix("->") {
+                ("", next)
+            } else {
+                let ends = [("-->", 3), ("--!>", 4)];
+                match ends
+                    .iter()
+                    .filter_map(|(e, n)| comment.find(e).map(|i| (i, *n)))
+                    .min()
+                {
+                    Some((end, n)) => (&comment[..end], &comment[end + n..]),
+                    None => (comment, ""),
+                }
             };
             push_line(&mut hidden, body);
             rest = next;
@@ -113,8 +128,8 @@ pub fn to_text(html: &str) -> String {
             .unwrap_or("");
         push_line(&mut hidden, attrs.trim_end_matches('/'));
     }
-    visible.push_str(rest);
-    let mut out = decode_references(&visible);
+    visible.push_str(&decode_references(rest));
+    let mut out = normalize(&visible);
     if !hidden.is_empty() {
         out.push('\n');
         out.push_str(&decode_references(&hidden));
@@ -156,8 +171,16 @@ pub fn decode_references(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let after = &rest[amp + 1..];
-        // References are short; a `;` further away is not this one's end.
-        let semi = after.bytes().take(12).position(|b| b == b';');
+        // Numeric references as HTML5 reads them: any number of digits
+        // (leading zeros too), the `;` optional.
+        if let Some((c, used)) = numeric_reference(after) {
+            out.push(c);
+            rest = &after[used..];
+            continue;
+        }
+        // Named references are short; a `;` further away is not this
+        // one's end.
+        let semi = after.bytes().take(32).position(|b| b == b';');
         let decoded = semi.and_then(|semi| reference(&after[..semi]).map(|c| (c, semi)));
         match decoded {
             Some((c, semi)) => {
@@ -172,6 +195,37 @@ pub fn decode_references(s: &str) -> String {
     }
     out.push_str(rest);
     normalize(&out)
+}
+
+/// A numeric reference at the start of `after` (the text after `&`): its
+/// character and the bytes it takes, `;` included when present.
+fn numeric_reference(after: &str) -> Option<(char, usize)> {
+    let num = after.strip_prefix('#')?;
+    let (digits, radix, skip) = match num.strip_prefix(['x', 'X']) {
+        Some(hex) => (hex, 16, 2),
+        None => (num, 10, 1),
+    };
+    let len = digits
+        .bytes()
+        .take_while(|b| (*b as char).is_digit(radix))
+        .count();
+    if len == 0 {
+        return None;
+    }
+    let value = digits[..len]
+        .trim_start_matches('0')
+        .get(..)
+        .filter(|d| d.len() <= 8)
+        .map(|d| {
+            if d.is_empty() {
+                Some(0)
+            } else {
+                u32::from_str_radix(d, radix).ok()
+            }
+        })??;
+    let c = char::from_u32(value).filter(|&c| c != '\0')?;
+    let semi = usize::from(digits[len..].starts_with(';'));
+    Some((c, skip + len + semi))
 }
 
 /// The character a reference names (`#45`, `#x2d`, `amp`, ...).
@@ -199,7 +253,17 @@ fn reference(name: &str) -> Option<char> {
         "period" => '.',
         "colon" => ':',
         "num" => '#',
-        "zwsp" => '\u{200B}',
+        "zwsp"
+        | "ZeroWidthSpace"
+        | "NegativeVeryThinSpace"
+        | "NegativeThinSpace"
+        | "NegativeMediumSpace"
+        | "NegativeThickSpace" => '\u{200B}',
+        "lrm" => '\u{200E}',
+        "rlm" => '\u{200F}',
+        "NoBreak" => '\u{2060}',
+        "InvisibleTimes" | "it" => '\u{2062}',
+        "InvisibleComma" | "ic" => '\u{2063}',
         "zwj" => '\u{200D}',
         "zwnj" => '\u{200C}',
         _ => return None,
@@ -282,6 +346,25 @@ fn reader_char(c: char) -> Option<char> {
 mod tests {
     use super::*;
     use crate::policy::detectors::{Detector, Detectors};
+
+    /// HTML5 comment and reference forms that a browser reads: empty
+    /// comments, `--!>`, numeric references with leading zeros or no
+    /// `;`, long names of invisible characters.
+    #[test]
+    fn html5_comments_and_references_do_not_split_a_number() {
+        for html in [
+            "SSN 123-<!-->45-6789",
+            "SSN 123-<!--->45-6789",
+            "SSN 123-<!-- x --!>45-6789",
+            "SSN 123&#00000000045;45-6789",
+            "SSN 123&#45<b></b>45-6789",
+            "SSN 123&#x2D<i></i>45-6789",
+            "SSN 123-4&ZeroWidthSpace;5-6789",
+            "SSN 123-4&lrm;5-6789",
+        ] {
+            assert_eq!(ssns(html), 1, "{html}: {:?}", to_text(html));
+        }
+    }
 
     /// Every default-ignorable character we know of inside an SSN, at
     /// every position, and digits of further scripts.
