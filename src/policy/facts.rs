@@ -990,6 +990,11 @@ impl Scan<'_> {
             self.unscannable(what, "holds binary content, not text");
             return;
         }
+        if has_uuencoded_block(text) {
+            // Mail readers show a `begin 644 name` block as an attachment;
+            // it is not decoded here.
+            self.unscannable(what, "holds uuencoded content, which is not read");
+        }
         if let Some(format) = sniff::unread_text_format(text) {
             self.unscannable(what, format_args!("holds {format}, which is not read"));
         }
@@ -1161,6 +1166,30 @@ fn data_uris(text: &str) -> Vec<(String, Vec<u8>)> {
     found
 }
 
+/// Whether `text` holds a uuencoded block: a `begin <mode> <name>` line
+/// followed by a line of uuencoded data (the length character, then
+/// characters from `` ` `` to `_` only).
+fn has_uuencoded_block(text: &str) -> bool {
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix("begin ") else {
+            continue;
+        };
+        let mut words = rest.splitn(2, ' ');
+        let mode_ok = words.next().is_some_and(|m| {
+            (3..=4).contains(&m.len()) && m.bytes().all(|b| (b'0'..=b'7').contains(&b))
+        });
+        let named = words.next().is_some_and(|n| !n.trim().is_empty());
+        let data = lines.clone().next().is_some_and(|l| {
+            l.len() > 1 && l.bytes().all(|b| (b' '..=b'`').contains(&b)) && l.starts_with('M')
+        });
+        if mode_ok && named && data {
+            return true;
+        }
+    }
+    false
+}
+
 /// A media type as decisions and audit rows may show it: the sender
 /// chooses the label, which could carry a name or a number, so only
 /// common types are named; others by their top-level type alone.
@@ -1322,6 +1351,26 @@ mod tests {
         let f = MessageFacts::parse(raw.as_bytes(), false);
         assert!(f.unscannable.is_empty(), "{:?}", f.unscannable);
         assert_eq!(ssns(&f), 1);
+    }
+
+    /// A uuencoded block in a body (readers show it as an attachment) is
+    /// unscannable; prose that says "begin" is not.
+    #[test]
+    fn uuencoded_blocks_in_a_body_are_unscannable() {
+        let uu = "Results attached.\r\n\r\nbegin 644 labs.txt\r\nM4&%T:65N=\"!34TX@,3(S+30U+38W.#D*\r\n`\r\nend\r\n";
+        let raw = format!("From: a@x.test\r\nSubject: s\r\n\r\n{uu}");
+        let f = MessageFacts::parse(raw.as_bytes(), false);
+        assert!(
+            f.unscannable.iter().any(|u| u.contains("uuencoded")),
+            "{:?}",
+            f.unscannable
+        );
+        let prose = "From: a@x.test\r\nSubject: s\r\n\r\nbegin 10 minutes early\r\nMonday\r\n";
+        assert!(
+            MessageFacts::parse(prose.as_bytes(), false)
+                .unscannable
+                .is_empty()
+        );
     }
 
     /// Sender-chosen type labels never reach decisions and audit rows.
