@@ -512,7 +512,7 @@ impl Deliverer {
         pooled: bool,
         requiretls: bool,
     ) -> Result<Ready, RecipientOutcome> {
-        let smarthost = self.settings.delivery.smarthost.is_some();
+        let smarthost = self.uses_smarthost();
         let dane = plan
             .dane_hosts
             .get(&hop.name)

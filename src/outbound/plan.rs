@@ -57,7 +57,14 @@ impl Deliverer {
             .map(|m| m.1.tls)
             .unwrap_or(TlsRequirement::Opportunistic);
         let requiretls = members.iter().any(|m| m.1.requiretls);
-        let smarthost = self.settings.delivery.smarthost.is_some();
+        let smarthost = self.uses_smarthost();
+        // The domain's cached MTA-STS policy, looked up once: it binds the
+        // route (enforce) and names what TLS-RPT counts sessions under.
+        let sts = if smarthost {
+            None
+        } else {
+            self.mta_sts.cached(domain).filter(|p| p.is_fresh())
+        };
         if members
             .iter()
             .any(|m| !matches!(m.1.method, Method::Tls | Method::Pgp))
@@ -77,7 +84,7 @@ impl Deliverer {
             return Err(o);
         }
         let (mut route, dnssec_mx, sts_cached) = self
-            .route_step(msg, domain, members, requirement, requiretls)
+            .route_step(msg, domain, members, requirement, requiretls, sts.as_ref())
             .await?;
         evidence.dnssec_mx = dnssec_mx;
         let mut requirement =
@@ -98,13 +105,7 @@ impl Deliverer {
         evidence.tls_enforced = Some(requirement);
         // What RFC 8460 reports count for this domain's sessions: the TLSA
         // records of a DANE host, else the MTA-STS policy, if any.
-        let sts_policy = if smarthost {
-            None
-        } else {
-            self.mta_sts
-                .cached(domain)
-                .filter(|p| p.is_fresh() && p.mode != StsMode::None)
-        };
+        let sts_policy = sts.filter(|p| p.mode != StsMode::None);
         Ok(Plan {
             route,
             requirement,
@@ -125,21 +126,18 @@ impl Deliverer {
         members: &[(usize, Decision)],
         requirement: TlsRequirement,
         requiretls: bool,
+        sts: Option<&StsPolicy>,
     ) -> Result<(Route, bool, Option<StsPolicy>), RecipientOutcome> {
-        let smarthost = self.settings.delivery.smarthost.is_some();
+        let smarthost = self.uses_smarthost();
         // A decision that rests on DNSSEC (DANE, or the mandatory TLS of a
         // secure but unusable TLSA RRset) is delivered to exactly the hosts
         // of the validated MX RRset, every name through the validating
         // resolver (RFC 7672 section 2.2.1): one forged answer from the
         // plain resolver must not choose the host.
         let published_ignored = members.iter().all(|m| m.1.published_ignored);
-        let sts_cached = if smarthost || published_ignored {
-            None
-        } else {
-            self.mta_sts
-                .cached(domain)
-                .filter(|p| p.is_fresh() && p.mode == StsMode::Enforce)
-        };
+        let sts_cached = sts
+            .filter(|p| !published_ignored && p.mode == StsMode::Enforce)
+            .cloned();
         // REQUIRETLS needs MX names from DNSSEC unless an MTA-STS policy
         // confirms them (RFC 8689 section 4.2.1): checked again here, as
         // the zone may have changed since the decision.
@@ -172,7 +170,7 @@ impl Deliverer {
         sts_cached: Option<StsPolicy>,
         evidence: &mut AttemptEvidence,
     ) -> Result<TlsRequirement, RecipientOutcome> {
-        let smarthost = self.settings.delivery.smarthost.is_some();
+        let smarthost = self.uses_smarthost();
         let mut requirement = requirement;
         // MTA-STS (RFC 8461 section 4) binds every delivery to a domain with
         // a valid cached enforce policy, whatever level the decision named

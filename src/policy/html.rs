@@ -318,7 +318,6 @@ fn reader_char(c: char) -> Option<char> {
         | '\u{2066}'..='\u{206F}'
         | '\u{FEFF}'
         | '\u{FE00}'..='\u{FE0F}'
-        | '\u{E0100}'..='\u{E01EF}'
         | '\u{300}'..='\u{36F}'
         | '\u{1AB0}'..='\u{1AFF}'
         | '\u{1DC0}'..='\u{1DFF}'

@@ -90,26 +90,27 @@ pub fn in_child(worker: &Worker, data: &[u8], limits: &Limits) -> Result<String,
         .spawn()
         .map_err(|_| ExtractError::Unparseable("the PDF reader could not be started"))?;
     // Feed stdin from a thread, so a child that stops reading cannot
-    // block us; read stdout (bounded) from another.
-    let input = data.to_vec();
-    let stdin = child.stdin.take();
-    let writer = std::thread::spawn(move || {
-        if let Some(mut s) = stdin {
-            let _ = s.write_all(&input);
-        }
-    });
+    // block us; read stdout (bounded) from another. Scoped: the document
+    // is lent, not copied, and both end once the child has (it is killed
+    // at the deadline, which closes its pipes).
     let cap = limits.max_text.saturating_add(64) as u64;
-    let stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        if let Some(s) = stdout {
-            let _ = s.take(cap).read_to_end(&mut out);
-        }
-        out
+    let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+    let (status, out) = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            if let Some(mut s) = stdin {
+                let _ = s.write_all(data);
+            }
+        });
+        let reader = scope.spawn(move || {
+            let mut out = Vec::new();
+            if let Some(s) = stdout {
+                let _ = s.take(cap).read_to_end(&mut out);
+            }
+            out
+        });
+        let status = wait_until(&mut child, Instant::now() + left);
+        (status, reader.join().unwrap_or_default())
     });
-    let status = wait_until(&mut child, Instant::now() + left);
-    let _ = writer.join();
-    let out = reader.join().unwrap_or_default();
     match status {
         // An answer that filled the read cap may be cut short: not text.
         Some(_) if out.len() as u64 >= cap => Err(ExtractError::TooLarge(limits.max_text)),

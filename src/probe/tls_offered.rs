@@ -29,11 +29,7 @@ impl TlsOffered {
         // it: one forged answer from the plain resolver must not even get
         // a probe connection. Otherwise (unsigned, or no validating
         // resolver) the plain route, as before.
-        let validated = if self.deliverer.uses_smarthost() {
-            None
-        } else {
-            self.deliverer.validated_route_for(domain, true).await.ok()
-        };
+        let validated = self.deliverer.validated_route_for(domain, true).await.ok();
         let route = match validated {
             Some(r) => Ok(r),
             None => self.deliverer.route_for(domain).await,
