@@ -596,3 +596,53 @@ async fn knot_ds_trust_anchor_delivers_and_a_wrong_ds_stops_the_start() {
         "{err}"
     );
 }
+
+/// Nothing of ours on the far side: zones signed by BIND and served by
+/// knotd, and aiosmtpd (STARTTLS required before MAIL) as the destination
+/// MX. The message arrives over DANE, authenticated by the TLSA record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knot_dane_to_aiosmtpd_with_starttls() {
+    let dest = Dest::new("dane-aiosmtpd.test", true);
+    let port = gateway::free_port(dest.ip);
+    let digest = dest.spki_sha256();
+    let world = KnotWorld::builder(gateway::fresh_ip(), Alg::EcdsaP256Sha256, Denial::Nsec3)
+        .zone(dest.zone(port, None))
+        .start()
+        .unwrap();
+    world
+        .expect_delv(&dest.tlsa_owner(port), "TLSA", &DelvStatus::Secure)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dest.cert.as_ref().expect("a TLS destination");
+    let (crt, key) = cert.write_chain(dir.path(), "mx").unwrap();
+    let mx = crate::world::Aiosmtpd::start_tls(
+        std::net::SocketAddr::from((dest.ip, port)),
+        &dir.path().join("maildir"),
+        &crt,
+        &key,
+    )
+    .await
+    .unwrap();
+    let gw = gateway_for(&world, port);
+    python_send(
+        gw.addr,
+        "a@clinic.example.test",
+        &["b@dane-aiosmtpd.test"],
+        &message("dane to aiosmtpd", "x"),
+    )
+    .unwrap();
+    let got = match mx.wait_for(1, WAIT).await {
+        Ok(g) => g,
+        Err(e) => panic!("{e}\n{:#?}\n{}", gw.audit_rows(), gw.log()),
+    };
+    assert!(got[0].contains("Subject: dane to aiosmtpd"), "{}", got[0]);
+    let rows = gw.wait_audit(WAIT, |r| !r.is_empty()).await.unwrap();
+    let row = &rows[0];
+    assert_eq!(row["outcome"], "delivered", "{row}");
+    assert_eq!(row["tls_requirement"], "dane", "{row}");
+    assert_eq!(
+        ev(row)["attempt"]["tls"]["dane_match"].as_str(),
+        Some(format!("3 1 1 {}", hex::encode(&digest)).as_str()),
+        "{row}"
+    );
+}
