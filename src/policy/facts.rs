@@ -253,10 +253,18 @@ impl MessageFacts {
     pub async fn scan(content: Vec<u8>, truncated: bool, limits: ScanLimits) -> MessageFacts {
         let content = Arc::new(content);
         // The time starts once a slot is ours: waiting behind other scans
-        // must not make this message unscannable. Every scan ends within
-        // its own deadline, so the wait is bounded too.
-        let Ok(permit) = SCAN_SLOTS.acquire().await else {
-            return MessageFacts::headers_only(&content, truncated, "the content scan failed");
+        // must not eat this message's time. The wait itself is bounded (a
+        // scan's thread may outlive its deadline).
+        let wait = limits.timeout.saturating_mul(3);
+        let Ok(Ok(permit)) = tokio::time::timeout(wait, SCAN_SLOTS.acquire()).await else {
+            tracing::warn!(
+                "no content scan slot became free in time; the message counts as unscannable"
+            );
+            return MessageFacts::headers_only(
+                &content,
+                truncated,
+                "no content scan slot became free in time",
+            );
         };
         let deadline = Instant::now() + limits.timeout;
         let work = {
@@ -1172,6 +1180,9 @@ fn data_uris(text: &str) -> Vec<(String, Vec<u8>)> {
 fn has_uuencoded_block(text: &str) -> bool {
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
+        if line.starts_with("begin-base64 ") {
+            return true;
+        }
         let Some(rest) = line.strip_prefix("begin ") else {
             continue;
         };
@@ -1180,14 +1191,28 @@ fn has_uuencoded_block(text: &str) -> bool {
             (3..=4).contains(&m.len()) && m.bytes().all(|b| (b'0'..=b'7').contains(&b))
         });
         let named = words.next().is_some_and(|n| !n.trim().is_empty());
-        let data = lines.clone().next().is_some_and(|l| {
-            l.len() > 1 && l.bytes().all(|b| (b' '..=b'`').contains(&b)) && l.starts_with('M')
-        });
+        let data = lines.clone().next().is_some_and(uuencoded_line);
         if mode_ok && named && data {
             return true;
         }
     }
     false
+}
+
+/// A line of uuencoded data: a length character (` ` to `` ` ``) and four
+/// characters per three bytes it announces (some encoders drop trailing
+/// padding, or add a check character).
+fn uuencoded_line(l: &str) -> bool {
+    let b = l.as_bytes();
+    let Some((&len, rest)) = b.split_first() else {
+        return false;
+    };
+    if !(b' '..=b'`').contains(&len) || !rest.iter().all(|c| (b' '..=b'`').contains(c)) {
+        return false;
+    }
+    let n = usize::from((len - b' ') & 63);
+    let want = n.div_ceil(3) * 4;
+    n > 0 && (want.saturating_sub(2)..=want + 1).contains(&rest.len())
 }
 
 /// A media type as decisions and audit rows may show it: the sender
@@ -1264,15 +1289,22 @@ fn type_label(ct: &str) -> String {
 /// boundary anywhere in a line), so content a reader shows may be read as
 /// something else here.
 fn misplaced_delimiter(raw: &[u8], boundaries: &[String]) -> Option<&'static str> {
-    for b in boundaries {
+    let mut distinct: Vec<&str> = boundaries.iter().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    // Each boundary costs one linear pass: a message declaring more than
+    // any real one does is not checked boundary by boundary.
+    if distinct.len() > MAX_BOUNDARIES {
+        return Some("declares too many multipart boundaries");
+    }
+    for b in distinct {
         let needle = format!("--{b}");
         let needle = needle.as_bytes();
         if needle.len() < 3 {
             continue;
         }
         let mut closed = false;
-        let mut from = 0;
-        while let Some(i) = find(raw.get(from..)?, needle).map(|i| i + from) {
+        for i in memchr::memmem::find_iter(raw, needle) {
             let line_start = i == 0 || raw.get(i - 1) == Some(&b'\n');
             if !line_start {
                 return Some("has a multipart boundary inside a line");
@@ -1280,19 +1312,19 @@ fn misplaced_delimiter(raw: &[u8], boundaries: &[String]) -> Option<&'static str
             if closed {
                 return Some("has a multipart delimiter after its closing one");
             }
-            let after = raw.get(i + needle.len()..).unwrap_or_default();
-            if after.starts_with(b"--") {
+            if raw
+                .get(i + needle.len()..)
+                .is_some_and(|a| a.starts_with(b"--"))
+            {
                 closed = true;
             }
-            from = i + needle.len();
         }
     }
     None
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
+/// Distinct multipart boundaries a message may declare.
+const MAX_BOUNDARIES: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -1339,6 +1371,10 @@ mod tests {
             );
             assert!(!f.unscannable.is_empty(), "{text:?}");
         }
+        // Past the number of boundaries any real message declares.
+        let many: Vec<String> = (0..=MAX_BOUNDARIES).map(|i| format!("b{i}")).collect();
+        assert!(misplaced_delimiter(b"text", &many).is_some());
+        assert!(misplaced_delimiter(b"text", &many[..MAX_BOUNDARIES]).is_none());
         // A delimiter after the closing one.
         let raw = format!("{head}hello\r\n--zz--\r\n{attachment}");
         assert!(
@@ -1357,13 +1393,22 @@ mod tests {
     /// unscannable; prose that says "begin" is not.
     #[test]
     fn uuencoded_blocks_in_a_body_are_unscannable() {
-        let uu = "Results attached.\r\n\r\nbegin 644 labs.txt\r\nM4&%T:65N=\"!34TX@,3(S+30U+38W.#D*\r\n`\r\nend\r\n";
+        let uu = "Results attached.\r\n\r\nbegin 644 labs.txt\r\nM4&%T:65N=\"!34TX@,3(S+30U+38W.#DL($1/0B`P-\"\\Q,B\\Q.38Q(&]K(2$A\r\n`\r\nend\r\n";
         let raw = format!("From: a@x.test\r\nSubject: s\r\n\r\n{uu}");
         let f = MessageFacts::parse(raw.as_bytes(), false);
         assert!(
             f.unscannable.iter().any(|u| u.contains("uuencoded")),
             "{:?}",
             f.unscannable
+        );
+        // A short block (an SSN alone: 11 bytes, length character `+`).
+        let short =
+            "From: a@x.test\r\nSubject: s\r\n\r\nbegin 644 x\r\n+,3(S+30U+38W.#D`\r\n`\r\nend\r\n";
+        assert!(
+            MessageFacts::parse(short.as_bytes(), false)
+                .unscannable
+                .iter()
+                .any(|u| u.contains("uuencoded"))
         );
         let prose = "From: a@x.test\r\nSubject: s\r\n\r\nbegin 10 minutes early\r\nMonday\r\n";
         assert!(

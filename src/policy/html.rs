@@ -197,6 +197,14 @@ pub fn decode_references(s: &str) -> String {
     normalize(&out)
 }
 
+/// What HTML5 makes of numeric references 0x80-0x9F (the C1 controls
+/// are read as Windows-1252; the five it leaves undefined stay as they are).
+const WINDOWS_1252_C1: [u32; 32] = [
+    0x20AC, 0x81, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039,
+    0x0152, 0x8D, 0x017D, 0x8F, 0x90, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
+    0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D, 0x017E, 0x0178,
+];
+
 /// A numeric reference at the start of `after` (the text after `&`): its
 /// character and the bytes it takes, `;` included when present.
 fn numeric_reference(after: &str) -> Option<(char, usize)> {
@@ -223,6 +231,11 @@ fn numeric_reference(after: &str) -> Option<(char, usize)> {
                 u32::from_str_radix(d, radix).ok()
             }
         })??;
+    // HTML5 reads 0x80-0x9F as Windows-1252 (`&#150;` is an en dash).
+    let value = match value {
+        0x80..=0x9F => WINDOWS_1252_C1[(value - 0x80) as usize],
+        v => v,
+    };
     let c = char::from_u32(value).filter(|&c| c != '\0')?;
     let semi = usize::from(digits[len..].starts_with(';'));
     Some((c, skip + len + semi))
@@ -360,6 +373,7 @@ mod tests {
             "SSN 123&#x2D<i></i>45-6789",
             "SSN 123-4&ZeroWidthSpace;5-6789",
             "SSN 123-4&lrm;5-6789",
+            "SSN 123&#150;45&#150;6789",
         ] {
             assert_eq!(ssns(html), 1, "{html}: {:?}", to_text(html));
         }
