@@ -1,9 +1,12 @@
 //! The vocabulary the stages share, beneath all of them: what a hop must
 //! prove (`TlsRequirement`, ordered weakest first) and what a recipient
 //! can receive (`Capability`, reported by the probes as `ProbeReport`s and
-//! weighed by the policy). Plain values, no I/O.
+//! weighed by the policy), and what an operator declares a recipient can
+//! receive (`Declared`). Plain values, no I/O.
 
 use serde::{Deserialize, Serialize};
+
+use crate::util::pattern::Pattern;
 
 /// What the hop to the recipient's mail server must prove, weakest first;
 /// compared, never matched as strings.
@@ -114,4 +117,13 @@ mod tests {
             assert_eq!(TlsRequirement::parse(t.as_str()), Some(t));
         }
     }
+}
+
+/// One declaration: recipients matching `patterns` have `capabilities`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declared {
+    pub patterns: Vec<Pattern>,
+    pub capabilities: Vec<Capability>,
+    /// Where it was declared (`file:line`), for the evidence.
+    pub origin: String,
 }

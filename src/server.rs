@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::audit::{AuditSettings, Auditor};
 use crate::config::Settings;
 use crate::dispatch::{Engine, open_keyring, reconcile, schedule};
+use crate::encrypt::prepare::Encryptors;
 use crate::inbound::{self, InboundContext};
 use crate::outbound::Deliverer;
 use crate::outbound::tlsrpt::send::tls_reports;
@@ -36,6 +37,8 @@ pub enum ServerError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Keys(#[from] crate::encrypt::prepare::KeyError),
     #[error(transparent)]
     Control(#[from] crate::queue::control::ControlError),
     #[error("signal handling: {0}")]
@@ -76,7 +79,8 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         .mta_sts()
         .report_failures_to(deliverer.tls_reporter());
     let keyring = open_keyring(&settings, &deliverer).await;
-    let policy = Engine::new(&settings, deliverer.clone(), keyring)?;
+    let encryptors = Arc::new(Encryptors::load(&settings)?);
+    let policy = Engine::new(&settings, deliverer.clone(), encryptors, keyring)?;
     let auditor = Auditor::start(AuditSettings::new(
         settings.audit.database_url.clone(),
         settings.audit.journal_dir.clone(),

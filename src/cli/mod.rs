@@ -74,7 +74,7 @@ fn check_named_files(s: &Settings) -> Vec<ConfigProblem> {
     }
     for (i, ca) in s.tls.extra_ca.iter().enumerate() {
         if ca.is_file()
-            && let Err(e) = crate::outbound::tls::TlsClients::new(std::slice::from_ref(ca))
+            && let Err(e) = crate::net::tls::TlsClients::new(std::slice::from_ref(ca))
         {
             problems.push(s.origins.problem("tls.extra_ca", i, e.to_string()));
         }
@@ -83,7 +83,7 @@ fn check_named_files(s: &Settings) -> Vec<ConfigProblem> {
     // against the root keys only when the daemon starts.
     if let Some(path) = &s.dns.trust_anchor
         && path.is_file()
-        && let Err(errors) = crate::probe::dane::TrustAnchorFile::load(path)
+        && let Err(errors) = crate::net::dane::TrustAnchorFile::load(path)
     {
         for e in errors {
             problems.push(s.origins.problem("dns.trust_anchor", 0, e));
@@ -384,7 +384,10 @@ pub async fn probe(
     let settings = Arc::new(settings);
     let deliverer = crate::outbound::Deliverer::new(settings.clone()).await?;
     let keyring = crate::dispatch::open_keyring(&settings, &deliverer).await;
-    let engine = crate::dispatch::Engine::new(&settings, deliverer.clone(), keyring)?;
+    let encryptors = crate::encrypt::prepare::Encryptors::load(&settings)
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let engine =
+        crate::dispatch::Engine::new(&settings, deliverer.clone(), Arc::new(encryptors), keyring)?;
     let policy = engine.current();
     let (facts, size) = match message {
         Some(path) => {

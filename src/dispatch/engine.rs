@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::Settings;
+use crate::encrypt::prepare::Encryptors;
 use crate::outbound::Deliverer;
 use crate::policy::facts::{MessageFacts, ScanLimits};
 use crate::policy::{Decision, Envelope, Policy};
@@ -16,14 +17,15 @@ use crate::probe::tls_offered::TlsOffered;
 use crate::probe::{Probe, Probes};
 use crate::queue::{QueuedMessage, Spool};
 
-/// The policy in force and the probes it consults; the policy is swapped
-/// whole on reload.
+/// The policy in force and the probes it consults (the policy is swapped
+/// whole on reload), and the encryptors that get the keys the probes find.
 #[derive(Clone)]
 pub struct Engine {
     policy: Arc<RwLock<Arc<Policy>>>,
     patterns: Arc<Vec<String>>,
     probes: Arc<Probes>,
     declared: StaticCaps,
+    encryptors: Arc<Encryptors>,
 }
 
 impl Engine {
@@ -31,6 +33,7 @@ impl Engine {
     pub fn new(
         settings: &Settings,
         deliverer: Arc<Deliverer>,
+        encryptors: Arc<Encryptors>,
         keyring: Option<Arc<Keyring>>,
     ) -> Result<Engine, crate::policy::PolicyError> {
         let policy = Policy::load(&settings.policy.files)?;
@@ -48,16 +51,23 @@ impl Engine {
             )));
         }
         match keyring {
-            Some(keyring) => probes.push(Arc::new(pgp_probe(settings, &deliverer, keyring))),
+            Some(keyring) => probes.push(Arc::new(pgp_probe(
+                settings,
+                &deliverer,
+                &encryptors,
+                keyring,
+            ))),
             None => probes.push(Arc::new(PendingPgp {
                 settings: settings.clone(),
                 deliverer: deliverer.clone(),
+                encryptors: encryptors.clone(),
                 opened: tokio::sync::OnceCell::new(),
                 next_try: std::sync::Mutex::new(None),
             })),
         }
         if smarthost {
-            probes.push(Arc::new(SmarthostProbe::new(deliverer)));
+            let dane = deliverer.dane();
+            probes.push(Arc::new(SmarthostProbe::new(deliverer, dane)));
         } else {
             probes.push(Arc::new(TlsOffered::new(deliverer)));
         }
@@ -70,7 +80,14 @@ impl Engine {
                 settings.probe.cache_ttl,
             )),
             declared,
+            encryptors,
         })
+    }
+
+    /// The encrypt stage's keys (signing keys, additional decryption key,
+    /// the key store once open).
+    pub fn encryptors(&self) -> &Encryptors {
+        &self.encryptors
     }
 
     /// The policy now in force.
@@ -190,8 +207,13 @@ async fn try_open_keyring(
 }
 
 /// The OpenPGP probe over an open key store, and delivery given the same.
-fn pgp_probe(settings: &Settings, deliverer: &Deliverer, keyring: Arc<Keyring>) -> PgpProbe {
-    deliverer.set_keyring(keyring.clone());
+fn pgp_probe(
+    settings: &Settings,
+    deliverer: &Deliverer,
+    encryptors: &Encryptors,
+    keyring: Arc<Keyring>,
+) -> PgpProbe {
+    encryptors.set_keyring(keyring.clone());
     keyring.set_dane(deliverer.dane());
     if let Some(host) = &settings.pgp.keyserver {
         keyring.set_keyserver(host.clone());
@@ -213,6 +235,7 @@ const KEYRING_RETRY: Duration = Duration::from_secs(30);
 struct PendingPgp {
     settings: Settings,
     deliverer: Arc<Deliverer>,
+    encryptors: Arc<Encryptors>,
     opened: tokio::sync::OnceCell<PgpProbe>,
     /// When the next attempt may run, and why the last one failed.
     next_try: std::sync::Mutex<Option<(std::time::Instant, String)>>,
@@ -248,7 +271,12 @@ impl PendingPgp {
                         .await
                         .map_err(|_| format!("no answer within {}s", limit.as_secs_f32()))??;
                 tracing::info!("OpenPGP key store reachable again");
-                Ok::<_, String>(pgp_probe(&self.settings, &self.deliverer, k))
+                Ok::<_, String>(pgp_probe(
+                    &self.settings,
+                    &self.deliverer,
+                    &self.encryptors,
+                    k,
+                ))
             })
             .await;
         if let Err(e) = &opened {

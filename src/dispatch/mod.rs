@@ -1,6 +1,8 @@
 //! One delivery attempt of one message, in data-path order: the policy
 //! decides for every due recipient (`engine`), the recipients to deliver
-//! go to `outbound` grouped by destination, every outcome becomes an
+//! are grouped by destination; each group is planned (`outbound`: route,
+//! MTA-STS, DANE), its message prepared (`encrypt`) and sent
+//! (`outbound`); every outcome becomes an
 //! audit event (`audit`), and the queue applies the outcomes (`queue`).
 //! The scheduler hands due messages to attempts, a bounded number at once.
 //!
@@ -8,6 +10,7 @@
 
 mod engine;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +19,10 @@ use tokio::sync::{Semaphore, watch};
 
 pub use self::engine::{Engine, open_keyring};
 use crate::audit::{AuditEvent, Auditor};
-use crate::outbound::{Deliverer, RecipientReport};
-use crate::policy::Action;
-use crate::queue::{Queue, QueuedMessage, RecipientOutcome, RecipientStatus, Verdict};
+use crate::encrypt::prepare::{Encryptors, Unprepared};
+use crate::outbound::{Deliverer, Group, RecipientReport};
+use crate::policy::{Action, Decision, Method, TlsRequirement};
+use crate::queue::{Queue, QueuedMessage, RecipientOutcome, RecipientStatus, Spool, Verdict};
 
 /// Hands due messages to delivery, at most `queue.max_active` at once.
 pub async fn schedule(
@@ -66,6 +70,60 @@ pub async fn schedule(
     {
         running.abort_all();
     }
+}
+
+/// The recipients in `work` (index into `msg.recipients`, decision)
+/// through the encrypt and outbound stages, one report per recipient:
+/// grouped by destination, TLS requirement and copy (recipients whose
+/// copy differs cannot share a transaction), each group planned
+/// (`outbound`), its message prepared (`encrypt`), then sent (`outbound`).
+async fn deliver(
+    deliverer: &Deliverer,
+    encryptors: &Encryptors,
+    msg: &QueuedMessage,
+    spool: &Spool,
+    work: Vec<(usize, Decision)>,
+) -> Vec<RecipientReport> {
+    type Key = (String, TlsRequirement, Option<String>, Method);
+    let mut groups: HashMap<Key, Vec<(usize, Decision)>> = HashMap::new();
+    for (index, decision) in work {
+        let key = (
+            deliverer.destination(msg, index),
+            decision.tls,
+            decision.strip_tag.clone(),
+            decision.method,
+        );
+        groups.entry(key).or_default().push((index, decision));
+    }
+    let jobs = groups.into_iter().map(|((dest, ..), members)| async move {
+        let planned = match deliverer.plan_group(msg, Group { dest, members }).await {
+            Ok(p) => p,
+            Err(reports) => return reports,
+        };
+        // What the group gets (end-to-end encryption: one copy encrypted
+        // to every member's key).
+        let strip_tag = planned
+            .members()
+            .first()
+            .and_then(|m| m.1.strip_tag.clone());
+        match encryptors.prepare(msg, planned.members(), strip_tag.as_deref()) {
+            Ok(prepared) => deliverer.send_group(msg, spool, planned, prepared).await,
+            Err(Unprepared::Held(reason)) => planned.refuse(RecipientOutcome {
+                verdict: Verdict::Held,
+                reply: reason,
+                enhanced: Some("4.7.0".into()),
+                remote: None,
+            }),
+            Err(Unprepared::Later(reason)) => {
+                planned.refuse(crate::outbound::classify::local(reason))
+            }
+        }
+    });
+    futures_util::future::join_all(jobs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// One delivery attempt of one message: decide, deliver, audit, apply.
@@ -155,7 +213,7 @@ pub async fn attempt(
                 return;
             }
         }
-        reports.extend(deliverer.deliver(&msg, queue.spool(), work).await);
+        reports.extend(deliver(deliverer, engine.encryptors(), &msg, queue.spool(), work).await);
     }
     let settled = queue.settle(
         &msg,

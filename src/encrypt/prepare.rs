@@ -18,7 +18,6 @@ use sequoia_openpgp::Cert;
 use super::pgp;
 use crate::config::Settings;
 use crate::policy::{Decision, Method};
-use crate::probe::keys::Keyring;
 use crate::queue::{ContentReader, QueuedMessage, SpoolError};
 
 /// Header sections longer than this are passed on untransformed (the
@@ -72,11 +71,19 @@ pub struct PgpRecipe {
     strip_tag: Option<String>,
 }
 
+/// Where the OpenPGP encryptor finds the key a decision chose, by
+/// fingerprint: the key store the probes filled (`probe::keys::Keyring`).
+/// A trait, so that `encrypt/` reads keys without importing the probes.
+pub trait Certificates: Send + Sync {
+    /// The certificate with this fingerprint (upper-case hex), if known.
+    fn cert(&self, fingerprint: &str) -> Option<Cert>;
+}
+
 /// The keys the encryptors use: the OpenPGP key store (once open),
 /// organisation signing keys by sender domain, an additional decryption
 /// key for archiving, the outer Subject placeholder.
 pub struct Encryptors {
-    keyring: OnceLock<Arc<Keyring>>,
+    keyring: OnceLock<Arc<dyn Certificates>>,
     signing_keys: HashMap<String, Cert>,
     adk: Option<Cert>,
     placeholder: String,
@@ -84,7 +91,7 @@ pub struct Encryptors {
 
 /// A key file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error("OpenPGP key file {0}")]
 pub struct KeyError(pub String);
 
 impl Encryptors {
@@ -110,7 +117,7 @@ impl Encryptors {
     }
 
     /// Gives the encryptors the key store (certificates the probes chose).
-    pub fn set_keyring(&self, keyring: Arc<Keyring>) {
+    pub fn set_keyring(&self, keyring: Arc<dyn Certificates>) {
         let _ = self.keyring.set(keyring);
     }
 

@@ -413,7 +413,7 @@ impl Session {
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 let (_, conn) = tls.get_ref();
-                let version = crate::outbound::tls::version_name(conn.protocol_version());
+                let version = crate::net::tls::version_name(conn.protocol_version());
                 let cipher = conn
                     .negotiated_cipher_suite()
                     .and_then(|c| c.suite().as_str())

@@ -2,7 +2,7 @@
 //! into a temporary or permanent outcome.
 
 use super::client::{ClientError, SmtpReply};
-use super::route::RouteError;
+use crate::net::route::RouteError;
 use crate::queue::{RecipientOutcome, Verdict};
 
 /// A remote reply for one recipient (RCPT or the final DATA reply).

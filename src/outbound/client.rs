@@ -234,7 +234,7 @@ impl Connection {
             .map(|c| c.iter().map(|d| d.to_vec()).collect())
             .unwrap_or_default();
         self.tls = Some(TlsFacts {
-            version: crate::outbound::tls::version_name(conn.protocol_version()),
+            version: crate::net::tls::version_name(conn.protocol_version()),
             cipher: conn
                 .negotiated_cipher_suite()
                 .and_then(|c| c.suite().as_str())

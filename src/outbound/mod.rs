@@ -8,9 +8,8 @@
 
 pub mod classify;
 pub mod client;
+mod dial;
 mod plan;
-pub mod route;
-pub mod tls;
 pub mod tlsrpt;
 
 use std::collections::HashMap;
@@ -23,31 +22,15 @@ use tokio::sync::Semaphore;
 
 use self::client::{ClientError, Connection, DotStuffer, SmtpReply, Timeouts};
 use self::plan::Plan;
-use self::route::{Hop, Route, RouteKind};
 use crate::config::{Settings, SmarthostTls};
-use crate::encrypt::prepare::{Encryptors, Recipe, Unprepared};
-use crate::policy::{Decision, Method, TlsRequirement};
-use crate::probe::dane::{Dane, HostTlsa, Tlsa};
-use crate::probe::mta_sts::MtaSts;
+use crate::encrypt::prepare::{Prepared, Recipe};
+use crate::net::dane::{Dane, HostTlsa, Tlsa};
+use crate::net::mta_sts::MtaSts;
+use crate::net::route::{self, Hop, Route, RouteKind};
+use crate::net::tls;
+pub use crate::net::tls::TlsEvidence;
+use crate::policy::{Decision, TlsRequirement};
 use crate::queue::{QueuedMessage, RecipientOutcome, Spool, Verdict};
-
-/// What the TLS session to the remote looked like.
-#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
-pub struct TlsEvidence {
-    pub version: String,
-    pub cipher: String,
-    /// Whether the certificate chain verified for the host name under the
-    /// configured roots.
-    pub cert_verified: bool,
-    /// Why it did not verify.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cert_error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer_cert_sha256: Option<String>,
-    /// The TLSA record that authenticated the server (DANE).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dane_match: Option<String>,
-}
 
 /// The evidence of one delivery attempt for one recipient.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -107,8 +90,6 @@ pub enum OutboundError {
     Tls(#[from] tls::TlsSetupError),
     #[error("DANE: {0}")]
     Dane(String),
-    #[error("OpenPGP key file {0}")]
-    Key(String),
     #[error("delivery.smarthost_auth.password_file {path}: {source}")]
     Password {
         path: String,
@@ -128,7 +109,6 @@ pub struct Deliverer {
     settings: Arc<Settings>,
     /// The encrypt stage: turns each group's decisions into the bytes
     /// it gets (outbound names no method).
-    encryptors: Encryptors,
     mta_sts: Arc<MtaSts>,
     dane: Arc<Dane>,
     tlsrpt: Arc<tlsrpt::TlsReporter>,
@@ -174,6 +154,61 @@ enum TxEnd {
     Stale(RecipientOutcome),
 }
 
+/// Recipients of one message that share a destination, a TLS requirement
+/// and a copy of the content: one transaction carries them.
+pub struct Group {
+    /// The recipient domain, or `smarthost:HOST`
+    /// (`Deliverer::destination`).
+    pub dest: String,
+    /// Index into the message's recipients, with its decision.
+    pub members: Vec<(usize, Decision)>,
+}
+
+impl Group {
+    /// The recipient domain (the smarthost's name on a smarthost route).
+    fn domain(&self) -> &str {
+        self.dest.strip_prefix("smarthost:").unwrap_or(&self.dest)
+    }
+}
+
+/// A group whose delivery is planned (route and checks done, nothing
+/// connected yet): next comes its prepared message.
+pub struct Planned {
+    group: Group,
+    plan: Plan,
+    evidence: AttemptEvidence,
+}
+
+impl Planned {
+    /// The recipients (index, decision).
+    pub fn members(&self) -> &[(usize, Decision)] {
+        &self.group.members
+    }
+
+    /// Reports `outcome` for every member without sending (the content
+    /// could not be prepared).
+    pub fn refuse(self, outcome: RecipientOutcome) -> Vec<RecipientReport> {
+        reports(&self.group.members, &|_| outcome.clone(), &self.evidence)
+    }
+}
+
+/// One report per member, each with its outcome and the evidence.
+fn reports(
+    members: &[(usize, Decision)],
+    out: &dyn Fn(usize) -> RecipientOutcome,
+    ev: &AttemptEvidence,
+) -> Vec<RecipientReport> {
+    members
+        .iter()
+        .map(|(i, d)| RecipientReport {
+            index: *i,
+            decision: d.clone(),
+            outcome: out(*i),
+            evidence: ev.clone(),
+        })
+        .collect()
+}
+
 impl Deliverer {
     /// Builds the resolver, TLS trust and limits from the settings (async:
     /// a DS trust anchor needs the root DNSKEY RRset fetched first).
@@ -208,9 +243,7 @@ impl Deliverer {
                 .await
                 .map_err(OutboundError::Dane)?,
         );
-        let encryptors = Encryptors::load(&settings).map_err(|e| OutboundError::Key(e.0))?;
         Ok(Arc::new(Deliverer {
-            encryptors,
             settings,
             mta_sts,
             dane,
@@ -315,99 +348,63 @@ impl Deliverer {
             })
     }
 
-    /// Delivers `msg` to the recipients in `work` (index into
-    /// `msg.recipients`, decision), returning one report per recipient.
-    pub async fn deliver(
-        &self,
-        msg: &QueuedMessage,
-        spool: &Spool,
-        work: Vec<(usize, Decision)>,
-    ) -> Vec<RecipientReport> {
-        // Group by destination, TLS requirement and content transformation:
-        // recipients whose copy differs cannot share a transaction.
-        type Key = (String, TlsRequirement, Option<String>, Method);
-        let mut groups: HashMap<Key, Vec<(usize, Decision)>> = HashMap::new();
-        for (idx, decision) in work {
-            let dest = match &self.settings.delivery.smarthost {
-                Some((h, _)) => format!("smarthost:{h}"),
-                None => msg
-                    .recipients
-                    .get(idx)
-                    .map(|r| r.domain())
-                    .unwrap_or_default(),
-            };
-            groups
-                .entry((
-                    dest,
-                    decision.tls,
-                    decision.strip_tag.clone(),
-                    decision.method,
-                ))
-                .or_default()
-                .push((idx, decision));
+    /// Where recipient `index` of `msg` goes: its domain, or
+    /// `smarthost:HOST` when every message goes through the smarthost.
+    /// Recipients of one destination, TLS requirement and copy share a
+    /// transaction (see `dispatch`).
+    pub fn destination(&self, msg: &QueuedMessage, index: usize) -> String {
+        match &self.settings.delivery.smarthost {
+            Some((h, _)) => format!("smarthost:{h}"),
+            None => msg
+                .recipients
+                .get(index)
+                .map(|r| r.domain())
+                .unwrap_or_default(),
         }
-        let jobs = groups
-            .into_iter()
-            .map(|((dest, _, _, _), members)| self.deliver_group(msg, spool, dest, members));
-        futures_util::future::join_all(jobs)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
     }
 
-    async fn deliver_group(
+    /// Plans the delivery of `group` before any connection: the route and
+    /// the checks of MTA-STS, DANE and the smarthost. A group that cannot
+    /// go now gets its reports.
+    pub async fn plan_group(
+        &self,
+        msg: &QueuedMessage,
+        group: Group,
+    ) -> Result<Planned, Vec<RecipientReport>> {
+        let domain = group.domain().to_string();
+        let mut evidence = AttemptEvidence::default();
+        match self.plan(msg, &domain, &group.members, &mut evidence).await {
+            Ok(plan) => Ok(Planned {
+                group,
+                plan,
+                evidence,
+            }),
+            Err(o) => Err(reports(&group.members, &|_| o.clone(), &evidence)),
+        }
+    }
+
+    /// Sends the prepared message of a planned group, host after host of
+    /// its route, and reports every member's outcome.
+    pub async fn send_group(
         &self,
         msg: &QueuedMessage,
         spool: &Spool,
-        dest: String,
-        members: Vec<(usize, Decision)>,
+        planned: Planned,
+        prepared: Prepared,
     ) -> Vec<RecipientReport> {
-        let domain = dest.strip_prefix("smarthost:").unwrap_or(&dest).to_string();
-        let strip_tag = members.first().and_then(|m| m.1.strip_tag.clone());
+        let Planned {
+            group,
+            plan,
+            mut evidence,
+        } = planned;
+        evidence.encryption = prepared.evidence;
+        let recipe = prepared.recipe;
+        let domain = group.domain().to_string();
+        let members = group.members;
         let requiretls = members.iter().any(|m| m.1.requiretls);
-        let mut evidence = AttemptEvidence::default();
-        let report = |members: &[(usize, Decision)],
-                      out: &dyn Fn(usize) -> RecipientOutcome,
-                      ev: &AttemptEvidence|
-         -> Vec<RecipientReport> {
-            members
-                .iter()
-                .map(|(i, d)| RecipientReport {
-                    index: *i,
-                    decision: d.clone(),
-                    outcome: out(*i),
-                    evidence: ev.clone(),
-                })
-                .collect()
-        };
-        let plan = match self.plan(msg, &domain, &members, &mut evidence).await {
-            Ok(p) => p,
-            Err(o) => return report(&members, &|_| o.clone(), &evidence),
-        };
+        let report = reports;
         let (route, requirement) = (&plan.route, plan.requirement);
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
-        // What the group gets (end-to-end encryption: one copy encrypted
-        // to every member's key), from the encrypt stage.
-        let recipe = match self.encryptors.prepare(msg, &members, strip_tag.as_deref()) {
-            Ok(p) => {
-                evidence.encryption = p.evidence;
-                p.recipe
-            }
-            Err(Unprepared::Held(reason)) => {
-                let o = RecipientOutcome {
-                    verdict: Verdict::Held,
-                    reply: reason,
-                    enhanced: Some("4.7.0".into()),
-                    remote: None,
-                };
-                return report(&members, &|_| o.clone(), &evidence);
-            }
-            Err(Unprepared::Later(reason)) => {
-                let o = classify::local(reason);
-                return report(&members, &|_| o.clone(), &evidence);
-            }
-        };
         let mut last_failure = classify::local(format!("no host for {domain} could be reached"));
         for hop in &route.hops {
             for addr in &hop.addrs {
@@ -872,12 +869,6 @@ impl Deliverer {
         }
     }
 
-    /// Gives the encrypt stage the key store (certificates chosen by the
-    /// probes).
-    pub fn set_keyring(&self, keyring: Arc<crate::probe::keys::Keyring>) {
-        self.encryptors.set_keyring(keyring);
-    }
-
     /// The validating resolver and TLSA checks (shared with the DANE probe).
     pub fn dane(&self) -> Arc<Dane> {
         self.dane.clone()
@@ -1222,7 +1213,7 @@ fn describe_all(records: &[Tlsa]) -> Vec<String> {
 /// What RFC 8460 counts for a new session on `host`.
 fn session_result(
     r: &Ready,
-    sts_policy: Option<&crate::probe::mta_sts::StsPolicy>,
+    sts_policy: Option<&crate::net::mta_sts::StsPolicy>,
     host: &str,
 ) -> tlsrpt::SessionResult<'static> {
     match (&r.tls, &r.tls_failure) {

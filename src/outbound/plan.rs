@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use super::route::Route;
 use super::{AttemptEvidence, Deliverer, HopTlsa, classify, describe_all, tlsrpt};
 use crate::capability::TlsRequirement;
+use crate::net::dane::{HostTlsa, Tlsa};
+use crate::net::mta_sts::{StsMode, StsPolicy};
+use crate::net::route::Route;
 use crate::policy::{Decision, Method};
-use crate::probe::dane::{HostTlsa, Tlsa};
-use crate::probe::mta_sts::{StsMode, StsPolicy};
 use crate::queue::{QueuedMessage, RecipientOutcome, Verdict};
 
 /// Usable TLSA records by host, and every host's records as RFC 8460

@@ -12,8 +12,8 @@ use super::facts::MessageFacts;
 use super::file::{self, Compiled, Rule};
 use super::pattern;
 use super::{Method, TlsRequirement};
+use crate::capability::{Capability, ProbeReport};
 use crate::config::ConfigProblem;
-use crate::probe::{Capability, ProbeReport};
 
 /// The default policy, used when `[policy] files` is empty, and shipped as
 /// `config/policy.d/00-default.toml`.
@@ -318,7 +318,7 @@ impl Policy {
     }
 
     /// Capabilities declared with `[[capability]]`.
-    pub fn declared_capabilities(&self) -> Vec<crate::probe::static_caps::Declared> {
+    pub fn declared_capabilities(&self) -> Vec<crate::capability::Declared> {
         self.compiled.capabilities.clone()
     }
 

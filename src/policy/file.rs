@@ -11,9 +11,8 @@ use toml::Spanned;
 use super::detectors::Detector;
 use super::pattern::Pattern;
 use super::{Method, Mode, RuleAction, TlsRequirement};
+use crate::capability::{Capability, Declared};
 use crate::config::{ConfigProblem, line_col};
-use crate::probe::Capability;
-use crate::probe::static_caps::Declared;
 
 type List = Vec<Spanned<String>>;
 

@@ -45,7 +45,7 @@ pub struct Keyring {
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     /// The validating resolver, for DNS OPENPGPKEY records.
-    dane: std::sync::OnceLock<Arc<super::dane::Dane>>,
+    dane: std::sync::OnceLock<Arc<crate::net::dane::Dane>>,
     /// A VKS keyserver host (e.g. keys.openpgp.org), for the `keyserver` source.
     keyserver: std::sync::OnceLock<String>,
 }
@@ -225,7 +225,7 @@ impl Keyring {
     }
 
     /// Enables the `dns` source (OPENPGPKEY under DNSSEC).
-    pub fn set_dane(&self, dane: Arc<super::dane::Dane>) {
+    pub fn set_dane(&self, dane: Arc<crate::net::dane::Dane>) {
         let _ = self.dane.set(dane);
     }
 
@@ -241,7 +241,8 @@ impl Keyring {
             return Ok(Vec::new());
         };
         let path = format!("/vks/v1/by-email/{}", percent(address));
-        match super::https::get(resolver, tls.clone(), host, &path, self.timeout, 256 * 1024).await
+        match crate::net::https::get(resolver, tls.clone(), host, &path, self.timeout, 256 * 1024)
+            .await
         {
             Ok(f) if f.status == 200 => {
                 pgp::parse_certs(&f.body).map_err(|e| format!("https://{host}{path}: {e}"))
@@ -303,7 +304,7 @@ impl Keyring {
         ];
         let mut errors = Vec::new();
         for (host, path) in tries {
-            match super::https::get(
+            match crate::net::https::get(
                 resolver,
                 tls.clone(),
                 &host,
@@ -339,6 +340,12 @@ fn ring_sha1(data: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, data)
         .as_ref()
         .to_vec()
+}
+
+impl crate::encrypt::prepare::Certificates for Keyring {
+    fn cert(&self, fingerprint: &str) -> Option<Cert> {
+        Keyring::cert(self, fingerprint)
+    }
 }
 
 /// z-base-32 (RFC 6189 section 5.1.6), as WKD uses it.

@@ -8,7 +8,6 @@
 //! then skips the methods that depend on it (fail closed).
 
 pub mod dane;
-pub mod https;
 pub mod keys;
 pub mod mta_sts;
 pub mod smarthost;
@@ -42,6 +41,32 @@ pub trait Probe: Send + Sync {
     fn cache_key(&self, recipient: &str) -> String;
     /// Asks.
     fn probe<'a>(&'a self, recipient: &'a str) -> ProbeFuture<'a>;
+}
+
+/// A boxed future of any output.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the connection probes (`tls-offered`, `smarthost`) ask of the
+/// delivery side: sessions opened exactly as delivery opens them (same
+/// route, resolver, roots, timeouts and HELO name), so what a probe sees
+/// is what delivery will get. `outbound::Deliverer` provides it; the
+/// probes never import `outbound`.
+pub trait Dialer: Send + Sync {
+    /// EHLO and STARTTLS (any certificate accepted, then checked) at the
+    /// first reachable host of `domain`'s route: the DNSSEC-validated one
+    /// when the MX set is signed, else the plain one.
+    fn starttls_offered<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, tls_offered::Offered>;
+    /// The configured smarthost, if any.
+    fn smarthost(&self) -> Option<(&str, u16)>;
+    /// `[delivery] smarthost_min_tls`.
+    fn smarthost_floor(&self) -> crate::capability::TlsRequirement;
+    /// A session to the smarthost as delivery opens it (AUTH included),
+    /// authenticated by `tlsa` when given: the host and address that
+    /// answered, and the TLS session it showed.
+    fn smarthost_session<'a>(
+        &'a self,
+        tlsa: Option<&'a [crate::net::dane::Tlsa]>,
+    ) -> BoxFuture<'a, Result<(String, Option<crate::net::tls::TlsEvidence>), String>>;
 }
 
 struct CacheEntry {

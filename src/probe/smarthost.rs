@@ -31,30 +31,31 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::dane::HostTlsa;
-use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
+use super::{Capability, Dialer, Probe, ProbeAnswer, ProbeFuture};
 use crate::capability::TlsRequirement;
-use crate::outbound::Deliverer;
+use crate::net::dane::{Dane, HostTlsa};
+use crate::net::tls::TlsEvidence;
 
 /// See the module documentation.
 pub struct SmarthostProbe {
-    deliverer: Arc<Deliverer>,
+    dialer: Arc<dyn Dialer>,
+    dane: Arc<Dane>,
 }
 
 impl SmarthostProbe {
     /// A probe of the configured smarthost.
-    pub fn new(deliverer: Arc<Deliverer>) -> SmarthostProbe {
-        SmarthostProbe { deliverer }
+    pub fn new(dialer: Arc<dyn Dialer>, dane: Arc<Dane>) -> SmarthostProbe {
+        SmarthostProbe { dialer, dane }
     }
 
     async fn check(&self) -> ProbeAnswer {
-        let Some((host, port)) = self.deliverer.smarthost() else {
+        let Some((host, port)) = self.dialer.smarthost() else {
             return failed(json!({}), "no smarthost is configured".into());
         };
         let (host, port) = (host.to_string(), port);
         let at = format!("{host}:{port}");
         let mut unusable = false;
-        let tlsa = match self.deliverer.dane().tlsa_at(&host, port).await {
+        let tlsa = match self.dane.tlsa_at(&host, port).await {
             Ok(HostTlsa::Usable { usable, .. }) => Some(usable),
             Ok(HostTlsa::Unusable(_)) => {
                 unusable = true;
@@ -71,10 +72,10 @@ impl SmarthostProbe {
             }
         };
         let dane = tlsa.is_some();
-        match self.deliverer.check_smarthost(tlsa.as_deref()).await {
+        match self.dialer.smarthost_session(tlsa.as_deref()).await {
             Ok((checked, tls)) => {
                 let level = level_of(dane, tls.as_ref());
-                let floor = self.deliverer.smarthost_floor();
+                let floor = self.dialer.smarthost_floor();
                 // Secure but unusable TLSA records make TLS mandatory
                 // (RFC 7672 section 2.2); below the operator's floor the
                 // smarthost is not used at all (a STARTTLS stripped while
@@ -126,7 +127,7 @@ impl SmarthostProbe {
 
 /// The floor a checked smarthost session meets (see the module
 /// documentation).
-fn level_of(dane: bool, tls: Option<&crate::outbound::TlsEvidence>) -> TlsRequirement {
+fn level_of(dane: bool, tls: Option<&TlsEvidence>) -> TlsRequirement {
     match tls {
         _ if dane => TlsRequirement::Dane,
         Some(t) if t.cert_verified => TlsRequirement::MtaSts,
@@ -173,7 +174,6 @@ impl Probe for SmarthostProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::TlsEvidence;
 
     fn tls(verified: bool) -> TlsEvidence {
         TlsEvidence {

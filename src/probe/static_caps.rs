@@ -6,17 +6,9 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::json;
 
-use super::{Capability, Probe, ProbeAnswer, ProbeFuture};
-use crate::util::pattern::{self, Pattern};
-
-/// One declaration: recipients matching `patterns` have `capabilities`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Declared {
-    pub patterns: Vec<Pattern>,
-    pub capabilities: Vec<Capability>,
-    /// Where it was declared (`file:line`), for the evidence.
-    pub origin: String,
-}
+use super::{Probe, ProbeAnswer, ProbeFuture};
+pub use crate::capability::Declared;
+use crate::util::pattern;
 
 /// The static probe; its declarations are replaced on policy reload.
 #[derive(Clone, Default)]

@@ -32,7 +32,7 @@ fn tlsa_owner(w: &World, host: &str) -> String {
 }
 
 fn spki_sha256(cert: &TestCert) -> Vec<u8> {
-    let spki = sealgate::probe::dane::spki(cert.cert_der.as_ref()).unwrap();
+    let spki = sealgate::net::dane::spki(cert.cert_der.as_ref()).unwrap();
     sha256(spki.as_ref())
 }
 

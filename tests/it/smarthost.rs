@@ -195,7 +195,7 @@ async fn dane_relay(hash: Option<Vec<u8>>) -> (World, crate::world::TestMx, Test
     w.zone.add_a("relay.example.test", w.ip);
     let cert = w.ca.issue(&["relay.example.test"]);
     let mx = w.mx(MxOptions::new("relay.example.test").tls(&cert)).await;
-    let spki = sealgate::probe::dane::spki(cert.cert_der.as_ref()).unwrap();
+    let spki = sealgate::net::dane::spki(cert.cert_der.as_ref()).unwrap();
     let hash = hash.unwrap_or_else(|| sha256(spki.as_ref()));
     w.zone.add_tlsa(
         &format!("_{}._tcp.relay.example.test", w.port),

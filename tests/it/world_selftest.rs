@@ -752,10 +752,8 @@ async fn sealgate_dane_resolver_validates_the_test_world() {
         trust_anchor: Some(ta),
         timeout: std::time::Duration::from_secs(2),
     };
-    let dane = sealgate::probe::dane::Dane::new(&settings, 25)
-        .await
-        .unwrap();
-    let answer = dane.check("example.test").await;
+    let dane = sealgate::net::dane::Dane::new(&settings, 25).await.unwrap();
+    let answer = sealgate::probe::dane::check(&dane, "example.test").await;
     assert!(
         answer.result.is_ok(),
         "{:?} {}",

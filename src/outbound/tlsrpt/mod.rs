@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::probe::mta_sts::{PolicyFailure, PolicyFailureSink, StsMode, StsPolicy};
+use crate::net::mta_sts::{PolicyFailure, PolicyFailureSink, StsMode, StsPolicy};
 
 /// One failure line of a report (RFC 8460 section 4.3).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn policy_failures_are_counted_under_sts_without_a_policy_string() {
-        use crate::probe::mta_sts::{PolicyFailure, PolicyFailureKind, PolicyFailureSink};
+        use crate::net::mta_sts::{PolicyFailure, PolicyFailureKind, PolicyFailureSink};
         let dir = tempfile::tempdir().unwrap();
         let r = TlsReporter::new(dir.path().to_path_buf(), 86400);
         let fetch = PolicyFailure {

@@ -99,7 +99,7 @@ async fn send_tls_report(
                 .map(|(h, p)| (h, format!("/{p}")))
                 .unwrap_or((rest, "/".into()));
             let tls = deliverer.tls_clients().verified.clone();
-            match crate::probe::https::post(
+            match crate::net::https::post(
                 deliverer.resolver(),
                 tls,
                 host,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::probe::{Capability, ProbeReport};
+use crate::capability::{Capability, ProbeReport};
 
 fn policy(text: &str) -> Policy {
     let dir = tempfile::tempdir().unwrap();

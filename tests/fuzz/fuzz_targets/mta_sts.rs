@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sealgate::probe::mta_sts::{MAX_AGE_LIMIT, StsMode, StsPolicy, parse_txt};
+use sealgate::net::mta_sts::{MAX_AGE_LIMIT, StsMode, StsPolicy, parse_txt};
 
 fuzz_target!(|input: &[u8]| {
     let Ok(text) = std::str::from_utf8(input) else {

@@ -1,4 +1,4 @@
-//! TLSA handling (`sealgate::probe::dane`): the SubjectPublicKeyInfo that
+//! TLSA handling (`sealgate::net::dane`): the SubjectPublicKeyInfo that
 //! `spki` takes from webpki's trust anchor reading of a certificate, and
 //! the matching of TLSA records against certificate bytes, as the DANE
 //! verifier does at delivery.
@@ -14,7 +14,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rustls_pki_types::CertificateDer;
-use sealgate::probe::dane::{Tlsa, spki};
+use sealgate::net::dane::{Tlsa, spki};
 
 fn digest(matching: u8, data: &[u8]) -> Option<Vec<u8>> {
     match matching {

@@ -13,8 +13,8 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
 use serde::Serialize;
 
+use super::dane::{AddrsError, Dane, Dnssec};
 use crate::config::DnsSettings;
-use crate::probe::dane::{AddrsError, Dane, Dnssec};
 
 /// One host to try.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -15,6 +15,24 @@ use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+/// What the TLS session to the remote looked like.
+#[derive(Debug, Clone, serde::Serialize, Default, PartialEq, Eq)]
+pub struct TlsEvidence {
+    pub version: String,
+    pub cipher: String,
+    /// Whether the certificate chain verified for the host name under the
+    /// configured roots.
+    pub cert_verified: bool,
+    /// Why it did not verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_cert_sha256: Option<String>,
+    /// The TLSA record that authenticated the server (DANE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dane_match: Option<String>,
+}
+
 /// Errors building the TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {

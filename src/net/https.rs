@@ -144,7 +144,7 @@ pub async fn fetch(
                 path: path.to_string(),
                 reason,
             })?;
-        let addrs = crate::outbound::route::host_addrs(resolver, &host, port)
+        let addrs = super::route::host_addrs(resolver, &host, port)
             .await
             .map_err(|e| HttpsError::Resolve {
                 url: url.clone(),
@@ -429,7 +429,7 @@ mod tests {
         let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         let cert = ck.cert.der().clone();
         let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
-        let provider = crate::outbound::tls::provider();
+        let provider = crate::net::tls::provider();
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
