@@ -33,9 +33,9 @@ pub const LAYERS: &[&str] = &[
     "util",
     "capability",
     "config",
+    "net",
     "audit",
     "queue",
-    "net",
     "inbound",
     "policy",
     "encrypt",
@@ -63,29 +63,52 @@ mod layers {
         }
     }
 
-    /// Top-level modules named by `crate::x` paths in `text`, including
-    /// the members of `use crate::{a, b::c}` groups; comments skipped.
-    fn imports(text: &str) -> Vec<String> {
+    /// Top-level modules named in `text`, the source of a file `depth`
+    /// modules below the crate root (`src/a.rs` and `src/a/mod.rs` are 1,
+    /// `src/a/b.rs` is 2): by `crate::x` paths, and by chains of `super::`
+    /// that climb to the root; the members of `{a, b::c}` groups count.
+    /// Comment lines are skipped.
+    fn imports(text: &str, depth: usize) -> Vec<String> {
         let code: String = text
             .lines()
             .filter(|l| !l.trim_start().starts_with("//"))
             .collect::<Vec<_>>()
             .join("\n");
+        assert!(
+            !code.contains("crate as ") && !code.contains("extern crate self"),
+            "an alias of the crate would hide imports from this check"
+        );
         let mut found = Vec::new();
-        let mut rest = code.as_str();
-        while let Some(i) = rest.find("crate::") {
-            rest = &rest[i + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                found.extend(group_members(group));
-            } else {
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                found.push(name);
+        for (i, _) in code.match_indices("crate::") {
+            found.extend(first_segments(&code[i + "crate::".len()..]));
+        }
+        for (i, _) in code.match_indices("super::") {
+            if code[..i].ends_with("::") {
+                continue; // inside a chain counted from its start
+            }
+            let mut rest = &code[i..];
+            let mut climbed = 0;
+            while let Some(r) = rest.strip_prefix("super::") {
+                rest = r;
+                climbed += 1;
+            }
+            if climbed == depth {
+                found.extend(first_segments(rest));
             }
         }
         found
+    }
+
+    /// The module a path starts with, or each member's of a `{...}` group.
+    fn first_segments(path: &str) -> Vec<String> {
+        if let Some(group) = path.strip_prefix('{') {
+            return group_members(group);
+        }
+        vec![
+            path.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect(),
+        ]
     }
 
     /// The first path segment of each top-level member of a `{...}` group
@@ -130,7 +153,8 @@ mod layers {
                 continue; // lib.rs, main.rs: the crate root
             };
             let text = std::fs::read_to_string(file).expect("source is readable");
-            for used in imports(&text) {
+            let depth = rel.components().count() - usize::from(rel.ends_with("mod.rs"));
+            for used in imports(&text, depth) {
                 if let Some(layer) = LAYERS.iter().position(|l| *l == used) {
                     if layer > own {
                         wrong.push(format!("{} imports crate::{used}", rel.display()));
@@ -148,12 +172,23 @@ mod layers {
     }
 
     #[test]
-    fn the_import_scanner_sees_groups_and_paths() {
+    fn the_import_scanner_sees_groups_paths_and_super_chains() {
         let text = "use crate::{probe::{Probe, Probes}, net};\n// crate::cli in a comment\nfn f() { crate::outbound::x(); }";
-        assert_eq!(imports(text), vec!["probe", "net", "outbound"]);
+        assert_eq!(imports(text, 1), vec!["probe", "net", "outbound"]);
+        // From src/probe/keys.rs (depth 2), `super::super::x` is crate::x;
+        // `super::dane` stays inside probe.
+        let text = "use super::super::outbound::Deliverer;\nuse super::dane;";
+        assert_eq!(imports(text, 2), vec!["outbound"]);
+        assert_eq!(imports("use super::{cli, audit};", 1), vec!["cli", "audit"]);
         assert!(
             LAYERS.iter().position(|l| *l == "probe")
                 < LAYERS.iter().position(|l| *l == "outbound")
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "alias of the crate")]
+    fn an_alias_of_the_crate_is_refused() {
+        imports("use crate as c;\nuse c::outbound;", 1);
     }
 }

@@ -78,8 +78,8 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     deliverer
         .mta_sts()
         .report_failures_to(deliverer.tls_reporter());
-    let keyring = open_keyring(&settings, &deliverer).await;
     let encryptors = Arc::new(Encryptors::load(&settings)?);
+    let keyring = open_keyring(&settings, &deliverer).await;
     let policy = Engine::new(&settings, deliverer.clone(), encryptors, keyring)?;
     let auditor = Auditor::start(AuditSettings::new(
         settings.audit.database_url.clone(),

@@ -72,6 +72,9 @@ fn check_named_files(s: &Settings) -> Vec<ConfigProblem> {
     {
         problems.push(s.origins.problem("server.tls.cert", 0, e.to_string()));
     }
+    for (key, nth, e) in crate::encrypt::prepare::unusable_key_files(s) {
+        problems.push(s.origins.problem(key, nth, e.to_string()));
+    }
     for (i, ca) in s.tls.extra_ca.iter().enumerate() {
         if ca.is_file()
             && let Err(e) = crate::net::tls::TlsClients::new(std::slice::from_ref(ca))
@@ -383,9 +386,9 @@ pub async fn probe(
         .collect::<Result<Vec<String>, CliError>>()?;
     let settings = Arc::new(settings);
     let deliverer = crate::outbound::Deliverer::new(settings.clone()).await?;
-    let keyring = crate::dispatch::open_keyring(&settings, &deliverer).await;
     let encryptors = crate::encrypt::prepare::Encryptors::load(&settings)
         .map_err(|e| CliError::Other(e.to_string()))?;
+    let keyring = crate::dispatch::open_keyring(&settings, &deliverer).await;
     let engine =
         crate::dispatch::Engine::new(&settings, deliverer.clone(), Arc::new(encryptors), keyring)?;
     let policy = engine.current();

@@ -185,6 +185,31 @@ impl Encryptors {
     }
 }
 
+/// The `[pgp]` key files that exist but cannot be used, each with its
+/// config key, its place among that key's values, and why: `check-config`
+/// reports them all at once (`serve` refuses to start on the first).
+pub fn unusable_key_files(settings: &Settings) -> Vec<(&'static str, usize, KeyError)> {
+    let mut out = Vec::new();
+    for (i, path) in settings.pgp.signing_keys.values().enumerate() {
+        if let Some(e) = path
+            .is_file()
+            .then(|| load_cert(path, true).err())
+            .flatten()
+        {
+            out.push(("pgp.signing_keys", i, e));
+        }
+    }
+    if let Some(path) = &settings.pgp.additional_decryption_key
+        && let Some(e) = path
+            .is_file()
+            .then(|| load_cert(path, false).err())
+            .flatten()
+    {
+        out.push(("pgp.additional_decryption_key", 0, e));
+    }
+    out
+}
+
 fn load_cert(path: &std::path::Path, secret: bool) -> Result<Cert, KeyError> {
     let data = std::fs::read(path).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
     let certs =

@@ -4,9 +4,11 @@
 //! makes DANE the requirement; a secure TLSA RRset with only unusable
 //! records makes TLS mandatory (`encrypted`, RFC 7672 section 2.2); an
 //! insecure MX set means no DANE; a bogus or failed lookup is an error, so
-//! the recipient waits (never a fallback). Delivery under a decision that
-//! rests on this probe takes its hosts and addresses from the same
-//! validating resolver (`validated_mx`, `validated_addrs`).
+//! the recipient waits (never a fallback); the DANE probe
+//! (`probe::dane`) reports this. Delivery under a decision that rests on
+//! it takes its hosts and addresses from the same validating resolver
+//! (`validated_mx`, `validated_addrs`) and authenticates the server by
+//! the TLSA records (`client_config`).
 
 use std::sync::{Arc, Mutex};
 

@@ -1,4 +1,5 @@
-//! Outbound TLS: rustls with the WebPKI roots plus `[tls] extra_ca`,
+//! Client TLS (delivery, the probes, HTTPS fetches): rustls with the
+//! WebPKI roots plus `[tls] extra_ca`,
 //! TLS 1.2 and 1.3 only.
 //!
 //! Two client configurations: `verified` fails the handshake on a bad

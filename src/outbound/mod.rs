@@ -1,10 +1,14 @@
-//! Outbound: delivers a queued message to its recipients' mail hosts (or
-//! the smarthost) and returns one outcome per recipient, with evidence.
+//! Outbound: sends a prepared message to a group of recipients' mail hosts
+//! (or the smarthost) and returns one outcome per recipient, with evidence.
+//! It names no method: what the bytes are is the encrypt stage's business.
 //!
-//! Recipients of one message that go to the same destination with the same
-//! TLS requirement share one SMTP transaction. Destinations are delivered
-//! concurrently, so a slow domain never holds up the others. Connections are
-//! kept for reuse for `delivery.idle_timeout`.
+//! A group (recipients of one message that share a destination, a TLS
+//! requirement and a copy, see `dispatch`) is planned before any
+//! connection (`plan_group`: route, MTA-STS, DANE, smarthost), then sent
+//! host after host (`send_group`: connect and STARTTLS as the plan
+//! requires, the transaction, the replies classified). `dispatch` runs the
+//! groups of a message concurrently, so a slow domain never holds up the
+//! others. Connections are kept for reuse for `delivery.idle_timeout`.
 
 pub mod classify;
 pub mod client;
@@ -107,8 +111,6 @@ struct PoolKey {
 /// The delivery engine.
 pub struct Deliverer {
     settings: Arc<Settings>,
-    /// The encrypt stage: turns each group's decisions into the bytes
-    /// it gets (outbound names no method).
     mta_sts: Arc<MtaSts>,
     dane: Arc<Dane>,
     tlsrpt: Arc<tlsrpt::TlsReporter>,
@@ -190,6 +192,51 @@ impl Planned {
     pub fn refuse(self, outcome: RecipientOutcome) -> Vec<RecipientReport> {
         reports(&self.group.members, &|_| outcome.clone(), &self.evidence)
     }
+}
+
+/// Why the server behind `conn` cannot take `msg` at all, if it cannot:
+/// it lacks SMTPUTF8 the message needs, or announces a SIZE below it.
+fn refusal_before_mail(conn: &Connection, msg: &QueuedMessage) -> Option<RecipientOutcome> {
+    let host = &conn.host;
+    if msg.smtputf8 && !conn.ext.smtputf8 {
+        return Some(classify::refuse(
+            host,
+            "5.6.7",
+            format!("{host} does not support SMTPUTF8, which this message needs"),
+        ));
+    }
+    match conn.ext.size {
+        Some(max) if msg.size > max => Some(classify::refuse(
+            host,
+            "5.3.4",
+            format!(
+                "{host} accepts at most {max} bytes; the message has {}",
+                msg.size
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// What `send_group` sends, to which group, under which plan.
+struct Sending<'a> {
+    msg: &'a QueuedMessage,
+    spool: &'a Spool,
+    domain: &'a str,
+    plan: &'a Plan,
+    indices: &'a [usize],
+    requiretls: bool,
+    recipe: &'a Recipe,
+}
+
+/// What one address of the route did with a group's transaction.
+enum AtAddress {
+    /// The transaction ran: each recipient's outcome, and the attempt's
+    /// evidence.
+    Done(HashMap<usize, RecipientOutcome>, AttemptEvidence),
+    /// The next address is tried: why (for the evidence), and the outcome
+    /// if none is left.
+    Next(String, RecipientOutcome),
 }
 
 /// One report per member, each with its outcome and the evidence.
@@ -398,103 +445,127 @@ impl Deliverer {
             mut evidence,
         } = planned;
         evidence.encryption = prepared.evidence;
-        let recipe = prepared.recipe;
         let domain = group.domain().to_string();
         let members = group.members;
-        let requiretls = members.iter().any(|m| m.1.requiretls);
-        let report = reports;
-        let (route, requirement) = (&plan.route, plan.requirement);
         let indices: Vec<usize> = members.iter().map(|m| m.0).collect();
+        let sending = Sending {
+            msg,
+            spool,
+            domain: &domain,
+            plan: &plan,
+            indices: &indices,
+            requiretls: members.iter().any(|m| m.1.requiretls),
+            recipe: &prepared.recipe,
+        };
         let mut last_failure = classify::local(format!("no host for {domain} could be reached"));
-        for hop in &route.hops {
+        for hop in &plan.route.hops {
             for addr in &hop.addrs {
-                let permit = self.permits(&hop.name).await;
-                // A pooled connection that turns out dead at MAIL FROM is
-                // replaced by one fresh connection; only a failure of that
-                // one counts against the host.
-                let mut pooled = true;
-                loop {
-                    let ready = match self
-                        .ready_counted(&domain, &plan, hop, *addr, pooled, requiretls)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(o) => {
-                            evidence.earlier_failures.push(format!(
-                                "{} [{}]: {}",
-                                hop.name,
-                                addr.ip(),
-                                o.reply
-                            ));
-                            last_failure = o;
-                            break;
-                        }
-                    };
-                    let mut attempt = evidence.clone();
-                    attempt.remote_host = Some(hop.name.clone());
-                    attempt.remote_ip = Some(addr.ip().to_string());
-                    attempt.method = if ready.tls.is_some() {
-                        "tls".into()
-                    } else {
-                        "plaintext".into()
-                    };
-                    attempt.tls = ready.tls.clone();
-                    attempt.tls_failure = ready.tls_failure.clone();
-                    let reused = ready.reused;
-                    let key = PoolKey {
-                        host: hop.name.clone(),
-                        addr: *addr,
-                        tls: requirement,
-                    };
-                    match self
-                        .transaction(ready.conn, msg, spool, &indices, requiretls, &recipe)
-                        .await
-                    {
-                        TxEnd::Done(outcomes, sha, conn) => {
-                            if let Some(conn) = conn {
-                                self.put_back(key, conn);
-                            }
-                            drop(permit);
-                            attempt.body_sha256 = sha;
-                            let by_idx: HashMap<usize, RecipientOutcome> =
-                                outcomes.into_iter().collect();
-                            log_attempt(&msg.id, hop, addr, &attempt, &by_idx);
-                            let fallback = last_failure.clone();
-                            return report(
-                                &members,
-                                &|i| by_idx.get(&i).cloned().unwrap_or_else(|| fallback.clone()),
-                                &attempt,
-                            );
-                        }
-                        TxEnd::Stale(o) if reused => {
-                            tracing::debug!(
-                                queue_id = %msg.id,
-                                host = %hop.name,
-                                ip = %addr.ip(),
-                                reply = %o.reply,
-                                "pooled connection was closed by the remote; opening a new one"
-                            );
-                            pooled = false;
-                        }
-                        TxEnd::NextHost(o) | TxEnd::Stale(o) => {
-                            drop(permit);
-                            let note = format!(
-                                "{} [{}]{}: {}",
-                                hop.name,
-                                addr.ip(),
-                                if reused { " (reused connection)" } else { "" },
-                                o.reply
-                            );
-                            evidence.earlier_failures.push(note);
-                            last_failure = o;
-                            break;
-                        }
+                match self.at_address(&sending, hop, *addr, &evidence).await {
+                    AtAddress::Done(by_idx, attempt) => {
+                        log_attempt(&msg.id, hop, addr, &attempt, &by_idx);
+                        let fallback = last_failure.clone();
+                        return reports(
+                            &members,
+                            &|i| by_idx.get(&i).cloned().unwrap_or_else(|| fallback.clone()),
+                            &attempt,
+                        );
+                    }
+                    AtAddress::Next(note, o) => {
+                        evidence.earlier_failures.push(note);
+                        last_failure = o;
                     }
                 }
             }
         }
         tracing::info!(queue_id = %msg.id, domain = %domain, error = %last_failure.reply, "delivery deferred: no host accepted the transaction");
-        report(&members, &|_| last_failure.clone(), &evidence)
+        reports(&members, &|_| last_failure.clone(), &evidence)
+    }
+
+    /// The group's transaction at one address of its route: connected and
+    /// TLS started as the plan requires, then the transaction.
+    async fn at_address(
+        &self,
+        s: &Sending<'_>,
+        hop: &Hop,
+        addr: SocketAddr,
+        evidence: &AttemptEvidence,
+    ) -> AtAddress {
+        let permit = self.permits(&hop.name).await;
+        // A pooled connection that turns out dead at MAIL FROM is replaced
+        // by one fresh connection; only a failure of that one counts
+        // against the host.
+        let mut pooled = true;
+        loop {
+            let ready = match self
+                .ready_counted(s.domain, s.plan, hop, addr, pooled, s.requiretls)
+                .await
+            {
+                Ok(r) => r,
+                Err(o) => {
+                    return AtAddress::Next(
+                        format!("{} [{}]: {}", hop.name, addr.ip(), o.reply),
+                        o,
+                    );
+                }
+            };
+            let mut attempt = evidence.clone();
+            attempt.remote_host = Some(hop.name.clone());
+            attempt.remote_ip = Some(addr.ip().to_string());
+            attempt.method = if ready.tls.is_some() {
+                "tls".into()
+            } else {
+                "plaintext".into()
+            };
+            attempt.tls = ready.tls.clone();
+            attempt.tls_failure = ready.tls_failure.clone();
+            let reused = ready.reused;
+            let key = PoolKey {
+                host: hop.name.clone(),
+                addr,
+                tls: s.plan.requirement,
+            };
+            match self
+                .transaction(
+                    ready.conn,
+                    s.msg,
+                    s.spool,
+                    s.indices,
+                    s.requiretls,
+                    s.recipe,
+                )
+                .await
+            {
+                TxEnd::Done(outcomes, sha, conn) => {
+                    if let Some(conn) = conn {
+                        self.put_back(key, conn);
+                    }
+                    drop(permit);
+                    attempt.body_sha256 = sha;
+                    return AtAddress::Done(outcomes.into_iter().collect(), attempt);
+                }
+                TxEnd::Stale(o) if reused => {
+                    tracing::debug!(
+                        queue_id = %s.msg.id,
+                        host = %hop.name,
+                        ip = %addr.ip(),
+                        reply = %o.reply,
+                        "pooled connection was closed by the remote; opening a new one"
+                    );
+                    pooled = false;
+                }
+                TxEnd::NextHost(o) | TxEnd::Stale(o) => {
+                    drop(permit);
+                    let note = format!(
+                        "{} [{}]{}: {}",
+                        hop.name,
+                        addr.ip(),
+                        if reused { " (reused connection)" } else { "" },
+                        o.reply
+                    );
+                    return AtAddress::Next(note, o);
+                }
+            }
+        }
     }
 
     /// A connection to `hop` at `addr` as the plan requires (pooled when
@@ -694,8 +765,6 @@ impl Deliverer {
         dane: Option<(&[Tlsa], &str)>,
     ) -> Result<Ready, (RecipientOutcome, bool)> {
         let host = hop.name.as_str();
-        let helo = self.settings.delivery.helo_name.clone();
-        let fail = |e: ClientError| (classify::client_error(host, &e), e.is_tls());
         if requirement == TlsRequirement::Dane && dane.is_none() {
             // Never WebPKI in place of the TLSA records a decision needs.
             return Err((
@@ -703,6 +772,41 @@ impl Deliverer {
                 false,
             ));
         }
+        let mut conn = self.greeted(host, addr).await?;
+        let needs_tls = requirement > TlsRequirement::Opportunistic
+            || (kind == RouteKind::Smarthost && self.smarthost_password.is_some());
+        let tls = if conn.ext.starttls && try_tls {
+            self.start_tls(&mut conn, requirement, needs_tls, dane)
+                .await?
+        } else if needs_tls {
+            let o = RecipientOutcome {
+                verdict: Verdict::Temporary,
+                reply: format!("{host} does not offer STARTTLS, which this hop requires"),
+                enhanced: Some("4.7.5".into()),
+                remote: Some(host.to_string()),
+            };
+            return Err((o, false));
+        } else {
+            None
+        };
+        if kind == RouteKind::Smarthost {
+            self.authenticate(&mut conn, tls.as_ref()).await?;
+        }
+        Ok(Ready {
+            conn,
+            tls,
+            tls_failure: None,
+            reused: false,
+        })
+    }
+
+    /// A new connection to `host` at `addr`, greeted and EHLO answered.
+    async fn greeted(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+    ) -> Result<Connection, (RecipientOutcome, bool)> {
+        let fail = |e: ClientError| (classify::client_error(host, &e), e.is_tls());
         let mut conn = match Connection::connect(host, addr, self.timeouts())
             .await
             .map_err(fail)?
@@ -715,107 +819,114 @@ impl Deliverer {
                 return Err((o, false));
             }
         };
-        let r = conn.ehlo(&helo).await.map_err(fail)?;
+        let r = conn.ehlo(self.helo_name()).await.map_err(fail)?;
         if r.code != 250 {
             let mut o = classify::reply(host, &r);
             o.verdict = Verdict::Temporary;
             return Err((o, false));
         }
-        let needs_tls = requirement > TlsRequirement::Opportunistic
-            || (kind == RouteKind::Smarthost && self.smarthost_password.is_some());
-        let mut tls = None;
-        if conn.ext.starttls && try_tls {
-            let matched = Arc::new(std::sync::Mutex::new(None));
-            let config = match dane {
-                Some((tlsa, domain)) => self
-                    .dane
-                    .client_config(
-                        tlsa.to_vec(),
-                        vec![host.to_string(), domain.to_string()],
-                        matched.clone(),
-                    )
-                    .map_err(|e| (classify::local(format!("DANE setup: {e}")), false))?,
-                // `encrypted`: TLS is mandatory but the certificate is not
-                // authenticated (RFC 7672 section 2.2).
-                None if requirement >= TlsRequirement::Verified => self.tls.verified.clone(),
-                None => self.tls.opportunistic.clone(),
-            };
-            match conn.starttls(config, host).await.map_err(fail)? {
-                Ok(()) => {
-                    let r = conn.ehlo(&helo).await.map_err(fail)?;
-                    if r.code != 250 {
-                        return Err((classify::reply(host, &r), false));
-                    }
-                    tls = conn.tls.as_ref().map(|t| self.tls_evidence(t, host));
-                    if let (Some(t), Some(m)) = (
-                        tls.as_mut(),
-                        matched.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
-                    ) {
-                        t.dane_match = Some(m.describe());
-                    }
+        Ok(conn)
+    }
+
+    /// STARTTLS as `requirement` asks (the TLSA records when given, else
+    /// the verified or the opportunistic configuration), then EHLO again:
+    /// what the session showed, or `None` when the server refused
+    /// STARTTLS and the hop does not need TLS.
+    async fn start_tls(
+        &self,
+        conn: &mut Connection,
+        requirement: TlsRequirement,
+        needs_tls: bool,
+        dane: Option<(&[Tlsa], &str)>,
+    ) -> Result<Option<TlsEvidence>, (RecipientOutcome, bool)> {
+        let host = conn.host.clone();
+        let host = host.as_str();
+        let fail = |e: ClientError| (classify::client_error(host, &e), e.is_tls());
+        let matched = Arc::new(std::sync::Mutex::new(None));
+        let config = match dane {
+            Some((tlsa, domain)) => self
+                .dane
+                .client_config(
+                    tlsa.to_vec(),
+                    vec![host.to_string(), domain.to_string()],
+                    matched.clone(),
+                )
+                .map_err(|e| (classify::local(format!("DANE setup: {e}")), false))?,
+            // `encrypted`: TLS is mandatory but the certificate is not
+            // authenticated (RFC 7672 section 2.2).
+            None if requirement >= TlsRequirement::Verified => self.tls.verified.clone(),
+            None => self.tls.opportunistic.clone(),
+        };
+        match conn.starttls(config, host).await.map_err(fail)? {
+            Ok(()) => {
+                let r = conn.ehlo(self.helo_name()).await.map_err(fail)?;
+                if r.code != 250 {
+                    return Err((classify::reply(host, &r), false));
                 }
-                Err(refused) if !needs_tls => {
-                    tracing::debug!(host, reply = %refused.one_line(), "STARTTLS refused; continuing without TLS");
+                let mut tls = conn.tls.as_ref().map(|t| self.tls_evidence(t, host));
+                if let (Some(t), Some(m)) = (
+                    tls.as_mut(),
+                    matched.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
+                ) {
+                    t.dane_match = Some(m.describe());
                 }
-                Err(refused) => {
-                    let mut o = classify::reply(host, &refused);
-                    o.verdict = Verdict::Temporary;
-                    return Err((o, false));
-                }
+                Ok(tls)
             }
-        } else if needs_tls {
+            Err(refused) if !needs_tls => {
+                tracing::debug!(host, reply = %refused.one_line(), "STARTTLS refused; continuing without TLS");
+                Ok(None)
+            }
+            Err(refused) => {
+                let mut o = classify::reply(host, &refused);
+                o.verdict = Verdict::Temporary;
+                Err((o, false))
+            }
+        }
+    }
+
+    /// AUTH to the smarthost when credentials are configured, and only to
+    /// a smarthost that proved its name (certificate verified, or DANE):
+    /// TLS alone would hand them to whoever sits on the path with any
+    /// certificate.
+    async fn authenticate(
+        &self,
+        conn: &mut Connection,
+        tls: Option<&TlsEvidence>,
+    ) -> Result<(), (RecipientOutcome, bool)> {
+        let (Some(auth), Some(pw)) = (
+            &self.settings.delivery.smarthost_auth,
+            &self.smarthost_password,
+        ) else {
+            return Ok(());
+        };
+        let host = conn.host.clone();
+        let authenticated = tls.is_some_and(|t| t.cert_verified || t.dane_match.is_some());
+        if !authenticated {
             let o = RecipientOutcome {
                 verdict: Verdict::Temporary,
-                reply: format!("{host} does not offer STARTTLS, which this hop requires"),
+                reply: format!(
+                    "smarthost {host} was not authenticated (its certificate did not verify for its name), so our credentials were not sent"
+                ),
                 enhanced: Some("4.7.5".into()),
-                remote: Some(host.to_string()),
+                remote: Some(host),
             };
             return Err((o, false));
         }
-        if kind == RouteKind::Smarthost {
-            if let (Some(auth), Some(pw)) = (
-                &self.settings.delivery.smarthost_auth,
-                &self.smarthost_password,
-            ) {
-                // Credentials only to a smarthost that proved its name
-                // (certificate verified, or DANE): TLS alone would hand
-                // them to whoever sits on the path with any certificate.
-                let authenticated = tls
-                    .as_ref()
-                    .is_some_and(|t| t.cert_verified || t.dane_match.is_some());
-                if !authenticated {
-                    let o = RecipientOutcome {
-                        verdict: Verdict::Temporary,
-                        reply: format!(
-                            "smarthost {host} was not authenticated (its certificate did not verify for its name), so our credentials were not sent"
-                        ),
-                        enhanced: Some("4.7.5".into()),
-                        remote: Some(host.to_string()),
-                    };
-                    return Err((o, false));
-                }
-                let r = conn.auth(&auth.username, pw).await.map_err(fail)?;
-                if r.code != 235 {
-                    // Wrong credentials are a configuration problem: keep the mail.
-                    let o = RecipientOutcome {
-                        verdict: Verdict::Temporary,
-                        reply: format!(
-                            "smarthost {host} refused our credentials: {}",
-                            r.one_line()
-                        ),
-                        enhanced: Some("4.7.8".into()),
-                        remote: Some(host.to_string()),
-                    };
-                    return Err((o, false));
-                }
-            }
+        let r = conn
+            .auth(&auth.username, pw)
+            .await
+            .map_err(|e| (classify::client_error(&host, &e), e.is_tls()))?;
+        if r.code != 235 {
+            // Wrong credentials are a configuration problem: keep the mail.
+            let o = RecipientOutcome {
+                verdict: Verdict::Temporary,
+                reply: format!("smarthost {host} refused our credentials: {}", r.one_line()),
+                enhanced: Some("4.7.8".into()),
+                remote: Some(host),
+            };
+            return Err((o, false));
         }
-        Ok(Ready {
-            conn,
-            tls,
-            tls_failure: None,
-            reused: false,
-        })
+        Ok(())
     }
 
     /// The TLSA answers for `hops`, in order, looked up concurrently and
@@ -923,35 +1034,12 @@ impl Deliverer {
         recipe: &Recipe,
     ) -> TxEnd {
         let host = conn.host.clone();
-        let next_host = |e: ClientError| next_host(&host, e);
-        if msg.smtputf8 && !conn.ext.smtputf8 {
-            let o = classify::refuse(
-                &host,
-                "5.6.7",
-                format!("{host} does not support SMTPUTF8, which this message needs"),
-            );
+        if let Some(o) = refusal_before_mail(&conn, msg) {
             return TxEnd::Done(
                 indices.iter().map(|&i| (i, o.clone())).collect(),
                 None,
                 Some(conn),
             );
-        }
-        if let Some(max) = conn.ext.size {
-            if msg.size > max {
-                let o = classify::refuse(
-                    &host,
-                    "5.3.4",
-                    format!(
-                        "{host} accepts at most {max} bytes; the message has {}",
-                        msg.size
-                    ),
-                );
-                return TxEnd::Done(
-                    indices.iter().map(|&i| (i, o.clone())).collect(),
-                    None,
-                    Some(conn),
-                );
-            }
         }
         let mail = match mail_command(&conn, msg, requiretls) {
             Ok(m) => m,
@@ -1001,6 +1089,23 @@ impl Deliverer {
             let conn = self.reset(conn).await;
             return TxEnd::Done(outcomes, None, conn);
         }
+        self.data(conn, msg, spool, recipe, &accepted, outcomes)
+            .await
+    }
+
+    /// DATA, the content and the reply after it, for the `accepted`
+    /// recipients (added to `outcomes`).
+    async fn data(
+        &self,
+        mut conn: Connection,
+        msg: &QueuedMessage,
+        spool: &Spool,
+        recipe: &Recipe,
+        accepted: &[usize],
+        mut outcomes: Vec<(usize, RecipientOutcome)>,
+    ) -> TxEnd {
+        let host = conn.host.clone();
+        let next_host = |e: ClientError| next_host(&host, e);
         let data_reply = match conn.command("DATA", "the DATA reply").await {
             Ok(r) => r,
             Err(e) => return next_host(e),

@@ -1140,3 +1140,85 @@ async fn an_unreachable_key_store_makes_openpgp_recipients_wait() {
         "{v:#}"
     );
 }
+
+/// `check-config` opens the `[pgp]` key files, not only checks that they
+/// exist: a signing key exported by GnuPG without its secret part and an
+/// archive key file that is no key are both reported, each with its key,
+/// in one run; the same files with the secret exported pass.
+#[test]
+fn check_config_refuses_unusable_pgp_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let clinic = Gpg::new("signing@clinic.example.test");
+    let public_only = clinic.export("signing@clinic.example.test", dir.path());
+    let garbage = dir.path().join("archive.asc");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot a key\n",
+    )
+    .unwrap();
+    let key = dir.path().join("spool.key");
+    let out = Command::new(gateway::BIN)
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[defaults]\nmethods = [\"tls\"]\n",
+    )
+    .unwrap();
+    let config = dir.path().join("sealgate.toml");
+    let write_config = |signing: &Path, archive: &Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhostname = \"gateway.example.test\"\nlisten = [\"127.0.0.1:0\"]\nspool_dir = \"spool\"\nspool_key_file = \"spool.key\"\n[policy]\nfiles = [\"policy.toml\"]\n[pgp]\nadditional_decryption_key = {archive:?}\n[pgp.signing_keys]\n\"clinic.example.test\" = {signing:?}\n"
+            ),
+        )
+        .unwrap()
+    };
+    let check = || {
+        let out = Command::new(gateway::BIN)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    write_config(&public_only, &garbage);
+    let (ok, text) = check();
+    assert!(!ok, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("pgp.signing_keys") && l.contains("no secret key material")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("pgp.additional_decryption_key") && l.contains("archive.asc")),
+        "{text}"
+    );
+    assert!(text.contains("(2 problems)"), "{text}");
+
+    let secret = clinic
+        .run(
+            &[
+                "--armor",
+                "--export-secret-keys",
+                "signing@clinic.example.test",
+            ],
+            None,
+        )
+        .stdout;
+    let secret_path = dir.path().join("clinic-secret.asc");
+    std::fs::write(&secret_path, secret).unwrap();
+    write_config(&secret_path, &public_only);
+    let (ok, text) = check();
+    assert!(ok, "{text}");
+}
