@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod net;
 pub mod outbound;
 pub mod policy;
+pub mod portal;
 pub mod probe;
 pub mod queue;
 pub mod server;
@@ -40,6 +41,7 @@ pub const LAYERS: &[&str] = &[
     "policy",
     "encrypt",
     "probe",
+    "portal",
     "outbound",
     "dispatch",
     "server",

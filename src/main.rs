@@ -19,6 +19,19 @@ struct Args {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum PortalCmd {
+    /// Revoke a stored message: its key is destroyed at once and its
+    /// content deleted, so its link shows only that it was revoked.
+    Revoke {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The message id (in the audit record and the notification's
+        /// evidence).
+        id: String,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -67,6 +80,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysCmd,
+    },
+    /// Messages stored at the secure portal.
+    Portal {
+        #[command(subcommand)]
+        action: PortalCmd,
     },
     /// Ask the running daemon to re-read its policy files.
     Reload {
@@ -370,6 +388,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             cli::keys(&load(&config)?, action, &mut stdout).await?;
         }
+        Command::Portal {
+            action: PortalCmd::Revoke { config, id },
+        } => println!("{}", cli::portal_revoke(&load(&config)?, &id).await?),
         Command::Reload { config } => println!("{}", cli::reload(&load(&config)?).await?),
         Command::Keygen { out } => {
             sealgate::queue::SpoolKey::generate(&out)?;

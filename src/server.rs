@@ -146,6 +146,13 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
             .mta_sts()
             .refresh_loop(settings.probe.mta_sts_refresh),
     );
+    // Expired portal messages lose their keys, then their content.
+    let portal_expiry = settings.portal.clone().map(|p| {
+        tokio::spawn(crate::portal::expiry_loop(
+            settings.audit.database_url.clone(),
+            p,
+        ))
+    });
     let reaper = {
         let d = deliverer.clone();
         tokio::spawn(async move {
@@ -187,6 +194,9 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let _ = scheduler.await;
     let _ = scanner.await;
     reaper.abort();
+    if let Some(t) = portal_expiry {
+        t.abort();
+    }
     sts_refresh.abort();
     reporter.abort();
     deliverer.tls_reporter().flush();

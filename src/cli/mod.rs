@@ -595,6 +595,31 @@ pub async fn queue_release(settings: &Settings, ids: &[String]) -> Result<String
 }
 
 /// `keys import|list|remove|trust`.
+/// `sealgate portal revoke ID`: what was done, for the operator.
+pub async fn portal_revoke(settings: &Settings, id: &str) -> Result<String, CliError> {
+    let portal = settings.portal.as_ref().ok_or_else(|| {
+        CliError::Other("the configuration has no [portal] section: nothing is stored".into())
+    })?;
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CliError::Other(format!(
+            "`{id}` is not a portal message id (32 hexadecimal characters)"
+        )));
+    }
+    let store = crate::portal::open_store(&settings.audit.database_url, portal)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    match store.revoke(&id).await {
+        Ok(true) => Ok(format!(
+            "portal message {id} revoked: its key is destroyed and its content deleted"
+        )),
+        Ok(false) => Err(CliError::Other(format!(
+            "no readable portal message {id} (unknown, expired or already revoked)"
+        ))),
+        Err(e) => Err(CliError::Other(e.to_string())),
+    }
+}
+
 pub async fn keys(
     settings: &Settings,
     action: KeysAction,

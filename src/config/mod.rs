@@ -303,6 +303,21 @@ pub struct ProbeSettings {
     pub mta_sts_refresh: Duration,
 }
 
+/// The secure portal (`[portal]`).
+#[derive(Debug, Clone)]
+pub struct PortalSettings {
+    pub listen: SocketAddr,
+    /// Base of every pickup link, without a trailing slash.
+    pub public_url: String,
+    pub master_key_file: PathBuf,
+    /// Data keys wrapped under the pickup token too: the database and the
+    /// master key together open nothing without the recipient's link (and
+    /// a lost link cannot be sent again).
+    pub link_bound: bool,
+    /// How long a stored message can be picked up.
+    pub expiry: Duration,
+}
+
 /// TLS reporting (RFC 8460).
 #[derive(Debug, Clone)]
 pub struct TlsReportSettings {
@@ -342,6 +357,8 @@ pub struct Settings {
     pub probe: ProbeSettings,
     pub tls_report: TlsReportSettings,
     pub pgp: PgpSettings,
+    /// `[portal]`, when configured.
+    pub portal: Option<PortalSettings>,
     /// Where each value came from in the file.
     pub origins: Origins,
 }

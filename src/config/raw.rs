@@ -48,6 +48,26 @@ pub struct RawConfig {
     /// `[pgp]`: OpenPGP encryption.
     #[serde(default)]
     pub pgp: RawPgp,
+    /// `[portal]`: the secure web portal (absent: no portal).
+    pub portal: Option<RawPortal>,
+}
+
+/// `[portal]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPortal {
+    /// Address the portal's web server listens on (`127.0.0.1:8443`).
+    pub listen: Spanned<String>,
+    /// The address recipients open, the base of every pickup link
+    /// (`https://secure.example.org`).
+    pub public_url: Spanned<String>,
+    /// Key file wrapping every stored message's data key (created with
+    /// `sealgate keygen --out FILE`, like the spool key).
+    pub master_key_file: Spanned<String>,
+    /// Wrap data keys under the pickup token too (default false).
+    pub link_bound: Option<bool>,
+    /// How long a stored message can be picked up (`30d`).
+    pub expiry: Option<Spanned<String>>,
 }
 
 /// `[pgp]`
@@ -977,6 +997,11 @@ impl RawConfig {
                 .map(|k| k.get_ref().trim().to_string()),
         };
 
+        let portal = self
+            .portal
+            .as_ref()
+            .map(|p| portal_settings(&mut c, &base, p));
+
         let settings = Settings {
             source: file.to_path_buf(),
             server: ServerSettings {
@@ -1005,6 +1030,7 @@ impl RawConfig {
             probe,
             tls_report,
             pgp,
+            portal,
             origins: Origins::default(),
         };
         (settings, c.problems)
@@ -1175,6 +1201,67 @@ fn connector_is_bound(c: &mut Check, r: &RawConnector, connector: &ConnectorSett
              client_cert_roots issue certificates to your organisation alone (a private CA), \
              set private_ca = true",
         );
+    }
+}
+
+/// The longest `[portal] expiry` (ten years).
+const MAX_PORTAL_EXPIRY: Duration = Duration::from_secs(3650 * 86400);
+
+fn portal_settings(c: &mut Check, base: &Path, p: &RawPortal) -> PortalSettings {
+    let listen = match p.listen.get_ref().parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            c.problem(
+                "portal.listen",
+                &p.listen,
+                format!("`{}` is not an ip:port address", p.listen.get_ref()),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8443))
+        }
+    };
+    let public_url = p
+        .public_url
+        .get_ref()
+        .trim()
+        .trim_end_matches('/')
+        .to_string();
+    if let Err(why) = check_public_url(&public_url) {
+        c.problem("portal.public_url", &p.public_url, why);
+    }
+    let mut expiry = c.duration("portal.expiry", &p.expiry, Duration::from_secs(30 * 86400));
+    if expiry > MAX_PORTAL_EXPIRY {
+        if let Some(e) = &p.expiry {
+            c.problem("portal.expiry", e, "must be at most 3650d");
+        }
+        expiry = MAX_PORTAL_EXPIRY;
+    }
+    PortalSettings {
+        listen,
+        public_url,
+        master_key_file: c.existing_file("portal.master_key_file", base, &p.master_key_file),
+        link_bound: p.link_bound.unwrap_or(false),
+        expiry,
+    }
+}
+
+/// A pickup link's base: `https://host[:port][/path]`, or `http://` for a
+/// loopback host only (a link in mail must not send a token in clear over
+/// a network); no query or fragment.
+pub(super) fn check_public_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("`{url}` is not a URL such as https://secure.example.org"))?;
+    let host = uri.host().ok_or_else(|| format!("`{url}` names no host"))?;
+    if uri.query().is_some() || url.contains('#') {
+        return Err(format!("`{url}` must not have a query or fragment"));
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),
+        Some("http") => Err(format!(
+            "`{url}` must be https: pickup links carry a secret (http only for a loopback host)"
+        )),
+        _ => Err(format!("`{url}` must start with https://")),
     }
 }
 

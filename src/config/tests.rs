@@ -315,3 +315,61 @@ fn a_connector_without_a_tenant_check_needs_a_private_ca() {
         assert!(err.to_string().contains("Microsoft 365"), "{ms}: {err}");
     }
 }
+
+#[test]
+fn the_portal_section_is_optional_and_checked() {
+    let s = Settings::parse(Path::new("x.toml"), MINIMAL).unwrap();
+    assert!(s.portal.is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("portal.key");
+    std::fs::write(&key, "00".repeat(32)).unwrap();
+    let ok = format!(
+        "{MINIMAL}[portal]\nlisten = \"127.0.0.1:8443\"\npublic_url = \"https://secure.example.org/\"\nmaster_key_file = {key:?}\n"
+    );
+    let p = Settings::parse(Path::new("x.toml"), &ok)
+        .unwrap()
+        .portal
+        .unwrap();
+    assert_eq!(p.public_url, "https://secure.example.org");
+    assert_eq!(p.expiry, Duration::from_secs(30 * 86400));
+    assert!(!p.link_bound);
+    // Plain http is for loopback only.
+    let loopback = ok.replace("https://secure.example.org/", "http://127.0.0.1:8443");
+    assert!(Settings::parse(Path::new("x.toml"), &loopback).is_ok());
+
+    let bad = format!(
+        "{MINIMAL}[portal]\nlisten = \"everywhere\"\npublic_url = \"http://secure.example.org\"\nmaster_key_file = \"missing.key\"\nexpiry = \"4000d\"\nlink_bound = true\n"
+    );
+    let err = Settings::parse(Path::new("x.toml"), &bad).unwrap_err();
+    let keys: Vec<(String, Option<usize>)> = err
+        .0
+        .iter()
+        .map(|p| (p.key.clone().unwrap_or_default(), p.line))
+        .collect();
+    for (key, line) in [
+        ("portal.listen", 8),
+        ("portal.public_url", 9),
+        ("portal.master_key_file", 10),
+        ("portal.expiry", 11),
+    ] {
+        assert!(
+            keys.contains(&(key.to_string(), Some(line))),
+            "{key} at {line} not in {keys:?}"
+        );
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("must be https"), "{msg}");
+    for url in [
+        "ftp://x.example",
+        "https://x.example/?a=1",
+        "https://",
+        "not a url",
+    ] {
+        assert!(check_public_url_for_test(url).is_err(), "{url}");
+    }
+}
+
+fn check_public_url_for_test(url: &str) -> Result<(), String> {
+    raw::check_public_url(url)
+}

@@ -287,6 +287,12 @@ impl SpoolKey {
         Ok(SpoolKey { keys })
     }
 
+    /// The keys themselves, current first: for the portal, whose master key
+    /// file has the same form and which wraps keys of its own with them.
+    pub fn raw_keys(&self) -> &[[u8; 32]] {
+        &self.keys
+    }
+
     /// Creates a new random key file (mode 0600), refusing to overwrite one.
     pub fn generate(path: &Path) -> Result<(), SpoolError> {
         use std::io::Write;

@@ -15,6 +15,7 @@ mod gateway;
 mod inbound;
 mod pgp;
 mod policy;
+mod portal;
 mod sandbox;
 mod smarthost;
 mod sts;

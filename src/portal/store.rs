@@ -1,0 +1,505 @@
+//! The portal store: messages kept for pickup, encrypted (see `seal`), in
+//! the audit database (SQLite or PostgreSQL, the same statements), so any
+//! node sharing the database can serve them.
+//!
+//! A message is a row in `portal_messages` (who, when, until when, the
+//! wrapped data key, the token's hash) and its content in
+//! `portal_chunks`, one sealed chunk per row: storing and reading stream
+//! chunk by chunk, so memory does not grow with the message.
+//!
+//! Storing writes the row first as `storing` (no key), then the chunks,
+//! then the wrapped key with the state `active`: a crash in between leaves
+//! a row no link opens, which [`PortalStore::sweep`] removes. Expiry and
+//! revocation destroy the wrapped key first, in one statement, so the
+//! content is unreadable from that moment; the chunks are deleted after
+//! it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+use super::seal::{self, CHUNK, DataKey, SealError};
+use crate::queue::ContentReader;
+
+/// Why the store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("portal store {url}: {action} failed: {reason}")]
+    Database {
+        url: String,
+        action: &'static str,
+        reason: String,
+    },
+    #[error("[portal] master_key_file: {0}")]
+    MasterKey(String),
+    #[error("portal store: reading the spooled message: {0}")]
+    Spool(String),
+    #[error("portal store: message {0}: {1}")]
+    Sealed(String, SealError),
+    #[error(
+        "portal store: message {0} was wrapped by a master key that is no longer in the key file"
+    )]
+    UnknownMasterKey(String),
+    #[error("portal store: message {id} is damaged: {reason}")]
+    Damaged { id: String, reason: String },
+}
+
+/// States of a stored message.
+const STORING: &str = "storing";
+const ACTIVE: &str = "active";
+const EXPIRED: &str = "expired";
+const REVOKED: &str = "revoked";
+
+/// How long a message may stay half-stored before the sweep removes it.
+const STORING_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Messages whose chunks one sweep deletes at most (the rest next time).
+const PURGE_BATCH: i64 = 100;
+
+fn schema(blob: &str) -> Vec<String> {
+    vec![
+        "CREATE TABLE IF NOT EXISTS portal_messages (\
+         id TEXT PRIMARY KEY, \
+         queue_id TEXT NOT NULL, \
+         sender TEXT NOT NULL, \
+         recipient TEXT NOT NULL, \
+         created_at BIGINT NOT NULL, \
+         expires_at BIGINT NOT NULL, \
+         state TEXT NOT NULL, \
+         token_hash TEXT NOT NULL UNIQUE, \
+         link_bound BIGINT NOT NULL, \
+         master_key_id TEXT NOT NULL, \
+         wrapped_key TEXT, \
+         size BIGINT NOT NULL, \
+         chunks BIGINT NOT NULL, \
+         destroyed_at BIGINT)"
+            .to_string(),
+        "CREATE INDEX IF NOT EXISTS portal_messages_expiry ON portal_messages (state, expires_at)"
+            .to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS portal_chunks (\
+             message_id TEXT NOT NULL, \
+             seq BIGINT NOT NULL, \
+             data {blob} NOT NULL, \
+             PRIMARY KEY (message_id, seq))"
+        ),
+    ]
+}
+
+/// What is known of a message before it is stored.
+#[derive(Debug, Clone)]
+pub struct Deposit {
+    pub queue_id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A stored message, and the link that opens it (given once, never
+/// stored: only its hash is).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: String,
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub size: u64,
+}
+
+/// A message found by its link, its key unwrapped.
+#[derive(Debug)]
+pub struct Opened {
+    pub id: String,
+    pub queue_id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub size: u64,
+    chunks: u64,
+    key: DataKey,
+}
+
+/// What a link leads to.
+#[derive(Debug)]
+pub enum Pickup {
+    /// The message, readable.
+    Open(Opened),
+    /// It expired; nothing of it can be read any more.
+    Expired,
+    /// The sender (or an operator) revoked it.
+    Revoked,
+    /// No message has this link.
+    Unknown,
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Messages whose key was destroyed because they expired.
+    pub expired: u64,
+    /// Messages whose content was deleted.
+    pub purged: u64,
+    /// Half-stored messages removed.
+    pub abandoned: u64,
+}
+
+/// See the module documentation.
+pub struct PortalStore {
+    pool: AnyPool,
+    url: String,
+    /// The master keys, current first (the key file's order).
+    masters: Vec<[u8; 32]>,
+    link_bound: bool,
+}
+
+impl std::fmt::Debug for PortalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortalStore({})", self.url)
+    }
+}
+
+fn unix(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+fn from_unix(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(s, 0).unwrap_or_default()
+}
+
+impl PortalStore {
+    /// Opens the store in `database_url` (the audit database), creating
+    /// its tables when missing. `masters` are the master keys, the
+    /// current one first; with `link_bound`, new messages' keys are
+    /// wrapped under the pickup token too.
+    pub async fn open(
+        database_url: &str,
+        masters: Vec<[u8; 32]>,
+        link_bound: bool,
+    ) -> Result<PortalStore, StoreError> {
+        if masters.is_empty() {
+            return Err(StoreError::MasterKey("holds no key".into()));
+        }
+        sqlx::any::install_default_drivers();
+        let url = crate::audit::redact_url(database_url);
+        let blob = if database_url.starts_with("postgres") {
+            "BYTEA"
+        } else {
+            "BLOB"
+        };
+        let connect = if database_url.starts_with("sqlite") && !database_url.contains("mode=") {
+            let sep = if database_url.contains('?') { '&' } else { '?' };
+            format!("{database_url}{sep}mode=rwc")
+        } else {
+            database_url.to_string()
+        };
+        let err = |action, e: sqlx::Error| StoreError::Database {
+            url: url.clone(),
+            action,
+            reason: e.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&connect)
+            .await
+            .map_err(|e| err("connecting", e))?;
+        for stmt in schema(blob) {
+            sqlx::query(&stmt)
+                .execute(&pool)
+                .await
+                .map_err(|e| err("creating the tables", e))?;
+        }
+        Ok(PortalStore {
+            pool,
+            url: url.clone(),
+            masters,
+            link_bound,
+        })
+    }
+
+    fn db(&self, action: &'static str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        move |e| StoreError::Database {
+            url: self.url.clone(),
+            action,
+            reason: e.to_string(),
+        }
+    }
+
+    fn current_master(&self) -> &[u8; 32] {
+        // `open` refuses an empty list.
+        &self.masters[0]
+    }
+
+    /// Stores the content `reader` yields for one recipient, chunk by
+    /// chunk; returns the message's id and its link.
+    pub async fn store(
+        &self,
+        deposit: &Deposit,
+        mut reader: ContentReader,
+    ) -> Result<Stored, StoreError> {
+        let id = hex::encode(crate::util::random_bytes::<16>());
+        let token = seal::new_token();
+        let key = DataKey::generate();
+        let master = self.current_master();
+        sqlx::query(
+            "INSERT INTO portal_messages (id, queue_id, sender, recipient, created_at, expires_at, state, token_hash, link_bound, master_key_id, size, chunks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0)",
+        )
+        .bind(&id)
+        .bind(&deposit.queue_id)
+        .bind(&deposit.sender)
+        .bind(&deposit.recipient)
+        .bind(unix(Utc::now()))
+        .bind(unix(deposit.expires_at))
+        .bind(STORING)
+        .bind(seal::token_hash(&token))
+        .bind(i64::from(self.link_bound))
+        .bind(seal::master_key_id(master))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("storing a message"))?;
+
+        let mut buf: Vec<u8> = Vec::with_capacity(2 * CHUNK);
+        let mut seq: u64 = 0;
+        let mut size: u64 = 0;
+        loop {
+            let next = reader
+                .next_chunk()
+                .await
+                .map_err(|e| StoreError::Spool(e.to_string()))?;
+            let Some(bytes) = next else { break };
+            size = size.saturating_add(bytes.len() as u64);
+            buf.extend_from_slice(&bytes);
+            // A full chunk is sealed only once more follows: the last one
+            // carries the last flag, whatever its length.
+            while buf.len() > CHUNK {
+                let rest = buf.split_off(CHUNK);
+                self.put_chunk(&key, &id, seq, false, &buf).await?;
+                buf = rest;
+                seq += 1;
+            }
+        }
+        self.put_chunk(&key, &id, seq, true, &buf).await?;
+        let token_for_wrap = self.link_bound.then_some(token.as_str());
+        let wrapped = seal::wrap(master, token_for_wrap, &id, &key);
+        let size_db = i64::try_from(size).unwrap_or(i64::MAX);
+        let chunks_db = i64::try_from(seq + 1).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE portal_messages SET state = $1, wrapped_key = $2, size = $3, chunks = $4 WHERE id = $5 AND state = $6",
+        )
+        .bind(ACTIVE)
+        .bind(hex::encode(wrapped))
+        .bind(size_db)
+        .bind(chunks_db)
+        .bind(&id)
+        .bind(STORING)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("storing a message"))?;
+        Ok(Stored {
+            id,
+            token,
+            expires_at: deposit.expires_at,
+            size,
+        })
+    }
+
+    async fn put_chunk(
+        &self,
+        key: &DataKey,
+        id: &str,
+        seq: u64,
+        last: bool,
+        plain: &[u8],
+    ) -> Result<(), StoreError> {
+        let sealed = seal::seal_chunk(key, id, seq, last, plain);
+        sqlx::query("INSERT INTO portal_chunks (message_id, seq, data) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(sealed)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("storing a message"))?;
+        Ok(())
+    }
+
+    /// The message `token` leads to. An expired message whose key the
+    /// sweep has not destroyed yet counts as expired already.
+    pub async fn pickup(&self, token: &str) -> Result<Pickup, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, queue_id, sender, recipient, created_at, expires_at, state, link_bound, master_key_id, wrapped_key, size, chunks FROM portal_messages WHERE token_hash = $1",
+        )
+        .bind(seal::token_hash(token))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db("looking up a link"))?;
+        let Some(row) = row else {
+            return Ok(Pickup::Unknown);
+        };
+        let get = self.db("reading a message");
+        let id: String = row.try_get(0).map_err(&get)?;
+        let state: String = row.try_get(6).map_err(&get)?;
+        let expires_at = from_unix(row.try_get(5).map_err(&get)?);
+        match state.as_str() {
+            REVOKED => return Ok(Pickup::Revoked),
+            EXPIRED => return Ok(Pickup::Expired),
+            ACTIVE if expires_at <= Utc::now() => return Ok(Pickup::Expired),
+            ACTIVE => {}
+            // Half stored: no link has been given out for it yet.
+            _ => return Ok(Pickup::Unknown),
+        }
+        let bound: i64 = row.try_get(7).map_err(&get)?;
+        let master_id: String = row.try_get(8).map_err(&get)?;
+        let wrapped: Option<String> = row.try_get(9).map_err(&get)?;
+        let damaged = |reason: &str| StoreError::Damaged {
+            id: id.clone(),
+            reason: reason.to_string(),
+        };
+        let wrapped = wrapped
+            .and_then(|w| hex::decode(w).ok())
+            .ok_or_else(|| damaged("its key is missing"))?;
+        let master = self
+            .masters
+            .iter()
+            .find(|m| seal::master_key_id(m) == master_id)
+            .ok_or_else(|| StoreError::UnknownMasterKey(id.clone()))?;
+        let key = seal::unwrap(master, (bound != 0).then_some(token), &id, &wrapped)
+            .map_err(|e| StoreError::Sealed(id.clone(), e))?;
+        let size: i64 = row.try_get(10).map_err(&get)?;
+        let chunks: i64 = row.try_get(11).map_err(&get)?;
+        Ok(Pickup::Open(Opened {
+            queue_id: row.try_get(1).map_err(&get)?,
+            sender: row.try_get(2).map_err(&get)?,
+            recipient: row.try_get(3).map_err(&get)?,
+            created_at: from_unix(row.try_get(4).map_err(&get)?),
+            expires_at,
+            size: u64::try_from(size).unwrap_or(0),
+            chunks: u64::try_from(chunks)
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| damaged("it has no content"))?,
+            key,
+            id,
+        }))
+    }
+
+    /// Chunk `seq` of an opened message, decrypted; `None` past the end.
+    /// A missing or altered chunk is an error, never short content.
+    pub async fn chunk(&self, msg: &Opened, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if seq >= msg.chunks {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT data FROM portal_chunks WHERE message_id = $1 AND seq = $2")
+            .bind(&msg.id)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db("reading a message"))?;
+        let Some(row) = row else {
+            return Err(StoreError::Damaged {
+                id: msg.id.clone(),
+                reason: format!("chunk {seq} is missing (deleted since the link was opened?)"),
+            });
+        };
+        let sealed: Vec<u8> = row.try_get(0).map_err(self.db("reading a message"))?;
+        let last = seq + 1 == msg.chunks;
+        seal::open_chunk(&msg.key, &msg.id, seq, last, sealed)
+            .map(Some)
+            .map_err(|e| StoreError::Sealed(msg.id.clone(), e))
+    }
+
+    /// Revokes message `id`: its key is destroyed at once, its content
+    /// deleted after. Returns whether it was readable until now.
+    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        let done = self.destroy_key(id, REVOKED).await?;
+        self.purge(id).await?;
+        Ok(done)
+    }
+
+    /// Destroys the key of `id` unless already gone; whether it did.
+    async fn destroy_key(&self, id: &str, state: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE portal_messages SET wrapped_key = NULL, state = $1, destroyed_at = $2 WHERE id = $3 AND state IN ($4, $5)",
+        )
+        .bind(state)
+        .bind(unix(Utc::now()))
+        .bind(id)
+        .bind(ACTIVE)
+        .bind(STORING)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("destroying a message key"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn purge(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM portal_chunks WHERE message_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("deleting a message's content"))?;
+        Ok(())
+    }
+
+    /// Expiry: destroys the keys of every message past its expiry (one
+    /// statement), then deletes the content of messages whose key is gone
+    /// (a bounded batch per sweep), and removes messages left half-stored
+    /// by a crash.
+    pub async fn sweep(&self, now: DateTime<Utc>) -> Result<Swept, StoreError> {
+        let expired = sqlx::query(
+            "UPDATE portal_messages SET wrapped_key = NULL, state = $1, destroyed_at = $2 WHERE state = $3 AND expires_at <= $4",
+        )
+        .bind(EXPIRED)
+        .bind(unix(now))
+        .bind(ACTIVE)
+        .bind(unix(now))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("expiring messages"))?
+        .rows_affected();
+        let stale = now - chrono::Duration::from_std(STORING_GRACE).unwrap_or_default();
+        let abandoned: Vec<String> =
+            sqlx::query("SELECT id FROM portal_messages WHERE state = $1 AND created_at <= $2")
+                .bind(STORING)
+                .bind(unix(stale))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.db("expiring messages"))?
+                .iter()
+                .filter_map(|r| r.try_get(0).ok())
+                .collect();
+        for id in &abandoned {
+            self.purge(id).await?;
+            sqlx::query("DELETE FROM portal_messages WHERE id = $1 AND state = $2")
+                .bind(id)
+                .bind(STORING)
+                .execute(&self.pool)
+                .await
+                .map_err(self.db("expiring messages"))?;
+        }
+        let destroyed: Vec<String> = sqlx::query(
+            "SELECT DISTINCT m.id FROM portal_messages m JOIN portal_chunks c ON c.message_id = m.id WHERE m.wrapped_key IS NULL AND m.state IN ($1, $2) LIMIT $3",
+        )
+        .bind(EXPIRED)
+        .bind(REVOKED)
+        .bind(PURGE_BATCH)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db("expiring messages"))?
+        .iter()
+        .filter_map(|r| r.try_get(0).ok())
+        .collect();
+        for id in &destroyed {
+            self.purge(id).await?;
+        }
+        Ok(Swept {
+            expired,
+            purged: destroyed.len() as u64,
+            abandoned: abandoned.len() as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
