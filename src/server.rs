@@ -147,10 +147,9 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
             .refresh_loop(settings.probe.mta_sts_refresh),
     );
     // Expired portal messages lose their keys, then their content.
-    let portal_expiry = settings.portal.clone().map(|p| {
+    let portal_expiry = settings.portal.as_ref().map(|_| {
         tokio::spawn(crate::portal::expiry_loop(
             settings.audit.database_url.clone(),
-            p,
         ))
     });
     let reaper = {

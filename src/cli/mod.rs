@@ -72,6 +72,28 @@ fn check_named_files(s: &Settings) -> Vec<ConfigProblem> {
     {
         problems.push(s.origins.problem("server.tls.cert", 0, e.to_string()));
     }
+    if let Some(p) = &s.portal
+        && p.master_key_file.is_file()
+    {
+        if let Err(e) = SpoolKey::load(&p.master_key_file) {
+            problems.push(
+                s.origins
+                    .problem("portal.master_key_file", 0, e.to_string()),
+            );
+        }
+        let same =
+            |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => false,
+            };
+        if same(&p.master_key_file, &s.server.spool_key_file) {
+            problems.push(s.origins.problem(
+                "portal.master_key_file",
+                0,
+                "is the spool key file: give the portal a key of its own (`sealgate keygen --out FILE`), so that one leaked key does not open both",
+            ));
+        }
+    }
     for (key, nth, e) in crate::encrypt::prepare::unusable_key_files(s) {
         problems.push(s.origins.problem(key, nth, e.to_string()));
     }
@@ -594,19 +616,21 @@ pub async fn queue_release(settings: &Settings, ids: &[String]) -> Result<String
     Ok(done.join("\n"))
 }
 
-/// `keys import|list|remove|trust`.
 /// `sealgate portal revoke ID`: what was done, for the operator.
 pub async fn portal_revoke(settings: &Settings, id: &str) -> Result<String, CliError> {
-    let portal = settings.portal.as_ref().ok_or_else(|| {
-        CliError::Other("the configuration has no [portal] section: nothing is stored".into())
-    })?;
+    if settings.portal.is_none() {
+        return Err(CliError::Other(
+            "the configuration has no [portal] section: nothing is stored".into(),
+        ));
+    }
     let id = id.trim().to_ascii_lowercase();
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(CliError::Other(format!(
             "`{id}` is not a portal message id (32 hexadecimal characters)"
         )));
     }
-    let store = crate::portal::open_store(&settings.audit.database_url, portal)
+    // No master key needed: revoking destroys a key, it opens none.
+    let store = crate::portal::PortalStore::open_keyless(&settings.audit.database_url)
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;
     match store.revoke(&id).await {
@@ -620,6 +644,7 @@ pub async fn portal_revoke(settings: &Settings, id: &str) -> Result<String, CliE
     }
 }
 
+/// `keys import|list|remove|trust`.
 pub async fn keys(
     settings: &Settings,
     action: KeysAction,

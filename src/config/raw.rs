@@ -1252,6 +1252,9 @@ pub(super) fn check_public_url(url: &str) -> Result<(), String> {
         .parse()
         .map_err(|_| format!("`{url}` is not a URL such as https://secure.example.org"))?;
     let host = uri.host().ok_or_else(|| format!("`{url}` names no host"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!("`{url}` must not carry a user name or password"));
+    }
     if uri.query().is_some() || url.contains('#') {
         return Err(format!("`{url}` must not have a query or fragment"));
     }

@@ -365,6 +365,9 @@ fn the_portal_section_is_optional_and_checked() {
         "https://x.example/?a=1",
         "https://",
         "not a url",
+        "https://u:p@x.example",
+        "http://127.0.0.1@evil.example",
+        "http://evil.example",
     ] {
         assert!(check_public_url_for_test(url).is_err(), "{url}");
     }

@@ -9,6 +9,7 @@
 //! content after). The notification, the web pages and replies are still
 //! to come (issue 11).
 
+pub mod access;
 pub mod seal;
 pub mod store;
 
@@ -20,13 +21,14 @@ pub use store::{PortalStore, StoreError};
 const EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Destroys the keys of expired messages and then their content, every
-/// [`EXPIRY_INTERVAL`], for as long as the daemon runs. A store that
+/// [`EXPIRY_INTERVAL`], for as long as the daemon runs. It needs no master
+/// key (a broken key file never keeps a message alive); a store that
 /// cannot be opened (database down) is tried again the next round.
-pub async fn expiry_loop(database_url: String, portal: PortalSettings) {
+pub async fn expiry_loop(database_url: String) {
     let mut store = None;
     loop {
         if store.is_none() {
-            match open_store(&database_url, &portal).await {
+            match PortalStore::open_keyless(&database_url).await {
                 Ok(s) => store = Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "portal store unavailable; expired messages are destroyed once it is back")

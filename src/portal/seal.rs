@@ -42,6 +42,15 @@ impl std::fmt::Debug for DataKey {
     }
 }
 
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        for b in self.0.iter_mut() {
+            // SAFETY: a valid, aligned, exclusively borrowed byte.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
 impl DataKey {
     /// A fresh random key (OS CSPRNG).
     pub fn generate() -> DataKey {
@@ -127,21 +136,47 @@ fn wrapping_key(master: &[u8; 32], token: Option<&str>) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::from(okm))
 }
 
-fn wrap_aad(id: &str, bound: bool) -> Vec<u8> {
-    let mut aad = b"sealgate portal wrapped key v1\0".to_vec();
-    aad.extend_from_slice(id.as_bytes());
+/// What a wrapped key is bound to: the facts of its message's row that a
+/// reader relies on. Changing any of them in the database (pointing
+/// another link at the message, another recipient, a later expiry, other
+/// content bounds) makes the key fail to unwrap.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    pub id: &'a str,
+    pub token_hash: &'a str,
+    pub recipient: &'a str,
+    pub expires_at: i64,
+    pub size: u64,
+    pub chunks: u64,
+}
+
+fn wrap_aad(b: &Binding<'_>, bound: bool) -> Vec<u8> {
+    let mut aad = b"sealgate portal wrapped key v2\0".to_vec();
+    for field in [b.id, b.token_hash, b.recipient] {
+        aad.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        aad.extend_from_slice(field.as_bytes());
+    }
+    aad.extend_from_slice(&b.expires_at.to_be_bytes());
+    aad.extend_from_slice(&b.size.to_be_bytes());
+    aad.extend_from_slice(&b.chunks.to_be_bytes());
     aad.push(u8::from(bound));
     aad
 }
 
-/// Wraps `key` for message `id`: nonce, then ciphertext and tag.
-pub fn wrap(master: &[u8; 32], token: Option<&str>, id: &str, key: &DataKey) -> Vec<u8> {
+/// Wraps `key` for the message `binding` describes: nonce, then
+/// ciphertext and tag.
+pub fn wrap(
+    master: &[u8; 32],
+    token: Option<&str>,
+    binding: &Binding<'_>,
+    key: &DataKey,
+) -> Vec<u8> {
     let nonce = crate::util::random_bytes::<NONCE_LEN>();
     let mut body = key.0.to_vec();
     wrapping_key(master, token)
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(wrap_aad(id, token.is_some())),
+            Aad::from(wrap_aad(binding, token.is_some())),
             &mut body,
         )
         .unwrap_or_else(|_| unreachable!());
@@ -150,11 +185,11 @@ pub fn wrap(master: &[u8; 32], token: Option<&str>, id: &str, key: &DataKey) -> 
     out
 }
 
-/// Unwraps the data key of message `id`.
+/// Unwraps the data key of the message `binding` describes.
 pub fn unwrap(
     master: &[u8; 32],
     token: Option<&str>,
-    id: &str,
+    binding: &Binding<'_>,
     wrapped: &[u8],
 ) -> Result<DataKey, SealError> {
     if wrapped.len() != NONCE_LEN + 32 + CHUNK_OVERHEAD {
@@ -167,7 +202,7 @@ pub fn unwrap(
     let plain = wrapping_key(master, token)
         .open_in_place(
             Nonce::assume_unique_for_key(nonce_bytes),
-            Aad::from(wrap_aad(id, token.is_some())),
+            Aad::from(wrap_aad(binding, token.is_some())),
             &mut body,
         )
         .map_err(|_| SealError::Corrupt)?;
@@ -238,31 +273,74 @@ mod tests {
         assert_eq!(open_chunk(&key, "m1", 0, true, empty).unwrap(), b"");
     }
 
+    const ROW: Binding<'static> = Binding {
+        id: "m1",
+        token_hash: "aa",
+        recipient: "patient@mail.example",
+        expires_at: 1_900_000_000,
+        size: 1,
+        chunks: 1,
+    };
+
     #[test]
     fn a_bound_key_needs_the_token_and_a_master_key_alone_opens_nothing() {
         let master = crate::util::random_bytes::<32>();
         let key = DataKey::generate();
         let token = new_token();
-        let wrapped = wrap(&master, Some(&token), "m1", &key);
+        let wrapped = wrap(&master, Some(&token), &ROW, &key);
         let sealed = seal_chunk(&key, "m1", 0, true, b"x");
-        let opened = unwrap(&master, Some(&token), "m1", &wrapped).unwrap();
+        let opened = unwrap(&master, Some(&token), &ROW, &wrapped).unwrap();
         assert_eq!(open_chunk(&opened, "m1", 0, true, sealed).unwrap(), b"x");
-        assert!(unwrap(&master, None, "m1", &wrapped).is_err());
-        assert!(unwrap(&master, Some(&new_token()), "m1", &wrapped).is_err());
-        assert!(unwrap(&master, Some(&token), "m2", &wrapped).is_err());
+        assert!(unwrap(&master, None, &ROW, &wrapped).is_err());
+        assert!(unwrap(&master, Some(&new_token()), &ROW, &wrapped).is_err());
         let other = crate::util::random_bytes::<32>();
-        assert!(unwrap(&other, Some(&token), "m1", &wrapped).is_err());
+        assert!(unwrap(&other, Some(&token), &ROW, &wrapped).is_err());
         // A master-wrapped key is not a bound one, and the reverse.
-        let plain = wrap(&master, None, "m1", &key);
-        assert!(unwrap(&master, None, "m1", &plain).is_ok());
-        assert!(unwrap(&master, Some(&token), "m1", &plain).is_err());
+        let plain = wrap(&master, None, &ROW, &key);
+        assert!(unwrap(&master, None, &ROW, &plain).is_ok());
+        assert!(unwrap(&master, Some(&token), &ROW, &plain).is_err());
         // Truncated or padded wrapped keys are refused, not panicked on.
         for n in [0, 1, 12, plain.len() - 1] {
-            assert!(unwrap(&master, None, "m1", &plain[..n]).is_err());
+            assert!(unwrap(&master, None, &ROW, &plain[..n]).is_err());
         }
         let mut long = plain.clone();
         long.push(0);
-        assert!(unwrap(&master, None, "m1", &long).is_err());
+        assert!(unwrap(&master, None, &ROW, &long).is_err());
+    }
+
+    #[test]
+    fn every_fact_of_the_row_is_bound_to_the_key() {
+        let master = crate::util::random_bytes::<32>();
+        let key = DataKey::generate();
+        let wrapped = wrap(&master, None, &ROW, &key);
+        for changed in [
+            Binding { id: "m2", ..ROW },
+            Binding {
+                token_hash: "bb",
+                ..ROW
+            },
+            Binding {
+                recipient: "someone@else.example",
+                ..ROW
+            },
+            Binding {
+                expires_at: ROW.expires_at + 1,
+                ..ROW
+            },
+            Binding { size: 2, ..ROW },
+            Binding { chunks: 2, ..ROW },
+            // Length prefixes: a byte moved from one field to the next.
+            Binding {
+                id: "m1a",
+                token_hash: "a",
+                ..ROW
+            },
+        ] {
+            assert!(
+                unwrap(&master, None, &changed, &wrapped).is_err(),
+                "{changed:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,16 @@
 //! a row no link opens, which [`PortalStore::sweep`] removes. Expiry and
 //! revocation destroy the wrapped key first, in one statement, so the
 //! content is unreadable from that moment; the chunks are deleted after
-//! it.
+//! it, and the row itself [`ROW_RETENTION`] later (until then its link
+//! shows "expired" or "revoked"). SQLite connections overwrite what they
+//! delete (`secure_delete`) and the write-ahead log is truncated after a
+//! sweep; PostgreSQL tables are vacuumed. Copies made before (backups,
+//! WAL archives) still hold the wrapped keys: with `link_bound` they open
+//! nothing without the recipient's link.
+//!
+//! The wrapped key is bound to its row's facts (`seal::Binding`): a
+//! database writer without the master key cannot point another link, a
+//! later expiry or another recipient at a message.
 
 use std::time::Duration;
 
@@ -44,6 +53,8 @@ pub enum StoreError {
     UnknownMasterKey(String),
     #[error("portal store: message {id} is damaged: {reason}")]
     Damaged { id: String, reason: String },
+    #[error("portal store: message {0} was revoked or removed while it was being stored")]
+    Gone(String),
 }
 
 /// States of a stored message.
@@ -57,6 +68,14 @@ const STORING_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Messages whose chunks one sweep deletes at most (the rest next time).
 const PURGE_BATCH: i64 = 100;
+
+/// How long the row of a destroyed message stays (its link says
+/// "expired" or "revoked"); then sender and recipient go too.
+pub const ROW_RETENTION: Duration = Duration::from_secs(30 * 86400);
+
+/// Key of the PostgreSQL advisory lock that serialises creating the tables
+/// across nodes starting at once ("sgportal").
+const SCHEMA_LOCK_KEY: i64 = 0x7367_706f_7274_616c;
 
 fn schema(blob: &str) -> Vec<String> {
     vec![
@@ -98,13 +117,24 @@ pub struct Deposit {
 }
 
 /// A stored message, and the link that opens it (given once, never
-/// stored: only its hash is).
-#[derive(Debug, Clone)]
+/// stored: only its hash is; never in a Debug output).
+#[derive(Clone)]
 pub struct Stored {
     pub id: String,
     pub token: String,
     pub expires_at: DateTime<Utc>,
     pub size: u64,
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("id", &self.id)
+            .field("token", &"..")
+            .field("expires_at", &self.expires_at)
+            .field("size", &self.size)
+            .finish()
+    }
 }
 
 /// A message found by its link, its key unwrapped.
@@ -143,15 +173,47 @@ pub struct Swept {
     pub purged: u64,
     /// Half-stored messages removed.
     pub abandoned: u64,
+    /// Rows of destroyed messages removed after their retention.
+    pub forgotten: u64,
 }
 
 /// See the module documentation.
 pub struct PortalStore {
     pool: AnyPool,
     url: String,
-    /// The master keys, current first (the key file's order).
+    /// The master keys, current first (the key file's order); empty for
+    /// a store opened for expiry and revocation only.
     masters: Vec<[u8; 32]>,
     link_bound: bool,
+    postgres: bool,
+}
+
+/// Creates the tables, under an advisory lock on PostgreSQL (two nodes
+/// creating them at once would collide).
+async fn create_tables(pool: &AnyPool, postgres: bool) -> Result<(), sqlx::Error> {
+    let blob = if postgres { "BYTEA" } else { "BLOB" };
+    let mut conn = pool.acquire().await?;
+    if postgres {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(SCHEMA_LOCK_KEY)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let access = super::access::SCHEMA.iter().map(|s| s.to_string());
+    let mut result = Ok(());
+    for stmt in schema(blob).into_iter().chain(access) {
+        if let Err(e) = sqlx::query(&stmt).execute(&mut *conn).await {
+            result = Err(e);
+            break;
+        }
+    }
+    if postgres {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(SCHEMA_LOCK_KEY)
+            .execute(&mut *conn)
+            .await?;
+    }
+    result
 }
 
 impl std::fmt::Debug for PortalStore {
@@ -164,8 +226,8 @@ fn unix(t: DateTime<Utc>) -> i64 {
     t.timestamp()
 }
 
-fn from_unix(s: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(s, 0).unwrap_or_default()
+fn from_unix(s: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(s, 0)
 }
 
 impl PortalStore {
@@ -181,13 +243,24 @@ impl PortalStore {
         if masters.is_empty() {
             return Err(StoreError::MasterKey("holds no key".into()));
         }
+        Self::open_with(database_url, masters, link_bound).await
+    }
+
+    /// The store without master keys: expiry and revocation only (they
+    /// destroy keys, which needs none), so that a missing or broken key
+    /// file never keeps an expired message alive.
+    pub async fn open_keyless(database_url: &str) -> Result<PortalStore, StoreError> {
+        Self::open_with(database_url, Vec::new(), false).await
+    }
+
+    async fn open_with(
+        database_url: &str,
+        masters: Vec<[u8; 32]>,
+        link_bound: bool,
+    ) -> Result<PortalStore, StoreError> {
         sqlx::any::install_default_drivers();
         let url = crate::audit::redact_url(database_url);
-        let blob = if database_url.starts_with("postgres") {
-            "BYTEA"
-        } else {
-            "BLOB"
-        };
+        let postgres = database_url.starts_with("postgres");
         let connect = if database_url.starts_with("sqlite") && !database_url.contains("mode=") {
             let sep = if database_url.contains('?') { '&' } else { '?' };
             format!("{database_url}{sep}mode=rwc")
@@ -202,20 +275,30 @@ impl PortalStore {
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        // What is deleted is overwritten, not left in free
+                        // pages for a copy of the file to show.
+                        sqlx::query("PRAGMA secure_delete = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&connect)
             .await
             .map_err(|e| err("connecting", e))?;
-        for stmt in schema(blob) {
-            sqlx::query(&stmt)
-                .execute(&pool)
-                .await
-                .map_err(|e| err("creating the tables", e))?;
-        }
+        create_tables(&pool, postgres)
+            .await
+            .map_err(|e| err("creating the tables", e))?;
         Ok(PortalStore {
             pool,
             url: url.clone(),
             masters,
             link_bound,
+            postgres,
         })
     }
 
@@ -227,9 +310,25 @@ impl PortalStore {
         }
     }
 
-    fn current_master(&self) -> &[u8; 32] {
-        // `open` refuses an empty list.
-        &self.masters[0]
+    /// The codes and sessions of the stored messages (keyed by the current
+    /// master key: a rotation ends outstanding codes and sessions).
+    pub fn access(&self) -> Result<super::access::Access, StoreError> {
+        Ok(super::access::Access::new(
+            self.pool.clone(),
+            self.url.clone(),
+            self.current_master()?,
+        ))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pool_for_tests(&self) -> AnyPool {
+        self.pool.clone()
+    }
+
+    fn current_master(&self) -> Result<&[u8; 32], StoreError> {
+        self.masters.first().ok_or_else(|| {
+            StoreError::MasterKey("not loaded (the store was opened for expiry only)".into())
+        })
     }
 
     /// Stores the content `reader` yields for one recipient, chunk by
@@ -242,7 +341,8 @@ impl PortalStore {
         let id = hex::encode(crate::util::random_bytes::<16>());
         let token = seal::new_token();
         let key = DataKey::generate();
-        let master = self.current_master();
+        let master = self.current_master()?;
+        let token_hash = seal::token_hash(&token);
         sqlx::query(
             "INSERT INTO portal_messages (id, queue_id, sender, recipient, created_at, expires_at, state, token_hash, link_bound, master_key_id, size, chunks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0)",
         )
@@ -253,7 +353,7 @@ impl PortalStore {
         .bind(unix(Utc::now()))
         .bind(unix(deposit.expires_at))
         .bind(STORING)
-        .bind(seal::token_hash(&token))
+        .bind(&token_hash)
         .bind(i64::from(self.link_bound))
         .bind(seal::master_key_id(master))
         .execute(&self.pool)
@@ -282,10 +382,26 @@ impl PortalStore {
         }
         self.put_chunk(&key, &id, seq, true, &buf).await?;
         let token_for_wrap = self.link_bound.then_some(token.as_str());
-        let wrapped = seal::wrap(master, token_for_wrap, &id, &key);
-        let size_db = i64::try_from(size).unwrap_or(i64::MAX);
-        let chunks_db = i64::try_from(seq + 1).unwrap_or(i64::MAX);
-        sqlx::query(
+        let chunks = seq + 1;
+        let (size_db, chunks_db) = match (i64::try_from(size), i64::try_from(chunks)) {
+            (Ok(s), Ok(c)) => (s, c),
+            _ => {
+                return Err(StoreError::Damaged {
+                    id,
+                    reason: "too large to store".into(),
+                });
+            }
+        };
+        let binding = seal::Binding {
+            id: &id,
+            token_hash: &token_hash,
+            recipient: &deposit.recipient,
+            expires_at: unix(deposit.expires_at),
+            size,
+            chunks,
+        };
+        let wrapped = seal::wrap(master, token_for_wrap, &binding, &key);
+        let done = sqlx::query(
             "UPDATE portal_messages SET state = $1, wrapped_key = $2, size = $3, chunks = $4 WHERE id = $5 AND state = $6",
         )
         .bind(ACTIVE)
@@ -296,7 +412,13 @@ impl PortalStore {
         .bind(STORING)
         .execute(&self.pool)
         .await
-        .map_err(self.db("storing a message"))?;
+        .map_err(self.db("storing a message"))?
+        .rows_affected();
+        if done != 1 {
+            // Revoked or swept meanwhile: no link may be given out.
+            self.purge(&id).await?;
+            return Err(StoreError::Gone(id));
+        }
         Ok(Stored {
             id,
             token,
@@ -327,10 +449,11 @@ impl PortalStore {
     /// The message `token` leads to. An expired message whose key the
     /// sweep has not destroyed yet counts as expired already.
     pub async fn pickup(&self, token: &str) -> Result<Pickup, StoreError> {
+        let token_hash = seal::token_hash(token);
         let row = sqlx::query(
             "SELECT id, queue_id, sender, recipient, created_at, expires_at, state, link_bound, master_key_id, wrapped_key, size, chunks FROM portal_messages WHERE token_hash = $1",
         )
-        .bind(seal::token_hash(token))
+        .bind(&token_hash)
         .fetch_optional(&self.pool)
         .await
         .map_err(self.db("looking up a link"))?;
@@ -339,8 +462,14 @@ impl PortalStore {
         };
         let get = self.db("reading a message");
         let id: String = row.try_get(0).map_err(&get)?;
+        let damaged = |reason: &str| StoreError::Damaged {
+            id: id.clone(),
+            reason: reason.to_string(),
+        };
         let state: String = row.try_get(6).map_err(&get)?;
-        let expires_at = from_unix(row.try_get(5).map_err(&get)?);
+        let expires_raw: i64 = row.try_get(5).map_err(&get)?;
+        let expires_at =
+            from_unix(expires_raw).ok_or_else(|| damaged("its expiry is out of range"))?;
         match state.as_str() {
             REVOKED => return Ok(Pickup::Revoked),
             EXPIRED => return Ok(Pickup::Expired),
@@ -352,55 +481,69 @@ impl PortalStore {
         let bound: i64 = row.try_get(7).map_err(&get)?;
         let master_id: String = row.try_get(8).map_err(&get)?;
         let wrapped: Option<String> = row.try_get(9).map_err(&get)?;
-        let damaged = |reason: &str| StoreError::Damaged {
-            id: id.clone(),
-            reason: reason.to_string(),
-        };
-        let wrapped = wrapped
-            .and_then(|w| hex::decode(w).ok())
-            .ok_or_else(|| damaged("its key is missing"))?;
+        let wrapped = wrapped.ok_or_else(|| damaged("its key is missing"))?;
+        let wrapped = hex::decode(wrapped).map_err(|_| damaged("its key is unreadable"))?;
+        let size = u64::try_from(row.try_get::<i64, _>(10).map_err(&get)?)
+            .map_err(|_| damaged("its size is negative"))?;
+        let chunks = u64::try_from(row.try_get::<i64, _>(11).map_err(&get)?)
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| damaged("it has no content"))?;
+        let recipient: String = row.try_get(3).map_err(&get)?;
         let master = self
             .masters
             .iter()
             .find(|m| seal::master_key_id(m) == master_id)
             .ok_or_else(|| StoreError::UnknownMasterKey(id.clone()))?;
-        let key = seal::unwrap(master, (bound != 0).then_some(token), &id, &wrapped)
+        let binding = seal::Binding {
+            id: &id,
+            token_hash: &token_hash,
+            recipient: &recipient,
+            expires_at: expires_raw,
+            size,
+            chunks,
+        };
+        let key = seal::unwrap(master, (bound != 0).then_some(token), &binding, &wrapped)
             .map_err(|e| StoreError::Sealed(id.clone(), e))?;
-        let size: i64 = row.try_get(10).map_err(&get)?;
-        let chunks: i64 = row.try_get(11).map_err(&get)?;
+        let created_at = from_unix(row.try_get(4).map_err(&get)?)
+            .ok_or_else(|| damaged("its creation time is out of range"))?;
         Ok(Pickup::Open(Opened {
             queue_id: row.try_get(1).map_err(&get)?,
             sender: row.try_get(2).map_err(&get)?,
-            recipient: row.try_get(3).map_err(&get)?,
-            created_at: from_unix(row.try_get(4).map_err(&get)?),
+            recipient,
+            created_at,
             expires_at,
-            size: u64::try_from(size).unwrap_or(0),
-            chunks: u64::try_from(chunks)
-                .ok()
-                .filter(|c| *c > 0)
-                .ok_or_else(|| damaged("it has no content"))?,
+            size,
+            chunks,
             key,
             id,
         }))
     }
 
     /// Chunk `seq` of an opened message, decrypted; `None` past the end.
-    /// A missing or altered chunk is an error, never short content.
+    /// A message revoked or expired since it was opened reads no further;
+    /// a missing or altered chunk is an error, never short content.
     pub async fn chunk(&self, msg: &Opened, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         if seq >= msg.chunks {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT data FROM portal_chunks WHERE message_id = $1 AND seq = $2")
-            .bind(&msg.id)
-            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(self.db("reading a message"))?;
+        let gone = || StoreError::Damaged {
+            id: msg.id.clone(),
+            reason: format!("chunk {seq} is not readable (revoked, expired or deleted)"),
+        };
+        let seq_db = i64::try_from(seq).map_err(|_| gone())?;
+        let row = sqlx::query(
+            "SELECT c.data FROM portal_chunks c JOIN portal_messages m ON m.id = c.message_id WHERE c.message_id = $1 AND c.seq = $2 AND m.state = $3 AND m.expires_at > $4",
+        )
+        .bind(&msg.id)
+        .bind(seq_db)
+        .bind(ACTIVE)
+        .bind(unix(Utc::now()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db("reading a message"))?;
         let Some(row) = row else {
-            return Err(StoreError::Damaged {
-                id: msg.id.clone(),
-                reason: format!("chunk {seq} is missing (deleted since the link was opened?)"),
-            });
+            return Err(gone());
         };
         let sealed: Vec<u8> = row.try_get(0).map_err(self.db("reading a message"))?;
         let last = seq + 1 == msg.chunks;
@@ -409,24 +552,30 @@ impl PortalStore {
             .map_err(|e| StoreError::Sealed(msg.id.clone(), e))
     }
 
-    /// Revokes message `id`: its key is destroyed at once, its content
-    /// deleted after. Returns whether it was readable until now.
+    /// Revokes message `id`: its key is destroyed at once, its sessions
+    /// end, its content is deleted after. Returns whether it was readable
+    /// until now (a message still being stored is destroyed too, but was
+    /// not readable).
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        let done = self.destroy_key(id, REVOKED).await?;
+        let readable = self.destroy_key(id, ACTIVE).await?;
+        if !readable {
+            self.destroy_key(id, STORING).await?;
+        }
+        self.end_sessions(id).await?;
         self.purge(id).await?;
-        Ok(done)
+        self.scrub().await;
+        Ok(readable)
     }
 
-    /// Destroys the key of `id` unless already gone; whether it did.
-    async fn destroy_key(&self, id: &str, state: &str) -> Result<bool, StoreError> {
+    /// Destroys the key of `id` if it is in `from`; whether it did.
+    async fn destroy_key(&self, id: &str, from: &str) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "UPDATE portal_messages SET wrapped_key = NULL, state = $1, destroyed_at = $2 WHERE id = $3 AND state IN ($4, $5)",
+            "UPDATE portal_messages SET wrapped_key = NULL, state = $1, destroyed_at = $2 WHERE id = $3 AND state = $4",
         )
-        .bind(state)
+        .bind(REVOKED)
         .bind(unix(Utc::now()))
         .bind(id)
-        .bind(ACTIVE)
-        .bind(STORING)
+        .bind(from)
         .execute(&self.pool)
         .await
         .map_err(self.db("destroying a message key"))?;
@@ -442,10 +591,37 @@ impl PortalStore {
         Ok(())
     }
 
+    /// Ends every session of a message.
+    pub async fn end_sessions(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM portal_sessions WHERE message_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("ending sessions"))?;
+        Ok(())
+    }
+
+    /// After deletions: SQLite's write-ahead log truncated (what it held of
+    /// deleted pages goes), PostgreSQL's tables vacuumed (dead row versions
+    /// with destroyed keys go). Best effort: a failure is logged.
+    async fn scrub(&self) {
+        let stmts: &[&str] = if self.postgres {
+            &["VACUUM portal_messages", "VACUUM portal_chunks"]
+        } else {
+            &["PRAGMA wal_checkpoint(TRUNCATE)"]
+        };
+        for stmt in stmts {
+            if let Err(e) = sqlx::query(stmt).execute(&self.pool).await {
+                tracing::warn!(url = %self.url, error = %e, "portal store: could not scrub deleted data");
+            }
+        }
+    }
+
     /// Expiry: destroys the keys of every message past its expiry (one
-    /// statement), then deletes the content of messages whose key is gone
-    /// (a bounded batch per sweep), and removes messages left half-stored
-    /// by a crash.
+    /// statement), deletes the content of messages whose key is gone (a
+    /// bounded batch per sweep) and any content without a message, removes
+    /// messages left half-stored by a crash and rows destroyed more than
+    /// [`ROW_RETENTION`] ago, and ends sessions past their lifetime.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<Swept, StoreError> {
         let expired = sqlx::query(
             "UPDATE portal_messages SET wrapped_key = NULL, state = $1, destroyed_at = $2 WHERE state = $3 AND expires_at <= $4",
@@ -470,13 +646,13 @@ impl PortalStore {
                 .filter_map(|r| r.try_get(0).ok())
                 .collect();
         for id in &abandoned {
-            self.purge(id).await?;
             sqlx::query("DELETE FROM portal_messages WHERE id = $1 AND state = $2")
                 .bind(id)
                 .bind(STORING)
                 .execute(&self.pool)
                 .await
                 .map_err(self.db("expiring messages"))?;
+            self.purge(id).await?;
         }
         let destroyed: Vec<String> = sqlx::query(
             "SELECT DISTINCT m.id FROM portal_messages m JOIN portal_chunks c ON c.message_id = m.id WHERE m.wrapped_key IS NULL AND m.state IN ($1, $2) LIMIT $3",
@@ -493,11 +669,44 @@ impl PortalStore {
         for id in &destroyed {
             self.purge(id).await?;
         }
-        Ok(Swept {
+        let retention = chrono::Duration::from_std(ROW_RETENTION).unwrap_or_default();
+        let rows = [
+            // Content whose message row is gone (a store that lost a race).
+            "DELETE FROM portal_chunks WHERE message_id NOT IN (SELECT id FROM portal_messages)",
+            "DELETE FROM portal_access WHERE message_id NOT IN (SELECT id FROM portal_messages WHERE state = 'active')",
+        ];
+        for stmt in rows {
+            sqlx::query(stmt)
+                .execute(&self.pool)
+                .await
+                .map_err(self.db("expiring messages"))?;
+        }
+        let forgotten = sqlx::query(
+            "DELETE FROM portal_messages WHERE state IN ($1, $2) AND destroyed_at <= $3 AND id NOT IN (SELECT message_id FROM portal_chunks)",
+        )
+        .bind(EXPIRED)
+        .bind(REVOKED)
+        .bind(unix(now - retention))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("expiring messages"))?
+        .rows_affected();
+        sqlx::query("DELETE FROM portal_sessions WHERE created_at <= $1 OR last_seen <= $2")
+            .bind(unix(now - super::access::SESSION_MAX))
+            .bind(unix(now - super::access::SESSION_IDLE))
+            .execute(&self.pool)
+            .await
+            .map_err(self.db("removing old sessions"))?;
+        let swept = Swept {
             expired,
             purged: destroyed.len() as u64,
             abandoned: abandoned.len() as u64,
-        })
+            forgotten,
+        };
+        if swept != Swept::default() {
+            self.scrub().await;
+        }
+        Ok(swept)
     }
 }
 

@@ -55,6 +55,26 @@ async fn revoke_destroys_a_stored_message_and_refuses_what_is_not_there() {
     .unwrap();
     let (ok, text) = run(&["check-config"], &config);
     assert!(ok, "{text}");
+    // The spool key as the master key, and a master key file that is no
+    // key: each refused with its key.
+    let good = std::fs::read_to_string(&config).unwrap();
+    let with_master = |file: &str| {
+        good.replace(
+            "master_key_file = \"portal.key\"",
+            &format!("master_key_file = \"{file}\""),
+        )
+    };
+    std::fs::write(&config, with_master("spool.key")).unwrap();
+    let (ok, text) = run(&["check-config"], &config);
+    assert!(
+        !ok && text.contains("portal.master_key_file") && text.contains("is the spool key file"),
+        "{text}"
+    );
+    std::fs::write(dir.path().join("broken.key"), "not a key\n").unwrap();
+    std::fs::write(&config, with_master("broken.key")).unwrap();
+    let (ok, text) = run(&["check-config"], &config);
+    assert!(!ok && text.contains("portal.master_key_file"), "{text}");
+    std::fs::write(&config, &good).unwrap();
 
     // A message stored as the daemon will store it.
     let spool = Spool::open(

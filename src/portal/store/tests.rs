@@ -140,15 +140,51 @@ async fn a_bound_link_opens_with_its_token_only() {
         .unwrap();
     // The stored row is marked bound; a token for another message finds
     // nothing, and a master-key-only unwrap fails.
-    let row = sqlx::query("SELECT wrapped_key, link_bound FROM portal_messages WHERE id = $1")
-        .bind(&stored.id)
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
+    let row = sqlx::query(
+        "SELECT wrapped_key, link_bound, token_hash, recipient, expires_at, size, chunks FROM portal_messages WHERE id = $1",
+    )
+    .bind(&stored.id)
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
     let wrapped = hex::decode(row.get::<String, _>(0)).unwrap();
     assert_eq!(row.get::<i64, _>(1), 1);
-    assert!(seal::unwrap(&store.masters[0], None, &stored.id, &wrapped).is_err());
-    assert!(seal::unwrap(&store.masters[0], Some(&stored.token), &stored.id, &wrapped).is_ok());
+    let (token_hash, recipient): (String, String) = (row.get(2), row.get(3));
+    let binding = seal::Binding {
+        id: &stored.id,
+        token_hash: &token_hash,
+        recipient: &recipient,
+        expires_at: row.get(4),
+        size: row.get::<i64, _>(5) as u64,
+        chunks: row.get::<i64, _>(6) as u64,
+    };
+    assert!(seal::unwrap(&store.masters[0], None, &binding, &wrapped).is_err());
+    assert!(seal::unwrap(&store.masters[0], Some(&stored.token), &binding, &wrapped).is_ok());
+    // A token for another message finds nothing.
+    assert!(matches!(
+        store.pickup(&seal::new_token()).await.unwrap(),
+        Pickup::Unknown
+    ));
+    // Turning the binding off in the row (to open it with the master key
+    // alone) or naming another master key opens nothing.
+    sqlx::query("UPDATE portal_messages SET link_bound = 0 WHERE id = $1")
+        .bind(&stored.id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.pickup(&stored.token).await,
+        Err(StoreError::Sealed(..))
+    ));
+    sqlx::query("UPDATE portal_messages SET link_bound = 1, master_key_id = 'ffff' WHERE id = $1")
+        .bind(&stored.id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.pickup(&stored.token).await,
+        Err(StoreError::UnknownMasterKey(_))
+    ));
 }
 
 #[tokio::test]
@@ -277,17 +313,30 @@ async fn altered_moved_or_missing_chunks_are_errors_never_short_content() {
     .await;
     let msg = opened(store.pickup(&t.token).await.unwrap());
     assert!(read_all(&store, &msg).await.is_err());
-    // A chunk count lowered in the row: the new last chunk fails its check.
+    // A chunk count lowered in the row: the key is bound to the count, and
+    // the new last chunk would fail its own check too.
     exec(format!(
         "UPDATE portal_messages SET chunks = 2 WHERE id = '{}'",
         t.id
     ))
     .await;
-    let msg = opened(store.pickup(&t.token).await.unwrap());
     assert!(matches!(
-        store.chunk(&msg, 1).await,
+        store.pickup(&t.token).await,
         Err(StoreError::Sealed(..))
     ));
+    let sealed_second: Vec<u8> =
+        sqlx::query("SELECT data FROM portal_chunks WHERE message_id = $1 AND seq = 1")
+            .bind(&t.id)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .get(0);
+    assert!(seal::open_chunk(&msg.key, &t.id, 1, true, sealed_second).is_err());
+    exec(format!(
+        "UPDATE portal_messages SET chunks = 4 WHERE id = '{}'",
+        t.id
+    ))
+    .await;
     // Another message's wrapped key copied in: refused.
     exec(format!(
         "UPDATE portal_messages SET wrapped_key = (SELECT wrapped_key FROM portal_messages WHERE id = '{}') WHERE id = '{}'",
@@ -428,4 +477,164 @@ async fn postgres_stores_streams_and_a_dump_holds_no_plaintext() {
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_overwritten_in_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite_store(dir.path(), false).await;
+    let spooled = Spooled::new(&content(100)).await;
+    let s = store
+        .store(&deposit(30), spooled.reader().await)
+        .await
+        .unwrap();
+    let wrapped: String = sqlx::query("SELECT wrapped_key FROM portal_messages WHERE id = $1")
+        .bind(&s.id)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(store.revoke(&s.id).await.unwrap());
+    store.pool.close().await;
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let p = f.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(
+            !bytes
+                .windows(wrapped.len())
+                .any(|w| w == wrapped.as_bytes()),
+            "the destroyed key is still in {}",
+            p.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn rows_changed_in_the_database_open_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite_store(dir.path(), false).await;
+    let spooled = Spooled::new(&content(100)).await;
+    let a = store
+        .store(&deposit(30), spooled.reader().await)
+        .await
+        .unwrap();
+    let b = store
+        .store(&deposit(30), spooled.reader().await)
+        .await
+        .unwrap();
+    let exec = |sql: String| {
+        let pool = store.pool.clone();
+        async move { sqlx::query(&sql).execute(&pool).await.unwrap() }
+    };
+    // B's message given A's link (a writer without the master key picking
+    // which message a link opens): refused.
+    let hash_a = seal::token_hash(&a.token);
+    exec(format!(
+        "UPDATE portal_messages SET token_hash = 'x' WHERE id = '{}'",
+        a.id
+    ))
+    .await;
+    exec(format!(
+        "UPDATE portal_messages SET token_hash = '{hash_a}' WHERE id = '{}'",
+        b.id
+    ))
+    .await;
+    assert!(matches!(
+        store.pickup(&a.token).await,
+        Err(StoreError::Sealed(..))
+    ));
+    exec(format!(
+        "UPDATE portal_messages SET token_hash = '{}' WHERE id = '{}'",
+        seal::token_hash(&b.token),
+        b.id
+    ))
+    .await;
+    let open_b = opened(store.pickup(&b.token).await.unwrap());
+    // Another recipient, a later expiry, a negative size.
+    for change in [
+        "recipient = 'attacker@evil.example'",
+        "expires_at = expires_at + 86400",
+        "size = -5",
+    ] {
+        let before: (String, i64, i64) = {
+            let r = sqlx::query(
+                "SELECT recipient, expires_at, size FROM portal_messages WHERE id = $1",
+            )
+            .bind(&b.id)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            (r.get(0), r.get(1), r.get(2))
+        };
+        exec(format!(
+            "UPDATE portal_messages SET {change} WHERE id = '{}'",
+            b.id
+        ))
+        .await;
+        assert!(store.pickup(&b.token).await.is_err(), "{change}");
+        exec(format!(
+            "UPDATE portal_messages SET recipient = '{}', expires_at = {}, size = {} WHERE id = '{}'",
+            before.0, before.1, before.2, b.id
+        ))
+        .await;
+        assert!(store.pickup(&b.token).await.is_ok(), "{change} restored");
+    }
+    // A message opened before it expired reads no further once it has.
+    exec(format!(
+        "UPDATE portal_messages SET expires_at = 1 WHERE id = '{}'",
+        b.id
+    ))
+    .await;
+    assert!(matches!(
+        store.chunk(&open_b, 0).await,
+        Err(StoreError::Damaged { .. })
+    ));
+}
+
+#[tokio::test]
+async fn destroyed_rows_are_forgotten_after_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite_store(dir.path(), false).await;
+    let spooled = Spooled::new(&content(100)).await;
+    let s = store
+        .store(&deposit(30), spooled.reader().await)
+        .await
+        .unwrap();
+    store.revoke(&s.id).await.unwrap();
+    let soon = store
+        .sweep(Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(soon.forgotten, 0);
+    assert!(matches!(
+        store.pickup(&s.token).await.unwrap(),
+        Pickup::Revoked
+    ));
+    let later = Utc::now() + chrono::Duration::days(31);
+    assert_eq!(store.sweep(later).await.unwrap().forgotten, 1);
+    assert!(matches!(
+        store.pickup(&s.token).await.unwrap(),
+        Pickup::Unknown
+    ));
+    // Revoking works without the master key (a keyless store), and a
+    // keyless store stores and opens nothing.
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let keyless = PortalStore::open_keyless(&url).await.unwrap();
+    let t = store
+        .store(&deposit(30), spooled.reader().await)
+        .await
+        .unwrap();
+    assert!(matches!(
+        keyless.pickup(&t.token).await,
+        Err(StoreError::UnknownMasterKey(_))
+    ));
+    assert!(matches!(
+        keyless.store(&deposit(30), spooled.reader().await).await,
+        Err(StoreError::MasterKey(_))
+    ));
+    assert!(keyless.revoke(&t.id).await.unwrap());
+    assert!(matches!(
+        store.pickup(&t.token).await.unwrap(),
+        Pickup::Revoked
+    ));
 }
