@@ -16,8 +16,15 @@ fn line_of(text: &str, needle: &str) -> usize {
 }
 
 fn run(verb: &str, config: &Path) -> (bool, String) {
+    run_args(&[verb], config)
+}
+
+/// Runs `sealgate ARGS... --config CONFIG`: whether it succeeded, and
+/// what it printed (stdout, then stderr).
+pub(crate) fn run_args(args: &[&str], config: &Path) -> (bool, String) {
     let out = Command::new(BIN)
-        .args([verb, "--config"])
+        .args(args)
+        .arg("--config")
         .arg(config)
         .output()
         .unwrap();

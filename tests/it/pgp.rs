@@ -1178,19 +1178,7 @@ fn check_config_refuses_unusable_pgp_key_files() {
         )
         .unwrap()
     };
-    let check = || {
-        let out = Command::new(gateway::BIN)
-            .args(["check-config", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let check = || crate::config_check::run_args(&["check-config"], &config);
     write_config(&public_only, &garbage);
     let (ok, text) = check();
     assert!(!ok, "{text}");

@@ -6,22 +6,8 @@ use std::process::Command;
 use sealgate::portal::store::{Deposit, Pickup, PortalStore};
 use sealgate::queue::{QueueId, Spool, SpoolKey};
 
+use crate::config_check::run_args as run;
 use crate::gateway::BIN;
-
-fn run(args: &[&str], config: &std::path::Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_destroys_a_stored_message_and_refuses_what_is_not_there() {
