@@ -126,10 +126,12 @@ impl Access {
 
     /// What is hashed of a secret: bound to its message and purpose.
     fn mac_input(purpose: &str, message_id: &str, secret: &str) -> Vec<u8> {
+        // Each part length-prefixed: no two triples give the same input.
         let mut input = Vec::new();
         for part in [purpose, message_id, secret] {
+            let len = u64::try_from(part.len()).unwrap_or(u64::MAX);
+            input.extend_from_slice(&len.to_be_bytes());
             input.extend_from_slice(part.as_bytes());
-            input.push(0);
         }
         input
     }
@@ -226,7 +228,7 @@ impl Access {
         }
         let code = six_digits();
         let r = sqlx::query(
-            "UPDATE portal_access SET code_hash = $1, code_expires = $2, last_code_at = $3, codes_window_start = $4, codes_in_window = $5 WHERE message_id = $6 AND codes_in_window = $7 AND codes_window_start = $8",
+            "UPDATE portal_access SET code_hash = $1, code_expires = $2, last_code_at = $3, codes_window_start = $4, codes_in_window = $5 WHERE message_id = $6 AND codes_in_window = $7 AND codes_window_start = $8 AND (locked_until IS NULL OR locked_until <= $9)",
         )
         .bind(self.mac("code", message_id, &code))
         .bind(unix(now + CODE_LIFETIME))
@@ -236,19 +238,27 @@ impl Access {
         .bind(message_id)
         .bind(a.in_window)
         .bind(unix(a.window_start))
+        .bind(unix(now))
         .execute(&self.pool)
         .await
         .map_err(self.db("recording a link's codes"))?;
         if r.rows_affected() == 0 {
-            // Another request sent one just now.
+            // Another request sent one just now, or wrong codes locked
+            // the link meanwhile.
+            let again = self.row(message_id).await?;
+            if let Some(until) = again.locked_until.filter(|u| *u > now) {
+                return Ok(Err(CodeRefused::Locked(until)));
+            }
             return Ok(Err(CodeRefused::RateLimited(now + RESEND_INTERVAL)));
         }
         Ok(Ok(code))
     }
 
     /// Checks `code` for `message_id`, proven from `client`. Every attempt
-    /// is counted before the comparison, in one statement, so requests in
-    /// parallel get no more than [`MAX_FAILURES`] comparisons per lock.
+    /// is counted before the comparison, and compared only against the
+    /// code the counting statement itself returned, so requests in
+    /// parallel get at most [`MAX_FAILURES`] comparisons per lock, and the
+    /// one that passes the limit always sets the lock.
     pub async fn verify_code(
         &self,
         message_id: &str,
@@ -257,65 +267,115 @@ impl Access {
         now: DateTime<Utc>,
     ) -> Result<Verified, StoreError> {
         self.ensure_row(message_id).await?;
-        let counted = sqlx::query(
-            "UPDATE portal_access SET failures = failures + 1 WHERE message_id = $1 AND (locked_until IS NULL OR locked_until <= $2)",
-        )
-        .bind(message_id)
-        .bind(unix(now))
-        .execute(&self.pool)
-        .await
-        .map_err(self.db("checking a code"))?
-        .rows_affected();
-        let a = self.row(message_id).await?;
-        let locked = a.locked_until.filter(|u| *u > now);
-        if counted == 0 || a.failures > MAX_FAILURES {
-            return Ok(Verified::Locked(locked.unwrap_or(now + LOCK_TIME)));
+        let Some(counted) = self.count_attempt(message_id, now).await? else {
+            let a = self.row(message_id).await?;
+            return Ok(Verified::Locked(
+                a.locked_until.filter(|u| *u > now).unwrap_or(now + LOCK_TIME),
+            ));
+        };
+        if counted.failures > MAX_FAILURES {
+            // Others in parallel used up the attempts: no comparison.
+            return self.lock(message_id, now).await.map(|l| match l {
+                Verified::NowLocked(until) => Verified::Locked(until),
+                other => other,
+            });
         }
-        let live = a
+        let live = counted
             .code_hash
-            .clone()
-            .filter(|_| a.code_expires.is_some_and(|e| e > now));
+            .filter(|_| counted.code_expires.is_some_and(|e| e > now));
         let typed: String = code.chars().filter(|c| !c.is_whitespace()).collect();
         let right = live
             .as_ref()
             .is_some_and(|stored| self.mac_matches("code", message_id, &typed, stored));
         if right {
-            let given = self.mac("code", message_id, &typed);
-            // Used once: only one of two requests with the code wins.
-            let used = sqlx::query(
-                "UPDATE portal_access SET code_hash = NULL, code_expires = NULL, failures = 0 WHERE message_id = $1 AND code_hash = $2",
-            )
-            .bind(message_id)
-            .bind(&given)
-            .execute(&self.pool)
-            .await
-            .map_err(self.db("checking a code"))?
-            .rows_affected();
-            if used == 0 {
-                return Ok(Verified::NoCode);
-            }
-            return Ok(Verified::Session(
-                self.begin_session(message_id, client, now).await?,
-            ));
+            return self.use_code(message_id, &typed, client, now).await;
         }
-        if a.failures >= MAX_FAILURES {
-            let until = now + LOCK_TIME;
-            sqlx::query(
-                "UPDATE portal_access SET locked_until = $1, failures = 0, code_hash = NULL, code_expires = NULL WHERE message_id = $2",
-            )
-            .bind(unix(until))
-            .bind(message_id)
-            .execute(&self.pool)
-            .await
-            .map_err(self.db("locking a link"))?;
-            return Ok(Verified::NowLocked(until));
+        if counted.failures >= MAX_FAILURES {
+            return self.lock(message_id, now).await;
         }
         if live.is_none() {
             return Ok(Verified::NoCode);
         }
         Ok(Verified::Wrong {
-            left: MAX_FAILURES - a.failures,
+            left: MAX_FAILURES - counted.failures,
         })
+    }
+
+    /// Counts one attempt unless the link is locked, returning the count
+    /// and the code as they are after it; `None` when locked.
+    async fn count_attempt(
+        &self,
+        message_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Counted>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE portal_access SET failures = failures + 1 WHERE message_id = $1 AND (locked_until IS NULL OR locked_until <= $2) RETURNING failures, code_hash, code_expires",
+        )
+        .bind(message_id)
+        .bind(unix(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db("checking a code"))?;
+        let Some(r) = row else { return Ok(None) };
+        let get = self.db("checking a code");
+        Ok(Some(Counted {
+            failures: r.try_get::<i64, _>(0).map_err(&get)?.max(0),
+            code_hash: r.try_get(1).map_err(&get)?,
+            code_expires: r
+                .try_get::<Option<i64>, _>(2)
+                .map_err(&get)?
+                .and_then(from_unix),
+        }))
+    }
+
+    /// Consumes the right code: only one of two requests with it wins.
+    async fn use_code(
+        &self,
+        message_id: &str,
+        typed: &str,
+        client: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<Verified, StoreError> {
+        let given = self.mac("code", message_id, typed);
+        let used = sqlx::query(
+            "UPDATE portal_access SET code_hash = NULL, code_expires = NULL, failures = 0 WHERE message_id = $1 AND code_hash = $2 AND (locked_until IS NULL OR locked_until <= $3)",
+        )
+        .bind(message_id)
+        .bind(&given)
+        .bind(unix(now))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("checking a code"))?
+        .rows_affected();
+        if used == 0 {
+            return Ok(Verified::NoCode);
+        }
+        Ok(Verified::Session(
+            self.begin_session(message_id, client, now).await?,
+        ))
+    }
+
+    /// Locks the link for [`LOCK_TIME`] unless a parallel request did;
+    /// either way the lock in force is returned.
+    async fn lock(&self, message_id: &str, now: DateTime<Utc>) -> Result<Verified, StoreError> {
+        let until = now + LOCK_TIME;
+        let set = sqlx::query(
+            "UPDATE portal_access SET locked_until = $1, failures = 0, code_hash = NULL, code_expires = NULL WHERE message_id = $2 AND (locked_until IS NULL OR locked_until <= $3)",
+        )
+        .bind(unix(until))
+        .bind(message_id)
+        .bind(unix(now))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db("locking a link"))?
+        .rows_affected();
+        if set > 0 {
+            return Ok(Verified::NowLocked(until));
+        }
+        let a = self.row(message_id).await?;
+        Ok(Verified::Locked(
+            a.locked_until.filter(|u| *u > now).unwrap_or(until),
+        ))
     }
 
     async fn begin_session(
@@ -379,6 +439,13 @@ impl Access {
             .map_err(self.db("keeping a session"))?;
         Ok(true)
     }
+}
+
+/// A link's attempt count and code, as counting an attempt left them.
+struct Counted {
+    failures: i64,
+    code_hash: Option<String>,
+    code_expires: Option<DateTime<Utc>>,
 }
 
 /// The state of one link's codes.

@@ -711,4 +711,4 @@ impl PortalStore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

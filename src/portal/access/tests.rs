@@ -1,6 +1,7 @@
 use std::net::IpAddr;
 
 use super::*;
+use sqlx::Row;
 use crate::portal::store::PortalStore;
 
 const HOME: &str = "192.0.2.10";
@@ -162,10 +163,10 @@ async fn five_wrong_codes_lock_the_link_and_the_right_one_is_then_refused() {
     ));
 }
 
-/// Wrong codes sent in parallel get no more comparisons than the limit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parallel_guesses_are_counted_before_they_are_compared() {
-    let (_d, s) = store().await;
+/// Wrong codes sent in parallel get no more comparisons than the limit,
+/// the link ends up locked (never counted past the limit with no lock),
+/// and after the lock a new code works.
+async fn parallel_guesses(s: PortalStore) {
     let a = std::sync::Arc::new(s.access().unwrap());
     let t0 = now();
     let code = a.issue_code("m1", t0).await.unwrap().unwrap();
@@ -177,18 +178,54 @@ async fn parallel_guesses_are_counted_before_they_are_compared() {
         })
         .collect();
     let mut compared = 0;
+    let mut locks = 0;
     for g in guesses {
         match g.await.unwrap() {
-            Verified::Wrong { .. } | Verified::NowLocked(_) => compared += 1,
-            Verified::Locked(_) => {}
+            Verified::Wrong { .. } => compared += 1,
+            Verified::NowLocked(_) => {
+                compared += 1;
+                locks += 1;
+            }
+            Verified::Locked(_) | Verified::NoCode => {}
             other => panic!("{other:?}"),
         }
     }
     assert!(compared <= MAX_FAILURES, "{compared} guesses were compared");
+    assert_eq!(locks, 1, "exactly one request set the lock");
+    let locked_until: Option<i64> =
+        sqlx::query("SELECT locked_until FROM portal_access WHERE message_id = 'm1'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(locked_until, Some((t0 + LOCK_TIME).timestamp()));
     assert!(matches!(
         a.verify_code("m1", &code, ip(HOME), t0).await.unwrap(),
         Verified::Locked(_)
     ));
+    let t1 = t0 + LOCK_TIME;
+    let fresh = a.issue_code("m1", t1).await.unwrap().unwrap();
+    assert!(matches!(
+        a.verify_code("m1", &fresh, ip(HOME), t1).await.unwrap(),
+        Verified::Session(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_are_counted_before_they_are_compared() {
+    let (_d, s) = store().await;
+    parallel_guesses(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_guesses_are_counted_before_they_are_compared_on_postgres() {
+    crate::portal::store::tests::on_fresh_postgres(|url| async move {
+        let s = PortalStore::open(&url, vec![crate::util::random_bytes::<32>()], false)
+            .await
+            .unwrap();
+        parallel_guesses(s).await;
+    })
+    .await;
 }
 
 #[tokio::test]

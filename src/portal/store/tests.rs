@@ -416,10 +416,13 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{root}/{name}{query}")
 }
 
-/// The same against PostgreSQL (a fresh database), and `pg_dump` of it
-/// holds no plaintext. Fails when PostgreSQL is not reachable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_stores_streams_and_a_dump_holds_no_plaintext() {
+/// Runs `body` on the URL of a fresh PostgreSQL database, dropped after
+/// it, whatever `body` did. Fails when PostgreSQL is not reachable.
+pub(in crate::portal) async fn on_fresh_postgres<F, Fut>(body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     sqlx::any::install_default_drivers();
     let admin_url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
@@ -434,10 +437,21 @@ async fn postgres_stores_streams_and_a_dump_holds_no_plaintext() {
         .execute(&mut admin)
         .await
         .unwrap();
-    let url = with_database(&admin_url, &name);
-    let body = {
-        let url = url.clone();
-        async move {
+    let outcome = tokio::spawn(body(with_database(&admin_url, &name))).await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// The same against PostgreSQL (a fresh database), and `pg_dump` of it
+/// holds no plaintext. Fails when PostgreSQL is not reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stores_streams_and_a_dump_holds_no_plaintext() {
+    on_fresh_postgres(|url| async move {
             let store = PortalStore::open(&url, vec![crate::util::random_bytes::<32>()], false)
                 .await
                 .unwrap();
@@ -467,16 +481,8 @@ async fn postgres_stores_streams_and_a_dump_holds_no_plaintext() {
             assert!(!dump.stdout.windows(14).any(|w| w == &MARKER[..14]));
             let text = String::from_utf8_lossy(&dump.stdout).to_ascii_lowercase();
             assert!(!text.contains(&hex::encode(&MARKER[..14])));
-        }
-    };
-    let outcome = tokio::spawn(body).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
