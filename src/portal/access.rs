@@ -157,7 +157,7 @@ impl Access {
 
     async fn row(&self, message_id: &str) -> Result<AccessRow, StoreError> {
         let row = sqlx::query(
-            "SELECT code_hash, code_expires, failures, locked_until, codes_window_start, codes_in_window, last_code_at FROM portal_access WHERE message_id = $1",
+            "SELECT locked_until, codes_window_start, codes_in_window, last_code_at FROM portal_access WHERE message_id = $1",
         )
         .bind(message_id)
         .fetch_optional(&self.pool)
@@ -168,20 +168,14 @@ impl Access {
         };
         let get = self.db("reading a link's codes");
         Ok(AccessRow {
-            code_hash: r.try_get(0).map_err(&get)?,
-            code_expires: r
-                .try_get::<Option<i64>, _>(1)
-                .map_err(&get)?
-                .and_then(from_unix),
-            failures: r.try_get::<i64, _>(2).map_err(&get)?.max(0),
             locked_until: r
-                .try_get::<Option<i64>, _>(3)
+                .try_get::<Option<i64>, _>(0)
                 .map_err(&get)?
                 .and_then(from_unix),
-            window_start: from_unix(r.try_get(4).map_err(&get)?).unwrap_or_default(),
-            in_window: r.try_get::<i64, _>(5).map_err(&get)?.max(0),
+            window_start: from_unix(r.try_get(1).map_err(&get)?).unwrap_or_default(),
+            in_window: r.try_get::<i64, _>(2).map_err(&get)?.max(0),
             last_code_at: r
-                .try_get::<Option<i64>, _>(6)
+                .try_get::<Option<i64>, _>(3)
                 .map_err(&get)?
                 .and_then(from_unix),
         })
@@ -270,7 +264,9 @@ impl Access {
         let Some(counted) = self.count_attempt(message_id, now).await? else {
             let a = self.row(message_id).await?;
             return Ok(Verified::Locked(
-                a.locked_until.filter(|u| *u > now).unwrap_or(now + LOCK_TIME),
+                a.locked_until
+                    .filter(|u| *u > now)
+                    .unwrap_or(now + LOCK_TIME),
             ));
         };
         if counted.failures > MAX_FAILURES {
@@ -448,12 +444,9 @@ struct Counted {
     code_expires: Option<DateTime<Utc>>,
 }
 
-/// The state of one link's codes.
+/// The state of one link's limits.
 #[derive(Debug, Clone, Default)]
 struct AccessRow {
-    code_hash: Option<String>,
-    code_expires: Option<DateTime<Utc>>,
-    failures: i64,
     locked_until: Option<DateTime<Utc>>,
     window_start: DateTime<Utc>,
     in_window: i64,

@@ -1,8 +1,8 @@
 use std::net::IpAddr;
 
 use super::*;
-use sqlx::Row;
 use crate::portal::store::PortalStore;
+use sqlx::Row;
 
 const HOME: &str = "192.0.2.10";
 const ELSEWHERE: &str = "198.51.100.7";
@@ -194,7 +194,7 @@ async fn parallel_guesses(s: PortalStore) {
     assert_eq!(locks, 1, "exactly one request set the lock");
     let locked_until: Option<i64> =
         sqlx::query("SELECT locked_until FROM portal_access WHERE message_id = 'm1'")
-            .fetch_one(&s.pool)
+            .fetch_one(&a.pool)
             .await
             .unwrap()
             .get(0);

@@ -452,35 +452,35 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stores_streams_and_a_dump_holds_no_plaintext() {
     on_fresh_postgres(|url| async move {
-            let store = PortalStore::open(&url, vec![crate::util::random_bytes::<32>()], false)
-                .await
-                .unwrap();
-            round_trips(&store).await;
-            let spooled = Spooled::new(&content(2 * CHUNK)).await;
-            let s = store
-                .store(&deposit(30), spooled.reader().await)
-                .await
-                .unwrap();
-            assert!(store.revoke(&s.id).await.unwrap());
-            assert!(matches!(
-                store.pickup(&s.token).await.unwrap(),
-                Pickup::Revoked
-            ));
-            store.pool.close().await;
-            let dump = std::process::Command::new("pg_dump")
-                .arg(&url)
-                .output()
-                .expect("pg_dump (postgresql-client) is installed");
-            assert!(
-                dump.status.success(),
-                "{}",
-                String::from_utf8_lossy(&dump.stderr)
-            );
-            assert!(String::from_utf8_lossy(&dump.stdout).contains("portal_chunks"));
-            // bytea is dumped as hex: neither form of the marker is there.
-            assert!(!dump.stdout.windows(14).any(|w| w == &MARKER[..14]));
-            let text = String::from_utf8_lossy(&dump.stdout).to_ascii_lowercase();
-            assert!(!text.contains(&hex::encode(&MARKER[..14])));
+        let store = PortalStore::open(&url, vec![crate::util::random_bytes::<32>()], false)
+            .await
+            .unwrap();
+        round_trips(&store).await;
+        let spooled = Spooled::new(&content(2 * CHUNK)).await;
+        let s = store
+            .store(&deposit(30), spooled.reader().await)
+            .await
+            .unwrap();
+        assert!(store.revoke(&s.id).await.unwrap());
+        assert!(matches!(
+            store.pickup(&s.token).await.unwrap(),
+            Pickup::Revoked
+        ));
+        store.pool.close().await;
+        let dump = std::process::Command::new("pg_dump")
+            .arg(&url)
+            .output()
+            .expect("pg_dump (postgresql-client) is installed");
+        assert!(
+            dump.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
+        assert!(String::from_utf8_lossy(&dump.stdout).contains("portal_chunks"));
+        // bytea is dumped as hex: neither form of the marker is there.
+        assert!(!dump.stdout.windows(14).any(|w| w == &MARKER[..14]));
+        let text = String::from_utf8_lossy(&dump.stdout).to_ascii_lowercase();
+        assert!(!text.contains(&hex::encode(&MARKER[..14])));
     })
     .await;
 }
