@@ -55,6 +55,10 @@ pub enum StoreError {
     Damaged { id: String, reason: String },
     #[error("portal store: message {0} was revoked or removed while it was being stored")]
     Gone(String),
+    #[error(
+        "portal store: the message would expire at {0}, which is not in the future ([portal] expiry)"
+    )]
+    Expiry(DateTime<Utc>),
 }
 
 /// States of a stored message.
@@ -192,28 +196,20 @@ pub struct PortalStore {
 /// creating them at once would collide).
 async fn create_tables(pool: &AnyPool, postgres: bool) -> Result<(), sqlx::Error> {
     let blob = if postgres { "BYTEA" } else { "BLOB" };
-    let mut conn = pool.acquire().await?;
+    // One transaction: the PostgreSQL lock is released with it, whatever
+    // fails, and a half-created schema is never left behind.
+    let mut tx = pool.begin().await?;
     if postgres {
-        sqlx::query("SELECT pg_advisory_lock($1)")
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SCHEMA_LOCK_KEY)
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
     }
     let access = super::access::SCHEMA.iter().map(|s| s.to_string());
-    let mut result = Ok(());
     for stmt in schema(blob).into_iter().chain(access) {
-        if let Err(e) = sqlx::query(&stmt).execute(&mut *conn).await {
-            result = Err(e);
-            break;
-        }
+        sqlx::query(&stmt).execute(&mut *tx).await?;
     }
-    if postgres {
-        sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(SCHEMA_LOCK_KEY)
-            .execute(&mut *conn)
-            .await?;
-    }
-    result
+    tx.commit().await
 }
 
 impl std::fmt::Debug for PortalStore {
@@ -228,6 +224,17 @@ fn unix(t: DateTime<Utc>) -> i64 {
 
 fn from_unix(s: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(s, 0)
+}
+
+/// `now` less `d`, the earliest time there is when that underflows (so a
+/// clock or a row far out of range never panics a sweep).
+fn before(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d).map_or(DateTime::<Utc>::MIN_UTC, |d| before_by(now, d))
+}
+
+fn before_by(now: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    now.checked_sub_signed(d)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl PortalStore {
@@ -338,6 +345,9 @@ impl PortalStore {
         deposit: &Deposit,
         mut reader: ContentReader,
     ) -> Result<Stored, StoreError> {
+        if deposit.expires_at <= Utc::now() {
+            return Err(StoreError::Expiry(deposit.expires_at));
+        }
         let id = hex::encode(crate::util::random_bytes::<16>());
         let token = seal::new_token();
         let key = DataKey::generate();
@@ -531,6 +541,10 @@ impl PortalStore {
             id: msg.id.clone(),
             reason: format!("chunk {seq} is not readable (revoked, expired or deleted)"),
         };
+        let now = Utc::now();
+        if msg.expires_at <= now {
+            return Err(gone());
+        }
         let seq_db = i64::try_from(seq).map_err(|_| gone())?;
         let row = sqlx::query(
             "SELECT c.data FROM portal_chunks c JOIN portal_messages m ON m.id = c.message_id WHERE c.message_id = $1 AND c.seq = $2 AND m.state = $3 AND m.expires_at > $4",
@@ -538,7 +552,7 @@ impl PortalStore {
         .bind(&msg.id)
         .bind(seq_db)
         .bind(ACTIVE)
-        .bind(unix(Utc::now()))
+        .bind(unix(now))
         .fetch_optional(&self.pool)
         .await
         .map_err(self.db("reading a message"))?;
@@ -634,7 +648,7 @@ impl PortalStore {
         .await
         .map_err(self.db("expiring messages"))?
         .rows_affected();
-        let stale = now - chrono::Duration::from_std(STORING_GRACE).unwrap_or_default();
+        let stale = before(now, STORING_GRACE);
         let abandoned: Vec<String> =
             sqlx::query("SELECT id FROM portal_messages WHERE state = $1 AND created_at <= $2")
                 .bind(STORING)
@@ -645,14 +659,21 @@ impl PortalStore {
                 .iter()
                 .filter_map(|r| r.try_get(0).ok())
                 .collect();
+        let mut removed = 0u64;
         for id in &abandoned {
-            sqlx::query("DELETE FROM portal_messages WHERE id = $1 AND state = $2")
+            // Only what is still half-stored: a store that finished since
+            // the select keeps its content.
+            let hit = sqlx::query("DELETE FROM portal_messages WHERE id = $1 AND state = $2")
                 .bind(id)
                 .bind(STORING)
                 .execute(&self.pool)
                 .await
-                .map_err(self.db("expiring messages"))?;
-            self.purge(id).await?;
+                .map_err(self.db("expiring messages"))?
+                .rows_affected();
+            if hit > 0 {
+                self.purge(id).await?;
+                removed += 1;
+            }
         }
         let destroyed: Vec<String> = sqlx::query(
             "SELECT DISTINCT m.id FROM portal_messages m JOIN portal_chunks c ON c.message_id = m.id WHERE m.wrapped_key IS NULL AND m.state IN ($1, $2) LIMIT $3",
@@ -669,11 +690,10 @@ impl PortalStore {
         for id in &destroyed {
             self.purge(id).await?;
         }
-        let retention = chrono::Duration::from_std(ROW_RETENTION).unwrap_or_default();
         let rows = [
             // Content whose message row is gone (a store that lost a race).
-            "DELETE FROM portal_chunks WHERE message_id NOT IN (SELECT id FROM portal_messages)",
-            "DELETE FROM portal_access WHERE message_id NOT IN (SELECT id FROM portal_messages WHERE state = 'active')",
+            "DELETE FROM portal_chunks WHERE NOT EXISTS (SELECT 1 FROM portal_messages m WHERE m.id = portal_chunks.message_id)",
+            "DELETE FROM portal_access WHERE NOT EXISTS (SELECT 1 FROM portal_messages m WHERE m.id = portal_access.message_id AND m.state = 'active')",
         ];
         for stmt in rows {
             sqlx::query(stmt)
@@ -682,25 +702,25 @@ impl PortalStore {
                 .map_err(self.db("expiring messages"))?;
         }
         let forgotten = sqlx::query(
-            "DELETE FROM portal_messages WHERE state IN ($1, $2) AND destroyed_at <= $3 AND id NOT IN (SELECT message_id FROM portal_chunks)",
+            "DELETE FROM portal_messages WHERE state IN ($1, $2) AND destroyed_at <= $3 AND NOT EXISTS (SELECT 1 FROM portal_chunks c WHERE c.message_id = portal_messages.id)",
         )
         .bind(EXPIRED)
         .bind(REVOKED)
-        .bind(unix(now - retention))
+        .bind(unix(before(now, ROW_RETENTION)))
         .execute(&self.pool)
         .await
         .map_err(self.db("expiring messages"))?
         .rows_affected();
         sqlx::query("DELETE FROM portal_sessions WHERE created_at <= $1 OR last_seen <= $2")
-            .bind(unix(now - super::access::SESSION_MAX))
-            .bind(unix(now - super::access::SESSION_IDLE))
+            .bind(unix(before_by(now, super::access::SESSION_MAX)))
+            .bind(unix(before_by(now, super::access::SESSION_IDLE)))
             .execute(&self.pool)
             .await
             .map_err(self.db("removing old sessions"))?;
         let swept = Swept {
             expired,
             purged: destroyed.len() as u64,
-            abandoned: abandoned.len() as u64,
+            abandoned: removed,
             forgotten,
         };
         if swept != Swept::default() {

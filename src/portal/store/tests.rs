@@ -260,11 +260,35 @@ async fn revoked_and_expired_messages_show_nothing_and_lose_their_content() {
         expires_at: Utc::now() - chrono::Duration::seconds(1),
         ..deposit(0)
     };
-    let d = store.store(&short, spooled.reader().await).await.unwrap();
+    // A deposit that would be born expired is refused...
+    assert!(matches!(
+        store.store(&short, spooled.reader().await).await,
+        Err(StoreError::Expiry(_))
+    ));
+    // ...and one that expires while it is open reads no further.
+    let d = store
+        .store(&deposit(1), spooled.reader().await)
+        .await
+        .unwrap();
+    let open = opened(store.pickup(&d.token).await.unwrap());
+    // Past its expiry by the clock, though the row does not say so yet.
+    let in_memory = Opened {
+        expires_at: Utc::now() - chrono::Duration::seconds(1),
+        ..opened(store.pickup(&d.token).await.unwrap())
+    };
+    assert!(store.chunk(&in_memory, 0).await.is_err());
+    assert!(store.chunk(&open, 0).await.unwrap().is_some());
+    sqlx::query("UPDATE portal_messages SET expires_at = $1 WHERE id = $2")
+        .bind((Utc::now() - chrono::Duration::seconds(1)).timestamp())
+        .bind(&d.id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
     assert!(matches!(
         store.pickup(&d.token).await.unwrap(),
         Pickup::Expired
     ));
+    assert!(store.chunk(&open, 0).await.is_err());
 }
 
 #[tokio::test]
