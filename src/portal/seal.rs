@@ -138,12 +138,14 @@ fn wrapping_key(master: &[u8; 32], token: Option<&str>) -> LessSafeKey {
 
 /// What a wrapped key is bound to: the facts of its message's row that a
 /// reader relies on. Changing any of them in the database (pointing
-/// another link at the message, another recipient, a later expiry, other
+/// another link at the message, another sender or recipient, a later
+/// expiry, other
 /// content bounds) makes the key fail to unwrap.
 #[derive(Debug, Clone, Copy)]
 pub struct Binding<'a> {
     pub id: &'a str,
     pub token_hash: &'a str,
+    pub sender: &'a str,
     pub recipient: &'a str,
     pub expires_at: i64,
     pub size: u64,
@@ -151,8 +153,8 @@ pub struct Binding<'a> {
 }
 
 fn wrap_aad(b: &Binding<'_>, bound: bool) -> Vec<u8> {
-    let mut aad = b"sealgate portal wrapped key v2\0".to_vec();
-    for field in [b.id, b.token_hash, b.recipient] {
+    let mut aad = b"sealgate portal wrapped key v3\0".to_vec();
+    for field in [b.id, b.token_hash, b.sender, b.recipient] {
         aad.extend_from_slice(&(field.len() as u64).to_be_bytes());
         aad.extend_from_slice(field.as_bytes());
     }
@@ -276,6 +278,7 @@ mod tests {
     const ROW: Binding<'static> = Binding {
         id: "m1",
         token_hash: "aa",
+        sender: "doctor@clinic.example",
         recipient: "patient@mail.example",
         expires_at: 1_900_000_000,
         size: 1,
@@ -321,6 +324,16 @@ mod tests {
             },
             Binding {
                 recipient: "someone@else.example",
+                ..ROW
+            },
+            Binding {
+                sender: "phisher@else.example",
+                ..ROW
+            },
+            // A byte moved between sender and recipient.
+            Binding {
+                sender: "doctor@clinic.examplep",
+                recipient: "atient@mail.example",
                 ..ROW
             },
             Binding {

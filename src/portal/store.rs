@@ -405,6 +405,7 @@ impl PortalStore {
         let binding = seal::Binding {
             id: &id,
             token_hash: &token_hash,
+            sender: &deposit.sender,
             recipient: &deposit.recipient,
             expires_at: unix(deposit.expires_at),
             size,
@@ -499,6 +500,7 @@ impl PortalStore {
             .ok()
             .filter(|c| *c > 0)
             .ok_or_else(|| damaged("it has no content"))?;
+        let sender: String = row.try_get(2).map_err(&get)?;
         let recipient: String = row.try_get(3).map_err(&get)?;
         let master = self
             .masters
@@ -508,6 +510,7 @@ impl PortalStore {
         let binding = seal::Binding {
             id: &id,
             token_hash: &token_hash,
+            sender: &sender,
             recipient: &recipient,
             expires_at: expires_raw,
             size,
@@ -519,7 +522,7 @@ impl PortalStore {
             .ok_or_else(|| damaged("its creation time is out of range"))?;
         Ok(Pickup::Open(Opened {
             queue_id: row.try_get(1).map_err(&get)?,
-            sender: row.try_get(2).map_err(&get)?,
+            sender,
             recipient,
             created_at,
             expires_at,

@@ -153,6 +153,7 @@ async fn a_bound_link_opens_with_its_token_only() {
     let binding = seal::Binding {
         id: &stored.id,
         token_hash: &token_hash,
+        sender: "doctor@clinic.example",
         recipient: &recipient,
         expires_at: row.get(4),
         size: row.get::<i64, _>(5) as u64,
@@ -580,21 +581,22 @@ async fn rows_changed_in_the_database_open_nothing() {
     ))
     .await;
     let open_b = opened(store.pickup(&b.token).await.unwrap());
-    // Another recipient, a later expiry, a negative size.
+    // Another recipient or sender, a later expiry, another size.
     for change in [
         "recipient = 'attacker@evil.example'",
+        "sender = 'phisher@evil.example'",
         "expires_at = expires_at + 86400",
-        "size = -5",
+        "size = size + 1",
     ] {
-        let before: (String, i64, i64) = {
+        let before: (String, i64, i64, String) = {
             let r = sqlx::query(
-                "SELECT recipient, expires_at, size FROM portal_messages WHERE id = $1",
+                "SELECT recipient, expires_at, size, sender FROM portal_messages WHERE id = $1",
             )
             .bind(&b.id)
             .fetch_one(&store.pool)
             .await
             .unwrap();
-            (r.get(0), r.get(1), r.get(2))
+            (r.get(0), r.get(1), r.get(2), r.get(3))
         };
         exec(format!(
             "UPDATE portal_messages SET {change} WHERE id = '{}'",
@@ -603,8 +605,8 @@ async fn rows_changed_in_the_database_open_nothing() {
         .await;
         assert!(store.pickup(&b.token).await.is_err(), "{change}");
         exec(format!(
-            "UPDATE portal_messages SET recipient = '{}', expires_at = {}, size = {} WHERE id = '{}'",
-            before.0, before.1, before.2, b.id
+            "UPDATE portal_messages SET recipient = '{}', expires_at = {}, size = {}, sender = '{}' WHERE id = '{}'",
+            before.0, before.1, before.2, before.3, b.id
         ))
         .await;
         assert!(store.pickup(&b.token).await.is_ok(), "{change} restored");
