@@ -75,23 +75,23 @@ fn check_named_files(s: &Settings) -> Vec<ConfigProblem> {
     if let Some(p) = &s.portal
         && p.master_key_file.is_file()
     {
-        if let Err(e) = SpoolKey::load(&p.master_key_file) {
-            problems.push(
+        match SpoolKey::load(&p.master_key_file) {
+            Err(e) => problems.push(
                 s.origins
                     .problem("portal.master_key_file", 0, e.to_string()),
-            );
-        }
-        let same =
-            |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
-                (Ok(x), Ok(y)) => x == y,
-                _ => false,
-            };
-        if same(&p.master_key_file, &s.server.spool_key_file) {
-            problems.push(s.origins.problem(
-                "portal.master_key_file",
-                0,
-                "is the spool key file: give the portal a key of its own (`sealgate keygen --out FILE`), so that one leaked key does not open both",
-            ));
+            ),
+            Ok(master) => {
+                // The same file, or a copy of (a key of) it.
+                if let Ok(spool) = SpoolKey::load(&s.server.spool_key_file)
+                    && crate::portal::shares_a_key(master.raw_keys(), spool.raw_keys())
+                {
+                    problems.push(s.origins.problem(
+                        "portal.master_key_file",
+                        0,
+                        crate::portal::SHARED_WITH_SPOOL,
+                    ));
+                }
+            }
         }
     }
     for (key, nth, e) in crate::encrypt::prepare::unusable_key_files(s) {

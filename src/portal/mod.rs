@@ -55,10 +55,12 @@ pub async fn expiry_loop(database_url: String) {
 
 /// Opens the store in the audit database with the master keys of
 /// `[portal] master_key_file` (a key file like the spool key's, current
-/// key first).
+/// key first). Refused when it holds any key of the spool's
+/// (`spool_keys`): a copy of the spool key file is as bad as the file.
 pub async fn open_store(
     database_url: &str,
     portal: &PortalSettings,
+    spool_keys: &[[u8; 32]],
 ) -> Result<PortalStore, StoreError> {
     let key = SpoolKey::load(&portal.master_key_file).map_err(|e| match e {
         crate::queue::SpoolError::Key { path, reason } => {
@@ -66,5 +68,23 @@ pub async fn open_store(
         }
         other => StoreError::MasterKey(other.to_string()),
     })?;
+    if shares_a_key(key.raw_keys(), spool_keys) {
+        return Err(StoreError::MasterKey(SHARED_WITH_SPOOL.into()));
+    }
     PortalStore::open(database_url, key.raw_keys().to_vec(), portal.link_bound).await
+}
+
+/// Why a master key file that holds a spool key is refused.
+pub const SHARED_WITH_SPOOL: &str = "holds a key of the spool key file: give the portal a key of its own (`sealgate keygen --out FILE`), so that one leaked key does not open both";
+
+/// Whether the two key lists have a key in common (constant-time per
+/// comparison: the keys are secrets).
+pub fn shares_a_key(a: &[[u8; 32]], b: &[[u8; 32]]) -> bool {
+    let mut shared = false;
+    for x in a {
+        for y in b {
+            shared |= crate::util::constant_time_eq(x, y);
+        }
+    }
+    shared
 }

@@ -50,12 +50,24 @@ async fn revoke_destroys_a_stored_message_and_refuses_what_is_not_there() {
             &format!("master_key_file = \"{file}\""),
         )
     };
-    std::fs::write(&config, with_master("spool.key")).unwrap();
-    let (ok, text) = run(&["check-config"], &config);
-    assert!(
-        !ok && text.contains("portal.master_key_file") && text.contains("is the spool key file"),
-        "{text}"
+    // The file itself, a copy of it, and a rotated file whose older key is
+    // the spool's.
+    std::fs::copy(&spool_key, dir.path().join("copy.key")).unwrap();
+    let rotated = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.path().join("portal.key")).unwrap(),
+        std::fs::read_to_string(&spool_key).unwrap()
     );
+    std::fs::write(dir.path().join("rotated.key"), rotated).unwrap();
+    for shared in ["spool.key", "copy.key", "rotated.key"] {
+        std::fs::write(&config, with_master(shared)).unwrap();
+        let (ok, text) = run(&["check-config"], &config);
+        assert!(
+            !ok && text.contains("portal.master_key_file")
+                && text.contains("holds a key of the spool key file"),
+            "{shared}: {text}"
+        );
+    }
     std::fs::write(dir.path().join("broken.key"), "not a key\n").unwrap();
     std::fs::write(&config, with_master("broken.key")).unwrap();
     let (ok, text) = run(&["check-config"], &config);
