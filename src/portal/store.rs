@@ -23,6 +23,7 @@
 //! database writer without the master key cannot point another link, a
 //! later expiry or another recipient at a message.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -72,6 +73,9 @@ const STORING_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Messages whose chunks one sweep deletes at most (the rest next time).
 const PURGE_BATCH: i64 = 100;
+
+/// The least time between two VACUUMs of the PostgreSQL tables.
+const VACUUM_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How long the row of a destroyed message stays (its link says
 /// "expired" or "revoked"); then sender and recipient go too.
@@ -190,6 +194,9 @@ pub struct PortalStore {
     masters: Vec<[u8; 32]>,
     link_bound: bool,
     postgres: bool,
+    /// Deleted data not yet scrubbed (a busy checkpoint, a vacuum put off).
+    scrub_pending: AtomicBool,
+    last_vacuum: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Creates the tables, under an advisory lock on PostgreSQL (two nodes
@@ -306,6 +313,8 @@ impl PortalStore {
             masters,
             link_bound,
             postgres,
+            scrub_pending: AtomicBool::new(false),
+            last_vacuum: std::sync::Mutex::new(None),
         })
     }
 
@@ -622,14 +631,55 @@ impl PortalStore {
     /// deleted pages goes), PostgreSQL's tables vacuumed (dead row versions
     /// with destroyed keys go). Best effort: a failure is logged.
     async fn scrub(&self) {
-        let stmts: &[&str] = if self.postgres {
-            &["VACUUM portal_messages", "VACUUM portal_chunks"]
+        if self.postgres {
+            self.vacuum().await;
         } else {
-            &["PRAGMA wal_checkpoint(TRUNCATE)"]
+            self.truncate_wal().await;
+        }
+    }
+
+    /// SQLite: moves the write-ahead log into the file (where
+    /// `secure_delete` has zeroed what was deleted) and truncates it. A
+    /// checkpoint kept from finishing by a reader is retried next sweep.
+    async fn truncate_wal(&self) {
+        match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_optional(&self.pool)
+            .await
+        {
+            Ok(row) => {
+                let busy = row.and_then(|r| r.try_get::<i64, _>(0).ok()).unwrap_or(0);
+                if busy != 0 {
+                    self.scrub_pending.store(true, Ordering::Relaxed);
+                    tracing::debug!(url = %self.url, "portal store: write-ahead log busy, truncated next sweep");
+                }
+            }
+            Err(e) => {
+                self.scrub_pending.store(true, Ordering::Relaxed);
+                tracing::warn!(url = %self.url, error = %e, "portal store: could not truncate the write-ahead log");
+            }
+        }
+    }
+
+    /// PostgreSQL: VACUUM, at most once per [`VACUUM_INTERVAL`] (the rest
+    /// waits for a later sweep). It makes the dead rows' space reusable;
+    /// their bytes stay on disk until PostgreSQL reuses the page.
+    async fn vacuum(&self) {
+        let due = {
+            let mut last = self.last_vacuum.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= VACUUM_INTERVAL);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
         };
-        for stmt in stmts {
+        if !due {
+            self.scrub_pending.store(true, Ordering::Relaxed);
+            return;
+        }
+        for stmt in ["VACUUM portal_messages", "VACUUM portal_chunks"] {
             if let Err(e) = sqlx::query(stmt).execute(&self.pool).await {
-                tracing::warn!(url = %self.url, error = %e, "portal store: could not scrub deleted data");
+                self.scrub_pending.store(true, Ordering::Relaxed);
+                tracing::warn!(url = %self.url, error = %e, "portal store: could not vacuum deleted data");
             }
         }
     }
@@ -726,7 +776,8 @@ impl PortalStore {
             abandoned: removed,
             forgotten,
         };
-        if swept != Swept::default() {
+        let pending = self.scrub_pending.swap(false, Ordering::Relaxed);
+        if swept != Swept::default() || pending {
             self.scrub().await;
         }
         Ok(swept)

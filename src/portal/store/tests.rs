@@ -510,10 +510,53 @@ async fn postgres_stores_streams_and_a_dump_holds_no_plaintext() {
     .await;
 }
 
-#[tokio::test]
+/// Whether `needle` is in any file of `dir` (the database, its WAL and
+/// shared memory), read while the database is still open.
+fn in_files(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| {
+            std::fs::read(p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+        .collect()
+}
+
+/// In WAL mode, as the audit database runs: a revoked key is gone from
+/// every file at once, on every connection of the pool. The control (the
+/// same with `secure_delete` off, outside the store) shows the search
+/// finds what deleting leaves behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_is_overwritten_in_the_database_file() {
+    sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("audit.db").display()
+    );
+    {
+        let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
     let (store, _) = sqlite_store(dir.path(), false).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = store.pool.acquire().await.unwrap();
+        let on: i64 = sqlx::query("PRAGMA secure_delete")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(on, 1, "secure_delete on every connection");
+        held.push(c);
+    }
+    drop(held);
     let spooled = Spooled::new(&content(100)).await;
     let s = store
         .store(&deposit(30), spooled.reader().await)
@@ -525,19 +568,43 @@ async fn a_revoked_key_is_overwritten_in_the_database_file() {
         .await
         .unwrap()
         .get(0);
+    assert!(!in_files(dir.path(), wrapped.as_bytes()).is_empty());
     assert!(store.revoke(&s.id).await.unwrap());
+    let left = in_files(dir.path(), wrapped.as_bytes());
+    assert!(left.is_empty(), "the destroyed key is still in {left:?}");
     store.pool.close().await;
-    for f in std::fs::read_dir(dir.path()).unwrap() {
-        let p = f.unwrap().path();
-        let bytes = std::fs::read(&p).unwrap();
-        assert!(
-            !bytes
-                .windows(wrapped.len())
-                .any(|w| w == wrapped.as_bytes()),
-            "the destroyed key is still in {}",
-            p.display()
-        );
+
+    // Control: the same delete with secure_delete off leaves the value.
+    let control = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        control.path().join("c.db").display()
+    );
+    let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+    for stmt in [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA secure_delete = OFF",
+        "CREATE TABLE t (v TEXT)",
+    ] {
+        sqlx::query(stmt).execute(&mut c).await.unwrap();
     }
+    for v in ["a".repeat(200), wrapped.clone(), "b".repeat(200)] {
+        sqlx::query("INSERT INTO t VALUES ($1)")
+            .bind(v)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    sqlx::query("DELETE FROM t WHERE v = $1")
+        .bind(&wrapped)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert!(!in_files(control.path(), wrapped.as_bytes()).is_empty());
 }
 
 #[tokio::test]
