@@ -1258,6 +1258,14 @@ pub(super) fn check_public_url(url: &str) -> Result<(), String> {
     if uri.query().is_some() || url.contains('#') {
         return Err(format!("`{url}` must not have a query or fragment"));
     }
+    // The path goes into every link, mail and page: plain characters only.
+    let path = uri.path();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._~/".contains(c);
+    if !path.chars().all(plain) || path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!(
+            "`{url}`: the path may hold only letters, digits and - . _ ~ / (no escapes, no . or .. segments)"
+        ));
+    }
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),

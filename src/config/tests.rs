@@ -368,8 +368,24 @@ fn the_portal_section_is_optional_and_checked() {
         "https://u:p@x.example",
         "http://127.0.0.1@evil.example",
         "http://evil.example",
+        "https://x.example/%2e%2e/",
+        "https://x.example/a/../b",
+        "https://x.example/./b",
+        "https://x.example/a'b",
+        "https://x.example/a;b",
+        "https://x.example/a%20b",
+        "https://x.example/a\"b",
+        "https://x.example/<b>",
     ] {
         assert!(check_public_url_for_test(url).is_err(), "{url}");
+    }
+    for url in [
+        "https://x.example",
+        "https://x.example/",
+        "https://x.example/secure-mail/v1.0/~p_q",
+        "http://127.0.0.1:8443/portal",
+    ] {
+        assert!(check_public_url_for_test(url).is_ok(), "{url}");
     }
 }
 
