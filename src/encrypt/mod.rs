@@ -3,6 +3,7 @@
 //! PGP/MIME). Also removing a subject tag such as `[secure]`; S/MIME and
 //! the portal notification join here.
 
+pub mod notice;
 pub mod pgp;
 pub mod prepare;
 
