@@ -316,6 +316,11 @@ pub struct PortalSettings {
     pub link_bound: bool,
     /// How long a stored message can be picked up.
     pub expiry: Duration,
+    /// The organisation named in notifications and pages.
+    pub organization: String,
+    /// Subject of the notification mail; `None`: "Secure message from
+    /// ORGANIZATION".
+    pub subject: Option<String>,
 }
 
 /// TLS reporting (RFC 8460).

@@ -68,6 +68,12 @@ pub struct RawPortal {
     pub link_bound: Option<bool>,
     /// How long a stored message can be picked up (`30d`).
     pub expiry: Option<Spanned<String>>,
+    /// The organisation named in notifications and pages (default:
+    /// `tls_report.organization`, else `server.hostname`).
+    pub organization: Option<Spanned<String>>,
+    /// Subject of the notification mail (default: "Secure message from
+    /// ORGANIZATION"); never the original's.
+    pub subject: Option<Spanned<String>>,
 }
 
 /// `[pgp]`
@@ -1000,7 +1006,7 @@ impl RawConfig {
         let portal = self
             .portal
             .as_ref()
-            .map(|p| portal_settings(&mut c, &base, p));
+            .map(|p| portal_settings(&mut c, &base, p, &tls_report.organization));
 
         let settings = Settings {
             source: file.to_path_buf(),
@@ -1207,7 +1213,12 @@ fn connector_is_bound(c: &mut Check, r: &RawConnector, connector: &ConnectorSett
 /// The longest `[portal] expiry` (ten years).
 const MAX_PORTAL_EXPIRY: Duration = Duration::from_secs(3650 * 86400);
 
-fn portal_settings(c: &mut Check, base: &Path, p: &RawPortal) -> PortalSettings {
+fn portal_settings(
+    c: &mut Check,
+    base: &Path,
+    p: &RawPortal,
+    default_organization: &str,
+) -> PortalSettings {
     let listen = match p.listen.get_ref().parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
@@ -1241,7 +1252,30 @@ fn portal_settings(c: &mut Check, base: &Path, p: &RawPortal) -> PortalSettings 
         master_key_file: c.existing_file("portal.master_key_file", base, &p.master_key_file),
         link_bound: p.link_bound.unwrap_or(false),
         expiry,
+        organization: header_text(c, "portal.organization", &p.organization)
+            .unwrap_or_else(|| default_organization.to_string()),
+        subject: header_text(c, "portal.subject", &p.subject),
     }
+}
+
+/// The longest organisation name or subject in `[portal]`.
+const MAX_HEADER_TEXT: usize = 200;
+
+/// A value that goes into a mail header: one line of text, not empty.
+fn header_text(c: &mut Check, key: &str, v: &Option<Spanned<String>>) -> Option<String> {
+    let v = v.as_ref()?;
+    let text = v.get_ref().trim();
+    if text.is_empty() || text.chars().any(char::is_control) || text.len() > MAX_HEADER_TEXT {
+        c.problem(
+            key,
+            v,
+            format!(
+                "must be one line of text, 1 to {MAX_HEADER_TEXT} bytes, without control characters"
+            ),
+        );
+        return None;
+    }
+    Some(text.to_string())
 }
 
 /// A pickup link's base: `https://host[:port][/path]`, or `http://` for a

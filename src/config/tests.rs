@@ -334,6 +334,28 @@ fn the_portal_section_is_optional_and_checked() {
     assert_eq!(p.public_url, "https://secure.example.org");
     assert_eq!(p.expiry, Duration::from_secs(30 * 86400));
     assert!(!p.link_bound);
+    assert_eq!(p.organization, "gateway.example.test");
+    assert_eq!(p.subject, None);
+    let named = format!("{ok}organization = \"Clínica San José\"\nsubject = \"Mensaje seguro\"\n");
+    let p = Settings::parse(Path::new("x.toml"), &named)
+        .unwrap()
+        .portal
+        .unwrap();
+    assert_eq!(p.organization, "Clínica San José");
+    assert_eq!(p.subject.as_deref(), Some("Mensaje seguro"));
+    for bad in [
+        "organization = \"\"",
+        "organization = \"A\\r\\nBcc: x@evil.example\"",
+        "subject = \"tab\\there\"",
+    ] {
+        let text = format!("{ok}{bad}\n");
+        let err = Settings::parse(Path::new("x.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("one line of text"), "{bad}: {err}");
+    }
+    let long = format!("{ok}subject = \"{}\"\n", "x".repeat(201));
+    assert!(Settings::parse(Path::new("x.toml"), &long).is_err());
     // Plain http is for loopback only.
     let loopback = ok.replace("https://secure.example.org/", "http://127.0.0.1:8443");
     assert!(Settings::parse(Path::new("x.toml"), &loopback).is_ok());
