@@ -270,11 +270,11 @@ impl Access {
             ));
         };
         if counted.failures > MAX_FAILURES {
-            // Others in parallel used up the attempts: no comparison.
-            return self.lock(message_id, now).await.map(|l| match l {
-                Verified::NowLocked(until) => Verified::Locked(until),
-                other => other,
-            });
+            // Others in parallel used up the attempts: no comparison. This
+            // request may still be the one that sets the lock (before the
+            // request that reached the limit): then it reports NowLocked,
+            // so every lock is reported exactly once.
+            return self.lock(message_id, now).await;
         }
         let live = counted
             .code_hash
