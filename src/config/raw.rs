@@ -1295,9 +1295,11 @@ pub(super) fn check_public_url(url: &str) -> Result<(), String> {
     // The path goes into every link, mail and page: plain characters only.
     let path = uri.path();
     let plain = |c: char| c.is_ascii_alphanumeric() || "-._~/".contains(c);
-    if !path.chars().all(plain) || path.split('/').any(|seg| seg == "." || seg == "..") {
+    let bad_segment = |seg: &str| seg.is_empty() || seg == "." || seg == "..";
+    let segments_ok = path == "/" || !path.split('/').skip(1).any(bad_segment);
+    if !path.chars().all(plain) || !segments_ok {
         return Err(format!(
-            "`{url}`: the path may hold only letters, digits and - . _ ~ / (no escapes, no . or .. segments)"
+            "`{url}`: the path may hold only letters, digits and - . _ ~ / (no escapes, no empty, . or .. segments)"
         ));
     }
     match uri.scheme_str() {

@@ -392,6 +392,8 @@ fn the_portal_section_is_optional_and_checked() {
         "http://evil.example",
         "https://x.example/%2e%2e/",
         "https://x.example/a/../b",
+        "https://x.example//evil.example",
+        "https://x.example/a//b",
         "https://x.example/./b",
         "https://x.example/a'b",
         "https://x.example/a;b",

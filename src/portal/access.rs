@@ -101,6 +101,12 @@ fn from_unix(s: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(s, 0)
 }
 
+/// `t + d`, the latest time there is when that overflows: a stored time
+/// far out of range limits (rate limit, lock) rather than panics.
+fn after(t: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 impl Access {
     pub(super) fn new(pool: AnyPool, url: String, master: &[u8; 32]) -> Access {
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"sealgate portal access v1");
@@ -207,18 +213,20 @@ impl Access {
         if let Some(until) = a.locked_until.filter(|u| *u > now) {
             return Ok(Err(CodeRefused::Locked(until)));
         }
-        if let Some(last) = a.last_code_at.filter(|l| *l + RESEND_INTERVAL > now) {
-            return Ok(Err(CodeRefused::RateLimited(last + RESEND_INTERVAL)));
+        if let Some(last) = a.last_code_at.filter(|l| after(*l, RESEND_INTERVAL) > now) {
+            return Ok(Err(CodeRefused::RateLimited(after(last, RESEND_INTERVAL))));
         }
-        let (window_start, in_window) = if a.window_start + chrono::Duration::hours(1) <= now {
+        let (window_start, in_window) = if after(a.window_start, chrono::Duration::hours(1)) <= now
+        {
             (now, 0)
         } else {
             (a.window_start, a.in_window)
         };
         if in_window >= CODES_PER_HOUR {
-            return Ok(Err(CodeRefused::RateLimited(
-                window_start + chrono::Duration::hours(1),
-            )));
+            return Ok(Err(CodeRefused::RateLimited(after(
+                window_start,
+                chrono::Duration::hours(1),
+            ))));
         }
         let code = six_digits();
         let r = sqlx::query(
@@ -262,12 +270,14 @@ impl Access {
     ) -> Result<Verified, StoreError> {
         self.ensure_row(message_id).await?;
         let Some(counted) = self.count_attempt(message_id, now).await? else {
+            // Locked, or no live code: nothing to compare against, and
+            // nothing counted (guessing then reveals nothing, and counting
+            // it would let anyone with the link keep the recipient out).
             let a = self.row(message_id).await?;
-            return Ok(Verified::Locked(
-                a.locked_until
-                    .filter(|u| *u > now)
-                    .unwrap_or(now + LOCK_TIME),
-            ));
+            return Ok(match a.locked_until.filter(|u| *u > now) {
+                Some(until) => Verified::Locked(until),
+                None => Verified::NoCode,
+            });
         };
         if counted.failures > MAX_FAILURES {
             // Others in parallel used up the attempts: no comparison. This
@@ -297,15 +307,16 @@ impl Access {
         })
     }
 
-    /// Counts one attempt unless the link is locked, returning the count
-    /// and the code as they are after it; `None` when locked.
+    /// Counts one attempt unless the link is locked or has no live code,
+    /// returning the count and the code as they are after it; `None`
+    /// when locked or without a code.
     async fn count_attempt(
         &self,
         message_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Counted>, StoreError> {
         let row = sqlx::query(
-            "UPDATE portal_access SET failures = failures + 1 WHERE message_id = $1 AND (locked_until IS NULL OR locked_until <= $2) RETURNING failures, code_hash, code_expires",
+            "UPDATE portal_access SET failures = failures + 1 WHERE message_id = $1 AND (locked_until IS NULL OR locked_until <= $2) AND code_hash IS NOT NULL AND code_expires > $2 RETURNING failures, code_hash, code_expires",
         )
         .bind(message_id)
         .bind(unix(now))
@@ -424,7 +435,11 @@ impl Access {
             return Ok(false);
         };
         let same_client = bound.parse::<IpAddr>().is_ok_and(|b| b == client);
-        if !same_client || created + SESSION_MAX <= now || seen + SESSION_IDLE <= now {
+        // Times ahead of the clock (beyond one idle period of skew between
+        // nodes) are not trusted: they would keep a session alive.
+        let ahead = |t: DateTime<Utc>| t > after(now, SESSION_IDLE);
+        let ended = after(created, SESSION_MAX) <= now || after(seen, SESSION_IDLE) <= now;
+        if !same_client || ended || ahead(created) || ahead(seen) {
             return Ok(false);
         }
         sqlx::query("UPDATE portal_sessions SET last_seen = $1 WHERE token_hash = $2")

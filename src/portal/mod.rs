@@ -55,12 +55,12 @@ pub async fn expiry_loop(database_url: String) {
 
 /// Opens the store in the audit database with the master keys of
 /// `[portal] master_key_file` (a key file like the spool key's, current
-/// key first). Refused when it holds any key of the spool's
-/// (`spool_keys`): a copy of the spool key file is as bad as the file.
+/// key first). Refused when it holds any key of the spool key file
+/// (`spool_key_file`, read here): a copy of it is as bad as the file.
 pub async fn open_store(
     database_url: &str,
     portal: &PortalSettings,
-    spool_keys: &[[u8; 32]],
+    spool_key_file: &std::path::Path,
 ) -> Result<PortalStore, StoreError> {
     let key = SpoolKey::load(&portal.master_key_file).map_err(|e| match e {
         crate::queue::SpoolError::Key { path, reason } => {
@@ -68,7 +68,9 @@ pub async fn open_store(
         }
         other => StoreError::MasterKey(other.to_string()),
     })?;
-    if shares_a_key(key.raw_keys(), spool_keys) {
+    let spool = SpoolKey::load(spool_key_file)
+        .map_err(|e| StoreError::MasterKey(format!("checking it against the spool key: {e}")))?;
+    if shares_a_key(key.raw_keys(), spool.raw_keys()) {
         return Err(StoreError::MasterKey(SHARED_WITH_SPOOL.into()));
     }
     PortalStore::open(database_url, key.raw_keys().to_vec(), portal.link_bound).await

@@ -647,7 +647,8 @@ impl PortalStore {
             .await
         {
             Ok(row) => {
-                let busy = row.and_then(|r| r.try_get::<i64, _>(0).ok()).unwrap_or(0);
+                // Unreadable counts as busy: retried, never taken as done.
+                let busy = row.and_then(|r| r.try_get::<i64, _>(0).ok()).unwrap_or(1);
                 if busy != 0 {
                     self.scrub_pending.store(true, Ordering::Relaxed);
                     tracing::debug!(url = %self.url, "portal store: write-ahead log busy, truncated next sweep");
@@ -776,8 +777,11 @@ impl PortalStore {
             abandoned: removed,
             forgotten,
         };
+        // SQLite checkpoints every sweep (cheap when the log is empty): a
+        // revocation by another process (`sealgate portal revoke`) whose
+        // checkpoint was busy is truncated here.
         let pending = self.scrub_pending.swap(false, Ordering::Relaxed);
-        if swept != Swept::default() || pending {
+        if swept != Swept::default() || pending || !self.postgres {
             self.scrub().await;
         }
         Ok(swept)

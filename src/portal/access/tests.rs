@@ -272,3 +272,36 @@ async fn sessions_end_idle_at_their_limit_elsewhere_and_on_revocation() {
     s.revoke("m1").await.unwrap();
     assert!(!a.session("m1", &live, ip(HOME), t2).await.unwrap());
 }
+
+/// Without a live code nothing is compared or counted: someone holding
+/// the link cannot lock the recipient out before a code is sent, or
+/// after it expired.
+#[tokio::test]
+async fn guesses_without_a_live_code_do_not_lock_the_link() {
+    let (_d, s) = store().await;
+    let a = s.access().unwrap();
+    let t0 = now();
+    for _ in 0..3 * MAX_FAILURES {
+        assert_eq!(
+            a.verify_code("m1", "123456", ip(ELSEWHERE), t0)
+                .await
+                .unwrap(),
+            Verified::NoCode
+        );
+    }
+    let code = a.issue_code("m1", t0).await.unwrap().unwrap();
+    let late = t0 + CODE_LIFETIME;
+    for _ in 0..3 * MAX_FAILURES {
+        assert_eq!(
+            a.verify_code("m1", &wrong(&code), ip(ELSEWHERE), late)
+                .await
+                .unwrap(),
+            Verified::NoCode
+        );
+    }
+    let fresh = a.issue_code("m1", late).await.unwrap().unwrap();
+    assert!(matches!(
+        a.verify_code("m1", &fresh, ip(HOME), late).await.unwrap(),
+        Verified::Session(_)
+    ));
+}
