@@ -87,7 +87,7 @@ pub fn build(n: &Notice<'_>) -> Result<NoticeMail, NoticeError> {
         s.push_str(&format!("--{boundary}\r\n"));
         s.push_str(&format!("Content-Type: text/{kind}; charset=utf-8\r\n"));
         s.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
-        s.push_str(&base64_lines(body.as_bytes()));
+        s.push_str(&crate::util::base64_lines(body.as_bytes()));
     }
     s.push_str(&format!("--{boundary}--\r\n"));
     Ok(NoticeMail {
@@ -225,18 +225,6 @@ fn utf8_pieces(s: &str, max: usize) -> Vec<&str> {
         rest = tail;
     }
     pieces
-}
-
-/// Base64 in lines of 76 characters, each ending in CRLF.
-fn base64_lines(bytes: &[u8]) -> String {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-    let mut out = String::with_capacity(encoded.len() + encoded.len() / 38 + 2);
-    for line in encoded.as_bytes().chunks(76) {
-        // Base64 output is ASCII.
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push_str("\r\n");
-    }
-    out
 }
 
 #[cfg(test)]

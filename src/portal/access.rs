@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use ring::hmac;
 use sqlx::{AnyPool, Row};
 
-use super::store::StoreError;
+use super::store::{StoreError, after, from_unix, unix};
 
 /// How long a code can be used.
 pub const CODE_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
@@ -91,20 +91,6 @@ pub struct Access {
     url: String,
     /// HMAC key for codes and session tokens, derived from the master key.
     key: hmac::Key,
-}
-
-fn unix(t: DateTime<Utc>) -> i64 {
-    t.timestamp()
-}
-
-fn from_unix(s: i64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(s, 0)
-}
-
-/// `t + d`, the latest time there is when that overflows: a stored time
-/// far out of range limits (rate limit, lock) rather than panics.
-fn after(t: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
-    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 impl Access {

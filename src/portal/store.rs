@@ -225,12 +225,18 @@ impl std::fmt::Debug for PortalStore {
     }
 }
 
-fn unix(t: DateTime<Utc>) -> i64 {
+pub(super) fn unix(t: DateTime<Utc>) -> i64 {
     t.timestamp()
 }
 
-fn from_unix(s: i64) -> Option<DateTime<Utc>> {
+pub(super) fn from_unix(s: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(s, 0)
+}
+
+/// `t + d`, the latest time there is when that overflows: a stored time
+/// far out of range limits (rate limit, lock) rather than panics.
+pub(super) fn after(t: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// `now` less `d`, the earliest time there is when that underflows (so a

@@ -68,6 +68,20 @@ fn random_source_failed(e: &RandomError) -> ! {
     std::process::abort()
 }
 
+/// `bytes` in base64, in lines of 76 characters each ending in CRLF (a
+/// MIME body part's `Content-Transfer-Encoding: base64`).
+pub fn base64_lines(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 38 + 2);
+    for line in encoded.as_bytes().chunks(76) {
+        // Base64 output is ASCII.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push_str("\r\n");
+    }
+    out
+}
+
 /// A new random id of 32 lowercase hex characters.
 pub fn random_hex_id() -> String {
     hex::encode(random_bytes::<16>())

@@ -134,14 +134,8 @@ fn tls_report_mail(
     period: i64,
     gz: &[u8],
 ) -> Vec<u8> {
-    use base64::Engine;
     let boundary = format!("sealgate-tlsrpt-{}", crate::util::random_hex_id());
-    let b64 = base64::engine::general_purpose::STANDARD.encode(gz);
-    let mut body = String::new();
-    for chunk in b64.as_bytes().chunks(76) {
-        body.push_str(&String::from_utf8_lossy(chunk));
-        body.push_str("\r\n");
-    }
+    let body = crate::util::base64_lines(gz);
     let filename = format!("{org}!{domain}!{start}!{}.json.gz", start + period - 1);
     format!(
         "From: TLS reporting <postmaster@{host}>\r\nTo: <{to}>\r\nSubject: Report Domain: {domain} Submitter: {org} Report-ID: <{report_id}>\r\n\
